@@ -1,0 +1,50 @@
+"""Wrapping pre-training texts with the BOS/EOS strings of the model that will be trained on them.
+
+Shared by templify (instruction-augmented texts) and mixing (general instructions), so both halves of a mix are
+formatted the same way. Texts wrapped here must be tokenized with `add_special_tokens=False`, or the model gets a
+second BOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TargetFormat:
+    """The BOS/EOS strings written around each text; empty strings mean "leave the text as it is".
+
+    Example:
+        >>> TargetFormat("<|begin_of_text|>", "<|end_of_text|>").wrap("Hello")
+        '<|begin_of_text|>Hello<|end_of_text|>'
+    """
+
+    bos: str = ""
+    eos: str = ""
+
+    def wrap(self, text: str) -> str:
+        return f"{self.bos}{text}{self.eos}"
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> TargetFormat:
+        """Read BOS/EOS from a tokenizer object or a tokenizer name/path (loaded with `AutoTokenizer`).
+
+        Raises a ValueError naming the tokenizer when it defines neither a BOS nor an EOS token.
+        """
+        if isinstance(tokenizer, str):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        bos = tokenizer.bos_token or ""
+        eos = tokenizer.eos_token or ""
+        if not bos and not eos:
+            name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+            raise ValueError(
+                f"tokenizer {name!r} defines no bos_token and no eos_token, so there is nothing to wrap texts with; "
+                "pass TargetFormat(bos=..., eos=...) explicitly instead"
+            )
+        return cls(bos=bos, eos=eos)
+
+
+NO_FORMAT = TargetFormat()

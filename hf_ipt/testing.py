@@ -1,0 +1,155 @@
+"""A tiny instruction synthesizer built locally in seconds, for tests and offline smoke runs.
+
+It has the synthesizer's architecture (Mistral) and a byte-level BPE tokenizer whose BOS/EOS are the literal
+`<s>` / `</s>`, like the real one. With `trained=True` (the default) it is fitted for a few hundred steps on
+prompts followed by synthesizer-style answers, so its greedy output contains real `<QUE> … <ANS> … </END>` pairs
+and multi-round chains get demonstrations; the answers are nonsense, the format is right.
+
+Example:
+    >>> from hf_ipt.testing import build_tiny_synthesizer
+    >>> path = build_tiny_synthesizer("/tmp/tiny-synth")  # doctest: +SKIP
+    >>> Synthesizer(model=path, engine="transformers", max_model_len=512, max_new_tokens=48)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from hf_ipt._deps import require
+
+SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<unk>"]
+# version of the recipe below; a directory built by another version is rebuilt
+_RECIPE_VERSION = 3
+
+
+def corpus_paragraphs(limit: int | None = None, min_chars: int = 200) -> list[str]:
+    """Real English paragraphs from Python's own documentation (`pydoc_data.topics`), present on every machine.
+
+    Example:
+        >>> texts = corpus_paragraphs(limit=3)
+        >>> len(texts), all(len(t) >= 200 for t in texts)
+        (3, True)
+    """
+    from pydoc_data.topics import topics
+
+    paragraphs: list[str] = []
+    for key in sorted(topics):
+        for block in topics[key].split("\n\n"):
+            text = " ".join(line.strip() for line in block.splitlines() if line.strip())
+            if len(text) >= min_chars:
+                paragraphs.append(text)
+                if limit is not None and len(paragraphs) >= limit:
+                    return paragraphs
+    return paragraphs
+
+
+def _synthetic_pairs(text: str, rng: random.Random) -> str:
+    words = [w.strip(".,;:()`'\"") for w in text.split() if len(w) > 3] or ["it"]
+    pairs = []
+    for _ in range(rng.randint(1, 3)):
+        word = rng.choice(words)
+        pairs.append(f"<QUE> What does the text say about {word}? <ANS> It says {word} is used. </END>")
+    return "\n\n".join(pairs)
+
+
+def build_tiny_synthesizer(
+    path: str | os.PathLike,
+    *,
+    trained: bool = True,
+    vocab_size: int = 2048,
+    seed: int = 0,
+    train_steps: int = 300,
+) -> str:
+    """Build (or reuse) a ~1M-parameter Mistral model + fast tokenizer at `path`; returns the path as a string.
+
+    Deterministic for a given seed. Reuses an existing build with the same settings.
+    """
+    torch = require("torch", "building the tiny test model")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+
+    path = Path(path)
+    settings = {"recipe": _RECIPE_VERSION, "trained": trained, "vocab": vocab_size, "seed": seed, "steps": train_steps}
+    marker = path / "hf_ipt_tiny.json"
+    if marker.exists() and json.loads(marker.read_text()) == settings:
+        return str(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+    texts = corpus_paragraphs(limit=400)
+    rng = random.Random(seed)
+    training_docs = [f"<s> <CON> {t} </CON>\n\n{_synthetic_pairs(t, rng)}</s>" for t in texts]
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(training_docs, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.model_max_length = 4096
+
+    torch.manual_seed(seed)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,  # vLLM's CPU attention supports 32, not 16
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    model = MistralForCausalLM(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.08)
+    if trained:
+        _fit(model, tokenizer, training_docs, train_steps, seed, torch)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    marker.write_text(json.dumps(settings))
+    return str(path)
+
+
+def _fit(model, tokenizer, docs: list[str], steps: int, seed: int, torch) -> None:
+    """A few hundred AdamW steps on short windows: enough for the model to learn the output format."""
+    generator = torch.Generator().manual_seed(seed)
+    encoded = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs]
+    # train on the end of each document: the part after </CON> is what the format lives in
+    window = 96
+    rows = [ids[-window:] for ids in encoded if len(ids) >= 16]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    batch = 16
+    for _ in range(steps):
+        picks = torch.randint(len(rows), (batch,), generator=generator).tolist()
+        chosen = [rows[i] for i in picks]
+        width = max(len(r) for r in chosen)
+        ids = torch.full((batch, width), tokenizer.pad_token_id)
+        labels = torch.full((batch, width), -100)
+        for b, r in enumerate(chosen):
+            ids[b, : len(r)] = torch.tensor(r)
+            labels[b, : len(r)] = torch.tensor(r)
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
