@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 from hf_ipt._deps import require
@@ -76,7 +77,10 @@ def build_tiny_synthesizer(
     marker = path / "hf_ipt_tiny.json"
     if marker.exists() and json.loads(marker.read_text()) == settings:
         return str(path)
-    path.mkdir(parents=True, exist_ok=True)
+    # build beside the target and rename at the end, so concurrent builders never see a half-written model
+    final_path, path = path, path.with_name(f"{path.name}.building-{os.getpid()}")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
 
     texts = corpus_paragraphs(limit=400)
     rng = random.Random(seed)
@@ -125,8 +129,14 @@ def build_tiny_synthesizer(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
-    marker.write_text(json.dumps(settings))
-    return str(path)
+    (path / marker.name).write_text(json.dumps(settings))
+    if final_path.exists():
+        shutil.rmtree(final_path, ignore_errors=True)
+    try:
+        os.rename(path, final_path)
+    except OSError:  # another process finished first; its build is identical
+        shutil.rmtree(path, ignore_errors=True)
+    return str(final_path)
 
 
 def _fit(model, tokenizer, docs: list[str], steps: int, seed: int, torch) -> None:
