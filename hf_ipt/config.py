@@ -1,0 +1,916 @@
+"""Recipes: one YAML file holding the configuration of every stage, with dotted command-line overrides.
+
+A recipe has one section per stage, each loaded into that stage's config dataclass and validated by its
+`__post_init__` before anything heavy (dataset, model) is loaded:
+
+```yaml
+source:   {path: allenai/c4, name: en, split: train, revision: 1588ec4, text_column: text}
+synth:    {model: instruction-pretrain/instruction-synthesizer, rounds: 3, batch_size: 256}
+templify: {...}
+mix:      {...}
+release:  {...}
+run:      {output_dir: s3://bucket/ipt-run, shard_size: 4096}
+```
+
+Precedence, lowest first: dataclass defaults < the YAML file < command-line overrides (`--synth.rounds 2`,
+`--synth.rounds=2`, `--run.overwrite`). An unknown key anywhere is an error naming the key and the closest valid one.
+
+Example:
+    >>> recipe = load_recipe("recipes/quickstart.yaml", ["--synth.rounds", "2"])  # doctest: +SKIP
+    >>> recipe.synth.rounds  # doctest: +SKIP
+    2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hf_ipt.cards import CardOptions
+from hf_ipt.hub import ReleaseConfig
+from hf_ipt.mixing import MixConfig
+from hf_ipt.synthesize import DEFAULT_MODEL, SynthesisConfig
+from hf_ipt.templify import TemplifyConfig
+
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_DATA_DIR = Path(__file__).parent / "data"
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the key, the value received and how to fix it."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage-independent sections (the stage sections live next to their stage: hf_ipt.synthesize, .templify, ...)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def bundled_corpora() -> list[str]:
+    """Names of the corpora shipped inside the package, usable as `source.path: bundled:NAME`.
+
+    Example:
+        >>> "quickstart" in bundled_corpora()
+        True
+    """
+    return sorted(p.name.removesuffix(".jsonl") for p in BUNDLED_DATA_DIR.glob("*.jsonl"))
+
+
+@dataclass
+class SourceConfig:
+    """The raw corpus to synthesize from: any dataset `datasets.load_dataset` can read.
+
+    Example:
+        >>> SourceConfig(path="bundled:quickstart").load_arguments()["path"]
+        'json'
+    """
+
+    path: str = field(
+        default="",
+        metadata={
+            "help": "Dataset to read: a Hub id (`allenai/c4`), a local directory, a packaged loader (`json`, "
+            "`parquet`, `text`) used with `data_files`, or `bundled:NAME` for a corpus shipped with hf-ipt "
+            "(`bundled:quickstart`)."
+        },
+    )
+    name: str | None = field(default=None, metadata={"help": "Dataset configuration (subset) name, e.g. `en`."})
+    split: str = field(default="train", metadata={"help": "Split to read; the output keeps this split name."})
+    revision: str | None = field(
+        default=None,
+        metadata={
+            "help": "Git revision (branch, tag or commit) of a Hub dataset. Pin a commit for long runs: resuming "
+            "against a moved branch would mix two versions of the corpus."
+        },
+    )
+    data_files: str | list[str] | None = field(
+        default=None, metadata={"help": "Files for a packaged loader (`json`, `parquet`, ...): a path, glob or list."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the raw texts."})
+    max_rows: int | None = field(
+        default=None, metadata={"help": "Use only the first N rows (trial runs); null reads the whole split."}
+    )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License id of this dataset (e.g. `odc-by`), shown in the release card; null = unknown."},
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path.strip():
+            raise ConfigError(
+                f"source.path must name a dataset (a Hub id, a local directory, a loader like `json` with "
+                f"source.data_files, or `bundled:quickstart`), got {self.path!r}"
+            )
+        if self.path.startswith(BUNDLED_PREFIX):
+            corpus = self.path.removeprefix(BUNDLED_PREFIX)
+            if corpus not in bundled_corpora():
+                raise ConfigError(
+                    f"source.path {self.path!r} names no bundled corpus; available: "
+                    f"{', '.join(BUNDLED_PREFIX + c for c in bundled_corpora()) or '(none)'}"
+                )
+            if self.data_files is not None:
+                raise ConfigError("source.data_files cannot be combined with a `bundled:` source.path; drop one")
+        if not isinstance(self.split, str) or not re.fullmatch(r"\w+(\.\w+)*", self.output_split):
+            raise ConfigError(
+                f"source.split must be a split name such as `train` (optionally sliced, `train[:1000]`), got "
+                f"{self.split!r}"
+            )
+        if not isinstance(self.text_column, str) or not self.text_column:
+            raise ConfigError(f"source.text_column must be a column name, got {self.text_column!r}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ConfigError(f"source.max_rows must be >= 1 or null (whole split), got {self.max_rows}")
+
+    @property
+    def output_split(self) -> str:
+        """Name of the split in the outputs: `split` without a slice (`train[:1000]` -> `train`)."""
+        return re.split(r"[\[+]", self.split, maxsplit=1)[0].strip()
+
+    def load_arguments(self) -> dict[str, Any]:
+        """Keyword arguments for `datasets.load_dataset` that read this source."""
+        if self.path.startswith(BUNDLED_PREFIX):
+            corpus = self.path.removeprefix(BUNDLED_PREFIX)
+            return {"path": "json", "data_files": str(BUNDLED_DATA_DIR / f"{corpus}.jsonl"), "split": self.split}
+        arguments: dict[str, Any] = {"path": self.path, "split": self.split}
+        if self.name is not None:
+            arguments["name"] = self.name
+        if self.revision is not None:
+            arguments["revision"] = self.revision
+        if self.data_files is not None:
+            arguments["data_files"] = self.data_files
+        return arguments
+
+    def load(self):
+        """Load the split as a `datasets.Dataset`, checking the text column exists (before any model is loaded)."""
+        dataset = self.load_rows()
+        if self.text_column not in dataset.column_names:
+            raise ConfigError(
+                f"source {self.path!r} has no column {self.text_column!r} (source.text_column); its columns are "
+                f"{dataset.column_names}"
+            )
+        return dataset
+
+    def load_rows(self):
+        """The split (its first `max_rows` rows when set); a loading error names the settings that caused it."""
+        import datasets
+
+        try:
+            dataset = datasets.load_dataset(**self.load_arguments())
+        except Exception as err:  # noqa: BLE001 - any loading failure is reported with the settings that caused it
+            # datasets' own message (unknown split with the valid ones, missing repo, offline...) is kept as is
+            raise ConfigError(
+                f"could not load the dataset {self.path!r} (name={self.name!r}, split={self.split!r}, "
+                f"revision={self.revision!r}): {type(err).__name__}: {err}"
+            ) from err
+        if self.max_rows is not None and self.max_rows < len(dataset):
+            dataset = dataset.select(range(self.max_rows))
+        return dataset
+
+
+@dataclass
+class RunConfig:
+    """Where outputs go and how the synthesis is cut into resumable shards.
+
+    Example:
+        >>> RunConfig(output_dir="output/run", shard_size=512).shard_size
+        512
+    """
+
+    output_dir: str = field(
+        default="",
+        metadata={
+            "help": "Root of all outputs: a local path or any fsspec URL (`s3://bucket/run`). Each stage writes a "
+            "sub-folder: `synthesized/`, `templified/`, `mixed/`, `release/`."
+        },
+    )
+    shard_size: int = field(
+        default=2048,
+        metadata={
+            "help": "Input rows per synthesis shard, the unit of resumption and of work split between workers; a "
+            "shard's output is held in memory until it is committed. Must be a multiple of synth.batch_size (batch "
+            "boundaries decide which rows form M-shot chains)."
+        },
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over when output_dir holds a synthesis made with another configuration: delete it instead "
+            "of refusing to resume. A synthesis with the same configuration is always resumed (so every worker of a "
+            "job may pass it); delete the folder to recompute it."
+        },
+    )
+    resume_ignore: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Dotted config keys whose change does not prevent resuming, for settings that do not change the "
+            "output, e.g. [synth.engine_kwargs.gpu_memory_utilization]."
+        },
+    )
+    verify_inputs: bool = field(
+        default=True,
+        metadata={
+            "help": "On resume, re-hash the input rows of every finished shard and refuse if they changed (a moved "
+            "dataset revision, other data_files)."
+        },
+    )
+    storage_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "fsspec options for a remote output_dir (credentials, endpoint); never written to disk."},
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.output_dir, str) or not self.output_dir.strip():
+            raise ConfigError(
+                f"run.output_dir must be a local path or an fsspec URL, got {self.output_dir!r}; "
+                "set it in the recipe or with --run.output_dir PATH"
+            )
+        if self.shard_size < 1:
+            raise ConfigError(f"run.shard_size must be >= 1 row, got {self.shard_size}")
+
+    def stage_dir(self, stage: str) -> str:
+        """URL or path of one stage's output folder, e.g. `stage_dir("synthesized")`."""
+        return f"{self.output_dir.rstrip('/')}/{stage}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generic machinery: dicts -> nested dataclasses, dotted overrides, unknown-key suggestions, fingerprints
+# ----------------------------------------------------------------------------------------------------------------
+
+_MISSING = object()
+_TRUE_WORDS = {"true", "yes", "on", "1"}
+_FALSE_WORDS = {"false", "no", "off", "0"}
+_NONE_WORDS = {"none", "null", "~"}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _init_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass a field holds (also through `X | None`), or None."""
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return hint
+    if _is_union(hint):
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg) and isinstance(arg, type):
+                return arg
+    return None
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    if _is_union(hint):
+        return " | ".join(_type_name(a) for a in typing.get_args(hint))
+    return str(hint).replace("typing.", "")
+
+
+def dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every settable dotted key of a (nested) config dataclass, e.g. `["run.output_dir", "run.shard_size", ...]`.
+
+    Example:
+        >>> dotted_keys(RunConfig)[:2]
+        ['output_dir', 'shard_size']
+    """
+    keys = []
+    hints = _hints(cls)
+    for name in _init_fields(cls):
+        nested = _dataclass_in(hints[name])
+        if nested is not None:
+            keys.extend(dotted_keys(nested, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def closest_key(key: str, candidates: Sequence[str]) -> str | None:
+    """The candidate closest to a misspelt `key` (same section first, then anywhere by its last part), or None.
+
+    Example:
+        >>> closest_key("synth.roundz", ["synth.rounds", "synth.model", "run.output_dir"])
+        'synth.rounds'
+        >>> closest_key("rounds", ["synth.rounds", "run.output_dir"])
+        'synth.rounds'
+    """
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if match:
+        return match[0]
+    leaf = key.rsplit(".", 1)[-1]
+    by_leaf = {c.rsplit(".", 1)[-1]: c for c in candidates}
+    match = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)
+    return by_leaf[match[0]] if match else None
+
+
+def _unknown_key_error(full_key: str, valid_here: Sequence[str], root_keys: Sequence[str], origin: str) -> ConfigError:
+    section = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    prefix = f"{section}." if section else ""
+    leaf = full_key.rsplit(".", 1)[-1]
+    # a valid key put in the wrong section (`rounds` instead of `synth.rounds`) beats a fuzzy match in this one
+    elsewhere = [k for k in root_keys if k.rsplit(".", 1)[-1] == leaf and k != full_key]
+    suggestion = (
+        (elsewhere[0] if len(elsewhere) == 1 else None)
+        or closest_key(full_key, [prefix + k for k in valid_here])
+        or closest_key(full_key, root_keys)
+    )
+    hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+    where = f"section {section!r}" if section else "the top level"
+    return ConfigError(
+        f"unknown key {full_key!r}{origin}{hint} Valid keys in {where}: {', '.join(sorted(valid_here))}"
+    )
+
+
+def _check_value(value: Any, hint: Any, key: str, root_keys: Sequence[str], origin: str) -> Any:
+    """Validate a value read from YAML (already typed) against a field type; builds nested dataclasses."""
+    if hint is Any or hint is typing.Any:
+        return value
+    nested = _dataclass_in(hint)
+    if nested is not None:
+        if value is None and _is_union(hint) and type(None) in typing.get_args(hint):
+            return None
+        if isinstance(value, nested):
+            return value
+        if isinstance(value, Mapping):
+            return _build(nested, value, f"{key}.", root_keys, origin)
+        raise ConfigError(
+            f"{key}{origin} is a section and needs a mapping of its keys (e.g. `{key}: {{...}}` in YAML or "
+            f"--{key}.FIELD VALUE), got {value!r}"
+        )
+    if _is_union(hint):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        alternatives = [a for a in args if a is not type(None)]
+        if len(alternatives) == 1:  # `X | None`: the error of X is the precise one
+            return _check_value(value, alternatives[0], key, root_keys, origin)
+        for arg in alternatives:
+            try:
+                return _check_value(value, arg, key, root_keys, origin)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}{origin} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    origin_type = typing.get_origin(hint)
+    if origin_type is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            suggestion = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint_text = f"; did you mean {suggestion[0]!r}?" if suggestion else ""
+            raise ConfigError(f"{key}{origin} must be one of {list(allowed)}, got {value!r}{hint_text}")
+        return value
+    if origin_type in (list, tuple, Sequence) or hint in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}{origin} must be a list ({_type_name(hint)}), got {value!r}")
+        args = typing.get_args(hint)
+        if args and origin_type is not tuple:
+            value = [_check_value(v, args[0], f"{key}[{i}]", root_keys, origin) for i, v in enumerate(value)]
+        return tuple(value) if origin_type is tuple else list(value)
+    if origin_type in (dict, Mapping) or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}{origin} must be a mapping ({_type_name(hint)}), got {value!r}")
+        args = typing.get_args(hint)
+        if args:
+            return {k: _check_value(v, args[1], f"{key}.{k}", root_keys, origin) for k, v in value.items()}
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}{origin} must be true or false, got {value!r} ({type(value).__name__})")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}{origin} must be an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}{origin} must be a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{key}{origin} must be a string, got {value!r} ({type(value).__name__}); quote it in YAML: '{value}'"
+            )
+        return value
+    return value  # any other type (an enum-like class, a callable): the section's __post_init__ validates it
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, root_keys: Sequence[str], origin: str) -> Any:
+    fields = _init_fields(cls)
+    hints = _hints(cls)
+    for key in data:
+        if key not in fields:
+            raise _unknown_key_error(f"{prefix}{key}", list(fields), root_keys, origin)
+    kwargs = {
+        name: _check_value(value, hints[name], f"{prefix}{name}", root_keys, origin) for name, value in data.items()
+    }
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        example = f"{prefix}{missing[0]}" + (".KEY" if _dataclass_in(hints[missing[0]]) else "")
+        raise ConfigError(
+            f"missing required {'section' if _dataclass_in(hints[missing[0]]) else 'key'} "
+            f"{', '.join(repr(prefix + m) for m in missing)}{origin}; set it in the recipe or with --{example} VALUE"
+        )
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{err}{origin}") from err
+    except (ValueError, TypeError) as err:
+        section = prefix.rstrip(".") or cls.__name__
+        raise ConfigError(f"invalid {section!r}{origin}: {err}") from err
+
+
+def config_from_dict(cls: type, data: Mapping[str, Any], *, origin: str = "") -> Any:
+    """Build a (nested) config dataclass from a mapping, validating every key and value type.
+
+    `origin` (e.g. `" in recipes/x.yaml"`) is appended to error messages.
+
+    Example:
+        >>> config_from_dict(RunConfig, {"output_dir": "out", "shard_size": 64}).shard_size
+        64
+        >>> config_from_dict(RunConfig, {"output_dir": "out", "shard_sise": 64})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        hf_ipt.config.ConfigError: unknown key 'shard_sise'; did you mean 'shard_size'? ...
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a recipe must be a mapping of sections{origin}, got {type(data).__name__}: {data!r}")
+    return _build(cls, data, "", dotted_keys(cls), origin)
+
+
+def _field_hint(cls: type, dotted: str, root_keys: Sequence[str]) -> Any:
+    """Type of the field a dotted key points at; keys inside a free-form dict field are typed Any."""
+    current: Any = cls
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        nested = _dataclass_in(current)
+        if nested is None:
+            if typing.get_origin(current) in (dict, Mapping) or current is dict:
+                args = typing.get_args(current)
+                current = args[1] if args else Any
+                continue
+            done = ".".join(parts[:depth])
+            raise ConfigError(f"--{dotted}: {done!r} is a single value, not a section with keys")
+        fields = _init_fields(nested)
+        if part not in fields:
+            prefix = ".".join(parts[:depth])
+            raise _unknown_key_error(
+                f"{prefix}.{part}" if prefix else part, list(fields), root_keys, " (command-line override)"
+            )
+        current = _hints(nested)[part]
+    return current
+
+
+def coerce_text(raw: str, hint: Any, key: str) -> Any:
+    """Turn a command-line string into a value of the field's type (`"2"` -> 2, `"true"` -> True, `"[a, b]"`...).
+
+    Strings stay verbatim for str fields (so `--source.revision 0123` stays "0123").
+
+    Example:
+        >>> coerce_text("3", int, "synth.rounds"), coerce_text("no", bool, "run.overwrite")
+        (3, False)
+        >>> coerce_text("null", int | None, "source.max_rows") is None
+        True
+    """
+    args = typing.get_args(hint) if _is_union(hint) else ()
+    if args and type(None) in args and raw.strip().lower() in _NONE_WORDS:
+        return None
+    if args:
+        non_none = [a for a in args if a is not type(None)]
+        # a str alternative keeps the raw text unless it is written as a YAML list or mapping
+        if str in non_none and not raw.lstrip().startswith(("[", "{")):
+            return raw
+        for arg in sorted(non_none, key=lambda a: a is str):
+            try:
+                return coerce_text(raw, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"--{key} must be {_type_name(hint)}, got {raw!r}")
+    if hint is str:
+        return raw
+    if hint is bool:
+        word = raw.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+        raise ConfigError(f"--{key} must be true or false, got {raw!r}")
+    if hint is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"--{key} must be an integer, got {raw!r}") from None
+    if hint is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"--{key} must be a number, got {raw!r}") from None
+    if typing.get_origin(hint) is Literal:
+        for allowed in typing.get_args(hint):
+            if str(allowed) == raw:
+                return allowed
+        raise ConfigError(f"--{key} must be one of {list(typing.get_args(hint))}, got {raw!r}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--{key}: could not read {raw!r} as a YAML value ({err})") from None
+    return _check_value(value, hint, key, (), " (command-line override)")
+
+
+def parse_overrides(args: Sequence[str], cls: type, *, positionals: list[str] | None = None) -> dict[str, Any]:
+    """Read `--section.key VALUE`, `--section.key=VALUE` and bare boolean flags (`--run.overwrite`) into typed values.
+
+    Arguments that are not options are an error, unless a `positionals` list is given to collect them.
+
+    Example:
+        >>> parse_overrides(["--output_dir=out", "--shard_size", "64", "--overwrite"], RunConfig)
+        {'output_dir': 'out', 'shard_size': 64, 'overwrite': True}
+    """
+    root_keys = dotted_keys(cls)
+    overrides: dict[str, Any] = {}
+    position = 0
+    while position < len(args):
+        token = args[position]
+        if positionals is not None and not token.startswith("--"):
+            positionals.append(token)
+            position += 1
+            continue
+        if not token.startswith("--") or len(token) <= 2:
+            raise ConfigError(
+                f"unexpected argument {token!r}; overrides look like --section.key VALUE (e.g. --synth.rounds 2)"
+            )
+        key, has_value, raw = token[2:].partition("=")
+        key = key.replace("-", "_")
+        hint = _field_hint(cls, key, root_keys)
+        if _dataclass_in(hint) is not None and not has_value:
+            raise ConfigError(
+                f"--{key} is a section; set one of its keys, e.g. --{key}.{dotted_keys(_dataclass_in(hint))[0]}"
+            )
+        if not has_value:
+            following = args[position + 1] if position + 1 < len(args) else None
+            is_flag = hint is bool or (_is_union(hint) and bool in typing.get_args(hint))
+            if is_flag and (following is None or following.lower() not in _TRUE_WORDS | _FALSE_WORDS):
+                raw = "true"
+            elif following is None:
+                raise ConfigError(f"--{key} needs a value, e.g. --{key} VALUE")
+            else:
+                raw = following
+                position += 1
+        overrides[key] = coerce_text(raw, hint, key)
+        position += 1
+    return overrides
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of `data` (the YAML mapping) with each dotted override set, creating sections as needed.
+
+    Example:
+        >>> apply_overrides({"synth": {"rounds": 3}}, {"synth.rounds": 2, "run.output_dir": "out"})
+        {'synth': {'rounds': 2}, 'run': {'output_dir': 'out'}}
+    """
+    merged = json.loads(json.dumps(data, default=str)) if data else {}
+    for dotted, value in overrides.items():
+        target = merged
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target[parts[-1]] = value
+    return merged
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a recipe file into a mapping, with errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file {str(path)!r} does not exist (paths are relative to the current directory)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {str(path)!r} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def config_to_dict(config: Any) -> Any:
+    """Plain JSON/YAML-ready data (dicts, lists, scalars) of a config dataclass.
+
+    Example:
+        >>> config_to_dict(RunConfig(output_dir="out"))["shard_size"]
+        2048
+    """
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, Mapping):
+        return {str(k): config_to_dict(v) for k, v in config.items()}
+    if isinstance(config, list | tuple):
+        return [config_to_dict(v) for v in config]
+    if config is None or isinstance(config, bool | int | float | str):
+        return config
+    return str(config)
+
+
+def fingerprint(data: Any) -> str:
+    """SHA-256 of a config (dataclass or plain data), stable across processes, machines and key order.
+
+    Example:
+        >>> fingerprint({"a": 1, "b": [2]}) == fingerprint({"b": [2], "a": 1})
+        True
+    """
+    canonical = json.dumps(config_to_dict(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def describe_fields(cls: type, prefix: str = "", parent_help: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, help) for every settable key: the body of `hf-ipt ... --help`.
+
+    A field of a nested value type without help of its own (e.g. `bos` of a `TargetFormat`) is described by its
+    parent field's help.
+    """
+    rows = []
+    hints = _hints(cls)
+    for name, f in _init_fields(cls).items():
+        nested = _dataclass_in(hints[name])
+        if nested is not None:
+            rows.extend(describe_fields(nested, f"{prefix}{name}.", f.metadata.get("help", "")))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = _MISSING
+        shown = "(required)" if default is _MISSING else json.dumps(config_to_dict(default))
+        help_text = f.metadata.get("help", "") or (f"{parent_help} (its `{name}`)" if parent_help else "")
+        rows.append((f"{prefix}{name}", _type_name(hints[name]), shown, help_text))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The recipe: every stage's section
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkSettings:
+    """Whether and how long source texts are split before synthesis; lengths are counted with synth's tokenizer
+    and budget (synth.max_model_len, synth.max_new_tokens), so nothing has to be truncated.
+
+    Example:
+        >>> ChunkSettings(max_chunk_tokens=1024).enabled
+        True
+    """
+
+    enabled: bool = field(
+        default=True,
+        metadata={
+            "help": "Split texts whose zero-shot prompt would not fit the synthesizer's context into pieces that do "
+            "(at paragraph, then sentence, then word boundaries). Off: over-long texts are truncated."
+        },
+    )
+    max_chunk_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Cap on text tokens per piece; leaves room for demonstrations in multi-round synthesis (e.g. "
+            "max_model_len // (2 * rounds)). null: as long as a zero-shot prompt can hold."
+        },
+    )
+    num_proc: int | None = field(default=None, metadata={"help": "Processes for chunking (Dataset.map num_proc)."})
+
+    def __post_init__(self) -> None:
+        if self.max_chunk_tokens is not None and self.max_chunk_tokens < 1:
+            raise ConfigError(f"chunk.max_chunk_tokens must be >= 1 or null, got {self.max_chunk_tokens}")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise ConfigError(f"chunk.num_proc must be >= 1 or null, got {self.num_proc}")
+
+
+MIX_SOURCE_KINDS = ("general_instructions", "raw")
+
+
+@dataclass
+class MixSourceConfig(SourceConfig):
+    """A corpus the instruction-augmented texts are mixed with (OpenOrca, or raw corpora), keyed by its name in
+    mix.weights. `kind: general_instructions` formats each row as "{question} {response}" (system prompt dropped);
+    `kind: raw` takes `text_column` unchanged.
+
+    Example:
+        >>> MixSourceConfig(path="Open-Orca/OpenOrca", kind="general_instructions").question_column
+        'question'
+    """
+
+    kind: Literal["general_instructions", "raw"] = field(
+        default="raw",
+        metadata={"help": "`general_instructions` (OpenOrca-style question/response rows) or `raw` (plain texts)."},
+    )
+    question_column: str = field(default="question", metadata={"help": "Question column (general_instructions)."})
+    response_column: str = field(default="response", metadata={"help": "Response column (general_instructions)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kind not in MIX_SOURCE_KINDS:
+            raise ConfigError(f"mix source kind must be one of {list(MIX_SOURCE_KINDS)}, got {self.kind!r}")
+
+    def load(self):
+        """Load the split, checking the columns its kind reads."""
+        if self.kind == "raw":
+            return super().load()
+        dataset = self.load_rows()
+        missing = [c for c in (self.question_column, self.response_column) if c not in dataset.column_names]
+        if missing:
+            raise ConfigError(
+                f"mix source {self.path!r} (kind general_instructions) has no column(s) {missing}; its columns are "
+                f"{dataset.column_names}; set question_column / response_column"
+            )
+        return dataset
+
+
+AUGMENTED_SOURCE = "augmented"  # name of the instruction-augmented corpus in mix.weights
+
+
+@dataclass
+class RecipeConfig:
+    """A whole Instruction Pre-Training run: source corpus -> synthesis -> templify -> mix -> release.
+
+    Example:
+        >>> recipe = RecipeConfig(source=SourceConfig(path="bundled:quickstart"), run=RunConfig(output_dir="out"),
+        ...                       synth=SynthesisConfig(batch_size=64), )
+        >>> recipe.run.shard_size % recipe.synth.batch_size
+        0
+    """
+
+    source: SourceConfig = field(metadata={"help": "The raw corpus to augment."})
+    run: RunConfig = field(metadata={"help": "Output location and sharding."})
+    synth: SynthesisConfig = field(default_factory=SynthesisConfig, metadata={"help": "The synthesis step."})
+    chunk: ChunkSettings = field(default_factory=ChunkSettings, metadata={"help": "Splitting over-long texts."})
+    templify: TemplifyConfig = field(
+        default_factory=TemplifyConfig, metadata={"help": "Turning synthesized rows into pre-training texts."}
+    )
+    mix: MixConfig | None = field(
+        default=None,
+        metadata={"help": "Mixing by token ratio; null skips mixing (the release holds the templified texts)."},
+    )
+    mix_sources: dict[str, MixSourceConfig] = field(
+        default_factory=dict,
+        metadata={
+            "help": f"Corpora to mix with, by the names used in mix.weights ({AUGMENTED_SOURCE!r} is the augmented "
+            "corpus itself), e.g. {general: {path: Open-Orca/OpenOrca, kind: general_instructions}}."
+        },
+    )
+    release: ReleaseConfig | None = field(
+        default=None,
+        metadata={"help": "The release (repo_id, version, config_name, ...); null: stop after the last data stage."},
+    )
+    release_to: Literal["hub", "local"] = field(
+        default="hub",
+        metadata={
+            "help": "`hub`: push to release.repo_id on the Hub and tag release.version. `local`: write the same "
+            "release (data, card, statistics, recipe, plots) to run.output_dir/release/, nothing uploaded."
+        },
+    )
+    card: CardOptions = field(
+        default_factory=CardOptions, metadata={"help": "Dataset card settings (title, summary, license, tags)."}
+    )
+    build_tiny_model: bool = field(
+        default=False,
+        metadata={
+            "help": "Build hf-ipt's tiny offline synthesizer (hf_ipt.testing) at synth.model first, if not there "
+            "yet: for the quickstart and smoke tests, no download. Its pairs have the right format, not real content."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self._reconcile_text_column()
+        if self.build_tiny_model and self.synth.model == DEFAULT_MODEL:
+            raise ConfigError(
+                "build_tiny_model is set but synth.model is the real synthesizer's Hub id; set synth.model to the "
+                "local folder the tiny model should be built in (e.g. output/tiny-synthesizer)"
+            )
+        if self.run.shard_size % self.synth.batch_size:
+            size, batch = self.run.shard_size, self.synth.batch_size
+            lower = max(batch, size - size % batch)
+            raise ConfigError(
+                f"run.shard_size ({size}) must be a multiple of synth.batch_size ({batch}): multi-round chains are "
+                f"formed inside each batch, and a shard ending mid-batch would chain other rows than an unsharded "
+                f"run. Use run.shard_size {lower} or {lower + batch}"
+            )
+        if self.mix is not None:
+            if AUGMENTED_SOURCE not in self.mix.weights:
+                raise ConfigError(
+                    f"mix.weights must give a weight to {AUGMENTED_SOURCE!r} (the instruction-augmented corpus), got "
+                    f"{sorted(self.mix.weights)}"
+                )
+            others = set(self.mix.weights) - {AUGMENTED_SOURCE}
+            undefined = sorted(others - set(self.mix_sources))
+            if undefined:
+                raise ConfigError(
+                    f"mix.weights names source(s) {undefined} that mix_sources does not define; add e.g. "
+                    f"`mix_sources: {{{undefined[0]}: {{path: ..., kind: raw}}}}`"
+                )
+        unused = sorted(set(self.mix_sources) - set(self.mix.weights if self.mix else {}))
+        if unused:
+            raise ConfigError(
+                f"mix_sources {unused} have no weight in mix.weights"
+                + ("" if self.mix else " (there is no mix section)")
+                + "; give them a weight or remove them"
+            )
+        if AUGMENTED_SOURCE in self.mix_sources:
+            raise ConfigError(f"mix_sources cannot define {AUGMENTED_SOURCE!r}: that name is the augmented corpus")
+
+    def _reconcile_text_column(self) -> None:
+        """source.text_column, synth.text_column and templify.text_column name the same column (synthesis keeps the
+        input columns); the one set to something other than the default `text` applies to all three."""
+        default = "text"
+        sections = {"source": self.source, "synth": self.synth, "templify": self.templify}
+        chosen = {name: section.text_column for name, section in sections.items() if section.text_column != default}
+        if len(set(chosen.values())) > 1:
+            shown = ", ".join(f"{name}.text_column={column!r}" for name, column in chosen.items())
+            raise ConfigError(
+                f"{shown} differ; they name the same column (synthesis keeps its input columns): set only "
+                "source.text_column"
+            )
+        column = next(iter(chosen.values()), default)
+        for name, section in sections.items():
+            if section.text_column != column:
+                setattr(self, name, dataclasses.replace(section, text_column=column))
+
+    def recorded(self) -> dict[str, Any]:
+        """The recipe as written into outputs and releases: storage credentials and the Hub token left out."""
+        data = config_to_dict(self)
+        data["run"]["storage_options"] = "<not recorded>" if self.run.storage_options else {}
+        if data.get("release") and data["release"].get("token") is not None:
+            data["release"]["token"] = "<not recorded>"
+        return data
+
+    def synthesis_identity(self) -> dict[str, Any]:
+        """Everything that determines the synthesized rows: what a resumed synthesis must match."""
+        return {
+            "source": config_to_dict(self.source),
+            "chunk": {k: v for k, v in config_to_dict(self.chunk).items() if k != "num_proc"},
+            "synth": config_to_dict(self.synth),
+        }
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> RecipeConfig:
+    """Read a recipe YAML (or none: everything from `overrides`), apply command-line overrides, validate everything.
+
+    `overrides` is either argv-style (`["--synth.rounds", "2"]`) or already parsed (`{"synth.rounds": 2}`).
+
+    Example:
+        >>> recipe = load_recipe(None, ["--source.path", "bundled:quickstart", "--run.output_dir", "out"])
+        >>> recipe.source.path, recipe.synth.rounds
+        ('bundled:quickstart', 1)
+    """
+    data = read_yaml(path) if path is not None else {}
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(list(overrides), RecipeConfig)
+    if path is not None:
+        # check the file's keys on their own first, so a misspelt key is blamed on the file
+        _check_keys(RecipeConfig, data, "", dotted_keys(RecipeConfig), f" (in {path})")
+    sources = ([str(path)] if path is not None else []) + (["command-line overrides"] if overrides else [])
+    origin = f" (in {' + '.join(sources)})" if sources else ""
+    merged = apply_overrides(data, overrides)
+    return config_from_dict(RecipeConfig, merged, origin=origin)
+
+
+def _check_keys(cls: type, data: Mapping[str, Any], prefix: str, root_keys: Sequence[str], origin: str) -> None:
+    """Unknown-key check only (no values), so a recipe can be completed by overrides but never misspelt."""
+    fields = _init_fields(cls)
+    hints = _hints(cls)
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key_error(f"{prefix}{key}", list(fields), root_keys, origin)
+        nested = _dataclass_in(hints[key])
+        if nested is not None and isinstance(value, Mapping):
+            _check_keys(nested, value, f"{prefix}{key}.", root_keys, origin)
+        elif typing.get_origin(hints[key]) in (dict, Mapping) and isinstance(value, Mapping):
+            args = typing.get_args(hints[key])
+            inner = _dataclass_in(args[1]) if args else None
+            if inner is not None:
+                for name, entry in value.items():
+                    if isinstance(entry, Mapping):
+                        _check_keys(inner, entry, f"{prefix}{key}.{name}.", root_keys, origin)

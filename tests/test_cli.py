@@ -1,0 +1,211 @@
+"""The `hf-ipt` command: help, config, and resumable / multi-worker synthesis with the real (tiny) model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_ipt.cli import main
+from hf_ipt.config import RecipeConfig, dotted_keys
+from hf_ipt.runner import assemble_shards, plan_shards
+
+# tests/hub_server.py: the local Hub double and its `local_hub` fixture, registered as tests/test_hub.py does
+pytest_plugins = ["hub_server"]
+RECIPES = Path(__file__).parent.parent / "recipes"
+NUM_ROWS, SHARD = 40, 8
+
+
+def small_recipe(tmp_path: Path, model: str, output: Path) -> Path:
+    """A synthesis on 40 bundled paragraphs with the tiny model: 5 shards of one batch each."""
+    recipe = {
+        "build_tiny_model": True,
+        "source": {"path": "bundled:quickstart", "max_rows": NUM_ROWS},
+        "chunk": {"enabled": False},
+        "synth": {
+            "model": model,
+            "engine": "transformers",
+            "rounds": 2,
+            "max_model_len": 512,
+            "max_new_tokens": 32,
+            "batch_size": SHARD,
+            "engine_kwargs": {"batch_size": SHARD, "dtype": "float32"},
+        },
+        "run": {"output_dir": str(output), "shard_size": SHARD},
+    }
+    path = tmp_path / f"{output.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "hf_ipt.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def table_of(output: Path):
+    return assemble_shards(str(output / "synthesized"))["train"].with_format("arrow")[:].replace_schema_metadata(None)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_path):
+    """An uninterrupted single-worker synthesis, run in this process."""
+    tmp_path = tmp_path_factory.mktemp("reference")
+    output = tmp_path / "ref"
+    assert main(["synthesize", str(small_recipe(tmp_path, tiny_model_path, output)), "-q"]) == 0
+    return output
+
+
+def test_help_lists_every_command_and_every_recipe_key(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    top = capsys.readouterr().out
+    for command in ("run", "synthesize", "templify", "mix", "push", "status", "config"):
+        assert command in top
+    with pytest.raises(SystemExit):
+        main(["synthesize", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--worker-index", "--rank", "--num-workers", "--world-size", "--overwrite"):
+        assert option in text
+    for key in dotted_keys(RecipeConfig):
+        assert f"--{key} " in text, key
+    assert "Input rows per synthesis shard" in text  # the help text of run.shard_size
+
+
+def test_config_prints_the_resolved_recipe_and_errors_name_the_key(capsys, tmp_path):
+    recipe = RECIPES / "continual_pretraining.yaml"
+    assert main(["config", str(recipe), "--synth.rounds", "2", "--run.shard_size=2048"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["synth"]["rounds"] == 2 and resolved["run"]["shard_size"] == 2048
+    assert resolved["synth"]["max_new_tokens"] == 400  # from the file
+    assert main(["config", str(recipe), "--synth.round", "2"]) == 2
+    assert "unknown key 'synth.round' (command-line override); did you mean 'synth.rounds'?" in capsys.readouterr().err
+    assert main(["config", str(recipe), "--run.shard_size", "1000"]) == 2
+    assert "must be a multiple of synth.batch_size (1024)" in capsys.readouterr().err
+    assert main(["config", str(recipe), str(recipe)]) == 2
+    assert "expected at most one recipe file" in capsys.readouterr().err
+
+
+def test_sigkill_during_synthesize_then_resume(tmp_path, tiny_model_path, reference, capsys):
+    output = tmp_path / "killed"
+    recipe = str(small_recipe(tmp_path, tiny_model_path, output))
+    process = cli("synthesize", recipe)
+    markers = output / "synthesized" / ".hf_ipt" / "done"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(markers.glob("*.json"))) < 2 and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p.name: p.read_text() for p in markers.glob("*.json")}
+    total = len(plan_shards(NUM_ROWS, SHARD))
+    assert 2 <= len(finished) < total, f"the run must be killed part-way ({len(finished)} of {total} shards done)"
+
+    # the same command again (in this process, which saves a second interpreter start-up)
+    assert main(["synthesize", recipe]) == 0
+    assert f"{total} ({total - len(finished)} computed now, {len(finished)} reused)" in capsys.readouterr().out
+    for name, content in finished.items():  # finished shards were not recomputed: same marker, same attempt id
+        assert (markers / name).read_text() == content
+    # byte-identical to the uninterrupted run: every shard file, and the assembled rows in the same order
+    for shard in plan_shards(NUM_ROWS, SHARD):
+        ours = (output / "synthesized" / shard.data_path).read_bytes()
+        assert ours == (reference / "synthesized" / shard.data_path).read_bytes(), shard.index
+    assembled = table_of(output)
+    assert assembled.equals(table_of(reference))
+    assert assembled.num_rows == NUM_ROWS and assembled["id"].to_pylist() == table_of(reference)["id"].to_pylist()
+    assert len(set(assembled["id"].to_pylist())) == NUM_ROWS  # no row lost or duplicated
+
+
+def test_two_workers_on_disjoint_shards_equal_one_worker(tmp_path, tiny_model_path, reference):
+    output = tmp_path / "workers"
+    recipe = str(small_recipe(tmp_path, tiny_model_path, output))
+    # worker 1 in its own process, worker 0 in this one, at the same time
+    other = cli("synthesize", recipe, "--rank", "1", "--world-size", "2")
+    codes = [main(["synthesize", recipe, "-q", "--worker-index", "0", "--num-workers", "2"])]
+    _, stderr = other.communicate(timeout=180)
+    codes.append(other.returncode)
+    assert set(codes) <= {0, 3}, stderr  # 3: this worker is done but the other one was not yet
+    assert 0 in codes or codes == [3, 3]
+    done = output / "synthesized" / ".hf_ipt" / "done"
+    writers = [json.loads((done / f"shard-{i:05d}.json").read_text())["worker"] for i in range(5)]
+    assert [w["index"] for w in writers] == [i % 2 for i in range(5)] and {w["of"] for w in writers} == {2}
+    assert table_of(output).equals(table_of(reference))
+
+
+def later_stages(tiny_model_path: str) -> list[str]:
+    """Overrides that add templify, a 1:1 mix with the bundled OpenOrca-format stand-in, and a release."""
+    return [
+        "--templify.target_tokenizer", tiny_model_path,
+        "--mix.weights", "{augmented: 1, general: 1}",
+        "--mix.tokenizer", tiny_model_path,
+        "--mix.tolerance", "0.1",
+        "--mix_sources.general.path", "bundled:quickstart_general",
+        "--mix_sources.general.kind", "general_instructions",
+        "--release.repo_id", "local/hf-ipt-test",
+        "--release.version", "v0.1",
+        "--release.config_name", "continual-m2",
+    ]  # fmt: skip
+
+
+def test_run_continues_the_pipeline_to_a_local_release_and_reuses_finished_stages(tiny_model_path, reference, capsys):
+    recipe = str(reference.parent / "ref.yaml")  # the reference synthesis is already there: `run` reuses it
+    stages = [*later_stages(tiny_model_path), "--release_to", "local"]
+    assert main(["run", recipe, "-q", *stages]) == 0
+    out = capsys.readouterr().out
+    assert f"{NUM_ROWS // SHARD} (0 computed now, {NUM_ROWS // SHARD} reused)" in out
+    assert "load it with datasets.load_dataset" in out and "achieved ratio" in out
+
+    from datasets import load_dataset
+
+    release = reference / "release"
+    released = load_dataset(str(release), split="train")
+    mixed = load_dataset(str(reference / "mixed"), split="train")
+    assert released.num_rows == mixed.num_rows > 0 and set(released["source"]) == {"augmented", "general"}
+    card = (release / "README.md").read_text()
+    assert "config_name: continual-m2" in card and "`v0.1`" in card and "hf-ipt run" in card
+    plots = list((release / "release_info" / "continual-m2" / "plots").glob("*.png"))
+    assert plots and all(p.read_bytes().startswith(b"\x89PNG") for p in plots)
+    stats = json.loads((release / "release_info" / "continual-m2" / "stats.json").read_text())
+    assert stats["statistics"]["rows"] == released.num_rows
+
+    # everything is finished: a second run reuses every stage and changes nothing
+    before = (release / "README.md").stat().st_mtime_ns
+    assert main(["run", recipe, "-q", *stages]) == 0
+    assert capsys.readouterr().out.count("already done, reused") == 4
+    assert (release / "README.md").stat().st_mtime_ns == before
+    assert main(["status", recipe, *stages]) == 0
+    status = capsys.readouterr().out
+    assert f"{NUM_ROWS // SHARD}/{NUM_ROWS // SHARD} shards finished" in status and "release     finished" in status
+
+
+def test_push_to_the_hub_releases_and_tags_the_version(local_hub, tiny_model_path, reference, capsys):
+    from datasets import load_dataset
+
+    from hf_ipt.hub import list_versions, load_release
+
+    repo = f"hf-ipt-tester/cli-{uuid.uuid4().hex[:8]}"
+    recipe = str(reference.parent / "ref.yaml")
+    stages = [*later_stages(tiny_model_path), "--release.repo_id", repo, "--release.retry_base_delay", "0.01"]
+    assert main(["run", recipe, "-q", *stages]) == 0
+    assert f"/datasets/{repo}/tree/v0.1" in capsys.readouterr().out
+    assert list(list_versions(repo)) == ["v0.1"]
+    released = load_release(repo, "v0.1", "continual-m2", split="train")
+    assert released["text"] == load_dataset(str(reference / "mixed"), split="train")["text"]
+    recipe_text = local_hub.read_file(repo, "release_info/continual-m2/recipe.yaml", "v0.1").decode()
+    assert "mix_sources" in recipe_text and local_hub.token not in recipe_text
+    assert not (reference / "release" / "README.md").exists()  # no left-over of an earlier local release
+
+    commits = len(local_hub.calls("commit", status=200))
+    assert main(["push", recipe, "-q", *stages]) == 0  # already released: nothing is pushed again
+    assert "already done, reused" in capsys.readouterr().out
+    assert len(local_hub.calls("commit", status=200)) == commits

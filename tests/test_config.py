@@ -1,0 +1,234 @@
+"""Recipes: YAML + dotted overrides into validated config dataclasses, with helpful errors before anything loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hf_ipt.config import (
+    ConfigError,
+    RecipeConfig,
+    RunConfig,
+    SourceConfig,
+    apply_overrides,
+    closest_key,
+    coerce_text,
+    config_from_dict,
+    config_to_dict,
+    describe_fields,
+    dotted_keys,
+    fingerprint,
+    load_recipe,
+    parse_overrides,
+)
+
+RECIPES = Path(__file__).parent.parent / "recipes"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+BASE = """
+source: {path: "bundled:quickstart"}
+run: {output_dir: out, shard_size: 8}
+synth:
+  rounds: 3
+  batch_size: 4
+  max_new_tokens: 64
+  engine_kwargs: {dtype: float32}
+"""
+
+
+def test_defaults_then_yaml_then_command_line(tmp_path):
+    recipe = load_recipe(write(tmp_path, BASE), ["--synth.rounds", "2", "--run.shard_size=12"])
+    assert recipe.synth.rounds == 2  # command line beats YAML
+    assert recipe.run.shard_size == 12
+    assert recipe.synth.max_new_tokens == 64  # YAML beats the default
+    assert recipe.synth.max_model_len == 4096  # default kept
+    assert recipe.synth.engine_kwargs == {"dtype": "float32"}
+    nested = load_recipe(write(tmp_path, BASE), ["--synth.engine_kwargs.gpu_memory_utilization", "0.5"])
+    assert nested.synth.engine_kwargs == {"dtype": "float32", "gpu_memory_utilization": 0.5}
+    # the whole recipe can come from the command line
+    bare = load_recipe(None, ["--source.path", "bundled:quickstart", "--run.output_dir", "o", "--run.overwrite"])
+    assert bare.run.overwrite is True and bare.synth.rounds == 1
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("synth: {roundz: 3}", r"unknown key 'synth.roundz' \(in .*recipe.yaml\); did you mean 'synth.rounds'\?"),
+        ("synt: {rounds: 3}", r"unknown key 'synt' .*did you mean 'synth'\?"),
+        ("rounds: 3", r"unknown key 'rounds' .*did you mean 'synth.rounds'\?"),
+        ("run: {outptu_dir: x}", r"unknown key 'run.outptu_dir' .*did you mean 'run.output_dir'\?"),
+        ("mix_sources: {general: {pth: x}}", r"unknown key 'mix_sources.general.pth' .*did you mean .*path'\?"),
+    ],
+)
+def test_unknown_keys_name_the_key_and_the_closest_valid_one(tmp_path, yaml_text, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_recipe(write(tmp_path, BASE + yaml_text), [])
+
+
+def test_unknown_override_keys_are_errors_too(tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'synth.max_new_token' \(command-line override\); did you "
+        r"mean 'synth.max_new_tokens'\?.*Valid keys in section 'synth'",
+    ):
+        load_recipe(write(tmp_path, BASE), ["--synth.max_new_token", "3"])
+    with pytest.raises(ConfigError, match="is a section; set one of its keys, e.g. --synth.model"):
+        load_recipe(write(tmp_path, BASE), ["--synth", "3"])
+    with pytest.raises(ConfigError, match="overrides look like --section.key VALUE"):
+        parse_overrides(["synth.rounds", "3"], RecipeConfig)
+    assert closest_key("zzz", ["synth.rounds"]) is None
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            ["--synth.rounds", "0"],
+            r"invalid 'synth' \(in .*recipe.yaml \+ command-line overrides\): .*rounds must "
+            r"be an integer >= 1, got 0",
+        ),
+        (["--synth.rounds", "three"], r"--synth.rounds must be an integer, got 'three'"),
+        (["--synth.engine", "vlm"], r"engine must be 'vllm' or 'transformers', got 'vlm'"),
+        (["--synth.max_new_tokens", "5000"], r"max_new_tokens \(5000\) must be smaller than .*max_model_len"),
+        (["--run.shard_size", "10"], r"run.shard_size \(10\) must be a multiple of synth.batch_size \(4\).*8 or 12"),
+        (["--run.overwrite=maybe"], r"--run.overwrite must be true or false, got 'maybe'"),
+        (["--source.path", "bundled:nope"], r"names no bundled corpus; available: bundled:quickstart"),
+        (["--source.split", "train/x"], r"source.split must be a split name"),
+        (["--run.output_dir", ""], r"run.output_dir must be a local path or an fsspec URL"),
+        (["--mix.weights", "{augmented: 1, general: 1}", "--mix.tokenizer", "t"], r"mix_sources does not define"),
+        (["--mix_sources.raw.path", "x"], r"mix_sources \['raw'\] have no weight .*there is no mix section"),
+        (["--chunk.max_chunk_tokens", "0"], r"chunk.max_chunk_tokens must be >= 1 or null"),
+    ],
+)
+def test_invalid_values_are_rejected_with_the_field_name(tmp_path, override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_recipe(write(tmp_path, BASE), override)
+
+
+def test_yaml_values_of_the_wrong_type_are_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"synth.rounds \(in .*\) must be an integer, got '3' \(str\)"):
+        load_recipe(write(tmp_path, BASE.replace("rounds: 3", "rounds: '3'")), [])
+    with pytest.raises(ConfigError, match=r"source.revision .* must be a string, got 1234 \(int\); quote it"):
+        load_recipe(
+            write(tmp_path, BASE.replace('"bundled:quickstart"}', '"bundled:quickstart", revision: 1234}')), []
+        )
+    with pytest.raises(ConfigError, match=r"run \(in .*\) is a section and needs a mapping of its keys"):
+        load_recipe(write(tmp_path, BASE + "run: out\n"), [])
+    with pytest.raises(ConfigError, match=r"missing required section 'run'"):
+        load_recipe(write(tmp_path, 'source: {path: "bundled:quickstart"}\n'), [])
+    with pytest.raises(ConfigError, match="must be a mapping of sections"):
+        load_recipe(write(tmp_path, "- a\n- b\n"), [])
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_recipe(write(tmp_path, "source: {path: [\n"), [])
+    with pytest.raises(ConfigError, match="recipe file .*missing.yaml' does not exist"):
+        load_recipe(tmp_path / "missing.yaml", [])
+
+
+def test_invalid_values_are_rejected_before_any_model_or_dataset_loads(tmp_path):
+    recipe = write(tmp_path, BASE.replace("rounds: 3", "rounds: -1"))
+    # a fresh interpreter: the command fails on the config alone, without importing torch/transformers/datasets
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from hf_ipt.cli import main
+        code = main(["synthesize", {str(recipe)!r}, "--synth.model", "/nonexistent/model"])
+        heavy = [m for m in ("torch", "transformers", "vllm") if m in sys.modules]
+        print("exit", code, "heavy", heavy)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "exit 2 heavy []" in result.stdout, result.stderr
+    assert "rounds must be an integer >= 1, got -1" in result.stderr
+
+
+def test_command_line_strings_are_coerced_to_the_field_types():
+    assert coerce_text("yes", bool, "k") is True and coerce_text("OFF", bool, "k") is False
+    assert coerce_text("None", int | None, "k") is None and coerce_text("7", int | None, "k") == 7
+    assert coerce_text("0123", str, "source.revision") == "0123"  # never read as a number
+    assert coerce_text("[a, b]", str | list[str] | None, "k") == ["a", "b"]
+    assert coerce_text("data/*.json", str | list[str] | None, "k") == "data/*.json"
+    assert coerce_text("{x: 1}", dict, "k") == {"x": 1}
+    assert coerce_text("2.5", float, "k") == 2.5
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        coerce_text("[1]", dict[str, float], "k")
+    overrides = parse_overrides(["--run.overwrite", "--synth.rounds=2", "--run.verify_inputs", "false"], RecipeConfig)
+    assert overrides == {"run.overwrite": True, "synth.rounds": 2, "run.verify_inputs": False}
+    with pytest.raises(ConfigError, match="--synth.rounds needs a value"):
+        parse_overrides(["--synth.rounds"], RecipeConfig)
+    positionals: list[str] = []
+    assert parse_overrides(["r.yaml", "--run.overwrite", "--synth.rounds", "2"], RecipeConfig, positionals=positionals)
+    assert positionals == ["r.yaml"]
+
+
+@given(st.integers(min_value=-(10**12), max_value=10**12), st.text(min_size=1).filter(lambda t: t == t.strip()))
+def test_override_round_trip(number, text):
+    assert coerce_text(str(number), int, "k") == number
+    assert coerce_text(text, str, "k") == text
+    merged = apply_overrides({"synth": {"rounds": 3}}, {"synth.rounds": number, "source.path": text})
+    assert merged == {"synth": {"rounds": number}, "source": {"path": text}}
+
+
+def test_text_column_is_set_once_for_source_and_synthesis(tmp_path):
+    recipe = load_recipe(write(tmp_path, BASE), ["--source.text_column", "body"])
+    assert recipe.synth.text_column == "body"
+    recipe = load_recipe(write(tmp_path, BASE), ["--synth.text_column", "body"])
+    assert recipe.source.text_column == "body"
+    assert recipe.templify.text_column == "body"
+    with pytest.raises(ConfigError, match="source.text_column='b', synth.text_column='a' differ"):
+        load_recipe(write(tmp_path, BASE), ["--synth.text_column", "a", "--source.text_column", "b"])
+
+
+def test_a_recipe_survives_a_round_trip_and_fingerprints_are_stable(tmp_path):
+    recipe = load_recipe(write(tmp_path, BASE), [])
+    again = config_from_dict(RecipeConfig, config_to_dict(recipe))
+    assert again == recipe
+    assert fingerprint(again) == fingerprint(recipe)
+    assert fingerprint(load_recipe(write(tmp_path, BASE), ["--synth.rounds", "2"])) != fingerprint(recipe)
+    # what a resumed synthesis must match excludes where the output goes and how to talk to the storage
+    moved = dataclasses.replace(recipe, run=RunConfig(output_dir="elsewhere", shard_size=8, storage_options={"k": 1}))
+    assert moved.synthesis_identity() == recipe.synthesis_identity()
+
+
+def test_every_key_has_help_text():
+    rows = describe_fields(RecipeConfig)
+    assert {row[0] for row in rows} == set(dotted_keys(RecipeConfig))
+    missing = [row[0] for row in rows if not row[3].strip()]
+    assert not missing, f"keys without help metadata: {missing}"
+
+
+def test_bundled_source_loads_and_checks_its_text_column():
+    dataset = SourceConfig(path="bundled:quickstart", max_rows=20).load()
+    assert len(dataset) == 20 and all(len(t) >= 200 for t in dataset["text"])
+    assert len(SourceConfig(path="bundled:quickstart").load()) == 300
+    with pytest.raises(ConfigError, match=r"has no column 'body' \(source.text_column\); its columns are"):
+        SourceConfig(path="bundled:quickstart", text_column="body").load()
+    assert SourceConfig(path="x", split="train[:10%]").output_split == "train"
+
+
+@pytest.mark.parametrize("name", ["quickstart", "continual_pretraining", "from_scratch"])
+def test_shipped_recipes_are_valid(name):
+    recipe = load_recipe(RECIPES / f"{name}.yaml", [])
+    assert recipe.run.shard_size % recipe.synth.batch_size == 0
+    if name == "continual_pretraining":
+        assert recipe.synth.rounds == 3
+        assert recipe.mix.weights == {"augmented": 1, "general": 1}
+        assert recipe.mix_sources["general"].kind == "general_instructions"
+        assert recipe.mix_sources["general"].path == "Open-Orca/OpenOrca"
+    if name == "from_scratch":
+        assert recipe.synth.rounds == 2
+        assert {s.kind for s in recipe.mix_sources.values()} == {"raw"}
+    if name == "quickstart":
+        assert recipe.build_tiny_model and recipe.source.path.startswith("bundled:")
