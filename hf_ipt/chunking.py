@@ -11,7 +11,8 @@ column holding the piece; `source_id` (a hash of the whole source text, shared b
 
 Pieces end at paragraph breaks where possible, else at sentence ends, else at whitespace, else between tokens. A piece
 fits when its zero-shot prompt plus `max_new_tokens` fits `max_model_len` (or when it holds at most
-`max_chunk_tokens` text tokens, if set — leave room for demonstrations in multi-round synthesis that way).
+`max_chunk_tokens` text tokens as counted inside that prompt, if set — leave room for demonstrations in multi-round
+synthesis that way).
 Rows whose text is not a non-empty string pass through as one piece; synthesis gives them their status.
 """
 
