@@ -62,6 +62,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hf_ipt.formatting import NO_FORMAT, TargetFormat
+from hf_ipt.tokenization import FastEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -279,28 +280,7 @@ class TokenCounter:
         self.text_column = text_column
         self.count_column = count_column
         # decided once here, not lazily: the instance's state is its `datasets` fingerprint and must not change
-        self.use_backend = self._backend_agrees_with_tokenizer()
-
-    def _backend_agrees_with_tokenizer(self) -> bool:
-        """Whether the Rust backend alone gives the ids the tokenizer's own call gives (some wrappers pre-process)."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            return False
-        specials = " ".join(str(t) for t in (self.tokenizer.bos_token, self.tokenizer.eos_token) if t)
-        probes = ["Hello world", "  Leading spaces,\ttabs\nand newlines.", f"{specials} naïve café — 東京 {specials}"]
-        self._reset_backend(backend)
-        expected = self.tokenizer(probes, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-        self._reset_backend(backend)
-        got = [encoding.ids for encoding in backend.encode_batch(probes, add_special_tokens=False)]
-        return got == [list(ids) for ids in expected]
-
-    @staticmethod
-    def _reset_backend(backend: Any) -> None:
-        # transformers leaves the backend truncating/padding after a call that asked for it; counts must be whole
-        if backend.truncation is not None:
-            backend.no_truncation()
-        if backend.padding is not None:
-            backend.no_padding()
+        self.use_backend = FastEncoder(self.tokenizer).uses_backend
 
     def count(self, texts: Sequence[str | None]) -> list[int]:
         """Token counts of `texts` (a list, a NumPy array or an Arrow array of strings; None counts 0)."""
@@ -319,10 +299,7 @@ class TokenCounter:
         if not self.use_backend:  # a slow tokenizer, or one whose wrapper pre-processes: correct, just slower
             ids = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
             return [len(row) for row in ids]
-        backend = self.tokenizer.backend_tokenizer
-        self._reset_backend(backend)
-        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-        return [len(encoding) for encoding in encode(texts, add_special_tokens=False)]
+        return FastEncoder(self.tokenizer, uses_backend=True).lengths(texts)
 
     def count_batch(self, texts: Sequence[str | None]) -> dict[str, list[int]]:
         """Map function for `Dataset.map(..., input_columns=[text_column])`: returns only the count column, so

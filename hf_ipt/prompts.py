@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hf_ipt.columns import INSTRUCTION, RESPONSE
+from hf_ipt.tokenization import FastEncoder
 
 BOS = "<s>"
 EOS = "</s>"
@@ -87,6 +88,7 @@ class PromptFitter:
                 "no room is left for the prompt"
             )
         self.tokenizer = tokenizer
+        self.encoder = FastEncoder(tokenizer)
         self.budget = max_model_len - max_new_tokens
         self._segments_concatenate_exactly: bool | None = None
         bos_id = tokenizer.convert_tokens_to_ids(BOS)
@@ -103,9 +105,7 @@ class PromptFitter:
 
     def encode(self, segments: Sequence[str]) -> list[list[int]]:
         """Token ids of each segment (batched, no special tokens added)."""
-        if not segments:
-            return []
-        return self.tokenizer(list(segments), add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        return self.encoder.encode(segments)
 
     def fit(
         self,

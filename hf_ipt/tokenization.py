@@ -1,0 +1,75 @@
+"""Batched tokenization at the speed of the Rust backend, with the ids of the tokenizer's own call.
+
+`tokenizer(texts)` in transformers wraps the Rust `tokenizers` backend and converts every encoding to Python through
+`BatchEncoding`; calling the backend's `encode_batch_fast` (no offsets) directly is about 1.4x faster. Some tokenizer
+wrappers pre-process text before the backend sees it, so the shortcut is taken only when the backend gives the same
+ids as the tokenizer's call on probe texts (special tokens, spaces, tabs, newlines, non-ASCII).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def _reset_backend(backend: Any) -> None:
+    # transformers leaves the backend truncating/padding after a call that asked for it; ids must be whole
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+
+
+class FastEncoder:
+    """`encode(texts)` == `tokenizer(texts, add_special_tokens=False)["input_ids"]`, faster where it is safe.
+
+    Example:
+        >>> encoder = FastEncoder(tokenizer)  # doctest: +SKIP
+        >>> encoder.encode(["<s> <CON> Hello </CON>\\n\\n"])  # doctest: +SKIP
+        [[1, 523, ...]]
+    """
+
+    def __init__(self, tokenizer: Any, uses_backend: bool | None = None) -> None:
+        """`uses_backend`: a verdict of an earlier probe of the same tokenizer; None probes now."""
+        self.tokenizer = tokenizer
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        if self.backend is None:
+            uses_backend = False
+        elif uses_backend is None:
+            uses_backend = self._backend_agrees_with_tokenizer()
+        self.uses_backend = uses_backend
+
+    def _backend_agrees_with_tokenizer(self) -> bool:
+        bos, eos = self.tokenizer.bos_token or "", self.tokenizer.eos_token or ""
+        specials = f"{bos} {eos}".strip()
+        probes = [
+            "Hello world",
+            "  Leading spaces,\ttabs\nand newlines.\n\n",
+            f"{specials} naïve café — 東京 {specials}",
+            f"{bos} <CON> x </CON>\n\n<QUE> q <ANS> a </END>{eos}{bos} <CON> y </CON>\n\n",
+        ]
+        _reset_backend(self.backend)
+        expected = self.tokenizer(probes, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        return self._backend_ids(probes) == [list(ids) for ids in expected]
+
+    def _backend_ids(self, texts: list[str]) -> list[list[int]]:
+        _reset_backend(self.backend)
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        texts = list(texts)
+        if self.uses_backend:
+            return self._backend_ids(texts)
+        return self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        if self.uses_backend:
+            _reset_backend(self.backend)
+            encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+            return [len(encoding) for encoding in encode(list(texts), add_special_tokens=False)]
+        return [len(ids) for ids in self.encode(texts)]
