@@ -13,12 +13,46 @@ Example:
 from hf_ipt.chunking import ChunkConfig, Chunker
 from hf_ipt.engines import CallableEngine, Completion, Engine, Request, TransformersEngine, VLLMEngine, make_engine
 from hf_ipt.formatting import TargetFormat
+from hf_ipt.hub import ReleaseConfig, load_release, publish_release, push_release, verify_release
+from hf_ipt.mixing import (
+    GeneralInstructionFormatter,
+    MixConfig,
+    MixReport,
+    TokenCounter,
+    count_tokens,
+    format_general_instructions,
+    mix_by_token_ratio,
+    mix_by_token_weights,
+    mix_with_general_instructions,
+    mix_with_raw_corpus,
+)
 from hf_ipt.parsing import parse_pairs
 from hf_ipt.synthesize import SynthesisConfig, Synthesizer, synthesize_batch
+from hf_ipt.templify import Templifier, TemplifyConfig, templify_batch, templify_stats
 
+# `templify` (the function) is not re-exported: it would shadow the submodule hf_ipt.templify
 __version__ = "0.1.0"
 
 __all__ = [
+    "GeneralInstructionFormatter",
+    "MixConfig",
+    "MixReport",
+    "ReleaseConfig",
+    "Templifier",
+    "TemplifyConfig",
+    "TokenCounter",
+    "count_tokens",
+    "format_general_instructions",
+    "load_release",
+    "mix_by_token_ratio",
+    "mix_by_token_weights",
+    "mix_with_general_instructions",
+    "mix_with_raw_corpus",
+    "publish_release",
+    "push_release",
+    "templify_batch",
+    "templify_stats",
+    "verify_release",
     "CallableEngine",
     "ChunkConfig",
     "Chunker",

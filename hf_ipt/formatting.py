@@ -7,7 +7,7 @@ second BOS.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -20,8 +20,8 @@ class TargetFormat:
         '<|begin_of_text|>Hello<|end_of_text|>'
     """
 
-    bos: str = ""
-    eos: str = ""
+    bos: str = field(default="", metadata={"help": "Written before each text, e.g. '<|begin_of_text|>'."})
+    eos: str = field(default="", metadata={"help": "Written after each text, e.g. '<|end_of_text|>'."})
 
     def wrap(self, text: str) -> str:
         return f"{self.bos}{text}{self.eos}"

@@ -554,7 +554,8 @@ def test_local_hub_speaks_the_protocol(local_hub, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ packaging
 def test_wheel_ships_the_card_templates(tmp_path):
-    uv = shutil.which("uv")
+    # .ci/install puts uv into the test environment itself, which need not be on PATH
+    uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
     if uv is None:
         pytest.skip("uv is not installed: it builds the wheel (pip install uv)")
     built = subprocess.run(
