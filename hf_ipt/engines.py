@@ -226,12 +226,23 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-ENGINES: dict[str, type[Engine]] = {"vllm": VLLMEngine, "transformers": TransformersEngine}
+def _server_engine(model: str, **kwargs: Any) -> Engine:
+    from hf_ipt.server_engine import ServerEngine  # imported on use: it builds on this module
+
+    return ServerEngine(model, **kwargs)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {
+    "vllm": VLLMEngine,
+    "transformers": TransformersEngine,
+    "server": _server_engine,
+}
 
 # one engine per process and settings, reused across batches and Synthesizer instances
 _ENGINE_CACHE: dict[tuple, Engine] = {}
 # names of the engines the parent process held when this process was forked from it
 _INHERITED_ENGINES: set[str] = set()
+_INHERITED_OBJECTS: list[Engine] = []
 
 
 def _after_fork_in_child() -> None:
@@ -241,6 +252,8 @@ def _after_fork_in_child() -> None:
     Running torch single-threaded in the child avoids that (a forking map already runs one worker per core).
     """
     _INHERITED_ENGINES.update(key[0] for key in _ENGINE_CACHE)
+    # keep the inherited objects alive but unused: their destructors would tear down the parent's resources
+    _INHERITED_OBJECTS.extend(_ENGINE_CACHE.values())
     _ENGINE_CACHE.clear()
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() > 1:
@@ -268,15 +281,15 @@ def make_engine(
     if isinstance(spec, str):
         if spec not in ENGINES:
             raise ValueError(f"unknown engine {spec!r}; choose one of {sorted(ENGINES)}, or pass a callable")
-        key = (
-            os.getpid(),
-            spec,
-            model,
-            revision,
-            tokenizer,
-            max_model_len,
-            repr(sorted((engine_kwargs or {}).items())),
-        )
+        if "vllm" in _INHERITED_ENGINES:
+            # vLLM's OpenMP thread pool (CPU) or CUDA context (GPU) does not survive fork: any engine here would hang
+            raise RuntimeError(
+                "this process was forked from one that already holds a vLLM engine, and engines hang in such a "
+                "child. Create no engine in the parent before a forking map (do not call the Synthesizer there "
+                "first), or run the map with the spawn start method: "
+                "multiprocess.set_start_method('spawn', force=True)."
+            )
+        key = (spec, model, revision, tokenizer, max_model_len, repr(sorted((engine_kwargs or {}).items())))
         if key not in _ENGINE_CACHE:
             logger.info("creating the %s engine for %s in process %d", spec, model, os.getpid())
             _ENGINE_CACHE[key] = ENGINES[spec](

@@ -27,9 +27,11 @@ from typing import Any
 
 from hf_ipt import columns as C
 from hf_ipt.chains import chain_layout
-from hf_ipt.engines import Completion, Engine, Request, make_engine
+from hf_ipt.engines import ENGINES, Completion, Engine, Request, make_engine
+from hf_ipt.parallel import devices_per_rank, pin_rank, rank_from_args
 from hf_ipt.parsing import parse_pairs
 from hf_ipt.prompts import PromptFitter, demonstration_segment, zero_shot_segment
+from hf_ipt.scheduling import SCHEDULING_MODES, run_scheduled
 
 DEFAULT_MODEL = "instruction-pretrain/instruction-synthesizer"
 
@@ -46,7 +48,11 @@ class SynthesisConfig:
         default=None, metadata={"help": "Tokenizer id or path; defaults to the model's own tokenizer."}
     )
     engine: str = field(
-        default="vllm", metadata={"help": "Engine that runs the synthesizer: 'vllm' or 'transformers'."}
+        default="vllm",
+        metadata={
+            "help": "Engine that runs the synthesizer: 'vllm', 'transformers', or 'server' (OpenAI-compatible "
+            "servers; engine_kwargs={'endpoints': [...]}, see hf_ipt.server_engine)."
+        },
     )
     rounds: int = field(
         default=1,
@@ -67,6 +73,14 @@ class SynthesisConfig:
         metadata={
             "help": "Rows per map batch; with rounds > 1 the chains are formed inside each batch, so this is "
             "part of the recipe. Pass it to `Dataset.map(batch_size=...)`."
+        },
+    )
+    scheduling: str = field(
+        default="continuous",
+        metadata={
+            "help": "'continuous': each chain's next round is sent as soon as its previous round finished (vLLM and "
+            "server engines; reuses the prefix cache, no waiting for the slowest request of a round); 'rounds': one "
+            "blocking engine call per round. Same rows either way; other engines always run round by round."
         },
     )
     engine_kwargs: dict[str, Any] = field(
@@ -91,11 +105,14 @@ class SynthesisConfig:
                 f"synthesis.max_new_tokens ({self.max_new_tokens}) must be smaller than synthesis.max_model_len "
                 f"({self.max_model_len}), or no room is left for the prompt"
             )
-        if self.engine not in ("vllm", "transformers"):
+        if self.engine not in ENGINES:
             raise ValueError(
-                f"synthesis.engine must be 'vllm' or 'transformers', got {self.engine!r} "
-                "(a custom engine is passed to Synthesizer(engine=...) as an Engine or a callable)"
+                f"synthesis.engine must be 'vllm' or 'transformers', got {self.engine!r} (or 'server' for "
+                "OpenAI-compatible servers; a custom engine is passed to Synthesizer(engine=...) as an Engine or a "
+                "callable)"
             )
+        if self.scheduling not in SCHEDULING_MODES:
+            raise ValueError(f"synthesis.scheduling must be one of {SCHEDULING_MODES}, got {self.scheduling!r}")
         if not isinstance(self.engine_kwargs, dict):
             raise ValueError(f"synthesis.engine_kwargs must be a mapping, got {type(self.engine_kwargs).__name__}")
 
@@ -240,7 +257,8 @@ class BatchJob:
             self.output[row], self.pairs[row], self.drops[row] = completion.text, parsed.pairs, parsed.drops
             if parsed.pairs:
                 self.status[row] = C.STATUS_OK
-                new_segments.append((row, demonstration_segment(self.sent_text[row], parsed.pairs)))
+                if self.cursor[chain] < len(self.layout[chain]):  # only an entry with a successor is ever shown
+                    new_segments.append((row, demonstration_segment(self.sent_text[row], parsed.pairs)))
             else:
                 self.linked[chain] = []
         ids = self.fitter.encode([seg for _, seg in new_segments])
@@ -349,12 +367,17 @@ class Synthesizer:
 
     def __call__(self, batch: dict[str, list], *args: Any) -> dict[str, list]:
         """Synthesize pairs for one batch. Extra positional arguments (indices, rank from `with_indices` /
-        `with_rank`) are accepted and ignored: results depend only on the batch's content."""
+        `with_rank`) are accepted; results depend only on the batch's content. With a rank (`with_rank=True`,
+        `num_proc=n`) the process is first pinned to the rank's GPUs or cores (`hf_ipt.parallel.pin_rank`)."""
         self.check_columns(list(batch))
+        rank = rank_from_args(args)
+        if rank is not None:
+            # before the engine exists in this process: CUDA_VISIBLE_DEVICES / core binding act only then
+            pin_rank(rank, devices_per_rank=devices_per_rank(self.config.engine_kwargs))
         texts = batch[self.config.text_column]
         job = BatchJob(texts, self.config.rounds, self.fitter if len(texts) else _NoFitter())
         if job.zero_shot_ids:
-            run_round_by_round(job, self.engine, self.config.max_new_tokens)
+            run_scheduled(job, self.engine, self.config.max_new_tokens, self.config.scheduling)
         return {**batch, **job.columns()}
 
 

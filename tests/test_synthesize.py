@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 
 import pytest
@@ -107,7 +109,8 @@ def check_rows(result, texts, rounds, tokenizer, requests, max_model_len):
 @pytest.fixture(scope="module")
 def vllm_engine(tiny_model_path):
     pytest.importorskip("vllm")
-    return make_engine("vllm", model=tiny_model_path, max_model_len=2048)
+    # fp32 like transformers: vLLM would otherwise downcast to bf16 on CPU and greedy outputs could differ
+    return make_engine("vllm", model=tiny_model_path, max_model_len=2048, engine_kwargs={"dtype": "float32"})
 
 
 @pytest.fixture(scope="module")
@@ -361,9 +364,33 @@ def test_streaming_iterable_dataset_gives_the_same_rows(tiny_model_path, texts):
     assert streamed == expected
 
 
-def test_forking_map_with_two_processes_equals_one(tiny_model_path, texts):
-    synth = Synthesizer(model=tiny_model_path, engine="transformers", rounds=2, max_model_len=512, max_new_tokens=16)
-    ds = Dataset.from_dict({"text": texts * 2})
-    one = ds.map(synth, batched=True, batch_size=7, load_from_cache_file=False)
-    two = ds.map(synth, batched=True, batch_size=7, num_proc=2, load_from_cache_file=False)
-    assert one.to_list() == two.to_list()
+FORKING_SCRIPT = """
+import json, sys
+from datasets import Dataset
+from hf_ipt import Synthesizer
+from hf_ipt.testing import corpus_paragraphs
+
+synth = Synthesizer(model=sys.argv[1], engine="transformers", rounds=2, max_model_len=512, max_new_tokens=64)
+ds = Dataset.from_dict({"text": corpus_paragraphs(limit=7) * 2})
+two = ds.map(synth, batched=True, batch_size=7, num_proc=2, load_from_cache_file=False)
+one = ds.map(synth, batched=True, batch_size=7, load_from_cache_file=False)
+print(json.dumps({"equal": one.to_list() == two.to_list(), "ok": two["synth_status"].count("ok")}))
+"""
+
+
+def test_forking_map_with_two_processes_equals_one(tiny_model_path):
+    # a clean parent process, as in a user's script: this test process already holds engines
+    result = subprocess.run(
+        [sys.executable, "-c", FORKING_SCRIPT, tiny_model_path], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["equal"] and report["ok"] > 0
+
+
+@pytest.mark.vllm
+def test_forking_after_a_vllm_engine_in_the_parent_is_a_clear_error_not_a_hang(vllm_engine, tiny_model_path):
+    synth = Synthesizer(model=tiny_model_path, engine="transformers", max_model_len=512, max_new_tokens=8)
+    ds = Dataset.from_dict({"text": ["One text.", "Another text."]})
+    with pytest.raises(RuntimeError, match="forked from one that already holds a vLLM engine"):
+        ds.map(synth, batched=True, batch_size=1, num_proc=2, load_from_cache_file=False)

@@ -1,0 +1,626 @@
+"""Scaling out: one process per GPU (or per share of the CPU cores) with `datasets`, and Ray for many machines.
+
+**One machine, several GPUs.** `Dataset.map(synth, batched=True, with_rank=True, num_proc=n)` gives each worker
+process a rank; the `Synthesizer` pins its process to the rank's devices (`pin_rank`) before it creates its engine:
+`CUDA_VISIBLE_DEVICES` on GPU machines (rank r gets GPUs r*k .. r*k+k-1, where k = tensor_parallel_size ×
+pipeline_parallel_size from `engine_kwargs`, which go to vLLM unchanged), an equal share of the cores on CPU machines
+(`sched_setaffinity` and vLLM's `VLLM_CPU_OMP_THREADS_BIND`; the share needs the number of ranks, from
+`HF_IPT_NUM_RANKS`). `map_on_ranks` does all of it, and uses the spawn start method where a forked worker could
+not use CUDA or several torch threads (so scripts need `if __name__ == "__main__":`).
+
+    >>> out = map_on_ranks(ds, synth, num_proc=8, batch_size=synth.config.batch_size)  # doctest: +SKIP
+
+**Many machines.** `ray_map_batches` runs the same map function under Ray Data `map_batches`, one actor per GPU
+(`num_actors`, `num_gpus_per_actor`), on pyarrow batches aligned exactly like `Dataset.map`'s (the dataset is first
+cut into blocks of `batch_size` rows, in order), so the rows, M-shot chains included, equal a plain map's.
+`ray_map_parquet` reads Parquet files (local, or any fsspec URL such as `hf://datasets/org/corpus/data`) and writes
+Parquet files. `run_sharded_on_ray` runs a `hf_ipt.runner.ShardedRunner` as n Ray workers instead (resumable,
+committed shard by shard).
+
+    >>> ray.init(address="auto")  # doctest: +SKIP
+    >>> ray_map_parquet("s3://bucket/raw/", "s3://bucket/synthesized/", synth, batch_size=1024,
+    ...                 num_actors=16, num_gpus_per_actor=1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hf_ipt._deps import require
+
+logger = logging.getLogger(__name__)
+
+ENV_NUM_RANKS = "HF_IPT_NUM_RANKS"
+START_METHODS = ("auto", "fork", "spawn")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rank pinning
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one rank runs: the GPUs it sees (as written to CUDA_VISIBLE_DEVICES) or the CPU cores it is bound to.
+    Both empty means the process was left as it was."""
+
+    rank: int
+    num_ranks: int | None
+    gpus: tuple[str, ...] = ()
+    cpus: tuple[int, ...] = ()
+    devices_per_rank: int = 1
+
+    @property
+    def omp_threads_bind(self) -> str:
+        """vLLM's `VLLM_CPU_OMP_THREADS_BIND` for the cores: one core list per tensor/pipeline-parallel worker."""
+        groups = _split_evenly(list(self.cpus), self.devices_per_rank)
+        return "|".join(",".join(str(c) for c in group) for group in groups)
+
+
+def _split_evenly(items: list, parts: int) -> list[list]:
+    share, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for index in range(parts):
+        size = share + (index < extra)
+        out.append(items[start : start + size])
+        start += size
+    return out
+
+
+def plan_placement(
+    rank: int,
+    *,
+    num_ranks: int | None = None,
+    devices_per_rank: int = 1,
+    visible_gpus: Sequence[str] = (),
+    cpus: Sequence[int] = (),
+) -> Placement:
+    """The placement of `rank` among `num_ranks`, given the visible GPUs (or, without GPUs, the usable cores).
+
+    GPUs: rank r gets `visible_gpus[r*k : r*k+k]` with k = devices_per_rank. CPU: the cores are split evenly among
+    the ranks (cores left over go to the first ranks); without `num_ranks` the process is not bound.
+
+    Example:
+        >>> plan_placement(1, num_ranks=2, devices_per_rank=2, visible_gpus=["0", "1", "2", "3"]).gpus
+        ('2', '3')
+        >>> plan_placement(1, num_ranks=2, cpus=range(6)).cpus
+        (3, 4, 5)
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"rank must be an integer >= 0, got {rank!r}")
+    if num_ranks is not None:
+        if isinstance(num_ranks, bool) or not isinstance(num_ranks, int) or num_ranks < 1:
+            raise ValueError(f"num_ranks must be an integer >= 1, got {num_ranks!r}")
+        if rank >= num_ranks:
+            raise ValueError(f"rank {rank} is out of range for {num_ranks} ranks (num_proc / {ENV_NUM_RANKS})")
+    if isinstance(devices_per_rank, bool) or not isinstance(devices_per_rank, int) or devices_per_rank < 1:
+        raise ValueError(f"devices_per_rank must be an integer >= 1, got {devices_per_rank!r}")
+    visible_gpus = [str(g) for g in visible_gpus]
+    if visible_gpus:
+        needed = devices_per_rank * (num_ranks if num_ranks is not None else rank + 1)
+        if needed > len(visible_gpus):
+            raise ValueError(
+                f"rank {rank} needs GPUs {rank * devices_per_rank}..{(rank + 1) * devices_per_rank - 1} "
+                f"({devices_per_rank} per rank = tensor_parallel_size × pipeline_parallel_size) but only "
+                f"{len(visible_gpus)} are visible ({','.join(visible_gpus)}); "
+                f"use num_proc <= {len(visible_gpus) // devices_per_rank}"
+            )
+        start = rank * devices_per_rank
+        return Placement(
+            rank,
+            num_ranks,
+            gpus=tuple(visible_gpus[start : start + devices_per_rank]),
+            devices_per_rank=devices_per_rank,
+        )
+    cpus = sorted(int(c) for c in cpus)
+    if num_ranks is None or not cpus:
+        return Placement(rank, num_ranks, devices_per_rank=devices_per_rank)
+    if num_ranks > len(cpus):
+        # more ranks than cores: share them round-robin, one core each
+        share = [cpus[rank % len(cpus)]]
+    else:
+        share = _split_evenly(cpus, num_ranks)[rank]
+    if len(share) < devices_per_rank:
+        raise ValueError(
+            f"rank {rank} has {len(share)} core(s) but its engine wants {devices_per_rank} parallel workers "
+            f"(tensor_parallel_size × pipeline_parallel_size); use fewer ranks or less parallelism"
+        )
+    return Placement(rank, num_ranks, cpus=tuple(share), devices_per_rank=devices_per_rank)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, found without initializing CUDA (so `CUDA_VISIBLE_DEVICES` can still be set):
+    the `CUDA_VISIBLE_DEVICES` list when set, else NVML's count, else `nvidia-smi -L`; [] on CPU-only machines."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        devices = []
+        for item in listed.split(","):
+            item = item.strip()
+            if not item or item.startswith("-"):
+                break  # CUDA ignores everything from the first invalid entry on
+            devices.append(item)
+        return devices
+    count = _gpu_count_without_cuda()
+    return [str(i) for i in range(count)]
+
+
+def _gpu_count_without_cuda() -> int:
+    try:
+        import pynvml  # shipped with CUDA builds of vLLM and torch (nvidia-ml-py)
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no NVML library, no driver, or no GPU: try the next way
+        pass
+    if shutil.which("nvidia-smi"):
+        try:
+            listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+            return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            return 0
+    return 0
+
+
+def devices_per_rank(engine_kwargs: Mapping[str, Any] | None) -> int:
+    """Devices one engine uses: `tensor_parallel_size × pipeline_parallel_size` of vLLM's `engine_kwargs`.
+
+    Example:
+        >>> devices_per_rank({"tensor_parallel_size": 2})
+        2
+    """
+    kwargs = dict(engine_kwargs or {})
+    product = 1
+    for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+        value = kwargs.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"engine_kwargs.{name} must be an integer >= 1, got {value!r}")
+        product *= value
+    data_parallel = kwargs.get("data_parallel_size", 1)
+    if data_parallel != 1:
+        raise ValueError(
+            f"engine_kwargs.data_parallel_size={data_parallel!r}: hf-ipt runs data parallelism itself, one engine per "
+            "rank: map with num_proc=<replicas> and with_rank=True (or Ray actors), and keep "
+            "tensor_parallel_size / pipeline_parallel_size for a model that needs several GPUs"
+        )
+    return product
+
+
+def rank_from_args(args: Sequence[Any]) -> int | None:
+    """The rank `Dataset.map(..., with_rank=True)` passes as the last extra argument (indices come as a list).
+
+    Example:
+        >>> rank_from_args(([0, 1, 2], 1)), rank_from_args(([0, 1, 2],)), rank_from_args(())
+        (1, None, None)
+    """
+    if args and isinstance(args[-1], int) and not isinstance(args[-1], bool):
+        return args[-1]
+    return None
+
+
+_PINNED: dict[int, Placement] = {}  # pid -> placement, so a forked child never takes its parent's for its own
+_FORKED_AFTER_TORCH = False
+
+
+def _after_fork_in_child() -> None:
+    global _FORKED_AFTER_TORCH
+    # libgomp's thread pool does not survive fork: a child of a parent that imported torch stays single-threaded
+    _FORKED_AFTER_TORCH = _FORKED_AFTER_TORCH or "torch" in sys.modules
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _env_num_ranks() -> int | None:
+    value = os.environ.get(ENV_NUM_RANKS)
+    if value in (None, ""):
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{ENV_NUM_RANKS} must be an integer (the num_proc of the map), got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{ENV_NUM_RANKS} must be >= 1, got {number}")
+    return number
+
+
+def pin_rank(rank: int, *, num_ranks: int | None = None, devices_per_rank: int = 1) -> Placement:
+    """Pin this process to the devices of `rank`, before any engine exists in it; once per process.
+
+    GPU machines: sets `CUDA_VISIBLE_DEVICES` (raises if CUDA is already initialized here: the parent used CUDA
+    before forking — use `map_on_ranks`, which spawns). CPU machines: binds the process to its share of the cores and
+    sets `VLLM_CPU_OMP_THREADS_BIND` and torch's thread count to match; needs `num_ranks` (or `HF_IPT_NUM_RANKS`),
+    otherwise the process is left unbound. Returns the placement; a second call in the same process returns the
+    first placement.
+
+    Example:
+        >>> pin_rank(0, num_ranks=1).rank  # doctest: +SKIP
+        0
+    """
+    pinned = _PINNED.get(os.getpid())
+    if pinned is not None:
+        if pinned.rank != rank:
+            logger.warning(
+                "process %d already runs rank %d's placement; its shard of rank %d runs there too",
+                os.getpid(),
+                pinned.rank,
+                rank,
+            )
+        return pinned
+    if num_ranks is None:
+        num_ranks = _env_num_ranks()
+    gpus = visible_gpus()
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    placement = plan_placement(
+        rank, num_ranks=num_ranks, devices_per_rank=devices_per_rank, visible_gpus=gpus, cpus=cpus
+    )
+    if placement.gpus:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            raise RuntimeError(
+                f"CUDA is already initialized in process {os.getpid()} (rank {rank}), so it cannot be pinned to "
+                f"GPU(s) {','.join(placement.gpus)}: the parent process used CUDA before forking. Use "
+                "hf_ipt.parallel.map_on_ranks(...) (it spawns), or multiprocess.set_start_method('spawn', force=True) "
+                "before Dataset.map"
+            )
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(placement.gpus)
+    elif placement.cpus:
+        cores = list(placement.cpus)
+        if _FORKED_AFTER_TORCH and len(cores) > 1:
+            logger.warning(
+                "rank %d was forked from a process that uses torch: it runs single-threaded on core %d instead of %d "
+                "cores (a forked OpenMP pool would hang); use map_on_ranks(...) or the spawn start method",
+                rank,
+                cores[0],
+                len(cores),
+            )
+            cores = cores[:1]
+            placement = Placement(rank, placement.num_ranks, cpus=(cores[0],), devices_per_rank=1)
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, cores)
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = placement.omp_threads_bind
+        os.environ["OMP_NUM_THREADS"] = str(len(cores))
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(len(cores))
+        vllm_envs = sys.modules.get("vllm.envs")
+        if vllm_envs is not None and hasattr(vllm_envs, "disable_envs_cache"):
+            vllm_envs.disable_envs_cache()  # a cache filled in the parent would hide the new binding
+    elif num_ranks is None and not gpus:
+        logger.info(
+            "rank %d: %s is not set, so the process is not bound to a share of the cores "
+            "(use hf_ipt.parallel.map_on_ranks, or set %s=num_proc)",
+            rank,
+            ENV_NUM_RANKS,
+            ENV_NUM_RANKS,
+        )
+    logger.info("process %d runs rank %d on %s", os.getpid(), rank, _describe_placement(placement))
+    _PINNED[os.getpid()] = placement
+    return placement
+
+
+def current_placement() -> Placement | None:
+    """The placement `pin_rank` gave this process, None if it was not pinned."""
+    return _PINNED.get(os.getpid())
+
+
+def _describe_placement(placement: Placement) -> str:
+    if placement.gpus:
+        return f"GPU(s) {','.join(placement.gpus)}"
+    if placement.cpus:
+        return f"core(s) {','.join(map(str, placement.cpus))}"
+    return "all its devices"
+
+
+def _parent_needs_spawn(num_proc: int) -> str | None:
+    """Why a forked map worker could not work here, or None when fork is fine."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "CUDA is initialized in this process"
+    engines = sys.modules.get("hf_ipt.engines")
+    if engines is not None and engines._ENGINE_CACHE:
+        return "this process holds an engine"
+    if visible_gpus():
+        return "GPU workers (CUDA does not survive fork)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if torch is not None and cores // num_proc > 1:
+        # a forked worker may only run torch single-threaded; with several cores per rank it would waste them
+        return "torch is loaded in this process and each rank gets several cores (OpenMP does not survive fork)"
+    return None
+
+
+def map_on_ranks(
+    dataset: Any,
+    function: Callable[..., dict[str, list]],
+    *,
+    num_proc: int,
+    start_method: str = "auto",
+    **map_kwargs: Any,
+) -> Any:
+    """`dataset.map(function, batched=True, with_rank=True, num_proc=num_proc, **map_kwargs)`, each rank pinned to
+    its GPUs or its share of the cores (the `Synthesizer` pins itself from its rank).
+
+    `start_method`: 'auto' spawns on GPU machines, when this process holds an engine, and when torch is loaded here
+    and a rank gets several cores (a forked worker may only run torch single-threaded); it forks otherwise (faster:
+    nothing is imported again). 'fork' / 'spawn' force one. With spawn the calling script needs
+    `if __name__ == "__main__":`.
+
+    Example:
+        >>> out = map_on_ranks(ds, synth, num_proc=4, batch_size=synth.config.batch_size)  # doctest: +SKIP
+    """
+    if isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1:
+        raise ValueError(f"num_proc must be an integer >= 1, got {num_proc!r}")
+    if start_method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
+    clashing = sorted({"batched", "with_rank", "num_proc"} & set(map_kwargs))
+    if clashing:
+        raise TypeError(f"map_on_ranks sets {clashing} itself; leave them out")
+    _check_shard_alignment(dataset, function, num_proc, map_kwargs.get("batch_size", 1000))
+    import multiprocess
+
+    method = start_method
+    if method == "auto":
+        reason = _parent_needs_spawn(num_proc)
+        method = "spawn" if reason else "fork"
+        if reason:
+            logger.info("map_on_ranks: spawning %d workers because %s", num_proc, reason)
+    previous_method = multiprocess.get_start_method(allow_none=True)
+    previous_ranks = os.environ.get(ENV_NUM_RANKS)
+    os.environ[ENV_NUM_RANKS] = str(num_proc)  # inherited by the workers, read by pin_rank
+    try:
+        multiprocess.set_start_method(method, force=True)
+        return dataset.map(function, batched=True, with_rank=True, num_proc=num_proc, **map_kwargs)
+    finally:
+        multiprocess.set_start_method(previous_method, force=True)
+        if previous_ranks is None:
+            os.environ.pop(ENV_NUM_RANKS, None)
+        else:
+            os.environ[ENV_NUM_RANKS] = previous_ranks
+
+
+def _check_shard_alignment(dataset: Any, function: Any, num_proc: int, batch_size: int | None) -> None:
+    """With M-shot chains the batches decide which rows are chained; `num_proc` must not move batch boundaries."""
+    rounds = getattr(getattr(function, "config", None), "rounds", 1)
+    if not isinstance(rounds, int) or rounds <= 1 or not batch_size or not hasattr(dataset, "__len__"):
+        return
+    rows = len(dataset)
+    share, extra = divmod(rows, num_proc)
+    # datasets' contiguous shards: the first `extra` shards hold one row more
+    starts = [index * share + min(index, extra) for index in range(1, num_proc)]
+    misaligned = [start for start in starts if start % batch_size and start < rows]
+    if misaligned:
+        raise ValueError(
+            f"num_proc={num_proc} cuts the {rows} rows into shards starting at rows {starts}, not all multiples of "
+            f"batch_size={batch_size}: with rounds={rounds} the batches decide which rows are chained, so the rows "
+            f"would differ from a single-process map. Use a row count that is a multiple of num_proc × batch_size "
+            f"({num_proc * batch_size}; map the rest separately), or the sharded runner (hf_ipt.runner), whose "
+            f"shards are whole batches"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Ray
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ArrowBatchMapper:
+    """Runs an hf-ipt batched map function (dict of lists in and out) on Ray Data's pyarrow batches.
+
+    Input columns the function returns unchanged keep their exact Arrow type; new columns are converted from the
+    Python values. Used as the callable class of `map_batches` (one instance per actor).
+
+    Example:
+        >>> ray_ds.map_batches(ArrowBatchMapper, fn_constructor_args=(synth,), batch_format="pyarrow",
+        ...                    batch_size=1024, concurrency=4, num_gpus=1)  # doctest: +SKIP
+    """
+
+    def __init__(self, function: Callable[[dict[str, list]], dict[str, list]]) -> None:
+        if not callable(function):
+            raise TypeError(f"ArrowBatchMapper needs a batched map function, got {type(function).__name__}")
+        self.function = function
+
+    def __call__(self, table: Any) -> Any:
+        import pyarrow as pa
+
+        batch = table.to_pydict()
+        result = self.function(batch)
+        if not isinstance(result, Mapping):
+            raise TypeError(f"the map function must return a dict of columns, got {type(result).__name__}")
+        arrays, names = [], []
+        for name, values in result.items():
+            if name in batch and values is batch[name]:
+                arrays.append(table.column(name))  # untouched input column: keep its Arrow type as it is
+            else:
+                arrays.append(values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values))
+            names.append(name)
+        lengths = {len(a) for a in arrays}
+        if lengths and lengths != {table.num_rows}:
+            raise ValueError(
+                f"the map function returned columns of {sorted(lengths)} rows for a batch of {table.num_rows}; "
+                "it must return one row per input row"
+            )
+        return pa.table(arrays, names=names)
+
+
+def _check_positive(name: str, value: Any, *, integer: bool = True) -> None:
+    kinds = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+
+
+def ray_map_batches(
+    ray_dataset: Any,
+    function: Callable[[dict[str, list]], dict[str, list]],
+    *,
+    batch_size: int,
+    num_actors: int,
+    num_gpus_per_actor: float = 0,
+    num_cpus_per_actor: float | None = None,
+    **map_batches_kwargs: Any,
+) -> Any:
+    """`function` over a Ray Dataset with `num_actors` actors, batches identical to `Dataset.map(batch_size=...)`'s.
+
+    The dataset is first cut, in order, into blocks of exactly `batch_size` rows (the last may be shorter) so that
+    each call sees the rows a plain `map` would give it — with `rounds > 1` the batch decides the chains. Row order is
+    preserved. Each actor holds one engine: give it `num_gpus_per_actor=1` (Ray sets its CUDA_VISIBLE_DEVICES), or
+    `tensor_parallel_size` GPUs for a model that needs several. Further keyword arguments go to `map_batches`.
+
+    Example:
+        >>> out = ray_map_batches(ray.data.read_parquet(path), synth, batch_size=1024, num_actors=8,
+        ...                       num_gpus_per_actor=1)  # doctest: +SKIP
+    """
+    _check_positive("batch_size", batch_size)
+    _check_positive("num_actors", num_actors)
+    if (
+        isinstance(num_gpus_per_actor, bool)
+        or not isinstance(num_gpus_per_actor, int | float)
+        or num_gpus_per_actor < 0
+    ):
+        raise ValueError(f"num_gpus_per_actor must be a number >= 0, got {num_gpus_per_actor!r}")
+    if num_cpus_per_actor is not None:
+        _check_positive("num_cpus_per_actor", num_cpus_per_actor, integer=False)
+    clashing = sorted(
+        {"fn_constructor_args", "batch_format", "concurrency", "num_gpus", "num_cpus"} & set(map_batches_kwargs)
+    )
+    if clashing:
+        raise TypeError(f"ray_map_batches sets {clashing} itself; use its own arguments instead")
+    # chains are formed inside a batch, so blocks must reach the actors whole and in order
+    ray_dataset.context.execution_options.preserve_order = True
+    aligned = ray_dataset.repartition(target_num_rows_per_block=batch_size, strict=True)
+    aligned.context.execution_options.preserve_order = True
+    resources: dict[str, Any] = {}
+    if num_gpus_per_actor:
+        resources["num_gpus"] = num_gpus_per_actor
+    if num_cpus_per_actor is not None:
+        resources["num_cpus"] = num_cpus_per_actor
+    return aligned.map_batches(
+        ArrowBatchMapper,
+        fn_constructor_args=(function,),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        concurrency=num_actors,
+        **resources,
+        **map_batches_kwargs,
+    )
+
+
+def _pyarrow_filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) for a local path or any fsspec URL (s3://, gs://, hf://datasets/...)."""
+    import fsspec
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        return None, path
+    return PyFileSystem(FSSpecHandler(fs)), path
+
+
+def ray_map_parquet(
+    input_path: str | Sequence[str],
+    output_dir: str,
+    function: Callable[[dict[str, list]], dict[str, list]],
+    *,
+    batch_size: int,
+    num_actors: int,
+    num_gpus_per_actor: float = 0,
+    num_cpus_per_actor: float | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    **map_batches_kwargs: Any,
+) -> None:
+    """Read Parquet, map with `ray_map_batches`, write Parquet files (in row order by file name) to `output_dir`.
+
+    Paths are local paths or fsspec URLs (`s3://`, `gs://`, `hf://datasets/org/name/...` — Hub writes need a token);
+    `storage_options` go to fsspec. The output loads with `datasets.load_dataset("parquet",
+    data_files=f"{output_dir}/*.parquet")`.
+
+    Example:
+        >>> ray_map_parquet("raw/", "synthesized/", synth, batch_size=1024, num_actors=2,
+        ...                 num_gpus_per_actor=1)  # doctest: +SKIP
+    """
+    ray = require("ray", "running on Ray")
+    paths = [input_path] if isinstance(input_path, str) else list(input_path)
+    if not paths:
+        raise ValueError("input_path must name at least one Parquet file or folder")
+    read_fs, first = _pyarrow_filesystem(paths[0], storage_options)
+    resolved = [first] + [_pyarrow_filesystem(p, storage_options)[1] for p in paths[1:]]
+    write_fs, out_path = _pyarrow_filesystem(output_dir, storage_options)
+    context = ray.data.DataContext.get_current()
+    previous = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True
+    try:
+        source = ray.data.read_parquet(resolved if len(resolved) > 1 else resolved[0], filesystem=read_fs)
+        mapped = ray_map_batches(
+            source,
+            function,
+            batch_size=batch_size,
+            num_actors=num_actors,
+            num_gpus_per_actor=num_gpus_per_actor,
+            num_cpus_per_actor=num_cpus_per_actor,
+            **map_batches_kwargs,
+        )
+        mapped.write_parquet(out_path, filesystem=write_fs)
+    finally:
+        context.execution_options.preserve_order = previous
+
+
+def _run_runner_worker(runner: Any, dataset: Any) -> Any:
+    if callable(dataset) and not hasattr(dataset, "select"):
+        dataset = dataset()  # a loader: each worker loads the input itself (e.g. from the Hub)
+    return runner.run(dataset)
+
+
+def run_sharded_on_ray(
+    runner: Any,
+    dataset: Any,
+    *,
+    num_workers: int,
+    num_gpus_per_worker: float = 0,
+    num_cpus_per_worker: float = 1,
+) -> list[Any]:
+    """Run a `hf_ipt.runner.ShardedRunner` as `num_workers` Ray workers (worker i takes shards i, i+n, ...), each with
+    its own GPU(s); returns their `ShardRunReport`s. Finished shards are skipped, so a failed run is resumed by
+    calling it again.
+
+    `dataset` is a `datasets.Dataset` (shipped to the workers) or a zero-argument function that loads it in each
+    worker — on a cluster, e.g. `functools.partial(load_dataset, "org/corpus", split="train", revision="<sha>")`.
+    The runner's `output_dir` must be storage every worker reaches (a shared folder, or an fsspec URL).
+
+    Example:
+        >>> runner = ShardedRunner(synth, "s3://bucket/run", shard_size=4096, batch_size=1024)  # doctest: +SKIP
+        >>> reports = run_sharded_on_ray(runner, loader, num_workers=16, num_gpus_per_worker=1)  # doctest: +SKIP
+    """
+    ray = require("ray", "running on Ray")
+    _check_positive("num_workers", num_workers)
+    if (
+        isinstance(num_gpus_per_worker, bool)
+        or not isinstance(num_gpus_per_worker, int | float)
+        or num_gpus_per_worker < 0
+    ):
+        raise ValueError(f"num_gpus_per_worker must be a number >= 0, got {num_gpus_per_worker!r}")
+    if (
+        isinstance(num_cpus_per_worker, bool)
+        or not isinstance(num_cpus_per_worker, int | float)
+        or num_cpus_per_worker < 0
+    ):
+        raise ValueError(f"num_cpus_per_worker must be a number >= 0, got {num_cpus_per_worker!r}")
+    if not hasattr(runner, "run") or not hasattr(runner, "worker_index"):
+        raise TypeError(f"runner must be an hf_ipt.runner.ShardedRunner, got {type(runner).__name__}")
+    remote = ray.remote(num_gpus=num_gpus_per_worker, num_cpus=num_cpus_per_worker, max_retries=0)(_run_runner_worker)
+    dataset_ref = ray.put(dataset)
+    futures = []
+    for index in range(num_workers):
+        worker = copy.copy(runner)
+        worker.worker_index, worker.num_workers = index, num_workers
+        futures.append(remote.remote(worker, dataset_ref))
+    return ray.get(futures)

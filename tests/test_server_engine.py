@@ -1,0 +1,319 @@
+"""The server engine against a real `vllm serve` of the tiny model on 127.0.0.1 (vllm-cpu), started by a fixture."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from hf_ipt import Synthesizer
+from hf_ipt.engines import Request, VLLMEngine, make_engine
+from hf_ipt.server_engine import ServerEngine, completions_url
+from hf_ipt.synthesize import BatchJob
+from hf_ipt.testing import corpus_paragraphs
+
+MAX_NEW = 32
+MAX_MODEL_LEN = 1024
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_model_path):
+    """`vllm serve` of the tiny model (fp32, like the offline engine below), stopped at teardown."""
+    pytest.importorskip("vllm")
+    port = free_port()
+    log = tempfile.NamedTemporaryFile("w+", prefix="vllm-serve-", suffix=".log", delete=False)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        tiny_model_path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--max-model-len",
+        str(MAX_MODEL_LEN),
+        "--dtype",
+        "float32",
+        "--seed",
+        "0",
+    ]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n{Path(log.name).read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vllm serve not ready after 300 s:\n{Path(log.name).read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+        log.close()
+        os.unlink(log.name)
+
+
+@pytest.fixture(scope="module")
+def offline_engine(tiny_model_path):
+    pytest.importorskip("vllm")
+    return VLLMEngine(tiny_model_path, max_model_len=MAX_MODEL_LEN, engine_kwargs={"dtype": "float32"})
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return corpus_paragraphs(limit=12)
+
+
+@pytest.fixture(scope="module")
+def requests_(tiny_model_path, texts):
+    synth = Synthesizer(model=tiny_model_path, max_model_len=MAX_MODEL_LEN, max_new_tokens=MAX_NEW)
+    job = BatchJob(texts, 1, synth.fitter)
+    return [job.next_request(chain)[1] for chain in range(len(texts))]
+
+
+class KillingProxy:
+    """An HTTP/1.1 proxy in front of a server that kills the connection, without an answer, of every request whose
+    body contains `poison`; it counts the attempts it saw per kind."""
+
+    def __init__(self, upstream: str, poison: str | None = None):
+        self.upstream = upstream.removeprefix("http://")
+        self.poison = poison
+        self.forwarded = 0
+        self.killed = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if proxy.poison is not None and proxy.poison in body.decode():
+                    proxy.killed += 1
+                    # reset the connection mid-request: the client sees it die with no answer
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                proxy.forwarded += 1
+                upstream = http.client.HTTPConnection(proxy.upstream, timeout=120)
+                upstream.request("POST", self.path, body=body, headers={"Content-Type": "application/json"})
+                answer = upstream.getresponse()
+                payload = answer.read()
+                upstream.close()
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def server_engine(tiny_model_path, endpoints, **settings):
+    return ServerEngine(
+        tiny_model_path,
+        engine_kwargs={"endpoints": endpoints, "backoff_seconds": 0.01, "max_retries": 2, **settings},
+    )
+
+
+@pytest.mark.vllm
+def test_server_gives_the_offline_engine_completions(vllm_server, offline_engine, requests_, tiny_model_path):
+    expected = [c.text for c in offline_engine.generate(requests_, MAX_NEW)]
+    assert any("<QUE>" in text for text in expected)
+    for prompt_format in ("token_ids", "text"):
+        engine = server_engine(tiny_model_path, [vllm_server], prompt_format=prompt_format, max_concurrency=4)
+        completions = engine.generate(requests_, MAX_NEW)
+        assert [c.error for c in completions] == [None] * len(requests_)
+        assert [c.text for c in completions] == expected, prompt_format
+
+
+@pytest.mark.vllm
+def test_synthesis_through_the_server_equals_the_offline_engine(vllm_server, offline_engine, texts, tiny_model_path):
+    settings = dict(model=tiny_model_path, rounds=3, max_model_len=MAX_MODEL_LEN, max_new_tokens=MAX_NEW)
+    expected = Synthesizer(**settings, engine=offline_engine, scheduling="rounds")({"text": texts})
+    for scheduling in ("continuous", "rounds"):
+        synth = Synthesizer(
+            **settings, engine="server", scheduling=scheduling, engine_kwargs={"endpoints": [vllm_server]}
+        )
+        assert synth({"text": texts}) == expected, scheduling
+    assert max(expected["num_demonstrations"]) == 2
+    assert isinstance(
+        make_engine("server", model=tiny_model_path, engine_kwargs={"endpoints": [vllm_server]}), ServerEngine
+    )
+
+
+@pytest.mark.vllm
+def test_a_killed_request_is_a_per_row_error_and_the_others_succeed(
+    vllm_server, offline_engine, requests_, tiny_model_path
+):
+    poisoned = 3
+    poison = json.dumps(requests_[poisoned].token_ids)[1:-1]  # the ids as they appear in the JSON body
+    assert all(poison not in json.dumps(r.token_ids) for i, r in enumerate(requests_) if i != poisoned)
+    proxy = KillingProxy(vllm_server, poison=poison)
+    try:
+        engine = server_engine(tiny_model_path, [proxy.url], max_concurrency=3)
+        completions = engine.generate_safely(requests_, MAX_NEW)
+    finally:
+        proxy.close()
+    expected = [c.text for c in offline_engine.generate(requests_, MAX_NEW)]
+    assert proxy.killed == 3  # the first attempt and two retries
+    assert completions[poisoned].text == ""
+    assert "3 attempts failed" in completions[poisoned].error
+    assert "RemoteDisconnected" in completions[poisoned].error or "ConnectionResetError" in completions[poisoned].error
+    others = [i for i in range(len(requests_)) if i != poisoned]
+    assert [completions[i].error for i in others] == [None] * len(others)
+    assert [completions[i].text for i in others] == [expected[i] for i in others]
+
+
+@pytest.mark.vllm
+def test_a_killed_request_inside_synthesis_breaks_only_its_row(vllm_server, texts, tiny_model_path):
+    settings = dict(model=tiny_model_path, rounds=3, max_model_len=MAX_MODEL_LEN, max_new_tokens=MAX_NEW)
+    clean = Synthesizer(**settings, engine="server", engine_kwargs={"endpoints": [vllm_server]})({"text": texts})
+    victim = texts[1]  # row 1: round 0 of chain 1 (rows 1, 5, 9)
+    poison = victim[:30]  # only the text prompt format carries the text itself
+    assert json.dumps(poison)[1:-1] == poison and all(poison not in t for t in texts if t is not victim)
+    proxy = KillingProxy(vllm_server, poison=poison)
+    try:
+        synth = Synthesizer(
+            **settings,
+            engine=server_engine(tiny_model_path, [proxy.url], prompt_format="text", max_retries=1),
+        )
+        out = synth({"text": texts})
+    finally:
+        proxy.close()
+    assert out["synth_status"][1] == "engine_error"
+    assert out["num_demonstrations"][5] == 0  # its chain goes on without the failed entry
+    for row in (0, 2, 3, 4, 6, 7, 8, 10, 11):
+        assert out["synth_output"][row] == clean["synth_output"][row]
+
+
+@pytest.mark.vllm
+def test_dead_endpoint_and_load_balancing(vllm_server, offline_engine, requests_, tiny_model_path):
+    expected = [c.text for c in offline_engine.generate(requests_, MAX_NEW)]
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connections are refused
+    engine = server_engine(tiny_model_path, [dead, vllm_server], max_concurrency=4, max_retries=3)
+    completions = engine.generate(requests_, MAX_NEW)
+    assert [c.error for c in completions] == [None] * len(requests_)
+    assert [c.text for c in completions] == expected
+
+    proxy = KillingProxy(vllm_server)  # a second, healthy way to the same server
+    try:
+        engine = server_engine(tiny_model_path, [proxy.url, vllm_server], max_concurrency=4)
+        completions = engine.generate(requests_, MAX_NEW)
+    finally:
+        proxy.close()
+    assert [c.text for c in completions] == expected
+    assert 0 < proxy.forwarded < len(requests_)  # both endpoints served a share
+
+
+@pytest.mark.vllm
+def test_a_rejected_request_is_not_retried(vllm_server, requests_, tiny_model_path):
+    too_long = Request("<s> <CON> long </CON>\n\n", requests_[0].token_ids * 20)  # beyond max-model-len
+    proxy = KillingProxy(vllm_server)
+    try:
+        engine = server_engine(tiny_model_path, [proxy.url], max_retries=3)
+        completions = engine.generate([requests_[0], too_long], MAX_NEW)
+    finally:
+        proxy.close()
+    assert completions[0].error is None and completions[0].text
+    assert completions[1].error.startswith(f"{proxy.url}/v1/completions: HTTP 400")
+    assert "maximum context length" in completions[1].error
+    assert proxy.forwarded == 2  # no retry of a request the server rejected
+
+
+def test_unreachable_server_gives_per_row_errors_quickly(tiny_model_path):
+    engine = server_engine(tiny_model_path, [f"http://127.0.0.1:{free_port()}"], max_retries=1)
+    started = time.monotonic()
+    completions = engine.generate([Request("<s> a", [1, 5]), Request("<s> b", [1, 6])], MAX_NEW)
+    assert time.monotonic() - started < 10
+    assert all("2 attempts failed" in c.error and "ConnectionRefusedError" in c.error for c in completions)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({}, "endpoints must list at least one server URL"),
+        ({"endpoints": []}, "endpoints must list at least one server URL"),
+        ({"endpoints": ["localhost:8000"]}, "must be an http\\(s\\) URL"),
+        ({"endpoints": ["http://h"], "max_concurrency": 0}, "max_concurrency must be an integer >= 1"),
+        ({"endpoints": ["http://h"], "max_retries": -1}, "max_retries must be an integer >= 0"),
+        ({"endpoints": ["http://h"], "timeout_seconds": 0}, "timeout_seconds must be > 0"),
+        ({"endpoints": ["http://h"], "prompt_format": "chat"}, "prompt_format must be one of"),
+        ({"endpoints": ["http://h"], "extra_body": {"prompt": "x"}}, "must not set \\['prompt'\\]"),
+        ({"endpoints": ["http://h"], "tensor_parallel_size": 2}, "unknown engine_kwargs for the server engine"),
+    ],
+)
+def test_settings_are_validated(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ServerEngine("org/llm", engine_kwargs=settings)
+
+
+def test_urls_settings_and_pickling():
+    assert completions_url("http://h:1") == "http://h:1/v1/completions"
+    assert completions_url("http://h:1/v1") == "http://h:1/v1/completions"
+    assert completions_url("https://h/v1/completions/") == "https://h/v1/completions"
+    engine = ServerEngine("org/llm", engine_kwargs={"endpoints": "http://h:1", "served_model_name": "synth"})
+    assert engine.endpoints == ["http://h:1/v1/completions"] and engine.model == "synth"
+    body = json.loads(engine._body(Request("<s> <CON> x </CON>\n\n", [1, 2, 3]), 7))
+    assert body == {"temperature": 0.0, "model": "synth", "prompt": [1, 2, 3], "max_tokens": 7, "stream": False}
+    clone = pickle.loads(pickle.dumps(engine))
+    assert clone.endpoints == engine.endpoints and clone.model == "synth" and clone.config == engine.config
+
+
+def test_text_format_keeps_exactly_one_bos(tiny_model_path, requests_):
+    settings = {"endpoints": "http://127.0.0.1:9", "prompt_format": "text"}
+    engine = ServerEngine(tiny_model_path, engine_kwargs=settings)
+    # the tiny tokenizer adds no BOS of its own: the literal one stays, and the text tokenizes to the exact ids
+    assert engine._server_adds_bos(requests_[0]) is False
+    engine._strip_bos = False
+    assert json.loads(engine._body(requests_[0], 7))["prompt"] == requests_[0].prompt
+    engine._strip_bos = True  # a tokenizer that adds its BOS gets the prompt without the literal one
+    assert json.loads(engine._body(requests_[0], 7))["prompt"] == requests_[0].prompt.removeprefix("<s>")
+    mismatch = ServerEngine(tiny_model_path, engine_kwargs=settings)
+    completion = mismatch.complete_one(Request(requests_[0].prompt, [1, 2, 3]), 7)  # ids that are not the text's
+    assert completion.text == "" and "use prompt_format='token_ids'" in completion.error
