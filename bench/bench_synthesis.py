@@ -68,8 +68,10 @@ def main() -> None:
     paragraphs = corpus_paragraphs()
     texts = (paragraphs * (args.rows // len(paragraphs) + 1))[: args.rows]
     max_model_len = 1024
-    print(f"machine: {os.cpu_count()} cores | tiny Mistral model, engine {args.engine} | {len(texts)} real texts "
-          f"(pydoc_data.topics) | {'up to' if args.natural_eos else 'exactly'} {args.max_new_tokens} new tokens")
+    print(
+        f"machine: {os.cpu_count()} cores | tiny Mistral model, engine {args.engine} | {len(texts)} real texts "
+        f"(pydoc_data.topics) | {'up to' if args.natural_eos else 'exactly'} {args.max_new_tokens} new tokens"
+    )
 
     # ---------------- (a) map overhead over a bare engine call ----------------
     engine = make_engine(args.engine, model=model, max_model_len=max_model_len)
@@ -93,8 +95,14 @@ def main() -> None:
     for rounds in (1, 3):
         recorder = Recorder()
         # one engine call per round on both sides: the bare calls replay exactly what the map sends
-        common = dict(model=model, rounds=rounds, max_model_len=max_model_len, max_new_tokens=args.max_new_tokens,
-                      batch_size=len(texts), scheduling="rounds")
+        common = dict(
+            model=model,
+            rounds=rounds,
+            max_model_len=max_model_len,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=len(texts),
+            scheduling="rounds",
+        )
         Synthesizer(engine=recorder, **common)({"text": texts})  # the exact requests, round by round; warms up
         synth = Synthesizer(engine=engine, **common)
         ds = Dataset.from_dict({"text": texts})
@@ -108,8 +116,10 @@ def main() -> None:
             ds.map(synth, batched=True, batch_size=len(texts), load_from_cache_file=False, keep_in_memory=True)
             map_times.append(time.perf_counter() - start)
         bare, mapped = statistics.median(bare_times), statistics.median(map_times)
-        print(f"(a) M={rounds}: bare engine {bare:.3f} s ({len(recorder.calls)} calls) | Dataset.map {mapped:.3f} s "
-              f"| ratio {mapped / bare:.3f}  (target <= 1.03)")
+        print(
+            f"(a) M={rounds}: bare engine {bare:.3f} s ({len(recorder.calls)} calls) | Dataset.map {mapped:.3f} s "
+            f"| ratio {mapped / bare:.3f}  (target <= 1.03)"
+        )
 
     # ---------------- (b) everything but the engine, one core ----------------
     # (a) leaves the tokenizer its default threads, as a user's map has them; (b) pins the process to one core
@@ -121,8 +131,9 @@ def main() -> None:
     cpu_texts = (paragraphs * (args.cpu_rows // len(paragraphs) + 1))[: args.cpu_rows]
     raw_tokens = sum(len(ids) for ids in tokenizer(cpu_texts, add_special_tokens=False)["input_ids"])
     for rounds in (1, 3):
-        synth = Synthesizer(model=model, rounds=rounds, max_model_len=4096, max_new_tokens=400, engine=instant_engine,
-                            batch_size=1024)
+        synth = Synthesizer(
+            model=model, rounds=rounds, max_model_len=4096, max_new_tokens=400, engine=instant_engine, batch_size=1024
+        )
         synth({"text": cpu_texts[:64]})  # load the tokenizer outside the timing
         engine_time = 0.0
 
@@ -142,8 +153,10 @@ def main() -> None:
                 synth({"text": cpu_texts[i : i + 1024]})
             elapsed = time.perf_counter() - start - engine_time
             best = elapsed if best is None else min(best, elapsed)
-        print(f"(b) M={rounds}: {raw_tokens} raw tokens in {best:.3f} s of non-engine work on one core = "
-              f"{raw_tokens / best:,.0f} raw tokens/s  (target >= 300,000)")
+        print(
+            f"(b) M={rounds}: {raw_tokens} raw tokens in {best:.3f} s of non-engine work on one core = "
+            f"{raw_tokens / best:,.0f} raw tokens/s  (target >= 300,000)"
+        )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Iterator
 from copy import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hf_ipt.engines import Completion, Engine, Request, VLLMEngine
 
@@ -44,9 +44,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCHEDULING_MODES = ("continuous", "rounds")
-# share of vLLM's KV cache the continuous driver fills with requests in flight; the rest keeps the blocks of prompts
-# that just finished until their chain's next round arrives (a full cache hands them to running requests at once)
-DEFAULT_KV_BUDGET_FRACTION = 0.8
+# how many times vLLM's KV cache the projected peaks of the chains in flight may add up to when a new chain starts.
+# Above 1 because chains in flight are at different rounds and rarely peak together; measured on the scaling bench
+# (bench/bench_scaling.py, M = 3, a cache of a quarter round): 0.9 leaves the cache half empty (more engine steps),
+# 1.3 keeps every reusable prefix cached, 2.0 overfills it and round r-1's blocks get evicted before round r runs.
+DEFAULT_KV_RESERVE_RATIO = 1.3
+
+
+class ChainOutlook(NamedTuple):
+    """What is left of a chain after the request at hand: its later entries and their texts' zero-shot tokens.
+
+    A scheduler uses it to reserve room for the whole chain when the chain starts: each later round's prompt is the
+    previous prompt plus its answer plus the next text.
+    """
+
+    later_rounds: int = 0
+    later_text_tokens: int = 0
+
+
+NO_OUTLOOK = ChainOutlook()  # nothing after this request (or a stream that does not look ahead)
 
 
 @dataclass
@@ -70,12 +86,13 @@ class RequestStream(ABC):
     cached_prompt_tokens: int | None = None
 
     @abstractmethod
-    def has_room(self, request: Request, continuation: bool = False) -> bool:
+    def has_room(self, request: Request, continuation: bool = False, outlook: ChainOutlook = NO_OUTLOOK) -> bool:
         """Whether the engine can start `request` now (rather than queue it behind others). `continuation`: the
-        request continues a chain whose previous entry just finished (engines may keep room for those)."""
+        request continues a chain whose previous entry just finished (engines may keep room for those); `outlook`:
+        what the chain still holds after this request."""
 
     @abstractmethod
-    def submit(self, key: int, request: Request) -> Completion | None:
+    def submit(self, key: int, request: Request, outlook: ChainOutlook = NO_OUTLOOK) -> Completion | None:
         """Queue one request. Returns None when it was accepted, or a Completion with `error` set when the engine
         refused it at once (e.g. a prompt longer than the engine accepts); a refusal costs only that request."""
 
@@ -94,12 +111,15 @@ class VLLMRequestStream(RequestStream):
     `LLMEngine.step()` until a request finishes. The sampling parameters are the ones `VLLMEngine.generate` uses, so
     each request's completion is the one a blocking `generate` call gives.
 
-    Admission: a request is started only while the requests in flight fit `kv_budget_fraction` of the KV cache
-    (each counted as its prompt plus the mean output length seen so far, `max_new_tokens` until outputs were seen)
-    and `max_num_seqs`. vLLM would accept more and queue them first come, first served; but a chain's next round
-    queued behind many new chains would find the previous round's KV blocks evicted by the time it runs. Keeping
-    vLLM's queue short lets the driver put a chain's next round ahead of new chains, and the unfilled share of the
-    cache keeps a finished prompt's blocks until that next round reaches the prefix cache.
+    Admission: vLLM would accept any number of requests and run them first come, first served; but a chain's next
+    round queued behind new chains finds the previous round's KV blocks evicted by the time it runs, and its
+    demonstrations are prefilled again. So a new chain starts only while the projected peaks of the chains in flight
+    add up to at most `kv_reserve_ratio` times the KV cache (and fewer than `max_num_seqs` requests are in flight).
+    A chain's peak is its last round: the current prompt, plus each later text's zero-shot tokens (`ChainOutlook`),
+    plus one answer per round (the mean answer length seen so far, `max_new_tokens` until 8 answers were seen),
+    capped at `max_model_len`. A continuation is always accepted at once: its room was reserved when its chain
+    started, it is scheduled at the next engine step and reads the previous round's prompt and answer from the
+    prefix cache.
 
     Example:
         >>> stream = VLLMRequestStream(engine.llm, engine.sampling_params(400))  # doctest: +SKIP
@@ -113,13 +133,13 @@ class VLLMRequestStream(RequestStream):
         sampling_params: Any,
         *,
         max_num_seqs: int | None = None,
-        kv_budget_fraction: float | None = None,
+        kv_reserve_ratio: float | None = None,
     ) -> None:
-        if kv_budget_fraction is None:
-            kv_budget_fraction = DEFAULT_KV_BUDGET_FRACTION
-        if not 0 < kv_budget_fraction <= 1:
-            raise ValueError(f"kv_budget_fraction must be in (0, 1], got {kv_budget_fraction!r}")
-        self.kv_budget_fraction = kv_budget_fraction
+        if kv_reserve_ratio is None:
+            kv_reserve_ratio = DEFAULT_KV_RESERVE_RATIO
+        if not 0 < kv_reserve_ratio <= 4:
+            raise ValueError(f"kv_reserve_ratio must be in (0, 4], got {kv_reserve_ratio!r}")
+        self.kv_reserve_ratio = kv_reserve_ratio
         self.engine = llm.llm_engine
         params = copy(sampling_params)
         try:
@@ -142,7 +162,11 @@ class VLLMRequestStream(RequestStream):
         # ids of our own requests: unique per stream, so they never clash with LLM.generate's counter
         self._prefix = f"hf-ipt-{uuid.uuid4().hex[:12]}-"
         self._ids: Iterator[int] = itertools.count()
-        self._in_flight: dict[str, tuple[int, int]] = {}  # request id -> (key, prompt tokens)
+        model = getattr(config, "model_config", None)
+        self.max_model_len = int(getattr(model, "max_model_len", 0) or 0) or None
+        # request id -> (key, projected peak of its chain in tokens)
+        self._in_flight: dict[str, tuple[int, int]] = {}
+        self._reserved_tokens = 0
         self._output_tokens = 0
         self._finished = 0
         self.cached_prompt_tokens = 0
@@ -152,27 +176,38 @@ class VLLMRequestStream(RequestStream):
             return self.max_new_tokens
         return min(self.max_new_tokens, self._output_tokens // self._finished + 1)
 
-    def has_room(self, request: Request, continuation: bool = False) -> bool:
+    def has_room(self, request: Request, continuation: bool = False, outlook: ChainOutlook = NO_OUTLOOK) -> bool:
+        if continuation:
+            # its room was reserved when the chain started; and were the cache full after all, vLLM's queue is the
+            # best place to wait: the prefix blocks it needs were freed last and are evicted last
+            return True
         if len(self._in_flight) >= self.max_num_seqs:
             return False
         if self.kv_cache_tokens is None:
             return True
+        return self._reserved_tokens + self._peak(request, outlook) <= self.kv_cache_tokens * self.kv_reserve_ratio
+
+    def _peak(self, request: Request, outlook: ChainOutlook) -> int:
+        """Projected tokens of the chain's last round (prompt and answer), in whole blocks."""
         expected = self._expected_output()
-        held = sum(self._blocks(prompt + expected) for _, prompt in self._in_flight.values())
-        budget = self.kv_cache_tokens * (1.0 if continuation else self.kv_budget_fraction)
-        return held + self._blocks(len(request.token_ids) + expected) <= budget
+        tokens = len(request.token_ids) + outlook.later_text_tokens + (outlook.later_rounds + 1) * expected
+        if self.max_model_len:
+            tokens = min(tokens, self.max_model_len)
+        return self._blocks(tokens)
 
     def _blocks(self, tokens: int) -> int:
         """Tokens rounded up to whole KV blocks, as vLLM allocates them."""
         return -(-tokens // self.block_size) * self.block_size
 
-    def submit(self, key: int, request: Request) -> Completion | None:
+    def submit(self, key: int, request: Request, outlook: ChainOutlook = NO_OUTLOOK) -> Completion | None:
         request_id = f"{self._prefix}{next(self._ids)}"
         try:
             self.engine.add_request(request_id, {"prompt_token_ids": list(request.token_ids)}, self.params)
         except Exception as error:  # noqa: BLE001 - a refused request becomes a per-row error
             return Completion("", error=_describe(error))
-        self._in_flight[request_id] = (key, len(request.token_ids))
+        peak = self._peak(request, outlook)
+        self._in_flight[request_id] = (key, peak)
+        self._reserved_tokens += peak
         return None
 
     def collect(self) -> list[tuple[int, Completion]]:
@@ -181,19 +216,24 @@ class VLLMRequestStream(RequestStream):
             if not self.engine.has_unfinished_requests():
                 # cannot happen with a healthy engine; never wait forever for requests it no longer knows
                 lost = [key for key, _ in self._in_flight.values()]
-                self._in_flight.clear()
+                self._forget_all()
                 return [(key, Completion("", error="the vLLM engine dropped the request")) for key in lost]
             for output in self.engine.step():
                 entry = self._in_flight.get(output.request_id)
                 if entry is None or not output.finished:
                     continue
                 del self._in_flight[output.request_id]
+                self._reserved_tokens -= entry[1]
                 self.cached_prompt_tokens += getattr(output, "num_cached_tokens", None) or 0
                 completion = _completion_of(output)
                 self._finished += 1
                 self._output_tokens += len(completion.token_ids)
                 finished.append((entry[0], completion))
         return finished
+
+    def _forget_all(self) -> None:
+        self._in_flight.clear()
+        self._reserved_tokens = 0
 
     def close(self) -> list[int]:
         keys = [key for key, _ in self._in_flight.values()]
@@ -202,7 +242,7 @@ class VLLMRequestStream(RequestStream):
                 self.engine.abort_request(list(self._in_flight))
             except Exception as error:  # noqa: BLE001 - closing after a failure must not hide the failure
                 logger.warning("could not abort %d vLLM requests: %s", len(self._in_flight), _describe(error))
-            self._in_flight.clear()
+            self._forget_all()
         return keys
 
 
@@ -254,7 +294,7 @@ def run_continuous(job: BatchJob, engine: Engine, max_new_tokens: int) -> Schedu
     def submit(row: int, request: Request) -> None:
         stats.requests += 1
         stats.prompt_tokens += len(request.token_ids)
-        refused = stream.submit(row, request)
+        refused = stream.submit(row, request, job.outlook(job.chain_of[row]))
         if refused is None:
             sent[row] = request
             return
@@ -263,22 +303,30 @@ def run_continuous(job: BatchJob, engine: Engine, max_new_tokens: int) -> Schedu
         if follow_up is not None:
             waiting.appendleft(follow_up)
 
+    def outlook(item: tuple[int, Request]) -> ChainOutlook:
+        return job.outlook(job.chain_of[item[0]])
+
     unstarted = iter(range(len(job.layout)))
+    parked: tuple[int, Request] | None = None  # a new chain's first entry, taken from the job but not yet admitted
     try:
         while True:
-            while waiting and (not sent or stream.has_room(waiting[0][1], continuation=True)):
+            while waiting and (not sent or stream.has_room(waiting[0][1], True, outlook(waiting[0]))):
                 submit(*waiting.popleft())
-            while not waiting and (chain := next(unstarted, None)) is not None:
-                item = job.next_request(chain)
-                if item is None:
-                    continue
-                if sent and not stream.has_room(item[1]):
-                    waiting.append(item)
-                    break
-                submit(*item)
+            while not waiting:
+                if parked is None:
+                    chain = next(unstarted, None)
+                    if chain is None:
+                        break
+                    parked = job.next_request(chain)
+                    if parked is None:
+                        continue
+                if sent and not stream.has_room(parked[1], outlook=outlook(parked)):
+                    break  # the new chain waits (as a new chain) until requests in flight finish
+                submit(*parked)
+                parked = None
             stats.max_in_flight = max(stats.max_in_flight, len(sent))
             if not sent:
-                if waiting:
+                if waiting or parked is not None:
                     continue
                 break
             try:
@@ -292,7 +340,8 @@ def run_continuous(job: BatchJob, engine: Engine, max_new_tokens: int) -> Schedu
                     len(sent),
                 )
                 stream.close()
-                unsent = list(waiting)
+                unsent = list(waiting) + ([parked] if parked is not None else [])
+                parked = None
                 pending = list(sent.items()) + unsent
                 sent.clear()
                 waiting.clear()

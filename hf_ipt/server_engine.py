@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from hf_ipt.engines import Completion, Engine, Request
 from hf_ipt.prompts import BOS
-from hf_ipt.scheduling import RequestStream
+from hf_ipt.scheduling import NO_OUTLOOK, ChainOutlook, RequestStream
 
 logger = logging.getLogger(__name__)
 
@@ -399,10 +399,11 @@ class ServerRequestStream(RequestStream):
         self._pool = engine._executor()
         self._futures: dict[Future, int] = {}
 
-    def has_room(self, request: Request, continuation: bool = False) -> bool:
+    def has_room(self, request: Request, continuation: bool = False, outlook: ChainOutlook = NO_OUTLOOK) -> bool:
+        # a server's KV cache is its own business: only the concurrency bound applies
         return len(self._futures) < self.capacity
 
-    def submit(self, key: int, request: Request) -> Completion | None:
+    def submit(self, key: int, request: Request, outlook: ChainOutlook = NO_OUTLOOK) -> Completion | None:
         self._futures[self._pool.submit(self.engine.complete_one, request, self.max_new_tokens)] = key
         return None
 

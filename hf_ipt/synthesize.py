@@ -31,7 +31,7 @@ from hf_ipt.engines import ENGINES, Completion, Engine, Request, make_engine
 from hf_ipt.parallel import devices_per_rank, pin_rank, rank_from_args
 from hf_ipt.parsing import parse_pairs
 from hf_ipt.prompts import PromptFitter, demonstration_segment, zero_shot_segment
-from hf_ipt.scheduling import SCHEDULING_MODES, run_scheduled
+from hf_ipt.scheduling import SCHEDULING_MODES, ChainOutlook, run_scheduled
 
 DEFAULT_MODEL = "instruction-pretrain/instruction-synthesizer"
 
@@ -243,6 +243,12 @@ class BatchJob:
             self.truncated[row] = fitted.truncated
             return row, Request(fitted.prompt, fitted.token_ids)
         return None
+
+    def outlook(self, chain: int) -> ChainOutlook:
+        """The entries `chain` will still send after the one `next_request` returned last, and their zero-shot
+        tokens (schedulers reserve KV cache room for them)."""
+        later = [row for row in self.layout[chain][self.cursor[chain] :] if row in self.valid]
+        return ChainOutlook(len(later), sum(len(self.zero_shot_ids[row]) for row in later))
 
     def complete(self, results: Sequence[tuple[int, Completion]]) -> None:
         """Record completions (for rows returned by `next_request`), parse them and extend their chains' links."""

@@ -63,8 +63,12 @@ def test_map_expands_rows_and_points_to_the_source(tiny_model_path, long_documen
     # bad rows pass through as one piece each, for synthesis to give them a status
     assert out["doc"][-2:] == ["c", "d"] and out["text"][-2:] == [None, ""]
     synthesized = out.map(
-        Synthesizer(model=tiny_model_path, engine=lambda p: ["<QUE> q <ANS> a </END>"] * len(p), max_model_len=512,
-                    max_new_tokens=64),
+        Synthesizer(
+            model=tiny_model_path,
+            engine=lambda p: ["<QUE> q <ANS> a </END>"] * len(p),
+            max_model_len=512,
+            max_new_tokens=64,
+        ),
         batched=True,
     )
     assert not any(synthesized["truncated"])

@@ -151,6 +151,23 @@ def test_vllm_num_proc_2_with_ranks_equals_num_proc_1(tiny_model_path, texts):
     assert max(two["num_demonstrations"]) == 2 and "ok" in two["synth_status"]
 
 
+def test_arrow_batch_mapper_keeps_input_types_and_checks_row_counts(tiny_model_path):
+    import pyarrow as pa
+
+    from hf_ipt.parallel import ArrowBatchMapper
+
+    table = pa.table({"text": ["one text.", "two texts."], "id": pa.array([7, 9], type=pa.int8())})
+    synth = Synthesizer(model=tiny_model_path, engine=reporting_engine, max_model_len=512)
+    out = ArrowBatchMapper(synth)(table)
+    assert out.schema.field("id").type == pa.int8()  # untouched input column: its Arrow type as it was
+    assert out.column("pairs").type == pa.list_(pa.struct([("instruction", pa.string()), ("response", pa.string())]))
+    assert out.column("chain_position").to_pylist() == [0, 0]
+    with pytest.raises(ValueError, match="returned columns of \\[1\\] rows for a batch of 2"):
+        ArrowBatchMapper(lambda batch: {"x": [1]})(table)
+    with pytest.raises(TypeError, match="must return a dict of columns"):
+        ArrowBatchMapper(lambda batch: [1, 2])(table)
+
+
 # --- Ray -----------------------------------------------------------------------------------------------------------
 
 

