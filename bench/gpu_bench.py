@@ -120,7 +120,7 @@ def make_fixed_output_engine(model_dir: str, args):
     """A VLLMEngine that generates exactly `output_tokens` tokens per request and hands back synthetic answers."""
     from hf_ipt.engines import Completion, VLLMEngine
     from hf_ipt.prompts import CON_CLOSE, CON_OPEN
-    from hf_ipt.scheduling import VLLMRequestStream
+    from hf_ipt.scheduling import NO_OUTLOOK, VLLMRequestStream
 
     kwargs = {"dtype": "bfloat16", "disable_log_stats": False, "seed": 0}
     if not args.smoke:
@@ -155,9 +155,9 @@ def make_fixed_output_engine(model_dir: str, args):
             prompts: dict[int, str] = {}
             submit, collect = stream.submit, stream.collect
 
-            def submit_recording(key, request):
+            def submit_recording(key, request, outlook=NO_OUTLOOK):
                 prompts[key] = request.prompt
-                return submit(key, request)
+                return submit(key, request, outlook)
 
             def collect_answering():
                 return [

@@ -487,11 +487,32 @@ def write_local_release(data, output: str, recipe: RecipeConfig, info, identity:
         repo_id=release.repo_id,
         version=release.version,
         hub_configs=hub_configs,
+        dataset_info=_local_dataset_info(data, release.config_name),
         options=recipe.card,
     )
     write_file(output, "README.md", str(card).encode("utf-8"), storage_options=storage)
     save_stage(data, output, config=identity, storage_options=storage, extra={"files": files})
     return report
+
+
+def _local_dataset_info(data, config_name: str) -> dict[str, Any]:
+    """The `dataset_info` card metadata `push_to_hub` would write (features, rows and bytes per split).
+
+    Besides describing the folder like the Hub repo, it keys `datasets`' cache: for a local folder whose card
+    declares `configs`, `load_dataset` caches by the card's metadata and the folder's name, not by the files, so
+    without it a new release into a folder of the same name would load the previous release from the cache.
+    """
+    splits = [
+        {"name": split, "num_bytes": int(dataset.data.nbytes), "num_examples": len(dataset)}
+        for split, dataset in data.items()
+    ]
+    features = next(iter(data.values())).info.features if data else None
+    info: dict[str, Any] = {"config_name": config_name}
+    if features is not None:
+        info["features"] = features._to_yaml_list()
+    info["splits"] = splits
+    info["dataset_size"] = sum(split["num_bytes"] for split in splits)
+    return info
 
 
 def _clear_release(output: str, storage: dict[str, Any]) -> None:

@@ -11,6 +11,15 @@ import pytest
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `datasets`' cache of this test run only: a cache left by another run (of other code or another tiny model) must never
+# answer a `load_dataset` here. Set before anything imports `datasets`, which reads it once.
+if "HF_DATASETS_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-ipt-tests-datasets-")
+    atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -209,3 +209,31 @@ def test_push_to_the_hub_releases_and_tags_the_version(local_hub, tiny_model_pat
     assert main(["push", recipe, "-q", *stages]) == 0  # already released: nothing is pushed again
     assert "already done, reused" in capsys.readouterr().out
     assert len(local_hub.calls("commit", status=200)) == commits
+
+
+def test_a_new_local_release_is_never_read_from_the_cache_of_an_earlier_one(tmp_path):
+    """`load_dataset(folder)` caches a folder whose card declares `configs` by the folder's name and the card's
+    metadata, not by its files: two releases into folders named alike must differ in that metadata."""
+    from datasets import Dataset, load_dataset
+
+    from hf_ipt.cards import render_card
+    from hf_ipt.cli import _local_dataset_info
+
+    cache = tmp_path / "cache"
+    loaded = []
+    for run, texts in enumerate((["one", "two", "three"], ["one", "two", "three", "four"])):
+        folder = tmp_path / f"run{run}" / "release"
+        data = {"train": Dataset.from_dict({"text": texts})}
+        card = render_card(
+            {"m2": None},
+            repo_id="local/x",
+            version="v0.1",
+            hub_configs=[{"config_name": "m2", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+            dataset_info=_local_dataset_info(data, "m2"),
+        )
+        (folder / "data").mkdir(parents=True)
+        (folder / "README.md").write_text(str(card))
+        data["train"].to_parquet(folder / "data" / "train-00000-of-00001.parquet")
+        loaded.append(load_dataset(str(folder), split="train", cache_dir=str(cache))["text"])
+    assert loaded == [["one", "two", "three"], ["one", "two", "three", "four"]]
+    assert "dataset_info:" in str(card) and "num_examples: 4" in str(card)
