@@ -4,11 +4,12 @@ The round-by-round driver (`hf_ipt.synthesize.run_round_by_round`) makes M block
 of every chain waits for the slowest request of round r-1, and by the time round r runs, the KV cache of round r-1's
 prompts (which are exactly the beginning of round r's prompts) has usually been evicted by the rest of the round.
 
-`run_continuous` drives the same `BatchJob` through an engine's request-level interface (a `RequestStream`): it keeps
-up to `capacity` requests in flight, and as soon as one finishes it parses the answer and submits the chain's next
-entry. The engine stays full across rounds, no request waits for another chain, and the new prompt arrives while the
-previous one's KV blocks are still in vLLM's prefix cache (automatic prefix caching reuses them instead of prefilling
-the demonstrations again). A `BatchJob`'s results depend only on each chain's own history, so the rows are identical
+`run_continuous` drives the same `BatchJob` through an engine's request-level interface (a `RequestStream`): it
+starts chains while the stream has room for them (for vLLM: room in the KV cache for each chain's largest round), and
+as soon as a request finishes it parses the answer and submits the chain's next entry. The engine stays full across
+rounds, no request waits for another chain, and the new prompt arrives while the previous one's KV blocks are still in
+vLLM's prefix cache (automatic prefix caching reuses them instead of prefilling the demonstrations again). A
+`BatchJob`'s results depend only on each chain's own history, so the rows are identical
 to the round-by-round driver's, whatever order requests finish in.
 
 Engines with request-level submission:
