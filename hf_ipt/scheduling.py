@@ -14,7 +14,7 @@ to the round-by-round driver's, whatever order requests finish in.
 
 Engines with request-level submission:
 - `VLLMEngine` (vLLM's offline `LLM`): requests go to `LLM.llm_engine.add_request`, and `LLMEngine.step()` is run
-  until one of them finishes. Capacity: the engine's `max_num_seqs`.
+  until one of them finishes. Room: the KV cache (see `VLLMRequestStream`) and the engine's `max_num_seqs`.
 - any engine with an `open_stream(max_new_tokens)` method returning a `RequestStream`, such as
   `hf_ipt.server_engine.ServerEngine` (concurrent HTTP requests to OpenAI-compatible servers).
 Other engines (transformers, callables, wrappers) fall back to round-by-round, with identical results.
