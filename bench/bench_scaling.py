@@ -66,14 +66,6 @@ def real_texts(count: int, parts: int = 3) -> list[str]:
     return texts
 
 
-def prefill_computed(llm) -> float:
-    """vLLM's counter of prompt tokens it computed (not served from the prefix cache)."""
-    for metric in llm.get_metrics():
-        if metric.name == "vllm:prompt_tokens_by_source" and metric.labels.get("source") == "local_compute":
-            return metric.value
-    raise RuntimeError("vLLM reports no vllm:prompt_tokens_by_source metric (needs disable_log_stats=False)")
-
-
 def run_a(model: str, texts: list[str], args, shares: list[float], roomy_too: bool) -> dict:
     from hf_ipt import Synthesizer
     from hf_ipt.engines import VLLMEngine
@@ -96,11 +88,11 @@ def run_a(model: str, texts: list[str], args, shares: list[float], roomy_too: bo
         for _ in range(args.repeats):
             for mode in ("rounds", "continuous"):  # alternated, so load changes hit both alike
                 engine.llm.reset_prefix_cache()
-                before = prefill_computed(engine.llm)
+                before = engine.prompt_tokens_by_source()["local_compute"]
                 started = time.perf_counter()
                 rows[mode] = synthesizer(engine, mode)({"text": texts})
                 times[mode].append(time.perf_counter() - started)
-                computed[mode] = prefill_computed(engine.llm) - before
+                computed[mode] = engine.prompt_tokens_by_source()["local_compute"] - before
         outputs = engine.llm.get_tokenizer()(rows["rounds"]["synth_output"])["input_ids"]
         output_tokens = sum(len(ids) for ids in outputs)
         lengths = sorted(len(ids) for ids in outputs)

@@ -175,12 +175,10 @@ def make_fixed_output_engine(model_dir: str, args):
     return engine
 
 
-def cache_counters(llm) -> dict[str, float]:
-    counters = {}
-    for metric in llm.get_metrics():
-        if metric.name == "vllm:prompt_tokens_by_source":
-            counters[metric.labels.get("source", "?")] = metric.value
-        elif metric.name in ("vllm:prompt_tokens", "vllm:generation_tokens"):
+def cache_counters(engine) -> dict[str, float]:
+    counters = engine.prompt_tokens_by_source()
+    for metric in engine.llm.get_metrics():
+        if metric.name in ("vllm:prompt_tokens", "vllm:generation_tokens"):
             counters[metric.name.split(":")[1]] = metric.value
     return counters
 
@@ -250,14 +248,14 @@ def main() -> None:
     for scheduling in args.schedulers.split(","):
         synth = synthesizer(scheduling)
         engine.llm.reset_prefix_cache()
-        before = cache_counters(engine.llm)
+        before = cache_counters(engine)
         started = time.perf_counter()
         linked = []
         for start in range(0, len(texts), args.batch_size):
             out = synth({"text": texts[start : start + args.batch_size]})
             linked.extend(out["num_demonstrations"])
         seconds = time.perf_counter() - started
-        after = cache_counters(engine.llm)
+        after = cache_counters(engine)
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         result = {
             "seconds": seconds,

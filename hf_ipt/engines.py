@@ -140,6 +140,27 @@ class VLLMEngine(Engine):
         )
         self._sampling_params_cls = vllm.SamplingParams
 
+    def prompt_tokens_by_source(self) -> dict[str, float]:
+        """Prompt tokens this engine has taken since it started, by where their KV cache came from: "local_compute"
+        (prefilled) and "local_cache_hit" (vLLM's prefix cache), among others. Needs `disable_log_stats=False` in
+        `engine_kwargs` (vLLM keeps no statistics otherwise).
+
+        Example:
+            >>> engine.prompt_tokens_by_source()  # doctest: +SKIP
+            {'local_compute': 9312.0, 'local_cache_hit': 3840.0, 'external_kv_transfer': 0.0}
+        """
+        counters = {
+            metric.labels.get("source", "?"): metric.value
+            for metric in self.llm.get_metrics()
+            if metric.name == "vllm:prompt_tokens_by_source"
+        }
+        if not counters:
+            raise RuntimeError(
+                "vLLM reports no vllm:prompt_tokens_by_source metric: create the engine with "
+                "engine_kwargs={'disable_log_stats': False}"
+            )
+        return counters
+
     def sampling_params(self, max_new_tokens: int) -> Any:
         return self._sampling_params_cls(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True)
 

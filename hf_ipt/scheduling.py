@@ -254,13 +254,6 @@ def _completion_of(output: Any) -> Completion:
     return Completion(sample.text, list(sample.token_ids))
 
 
-def _vllm_max_num_seqs(llm: Any) -> int:
-    try:
-        return int(llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
-    except AttributeError:  # other vLLM layouts: vLLM's long-standing default
-        return 256
-
-
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:2000]
 

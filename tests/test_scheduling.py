@@ -240,6 +240,18 @@ def test_vllm_stream_reserves_each_chains_projected_peak():
     assert not capped.has_room(request, outlook=outlook)
 
 
+def test_prompt_token_counters_need_vllm_statistics():
+    from types import SimpleNamespace
+
+    engine = VLLMEngine.__new__(VLLMEngine)  # no model: only the metrics are read
+    engine.llm = SimpleNamespace(get_metrics=lambda: [])
+    with pytest.raises(RuntimeError, match="disable_log_stats"):
+        engine.prompt_tokens_by_source()
+    metric = SimpleNamespace(name="vllm:prompt_tokens_by_source", labels={"source": "local_cache_hit"}, value=64.0)
+    engine.llm = SimpleNamespace(get_metrics=lambda: [metric, SimpleNamespace(name="other", labels={}, value=1.0)])
+    assert engine.prompt_tokens_by_source() == {"local_cache_hit": 64.0}
+
+
 def test_engine_failure_while_stepping_falls_back_without_losing_rows(tiny_model_path, caplog):
     texts = make_texts(12, random.Random(1), specials=False)
     expected = synthesize(texts, tiny_model_path, ScriptedStreamEngine(), "rounds", 3)
@@ -363,18 +375,12 @@ def test_vllm_continuous_keeps_reusing_prefixes_when_the_kv_cache_holds_a_fracti
     cache = engine.llm.llm_engine.vllm_config.cache_config
     assert cache.num_gpu_blocks * cache.block_size == 4096
 
-    def computed() -> float:
-        for metric in engine.llm.get_metrics():
-            if metric.name == "vllm:prompt_tokens_by_source" and metric.labels.get("source") == "local_compute":
-                return metric.value
-        raise AssertionError("vLLM reports no prompt_tokens_by_source metric")
-
     rows, work = {}, {}
     for mode in ("rounds", "continuous"):
         engine.llm.reset_prefix_cache()
-        before = computed()
+        before = engine.prompt_tokens_by_source()["local_compute"]
         rows[mode] = synthesize(texts, tiny_model_path, engine, mode, 3)
-        work[mode] = computed() - before
+        work[mode] = engine.prompt_tokens_by_source()["local_compute"] - before
     assert rows["continuous"] == rows["rounds"]
     assert sum(rows["rounds"]["num_demonstrations"]) >= 20  # chains really link, so there is a prefix to reuse
     assert work["continuous"] <= 0.75 * work["rounds"], work
