@@ -31,13 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -163,12 +160,6 @@ def widened_model(model: str, intermediate_size: int) -> str:
     return str(target)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 RESULT_PREFIX = "BENCH-RESULT "
 
 
@@ -226,28 +217,10 @@ def run_b(model: str, texts: list[str], args) -> dict:
 def run_c(model: str, texts: list[str], args) -> dict:
     from hf_ipt import Synthesizer
     from hf_ipt.engines import VLLMEngine
+    from hf_ipt.testing import local_vllm_server
 
-    port = free_port()
-    log = tempfile.NamedTemporaryFile("w+", prefix="vllm-serve-", suffix=".log", delete=False)
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
-         "--port", str(port), "--enforce-eager", "--max-model-len", "2048", "--dtype", "float32", "--seed", "0"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"vllm serve exited:\n{Path(log.name).read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("vllm serve was not ready after 300 s") from None
-                time.sleep(0.5)
+    # the server's engine in a process of its own, as deployed (this script runs vLLM in-process elsewhere)
+    with local_vllm_server(model, max_model_len=2048, extra_env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}) as url:
         settings = dict(model=model, rounds=ROUNDS, max_model_len=2048, max_new_tokens=args.max_new_tokens)
         offline_kwargs = {"dtype": "float32", "kv_cache_memory_bytes": 1 << 30}
         offline = VLLMEngine(model, max_model_len=2048, engine_kwargs=offline_kwargs)
@@ -270,14 +243,6 @@ def run_c(model: str, texts: list[str], args) -> dict:
             "rows_per_s": {name: len(texts) / statistics.median(t) for name, t in times.items()},
             "same_rows": rows["offline"] == rows["server"],
         }
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-        os.unlink(log.name)
 
 
 def print_part_a(label: str, r: dict) -> None:

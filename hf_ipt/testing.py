@@ -17,6 +17,14 @@ import json
 import os
 import random
 import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from hf_ipt._deps import require
@@ -167,3 +175,72 @@ def _fit(model, tokenizer, docs: list[str], steps: int, seed: int, torch) -> Non
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def local_vllm_server(
+    model: str,
+    *,
+    max_model_len: int,
+    extra_env: Mapping[str, str] | None = None,
+    ready_timeout: float = 300.0,
+) -> Iterator[str]:
+    """`vllm serve` of `model` on 127.0.0.1 (fp32, eager, seed 0, like the offline engine of the tests), yielding its
+    base URL once `/health` answers; stopped on exit. Raises RuntimeError, with the end of the server's log, when it
+    exits or is not ready in time.
+
+    Example:
+        >>> with local_vllm_server(build_tiny_synthesizer("/tmp/tiny"), max_model_len=1024) as url:  # doctest: +SKIP
+        ...     Synthesizer(model=..., engine="server", engine_kwargs={"endpoints": [url]})
+    """
+    port = free_port()
+    log = tempfile.NamedTemporaryFile("w+", prefix="vllm-serve-", suffix=".log", delete=False)
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **(extra_env or {}),
+    }
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
+        "--port", str(port), "--enforce-eager", "--max-model-len", str(max_model_len), "--dtype", "float32",
+        "--seed", "0",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"vllm serve exited with {process.returncode}:\n{_log_tail(log.name)}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vllm serve not ready after {ready_timeout:.0f} s:\n{_log_tail(log.name)}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+        log.close()
+        os.unlink(log.name)
+
+
+def _log_tail(path: str, chars: int = 4000) -> str:
+    return Path(path).read_text(errors="replace")[-chars:]

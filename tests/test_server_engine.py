@@ -5,17 +5,11 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
-import os
 import pickle
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -23,69 +17,18 @@ from hf_ipt import Synthesizer
 from hf_ipt.engines import Request, VLLMEngine, make_engine
 from hf_ipt.server_engine import ServerEngine, completions_url
 from hf_ipt.synthesize import BatchJob
-from hf_ipt.testing import corpus_paragraphs
+from hf_ipt.testing import corpus_paragraphs, free_port, local_vllm_server
 
 MAX_NEW = 32
 MAX_MODEL_LEN = 1024
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model_path):
     """`vllm serve` of the tiny model (fp32, like the offline engine below), stopped at teardown."""
     pytest.importorskip("vllm")
-    port = free_port()
-    log = tempfile.NamedTemporaryFile("w+", prefix="vllm-serve-", suffix=".log", delete=False)
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        tiny_model_path,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--enforce-eager",
-        "--max-model-len",
-        str(MAX_MODEL_LEN),
-        "--dtype",
-        "float32",
-        "--seed",
-        "0",
-    ]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vllm serve exited with {process.returncode}:\n{Path(log.name).read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve not ready after 300 s:\n{Path(log.name).read_text()[-4000:]}")
-            time.sleep(0.5)
+    with local_vllm_server(tiny_model_path, max_model_len=MAX_MODEL_LEN) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
-        log.close()
-        os.unlink(log.name)
 
 
 @pytest.fixture(scope="module")
