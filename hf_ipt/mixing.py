@@ -296,10 +296,8 @@ class TokenCounter:
                     f"{bad!r:.80}; set text_column= to the column holding the text"
                 )
             texts = ["" if t is None else t for t in texts]
-        if not self.use_backend:  # a slow tokenizer, or one whose wrapper pre-processes: correct, just slower
-            ids = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-            return [len(row) for row in ids]
-        return FastEncoder(self.tokenizer, uses_backend=True).lengths(texts)
+        # without the backend (a slow tokenizer, or one whose wrapper pre-processes) the tokenizer's own call counts
+        return FastEncoder(self.tokenizer, uses_backend=self.use_backend).lengths(texts)
 
     def count_batch(self, texts: Sequence[str | None]) -> dict[str, list[int]]:
         """Map function for `Dataset.map(..., input_columns=[text_column])`: returns only the count column, so

@@ -66,6 +66,7 @@ class FastEncoder:
         return self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
 
     def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of `texts`, without building Python lists of ids where the backend is used."""
         if not texts:
             return []
         if self.uses_backend:
