@@ -194,7 +194,13 @@ class ServerEngine(Engine):
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
         kwargs = dict(engine_kwargs or {})
-        self._init_args = (model, dict(kwargs))
+        self._init_args = {
+            "model": model,
+            "revision": revision,
+            "tokenizer": tokenizer,
+            "max_model_len": max_model_len,
+            "engine_kwargs": dict(kwargs),
+        }
         known = {f.name for f in fields(ServerEngineConfig)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
@@ -219,8 +225,8 @@ class ServerEngine(Engine):
         return {"init_args": self._init_args}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        model, engine_kwargs = state["init_args"]
-        self.__init__(model, engine_kwargs=engine_kwargs)
+        init_args = dict(state["init_args"])
+        self.__init__(init_args.pop("model"), **init_args)
 
     @property
     def endpoints(self) -> list[str]:

@@ -246,6 +246,13 @@ def test_urls_settings_and_pickling():
     assert body == {"temperature": 0.0, "model": "synth", "prompt": [1, 2, 3], "max_tokens": 7, "stream": False}
     clone = pickle.loads(pickle.dumps(engine))
     assert clone.endpoints == engine.endpoints and clone.model == "synth" and clone.config == engine.config
+    # a copy in another process (spawned map worker, Ray actor) keeps the tokenizer and revision it was given
+    pinned = ServerEngine("org/llm", revision="abc123", tokenizer="org/tok", engine_kwargs={"endpoints": "http://h:1"})
+    clone = pickle.loads(pickle.dumps(pinned))
+    assert (clone._tokenizer_name, clone._revision) == ("org/tok", None)
+    unpinned = ServerEngine("org/llm", revision="abc123", engine_kwargs={"endpoints": "http://h:1"})
+    clone = pickle.loads(pickle.dumps(unpinned))
+    assert (clone._tokenizer_name, clone._revision) == ("org/llm", "abc123")
 
 
 def test_text_format_keeps_exactly_one_bos(tiny_model_path, requests_):
