@@ -296,9 +296,9 @@ def main() -> None:
     if args.texts < 512:
         parser.error("--texts must be >= 512")
     if args.kv_reserve_ratio is not None:
-        import hf_ipt.scheduling
+        import hf_ipt.engines.vllm
 
-        hf_ipt.scheduling.DEFAULT_KV_RESERVE_RATIO = args.kv_reserve_ratio
+        hf_ipt.engines.vllm.DEFAULT_KV_RESERVE_RATIO = args.kv_reserve_ratio
 
     from hf_ipt.testing import build_tiny_synthesizer
 

@@ -20,7 +20,7 @@ import statistics
 import time
 
 from hf_ipt import columns as C
-from hf_ipt.chains import chain_layout
+from hf_ipt.synthesis.chains import chain_layout
 from hf_ipt.templify import OPTIONS_MARKER, Templifier, TemplifyConfig, templify
 from hf_ipt.testing import corpus_paragraphs
 

@@ -118,9 +118,8 @@ def synthetic_answer(text: str, tokenizer, target_tokens: int) -> str:
 
 def make_fixed_output_engine(model_dir: str, args):
     """A VLLMEngine that generates exactly `output_tokens` tokens per request and hands back synthetic answers."""
-    from hf_ipt.engines import Completion, VLLMEngine
-    from hf_ipt.prompts import CON_CLOSE, CON_OPEN
-    from hf_ipt.scheduling import NO_OUTLOOK, VLLMRequestStream
+    from hf_ipt.engines import NO_OUTLOOK, Completion, VLLMEngine, VLLMRequestStream
+    from hf_ipt.markers import CON_CLOSE, CON_OPEN
 
     kwargs = {"dtype": "bfloat16", "disable_log_stats": False, "seed": 0}
     if not args.smoke:

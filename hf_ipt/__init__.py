@@ -10,7 +10,6 @@ Example:
     >>> Dataset.from_dict({"text": texts}).map(synth, batched=True, batch_size=1024)  # doctest: +SKIP
 """
 
-from hf_ipt.chunking import ChunkConfig, Chunker
 from hf_ipt.engines import CallableEngine, Completion, Engine, Request, TransformersEngine, VLLMEngine, make_engine
 from hf_ipt.formatting import TargetFormat
 from hf_ipt.hub import ReleaseConfig, load_release, publish_release, push_release, verify_release
@@ -26,8 +25,7 @@ from hf_ipt.mixing import (
     mix_with_general_instructions,
     mix_with_raw_corpus,
 )
-from hf_ipt.parsing import parse_pairs
-from hf_ipt.synthesize import SynthesisConfig, Synthesizer, synthesize_batch
+from hf_ipt.synthesis import ChunkConfig, Chunker, SynthesisConfig, Synthesizer, parse_pairs, synthesize_batch
 from hf_ipt.templify import Templifier, TemplifyConfig, templify_batch, templify_stats
 
 # `templify` (the function) is not re-exported: it would shadow the submodule hf_ipt.templify

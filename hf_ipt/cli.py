@@ -145,7 +145,7 @@ def synthesis_input(recipe: RecipeConfig):
     """The rows the synthesis runs on: the source split, chunked to the synthesizer's budget when enabled."""
     dataset = recipe.source.load()
     if recipe.chunk.enabled:
-        from hf_ipt.chunking import ChunkConfig, Chunker
+        from hf_ipt.synthesis import ChunkConfig, Chunker
 
         synth = recipe.synth
         chunker = Chunker(
@@ -166,7 +166,7 @@ def synthesis_input(recipe: RecipeConfig):
 
 def stage_synthesize(recipe: RecipeConfig, *, worker_index: int = 0, num_workers: int = 1) -> StageSummary:
     """Run this worker's synthesis shards (resuming), then report; the summary is complete when all shards are."""
-    from hf_ipt.synthesize import Synthesizer
+    from hf_ipt.synthesis import Synthesizer
 
     started = time.perf_counter()
     output = recipe.run.stage_dir(SYNTHESIZED)

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-# --- written by synthesis (hf_ipt.synthesize) ---
+# --- written by synthesis (hf_ipt.synthesis) ---
 PAIRS = "pairs"  # list of {"instruction": str, "response": str}, parsed and deduplicated
 SYNTH_OUTPUT = "synth_output"  # raw text the synthesizer wrote ("" when it was not called)
 CHAIN_ID = "chain_id"  # str, identical for all rows of one multi-round chain, unique otherwise
@@ -49,7 +49,7 @@ PARSE_DROP_REASONS = (DROP_UNTERMINATED, DROP_MALFORMED, DROP_EMPTY_ANSWER, DROP
 INSTRUCTION = "instruction"
 RESPONSE = "response"
 
-# --- written by chunking (hf_ipt.chunking) ---
+# --- written by chunking (hf_ipt.synthesis.chunking) ---
 SOURCE_ID = "source_id"  # str, hash of the whole source text, shared by all its pieces
 SOURCE_ROW = "source_row"  # int, dataset index of the source row (only when mapped with with_indices=True)
 CHUNK_INDEX = "chunk_index"  # int, position of the piece inside its source text

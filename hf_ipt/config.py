@@ -41,7 +41,7 @@ import yaml
 from hf_ipt.cards import CardOptions
 from hf_ipt.hub import ReleaseConfig
 from hf_ipt.mixing import MixConfig
-from hf_ipt.synthesize import DEFAULT_MODEL, SynthesisConfig
+from hf_ipt.synthesis import DEFAULT_MODEL, SynthesisConfig
 from hf_ipt.templify import TemplifyConfig
 
 BUNDLED_PREFIX = "bundled:"
@@ -53,7 +53,7 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage-independent sections (the stage sections live next to their stage: hf_ipt.synthesize, .templify, ...)
+# Stage-independent sections (the stage sections live next to their stage: hf_ipt.synthesis, .templify, ...)
 # ----------------------------------------------------------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hf_ipt._deps import require
+from hf_ipt.engines import holds_engines
 
 logger = logging.getLogger(__name__)
 
@@ -327,8 +328,7 @@ def _parent_needs_spawn(num_proc: int) -> str | None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         return "CUDA is initialized in this process"
-    engines = sys.modules.get("hf_ipt.engines")
-    if engines is not None and engines._ENGINE_CACHE:
+    if holds_engines():
         return "this process holds an engine"
     if visible_gpus():
         return "GPU workers (CUDA does not survive fork)"

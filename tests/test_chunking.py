@@ -4,7 +4,7 @@ import pytest
 from datasets import Dataset
 
 from hf_ipt import ChunkConfig, Chunker, Synthesizer
-from hf_ipt.prompts import zero_shot_segment
+from hf_ipt.synthesis.prompts import zero_shot_segment
 from hf_ipt.testing import corpus_paragraphs
 
 

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from hf_ipt.chains import chain_layout, rounds_of
-from hf_ipt.parsing import parse_pairs
-from hf_ipt.prompts import demonstration_segment, render_pairs, zero_shot_segment
+from hf_ipt.synthesis.chains import chain_layout, rounds_of
+from hf_ipt.synthesis.parsing import parse_pairs
+from hf_ipt.synthesis.prompts import demonstration_segment, render_pairs, zero_shot_segment
 
 
 def pair(q, a):

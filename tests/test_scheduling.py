@@ -9,17 +9,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hf_ipt import Synthesizer
-from hf_ipt.engines import Completion, Engine, Request, VLLMEngine, make_engine
-from hf_ipt.scheduling import (
+from hf_ipt.engines import (
     NO_OUTLOOK,
     ChainOutlook,
+    Completion,
+    Engine,
+    Request,
     RequestStream,
-    ScheduleStats,
+    VLLMEngine,
     VLLMRequestStream,
-    run_continuous,
-    run_scheduled,
+    make_engine,
 )
-from hf_ipt.synthesize import BatchJob, SynthesisConfig
+from hf_ipt.synthesis import SynthesisConfig
+from hf_ipt.synthesis.job import BatchJob
+from hf_ipt.synthesis.scheduling import ScheduleStats, run_continuous, run_scheduled
 from hf_ipt.testing import corpus_paragraphs
 
 MAX_NEW = 32

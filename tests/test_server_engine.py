@@ -15,8 +15,8 @@ import pytest
 
 from hf_ipt import Synthesizer
 from hf_ipt.engines import Request, VLLMEngine, make_engine
-from hf_ipt.server_engine import ServerEngine, completions_url
-from hf_ipt.synthesize import BatchJob
+from hf_ipt.engines.server import ServerEngine, completions_url
+from hf_ipt.synthesis.job import BatchJob
 from hf_ipt.testing import corpus_paragraphs, free_port, local_vllm_server
 
 MAX_NEW = 32

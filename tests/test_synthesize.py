@@ -12,8 +12,8 @@ from datasets.fingerprint import Hasher
 
 from hf_ipt import SynthesisConfig, Synthesizer
 from hf_ipt.engines import Completion, Engine, make_engine
-from hf_ipt.prompts import demonstration_segment, zero_shot_segment
-from hf_ipt.synthesize import synthesize_batch
+from hf_ipt.synthesis import synthesize_batch
+from hf_ipt.synthesis.prompts import demonstration_segment, zero_shot_segment
 from hf_ipt.testing import corpus_paragraphs
 
 MAX_NEW = 40

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 import hf_ipt.templify as templify_module
 from hf_ipt import columns as C
-from hf_ipt.chains import chain_layout
 from hf_ipt.formatting import TargetFormat
+from hf_ipt.synthesis.chains import chain_layout
 from hf_ipt.templates import TEMPLATES, TemplateError, _strings, normalize_answer
 from hf_ipt.templify import (
     CLASSIC,
@@ -512,7 +512,7 @@ def test_target_format_from_the_tokenizer(tiny_model_path, tiny_tokenizer):
 
 
 def test_with_the_real_synthesis_step(tiny_model_path):
-    from hf_ipt.synthesize import Synthesizer
+    from hf_ipt.synthesis import Synthesizer
 
     def engine(prompts: list[str]) -> list[str]:
         return [

