@@ -1,5 +1,7 @@
 """The prompt format, the chain layout and the parse rules, on crafted inputs."""
 
+import doctest
+import importlib
 import math
 
 import pytest
@@ -131,3 +133,22 @@ def test_multiple_choice_and_cot_items_keep_their_inner_newlines():
 @pytest.mark.parametrize("output", ["", "   ", "no markers at all", "</END>", "<ANS></END>"])
 def test_degenerate_outputs_give_no_pairs(output):
     assert parse_pairs(output).pairs == []
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "hf_ipt.markers",
+        "hf_ipt.engines.base",
+        "hf_ipt.engines.registry",
+        "hf_ipt.engines.server",
+        "hf_ipt.synthesis.chains",
+        "hf_ipt.synthesis.job",
+        "hf_ipt.synthesis.parsing",
+        "hf_ipt.synthesis.prompts",
+        "hf_ipt.synthesis.scheduling",
+    ],
+)
+def test_docstring_examples_run(module):
+    results = doctest.testmod(importlib.import_module(module))
+    assert results.failed == 0 and results.attempted > 0
