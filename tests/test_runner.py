@@ -116,18 +116,19 @@ def test_resume_after_a_crash_skips_committed_shards_and_gives_identical_rows(tm
 
 
 def test_a_crash_before_the_marker_never_leaves_a_shard_that_looks_finished(tmp_path, monkeypatch):
-    from hf_ipt import runner as runner_module
+    from hf_ipt.runner import MARKER_DIR
+    from hf_ipt.store import Store
 
     dataset = make_dataset(16)
     out = tmp_path / "out"
-    original = runner_module._Store.write_atomic
+    original = Store.write_atomic
 
     def die_on_marker(self, relative, data, **kwargs):
-        if relative.startswith(runner_module.MARKER_DIR) and relative.endswith("00001.json"):
+        if relative.startswith(MARKER_DIR) and relative.endswith("00001.json"):
             raise KeyboardInterrupt("killed between the data file and its marker")
         return original(self, relative, data, **kwargs)
 
-    monkeypatch.setattr(runner_module._Store, "write_atomic", die_on_marker)
+    monkeypatch.setattr(Store, "write_atomic", die_on_marker)
     with pytest.raises(KeyboardInterrupt):
         ShardedRunner(BatchRecorder(), str(out), shard_size=8, batch_size=4).run(dataset)
     monkeypatch.undo()
