@@ -27,24 +27,26 @@ from typing import Any
 from hf_ipt.config import (
     ConfigError,
     RecipeConfig,
-    config_to_dict,
     describe_fields,
-    fingerprint,
     load_recipe,
     parse_overrides,
 )
 from hf_ipt.hub import ReleaseError
 from hf_ipt.runner import (
-    IncompleteRunError,
     ResumeConflictError,
     ShardedRunner,
     assemble_shards,
-    commit_stage,
     iter_shard_tables,
-    load_stage,
     read_manifest,
-    read_stage_marker,
     run_status,
+)
+from hf_ipt.store import (
+    IncompleteRunError,
+    commit_stage,
+    config_to_dict,
+    fingerprint,
+    load_stage,
+    read_stage_marker,
     save_stage,
     stage_fingerprint,
 )
@@ -456,7 +458,7 @@ def write_local_release(data, output: str, recipe: RecipeConfig, info, identity:
     from hf_ipt.cards import config_report, render_card, sidecar_dir
     from hf_ipt.hub import hf_ipt_version
     from hf_ipt.plots import render_plots
-    from hf_ipt.runner import clear_stage, write_file
+    from hf_ipt.store import clear_stage, write_file
 
     storage = recipe.run.storage_options
     release = recipe.release
@@ -518,10 +520,10 @@ def _local_dataset_info(data, config_name: str) -> dict[str, Any]:
 def _clear_release(output: str, storage: dict[str, Any]) -> None:
     """Remove a previous release record (its marker first), so a release never shows another one's files."""
     from hf_ipt.cards import RELEASE_INFO_DIR
-    from hf_ipt.runner import _Store, clear_stage
+    from hf_ipt.store import Store, clear_stage
 
     clear_stage(output, storage_options=storage)
-    store = _Store(output, storage)
+    store = Store(output, storage)
     store.remove("README.md")
     store.remove(RELEASE_INFO_DIR)
 

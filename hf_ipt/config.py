@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -41,6 +40,7 @@ import yaml
 from hf_ipt.cards import CardOptions
 from hf_ipt.hub import ReleaseConfig
 from hf_ipt.mixing import MixConfig
+from hf_ipt.store import config_to_dict
 from hf_ipt.synthesis import DEFAULT_MODEL, SynthesisConfig
 from hf_ipt.templify import TemplifyConfig
 
@@ -242,7 +242,7 @@ class RunConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Generic machinery: dicts -> nested dataclasses, dotted overrides, unknown-key suggestions, fingerprints
+# Generic machinery: dicts -> nested dataclasses, dotted overrides, unknown-key suggestions
 # ----------------------------------------------------------------------------------------------------------------
 
 _MISSING = object()
@@ -615,35 +615,6 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {str(path)!r} must be a mapping of sections, got {type(data).__name__}")
     return data
-
-
-def config_to_dict(config: Any) -> Any:
-    """Plain JSON/YAML-ready data (dicts, lists, scalars) of a config dataclass.
-
-    Example:
-        >>> config_to_dict(RunConfig(output_dir="out"))["shard_size"]
-        2048
-    """
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, Mapping):
-        return {str(k): config_to_dict(v) for k, v in config.items()}
-    if isinstance(config, list | tuple):
-        return [config_to_dict(v) for v in config]
-    if config is None or isinstance(config, bool | int | float | str):
-        return config
-    return str(config)
-
-
-def fingerprint(data: Any) -> str:
-    """SHA-256 of a config (dataclass or plain data), stable across processes, machines and key order.
-
-    Example:
-        >>> fingerprint({"a": 1, "b": [2]}) == fingerprint({"b": [2], "a": 1})
-        True
-    """
-    canonical = json.dumps(config_to_dict(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def describe_fields(cls: type, prefix: str = "", parent_help: str = "") -> list[tuple[str, str, str, str]]:

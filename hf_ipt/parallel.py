@@ -14,12 +14,17 @@ not use CUDA or several torch threads (so scripts need `if __name__ == "__main__
 (`num_actors`, `num_gpus_per_actor`), on pyarrow batches aligned exactly like `Dataset.map`'s (the dataset is first
 cut into blocks of `batch_size` rows, in order), so the rows, M-shot chains included, equal a plain map's.
 `ray_map_parquet` reads Parquet files (local, or any fsspec URL such as `hf://datasets/org/corpus/data`) and writes
-Parquet files. `run_sharded_on_ray` runs a `hf_ipt.runner.ShardedRunner` as n Ray workers instead (resumable,
-committed shard by shard).
+Parquet files.
 
     >>> ray.init(address="auto")  # doctest: +SKIP
     >>> ray_map_parquet("s3://bucket/raw/", "s3://bucket/synthesized/", synth, batch_size=1024,
     ...                 num_actors=16, num_gpus_per_actor=1)  # doctest: +SKIP
+
+**Resumable runs.** The backends of `hf_ipt.runner.ShardedRunner` say where its workers run: `LocalBackend` (this
+process is one worker) or `RayBackend` (n Ray tasks); `make_backend` turns a name into one.
+
+    >>> ShardedRunner(synth, "s3://bucket/run", shard_size=4096, batch_size=1024, num_workers=16,
+    ...               backend=RayBackend(num_gpus_per_worker=1)).run(loader)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from hf_ipt._deps import require
 from hf_ipt.engines import holds_engines
+from hf_ipt.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -362,9 +369,7 @@ def map_on_ranks(
         raise ValueError(f"num_proc must be an integer >= 1, got {num_proc!r}")
     if start_method not in START_METHODS:
         raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
-    clashing = sorted({"batched", "with_rank", "num_proc"} & set(map_kwargs))
-    if clashing:
-        raise TypeError(f"map_on_ranks sets {clashing} itself; leave them out")
+    _refuse_reserved("map_on_ranks", {"batched", "with_rank", "num_proc"}, map_kwargs, "leave them out")
     _check_shard_alignment(dataset, function, num_proc, map_kwargs.get("batch_size", 1000))
     import multiprocess
 
@@ -458,6 +463,19 @@ def _check_positive(name: str, value: Any, *, integer: bool = True) -> None:
         raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
+def _check_resource(name: str, value: Any) -> None:
+    """A Ray resource amount (GPUs or CPUs per actor or worker): a number >= 0, fractions allowed."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+
+def _refuse_reserved(caller: str, reserved: set[str], kwargs: Mapping[str, Any], hint: str) -> None:
+    """The map helpers pass some arguments of the wrapped call themselves; refuse a caller's copy of them."""
+    clashing = sorted(reserved & set(kwargs))
+    if clashing:
+        raise TypeError(f"{caller} sets {clashing} itself; {hint}")
+
+
 def ray_map_batches(
     ray_dataset: Any,
     function: Callable[[dict[str, list]], dict[str, list]],
@@ -481,19 +499,15 @@ def ray_map_batches(
     """
     _check_positive("batch_size", batch_size)
     _check_positive("num_actors", num_actors)
-    if (
-        isinstance(num_gpus_per_actor, bool)
-        or not isinstance(num_gpus_per_actor, int | float)
-        or num_gpus_per_actor < 0
-    ):
-        raise ValueError(f"num_gpus_per_actor must be a number >= 0, got {num_gpus_per_actor!r}")
+    _check_resource("num_gpus_per_actor", num_gpus_per_actor)
     if num_cpus_per_actor is not None:
         _check_positive("num_cpus_per_actor", num_cpus_per_actor, integer=False)
-    clashing = sorted(
-        {"fn_constructor_args", "batch_format", "concurrency", "num_gpus", "num_cpus"} & set(map_batches_kwargs)
+    _refuse_reserved(
+        "ray_map_batches",
+        {"fn_constructor_args", "batch_format", "concurrency", "num_gpus", "num_cpus"},
+        map_batches_kwargs,
+        "use its own arguments instead",
     )
-    if clashing:
-        raise TypeError(f"ray_map_batches sets {clashing} itself; use its own arguments instead")
     # chains are formed inside a batch, so blocks must reach the actors whole and in order
     ray_dataset.context.execution_options.preserve_order = True
     aligned = ray_dataset.repartition(target_num_rows_per_block=batch_size, strict=True)
@@ -516,14 +530,12 @@ def ray_map_batches(
 
 def _pyarrow_filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
     """(pyarrow filesystem, path) for a local path or any fsspec URL (s3://, gs://, hf://datasets/...)."""
-    import fsspec
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
-        return None, path
-    return PyFileSystem(FSSpecHandler(fs)), path
+    store = Store(url, storage_options)
+    if store.is_local:
+        return None, store.root
+    return PyFileSystem(FSSpecHandler(store.fs)), store.root
 
 
 def ray_map_parquet(
@@ -574,10 +586,125 @@ def ray_map_parquet(
         context.execution_options.preserve_order = previous
 
 
-def _run_runner_worker(runner: Any, dataset: Any) -> Any:
+# --------------------------------------------------------------------------------------------------------------------
+# Backends of the sharded runner: where its workers run
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ShardWorker(Protocol):
+    """What a backend needs of a runner (`hf_ipt.runner.ShardedRunner`): its worker slots and one worker's run."""
+
+    worker_index: int
+    num_workers: int
+
+    def run_worker(self, dataset: Any) -> Any: ...
+
+
+class Backend(Protocol):
+    """Runs the workers of a sharded runner and returns each worker's `ShardRunReport`, in worker order."""
+
+    name: ClassVar[str]
+
+    def run(self, runner: ShardWorker, dataset: Any) -> list[Any]: ...
+
+
+def load_input(dataset: Any) -> Any:
+    """The dataset itself, or what a zero-argument loader returns (so each worker can load its input itself).
+
+    Example:
+        >>> load_input(lambda: [1, 2]), load_input([3])
+        ([1, 2], [3])
+    """
     if callable(dataset) and not hasattr(dataset, "select"):
-        dataset = dataset()  # a loader: each worker loads the input itself (e.g. from the Hub)
-    return runner.run(dataset)
+        return dataset()
+    return dataset
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    """Runs one worker in this process: worker `runner.worker_index` of `runner.num_workers`. The other workers, if
+    any, are processes you start yourself on any machines that reach the output folder (e.g.
+    `hf-ipt synthesize RECIPE --worker-index i --num-workers n`).
+
+    Example:
+        >>> ShardedRunner(synth, "out", shard_size=8, batch_size=4, backend=LocalBackend())  # doctest: +SKIP
+    """
+
+    name: ClassVar[str] = "local"
+
+    def run(self, runner: ShardWorker, dataset: Any) -> list[Any]:
+        """Run this process's worker; a one-item list of its report."""
+        return [runner.run_worker(load_input(dataset))]
+
+
+def _run_ray_worker(runner: ShardWorker, dataset: Any) -> Any:
+    return runner.run_worker(load_input(dataset))
+
+
+@dataclass(frozen=True)
+class RayBackend:
+    """Starts `runner.num_workers` Ray tasks, worker i taking shards i, i+n, ...; each gets `num_gpus_per_worker`
+    GPUs (Ray sets its CUDA_VISIBLE_DEVICES) and `num_cpus_per_worker` CPUs. Uses the Ray instance this process is
+    connected to (`ray.init(...)`), or starts a local one.
+
+    The dataset is shipped to the workers, or, given as a zero-argument loader (e.g.
+    `functools.partial(load_dataset, "org/corpus", split="train", revision="<sha>")`), loaded by each worker. The
+    output folder must be storage every worker reaches (a shared folder, or an fsspec URL). A failed run is resumed
+    by running it again: finished shards are skipped.
+
+    Example:
+        >>> runner = ShardedRunner(synth, "s3://bucket/run", shard_size=4096, batch_size=1024, num_workers=16,
+        ...                        backend=RayBackend(num_gpus_per_worker=1))  # doctest: +SKIP
+        >>> runner.run(loader).complete  # doctest: +SKIP
+        True
+    """
+
+    name: ClassVar[str] = "ray"
+    num_gpus_per_worker: float = 0
+    num_cpus_per_worker: float = 1
+
+    def __post_init__(self) -> None:
+        _check_resource("num_gpus_per_worker", self.num_gpus_per_worker)
+        _check_resource("num_cpus_per_worker", self.num_cpus_per_worker)
+
+    def run(self, runner: ShardWorker, dataset: Any) -> list[Any]:
+        """Run every worker as a Ray task and wait for them; their reports in worker order."""
+        ray = require("ray", "running on Ray")
+        remote = ray.remote(num_gpus=self.num_gpus_per_worker, num_cpus=self.num_cpus_per_worker, max_retries=0)(
+            _run_ray_worker
+        )
+        dataset_ref = ray.put(dataset)
+        futures = []
+        for index in range(runner.num_workers):
+            worker = copy.copy(runner)
+            worker.worker_index = index
+            futures.append(remote.remote(worker, dataset_ref))
+        return ray.get(futures)
+
+
+BACKENDS: dict[str, type] = {"local": LocalBackend, "ray": RayBackend}
+
+
+def make_backend(spec: str | Backend = "local", **options: Any) -> Backend:
+    """The backend for `spec`: a name in `BACKENDS` ('local', 'ray'), created with `options`, or a backend as is.
+
+    This is the one dispatch point from a setting to a backend (e.g. a recipe's executor name).
+
+    Example:
+        >>> make_backend("ray", num_gpus_per_worker=1)
+        RayBackend(num_gpus_per_worker=1, num_cpus_per_worker=1)
+        >>> make_backend("local")
+        LocalBackend()
+    """
+    if isinstance(spec, str):
+        if spec not in BACKENDS:
+            raise ValueError(f"unknown backend {spec!r}; choose one of {sorted(BACKENDS)}, or pass a backend object")
+        return BACKENDS[spec](**options)
+    if options:
+        raise TypeError(f"options {sorted(options)} only go with a backend name, not with a backend object")
+    if not callable(getattr(spec, "run", None)):
+        raise TypeError(f"backend must be a name in {sorted(BACKENDS)} or a backend object, got {spec!r}")
+    return spec
 
 
 def run_sharded_on_ray(
@@ -588,39 +715,23 @@ def run_sharded_on_ray(
     num_gpus_per_worker: float = 0,
     num_cpus_per_worker: float = 1,
 ) -> list[Any]:
-    """Run a `hf_ipt.runner.ShardedRunner` as `num_workers` Ray workers (worker i takes shards i, i+n, ...), each with
-    its own GPU(s); returns their `ShardRunReport`s. Finished shards are skipped, so a failed run is resumed by
-    calling it again.
+    """Deprecated: use `ShardedRunner(..., num_workers=n, backend=RayBackend(...)).run(dataset).workers`.
 
-    `dataset` is a `datasets.Dataset` (shipped to the workers) or a zero-argument function that loads it in each
-    worker — on a cluster, e.g. `functools.partial(load_dataset, "org/corpus", split="train", revision="<sha>")`.
-    The runner's `output_dir` must be storage every worker reaches (a shared folder, or an fsspec URL).
+    Runs a `hf_ipt.runner.ShardedRunner` as `num_workers` Ray workers; returns their `ShardRunReport`s.
 
     Example:
-        >>> runner = ShardedRunner(synth, "s3://bucket/run", shard_size=4096, batch_size=1024)  # doctest: +SKIP
         >>> reports = run_sharded_on_ray(runner, loader, num_workers=16, num_gpus_per_worker=1)  # doctest: +SKIP
     """
-    ray = require("ray", "running on Ray")
+    warnings.warn(
+        "run_sharded_on_ray is deprecated: pass num_workers=n and backend=RayBackend(num_gpus_per_worker=...) (or "
+        "backend='ray') to ShardedRunner and call its run(dataset); the workers' reports are in report.workers",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     _check_positive("num_workers", num_workers)
-    if (
-        isinstance(num_gpus_per_worker, bool)
-        or not isinstance(num_gpus_per_worker, int | float)
-        or num_gpus_per_worker < 0
-    ):
-        raise ValueError(f"num_gpus_per_worker must be a number >= 0, got {num_gpus_per_worker!r}")
-    if (
-        isinstance(num_cpus_per_worker, bool)
-        or not isinstance(num_cpus_per_worker, int | float)
-        or num_cpus_per_worker < 0
-    ):
-        raise ValueError(f"num_cpus_per_worker must be a number >= 0, got {num_cpus_per_worker!r}")
-    if not hasattr(runner, "run") or not hasattr(runner, "worker_index"):
+    backend = RayBackend(num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=num_cpus_per_worker)
+    if not hasattr(runner, "run_worker") or not hasattr(runner, "worker_index"):
         raise TypeError(f"runner must be an hf_ipt.runner.ShardedRunner, got {type(runner).__name__}")
-    remote = ray.remote(num_gpus=num_gpus_per_worker, num_cpus=num_cpus_per_worker, max_retries=0)(_run_runner_worker)
-    dataset_ref = ray.put(dataset)
-    futures = []
-    for index in range(num_workers):
-        worker = copy.copy(runner)
-        worker.worker_index, worker.num_workers = index, num_workers
-        futures.append(remote.remote(worker, dataset_ref))
-    return ray.get(futures)
+    on_ray = copy.copy(runner)
+    on_ray.worker_index, on_ray.num_workers, on_ray.backend = 0, num_workers, backend
+    return on_ray.run(dataset).workers

@@ -1,18 +1,16 @@
 """Resumable, sharded execution of a batched map function: hours of synthesis survive a crash.
 
-`datasets.Dataset.map` loses all partial progress when the process dies. `ShardedRunner` cuts the input into
-contiguous shards of `shard_size` rows, maps each shard on its own and commits it to an output folder (a local path
-or any fsspec URL) in three steps, so that a crash at any point never leaves a shard that looks finished but is not:
+`ShardedRunner` cuts a `datasets.Dataset` into contiguous shards of `shard_size` rows (whole batches), maps each on its
+own and commits it to an output folder (`hf_ipt.store.Store`: a local path or any fsspec URL): the shard's Parquet
+file is renamed into place, then its completion marker (rows, size, SHA-256, input hash) is written last. A shard
+counts as finished only when its marker matches its file, so a re-run skips finished shards and redoes at most the
+one in flight. The manifest records the configuration's fingerprint; another configuration is refused unless
+`overwrite=True`.
 
-1. the shard's Parquet file is written under a temporary name, then renamed to its final name;
-2. a completion marker (JSON: rows, size, SHA-256, input hash, timing) is written last, also via a temporary name.
-
-A shard counts as finished only when its marker exists and matches its file. A re-run skips finished shards and
-redoes at most the one that was in flight. A manifest at the output root records the fingerprint of the
-configuration; a run with a different configuration is refused unless `overwrite=True`.
-
-Several processes or machines can share one output folder: worker `w` of `n` takes the shards `i` with
-`i % n == w`, so no two workers ever write the same shard. `assemble_shards` reads the finished shards in order.
+Worker `w` of `n` takes the shards `i % n == w`, so workers sharing a folder never write the same shard. Where the
+workers run is the runner's `backend` (`hf_ipt.parallel.make_backend`): 'local' runs one worker in this process
+(start the others yourself, e.g. `hf-ipt synthesize --worker-index w --num-workers n`); 'ray' starts all of them as
+Ray tasks. `assemble_shards` reads the finished run in input order.
 
 Layout of the output folder (loadable as is with `datasets.load_dataset(output_dir)`, which ignores `.hf_ipt/`):
 
@@ -28,6 +26,8 @@ Example:
     ...                        config=recipe_dict)  # doctest: +SKIP
     >>> report = runner.run(dataset)  # doctest: +SKIP
     >>> synthesized = assemble_shards("output/synthesized")["train"]  # doctest: +SKIP
+    >>> on_ray = ShardedRunner(synthesizer, "s3://bucket/run", shard_size=1024, batch_size=256, num_workers=16,
+    ...                        backend=RayBackend(num_gpus_per_worker=1))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -46,28 +46,29 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import pyarrow.parquet as pq
 
-from hf_ipt.config import config_to_dict, fingerprint
+from hf_ipt.parallel import Backend, LocalBackend, make_backend
+from hf_ipt.store import (
+    DATA_DIR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    STATE_DIR,
+    IncompleteRunError,
+    Store,
+    config_to_dict,
+    fingerprint,
+    json_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
-FORMAT_NAME = "hf-ipt-shards"
-FORMAT_VERSION = 1
-STATE_DIR = ".hf_ipt"
 MANIFEST_PATH = f"{STATE_DIR}/manifest.json"
 MARKER_DIR = f"{STATE_DIR}/done"
-TMP_DIR = f"{STATE_DIR}/tmp"
-DATA_DIR = "data"
 
 
 class ResumeConflictError(RuntimeError):
     """The output folder holds a run that this one cannot safely continue (other config, other input)."""
-
-
-class IncompleteRunError(RuntimeError):
-    """Assembly was asked for while some shards are not finished; the message lists them."""
 
 
 @dataclass(frozen=True)
@@ -173,115 +174,43 @@ class ShardRunReport:
     missing: list[int] = field(default_factory=list)  # shards not finished after this call (other workers')
     rows_processed: int = 0
     seconds: float = 0.0
+    workers: list[ShardRunReport] = field(default_factory=list)  # each worker's own report, in worker order
 
     @property
     def complete(self) -> bool:
         """True when every shard of the run is finished, so `assemble_shards` can be called."""
         return not self.missing
 
+    @classmethod
+    def combine(cls, reports: Sequence[ShardRunReport], *, seconds: float) -> ShardRunReport:
+        """One report for the workers of one run: their shards together; a shard is missing only if it was missing
+        in every worker's report (commits are never undone, so a shard one worker saw finished stays finished).
 
-class _Store:
-    """The output folder on any fsspec filesystem, with the few atomic-ish operations the runner needs."""
-
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
-        self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        self.root = root.rstrip("/")
-        self.is_local = "file" in _protocols(self.fs)
-
-    def path(self, relative: str) -> str:
-        return f"{self.root}/{relative}"
-
-    def exists(self, relative: str) -> bool:
-        return self.fs.exists(self.path(relative))
-
-    def read_json(self, relative: str) -> dict | None:
-        try:
-            return json.loads(self.fs.cat_file(self.path(relative)))
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            # never produced by a commit (markers are renamed into place whole); only manual edits get here
-            logger.warning("ignoring unreadable %s in %s", relative, self.url)
-            return None
-
-    def write_atomic(self, relative: str, data: bytes, *, exclusive: bool = False) -> bool:
-        """Write under a unique temporary name, then rename into place; with `exclusive`, never replace an
-        existing file (returns False instead). Local renames are atomic; on object stores the rename is a copy, which
-        is why the completion marker, not the data file, is the commit point."""
-        tmp = self.path(f"{TMP_DIR}/{relative.replace('/', '__')}.{uuid.uuid4().hex}.tmp")
-        self.fs.makedirs(self.path(TMP_DIR), exist_ok=True)
-        self.fs.makedirs(self.path(relative).rsplit("/", 1)[0], exist_ok=True)
-        if self.is_local:
-            # flushed to disk before the rename, so a machine crash (not only a killed process) cannot leave a
-            # renamed file whose content never reached the disk
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        else:
-            self.fs.pipe_file(tmp, data)
-        target = self.path(relative)
-        if exclusive and self.is_local:
-            try:
-                os.link(tmp, target)  # fails if the target exists: of two concurrent writers only one wins
-                self.fs.rm_file(tmp)
-                return True
-            except FileExistsError:
-                self.fs.rm_file(tmp)
-                return False
-            except OSError:
-                pass  # a file system without hard links: check, then rename, below
-        if exclusive and self.fs.exists(target):
-            self.fs.rm_file(tmp)
-            return False
-        if self.is_local:
-            os.replace(tmp, target)
-            _fsync_dir(os.path.dirname(target))
-        else:
-            self.fs.mv(tmp, target)
-        return True
-
-    def remove_tmp(self, prefix: str) -> None:
-        for path in self.fs.glob(self.path(f"{TMP_DIR}/{prefix}*")):
-            self.fs.rm_file(path)
-
-    def remove(self, relative: str) -> None:
-        if self.exists(relative):
-            self.fs.rm(self.path(relative), recursive=True)
-
-    def size(self, relative: str) -> int | None:
-        try:
-            return self.fs.size(self.path(relative))
-        except FileNotFoundError:
-            return None
-
-
-def _fsync_dir(path: str) -> None:
-    """Persist a rename: the directory entry must reach the disk too (a no-op where directories cannot be opened)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def _protocols(fs) -> tuple[str, ...]:
-    protocol = fs.protocol
-    return tuple(protocol) if isinstance(protocol, tuple | list) else (protocol,)
+        Example:
+            >>> a = ShardRunReport("out", 3, processed=[0, 2], missing=[1])
+            >>> b = ShardRunReport("out", 3, processed=[1], missing=[])
+            >>> ShardRunReport.combine([a, b], seconds=1.0).processed
+            [0, 1, 2]
+        """
+        missing = set.intersection(*(set(r.missing) for r in reports)) if reports else set()
+        return cls(
+            output_dir=reports[0].output_dir if reports else "",
+            num_shards=reports[0].num_shards if reports else 0,
+            processed=sorted(i for r in reports for i in r.processed),
+            skipped=sorted(i for r in reports for i in r.skipped),
+            missing=sorted(missing),
+            rows_processed=sum(r.rows_processed for r in reports),
+            seconds=seconds,
+            workers=list(reports),
+        )
 
 
 def read_manifest(output_dir: str, storage_options: Mapping[str, Any] | None = None) -> dict | None:
     """The manifest of a sharded run folder, or None when the folder holds no run."""
-    return _Store(output_dir, storage_options).read_json(MANIFEST_PATH)
+    return Store(output_dir, storage_options).read_json(MANIFEST_PATH)
 
 
-def _finished(store: _Store, shard: Shard, manifest: Mapping[str, Any]) -> dict | None:
+def _finished(store: Store, shard: Shard, manifest: Mapping[str, Any]) -> dict | None:
     """The shard's marker if the shard is committed and its file is intact; None otherwise."""
     marker = store.read_json(shard.marker_path)
     if marker is None:
@@ -303,7 +232,7 @@ def run_status(output_dir: str, storage_options: Mapping[str, Any] | None = None
         >>> run_status("output/quickstart/synthesized")["missing"]  # doctest: +SKIP
         [3, 7]
     """
-    store = _Store(output_dir, storage_options)
+    store = Store(output_dir, storage_options)
     manifest = store.read_json(MANIFEST_PATH)
     if manifest is None:
         return {"output_dir": output_dir, "started": False, "done": [], "missing": [], "num_shards": 0}
@@ -343,7 +272,11 @@ class ShardedRunner:
         config: plain data describing everything that determines the output (source, model, settings). Its
             fingerprint is stored in the manifest; resuming with a different one is refused.
         split: split name of the assembled `DatasetDict` and of the data files.
-        worker_index, num_workers: this worker takes shards `i % num_workers == worker_index`.
+        worker_index, num_workers: worker `w` of `n` takes the shards `i % n == w`. With the local backend this
+            process is worker `worker_index` (start the others yourself); a backend that starts the workers itself
+            (Ray) starts `num_workers` of them, and `worker_index` stays 0.
+        backend: where the workers run: 'local' (this process), 'ray' (Ray tasks), or a backend object such as
+            `hf_ipt.parallel.RayBackend(num_gpus_per_worker=1)`; see `hf_ipt.parallel.make_backend`.
         overwrite: when the folder holds a run with another configuration, delete it and start over instead of
             refusing. A run with the same configuration is always resumed (so every worker of a job may pass it).
         resume_ignore: dotted config keys whose change does not block resuming (settings that do not change output).
@@ -370,6 +303,7 @@ class ShardedRunner:
         verify_inputs: bool = True,
         storage_options: Mapping[str, Any] | None = None,
         desc: str = "shards",
+        backend: str | Backend = "local",
     ):
         if not callable(map_fn):
             raise TypeError(f"map_fn must be a batched map function (callable), got {type(map_fn).__name__}")
@@ -387,6 +321,13 @@ class ShardedRunner:
         if not isinstance(split, str) or not re.fullmatch(r"\w+(\.\w+)*", split):
             raise ValueError(f"split must be a plain split name such as 'train', got {split!r}")
         _check_worker(worker_index, num_workers)
+        backend = make_backend(backend)
+        if worker_index and not isinstance(backend, LocalBackend):
+            raise ValueError(
+                f"worker_index={worker_index} with the {backend.name} backend, which starts all {num_workers} workers "
+                "itself; leave worker_index at 0"
+            )
+        self.backend = backend
         self.map_fn = map_fn
         self.output_dir = output_dir
         self.shard_size = shard_size
@@ -431,7 +372,7 @@ class ShardedRunner:
                 reasons.append(f"{key}: {_lookup(old.get('config', {}), key)!r} -> {_lookup(new['config'], key)!r}")
         return reasons
 
-    def _open(self, store: _Store, num_rows: int) -> dict[str, Any]:
+    def _open(self, store: Store, num_rows: int) -> dict[str, Any]:
         """Create the manifest, or check the existing one allows resuming; returns the manifest in force."""
         wanted = self._manifest_for(num_rows)
         existing = store.read_json(MANIFEST_PATH)
@@ -456,20 +397,33 @@ class ShardedRunner:
                 )
             logger.warning("overwrite: deleting the previous run in %s (%s)", self.output_dir, "; ".join(reasons))
             self._clear(store)
-        if not store.write_atomic(MANIFEST_PATH, _json_bytes(wanted), exclusive=True):
+        if not store.write_atomic(MANIFEST_PATH, json_bytes(wanted), exclusive=True):
             # another worker created it between our read and our write: it must describe the same run
             return self._open(store, num_rows)
         return wanted
 
-    def _clear(self, store: _Store) -> None:
-        for path in store.fs.glob(store.path(f"{DATA_DIR}/*-*-of-*.parquet")):
-            store.fs.rm_file(path)
+    def _clear(self, store: Store) -> None:
+        store.remove_data_files()
         store.remove(STATE_DIR)
 
     # --- running ----------------------------------------------------------------------------------------------
 
     def run(self, dataset) -> ShardRunReport:
-        """Map and commit this worker's unfinished shards of `dataset`; returns what was done and what is missing."""
+        """Map and commit the unfinished shards of `dataset` on the runner's backend; returns what was done and what
+        is missing (each worker's own report in `report.workers`).
+
+        `dataset` is a `datasets.Dataset`, or a zero-argument function that loads it (in each worker, with Ray).
+
+        Example:
+            >>> ShardedRunner(synth, "out", shard_size=8, batch_size=4).run(dataset).complete  # doctest: +SKIP
+            True
+        """
+        started = time.perf_counter()
+        reports = self.backend.run(self, dataset)
+        return ShardRunReport.combine(reports, seconds=time.perf_counter() - started)
+
+    def run_worker(self, dataset) -> ShardRunReport:
+        """Map and commit the unfinished shards of worker `worker_index` in this process (what a backend calls)."""
         import datasets
         from datasets.utils import tqdm as hf_tqdm
 
@@ -479,7 +433,7 @@ class ShardedRunner:
                 f"{type(dataset).__name__}; load the source without streaming=True"
             )
         started = time.perf_counter()
-        store = _Store(self.output_dir, self.storage_options)
+        store = Store(self.output_dir, self.storage_options)
         manifest = self._open(store, len(dataset))
         shards = plan_shards(len(dataset), self.shard_size, self.split)
         mine = [shards[i] for i in shards_of_worker(len(shards), self.worker_index, self.num_workers)]
@@ -529,7 +483,7 @@ class ShardedRunner:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _process(self, store: _Store, dataset, shard: Shard, manifest: Mapping[str, Any]) -> None:
+    def _process(self, store: Store, dataset, shard: Shard, manifest: Mapping[str, Any]) -> None:
         started = time.perf_counter()
         # leftovers of an attempt that crashed while writing this shard (only this worker ever writes it)
         store.remove_tmp(shard.data_path.replace("/", "__"))
@@ -575,7 +529,7 @@ class ShardedRunner:
             "seconds": round(time.perf_counter() - started, 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        store.write_atomic(shard.marker_path, _json_bytes(marker))  # the commit point: written last
+        store.write_atomic(shard.marker_path, json_bytes(marker))  # the commit point: written last
 
     def assemble(self, **kwargs):
         """Shortcut for `assemble_shards(self.output_dir, ...)`."""
@@ -591,16 +545,12 @@ def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
     return current
 
 
-def _json_bytes(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-
-
 def iter_shard_tables(
     output_dir: str, *, columns: Sequence[str] | None = None, storage_options: Mapping[str, Any] | None = None
 ):
     """The finished shards' rows as pyarrow Tables, in input order, reading only `columns` (those present) — for
     statistics over a large run without assembling (and caching a copy of) the whole dataset."""
-    store = _Store(output_dir, storage_options)
+    store = Store(output_dir, storage_options)
     manifest = store.read_json(MANIFEST_PATH)
     if manifest is None:
         raise IncompleteRunError(f"{output_dir} holds no sharded run ({MANIFEST_PATH} not found)")
@@ -631,7 +581,7 @@ def assemble_shards(
     """
     import datasets
 
-    store = _Store(output_dir, storage_options)
+    store = Store(output_dir, storage_options)
     manifest = store.read_json(MANIFEST_PATH)
     if manifest is None:
         raise IncompleteRunError(f"{output_dir} holds no sharded run ({MANIFEST_PATH} not found)")
@@ -644,143 +594,15 @@ def assemble_shards(
             f"{len(missing)} of {len(shards)} shards of {output_dir} are not finished (shards {shown}); run the "
             "missing workers (or a single worker) with the same config to finish them"
         )
-    paths = [store.path(s.data_path) for s in shards]
     if verify_checksums:
-        for shard, marker, path in zip(shards, markers, paths, strict=True):
-            if hashlib.sha256(store.fs.cat_file(path)).hexdigest() != marker["sha256"]:
+        for shard, marker in zip(shards, markers, strict=True):
+            if hashlib.sha256(store.fs.cat_file(store.path(shard.data_path))).hexdigest() != marker["sha256"]:
                 raise IncompleteRunError(f"{shard.data_path} in {output_dir} does not match its completion marker")
 
     # datasets' Parquet reader rejects row-less files; an empty shard adds no rows, so leave it out
-    paths = [p for p, m in zip(paths, markers, strict=True) if m["num_rows"]]
-    if not paths:
-        empty = pq.read_table(io.BytesIO(store.fs.cat_file(store.path(shards[0].data_path))))
-        return datasets.DatasetDict({manifest["split"]: datasets.Dataset(empty)})
-    schemas = [pq.read_schema(store.fs.open(p, "rb")) for p in paths]
-    same_schema = all(s.equals(schemas[0], check_metadata=False) for s in schemas)
-    if store.is_local and same_schema:
-        dataset = datasets.Dataset.from_parquet(paths, split=manifest["split"])
-    elif store.is_local:
-        # e.g. a list column that is empty in every row of one shard gets a null item type there: align them
-        dataset = datasets.concatenate_datasets([datasets.Dataset.from_parquet(p) for p in paths])
+    relatives = [s.data_path for s, m in zip(shards, markers, strict=True) if m["num_rows"]]
+    if not relatives:
+        dataset = datasets.Dataset(store.read_table(shards[0].data_path))
     else:
-        parts = [datasets.Dataset(pq.read_table(io.BytesIO(store.fs.cat_file(p)))) for p in paths]
-        dataset = datasets.concatenate_datasets(parts)
+        dataset = store.read_dataset(relatives, split=manifest["split"])
     return datasets.DatasetDict({manifest["split"]: dataset})
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Whole-stage outputs (templify, mix, release): written once, committed by a marker, skipped when already current
-# --------------------------------------------------------------------------------------------------------------------
-
-STAGE_MARKER_PATH = f"{STATE_DIR}/stage.json"
-
-
-def read_stage_marker(output_dir: str, storage_options: Mapping[str, Any] | None = None) -> dict | None:
-    """The commit marker of a stage output written by `save_stage` (fingerprint, config, files, rows, report)."""
-    return _Store(output_dir, storage_options).read_json(STAGE_MARKER_PATH)
-
-
-def stage_fingerprint(output_dir: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
-    """Fingerprint of the committed stage output in `output_dir`, or None when there is none (or it is unfinished)."""
-    marker = read_stage_marker(output_dir, storage_options)
-    return None if marker is None else marker.get("fingerprint")
-
-
-def save_stage(
-    dataset_dict,
-    output_dir: str,
-    *,
-    config: Mapping[str, Any] | Any,
-    storage_options: Mapping[str, Any] | None = None,
-    rows_per_file: int = 100_000,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write a `DatasetDict` (or a `Dataset`, saved as split `train`) as Hub-layout Parquet files in `output_dir`,
-    then commit it with a marker holding the fingerprint of `config`; returns the marker.
-
-    Previous contents written by hf-ipt are removed first; the marker is written last, so an interrupted save is
-    never mistaken for a finished one. `load_dataset(output_dir)` reads the result.
-
-    Example:
-        >>> save_stage(templified, "output/run/templified", config={"templify": {...}})  # doctest: +SKIP
-    """
-    import datasets
-
-    if isinstance(dataset_dict, datasets.Dataset):
-        dataset_dict = datasets.DatasetDict({"train": dataset_dict})
-    if not isinstance(dataset_dict, datasets.DatasetDict):
-        raise TypeError(f"save_stage needs a Dataset or DatasetDict, got {type(dataset_dict).__name__}")
-    store = _Store(output_dir, storage_options)
-    clear_stage(output_dir, storage_options=storage_options)
-    files: dict[str, list[str]] = {}
-    for split, dataset in dataset_dict.items():
-        count = max(1, math.ceil(len(dataset) / rows_per_file))
-        files[split] = []
-        for index in range(count):
-            part = dataset.select(range(index * rows_per_file, min(len(dataset), (index + 1) * rows_per_file)))
-            buffer = io.BytesIO()
-            part.to_parquet(buffer)
-            relative = f"{DATA_DIR}/{split}-{index:05d}-of-{count:05d}.parquet"
-            store.write_atomic(relative, buffer.getvalue())
-            files[split].append(relative)
-    num_rows = {split: len(dataset) for split, dataset in dataset_dict.items()}
-    return commit_stage(
-        output_dir, config=config, files=files, num_rows=num_rows, extra=extra, storage_options=storage_options
-    )
-
-
-def clear_stage(output_dir: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Un-commit a stage output (marker first, so a crash in between leaves it uncommitted) and delete its data."""
-    store = _Store(output_dir, storage_options)
-    store.remove(STAGE_MARKER_PATH)
-    for path in store.fs.glob(store.path(f"{DATA_DIR}/*-*-of-*.parquet")):
-        store.fs.rm_file(path)
-
-
-def commit_stage(
-    output_dir: str,
-    *,
-    config: Mapping[str, Any] | Any,
-    files: Mapping[str, list[str]] | None = None,
-    num_rows: Mapping[str, int] | None = None,
-    extra: Mapping[str, Any] | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write the marker that makes a stage output count as finished (`stage_fingerprint` then returns the
-    fingerprint of `config`); call it after everything else of the stage is written. Returns the marker."""
-    marker = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "fingerprint": fingerprint(config),
-        "config": config_to_dict(config),
-        "files": dict(files or {}),
-        "num_rows": dict(num_rows or {}),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **({"extra": config_to_dict(extra)} if extra else {}),
-    }
-    _Store(output_dir, storage_options).write_atomic(STAGE_MARKER_PATH, _json_bytes(marker))
-    return marker
-
-
-def write_file(output_dir: str, relative: str, data: bytes, *, storage_options: Mapping[str, Any] | None = None):
-    """Write one file under `output_dir` (local path or fsspec URL) atomically: temporary name, then rename."""
-    _Store(output_dir, storage_options).write_atomic(relative, data)
-
-
-def load_stage(output_dir: str, *, storage_options: Mapping[str, Any] | None = None):
-    """The `DatasetDict` committed by `save_stage` in `output_dir`; IncompleteRunError if there is none."""
-    import datasets
-
-    store = _Store(output_dir, storage_options)
-    marker = store.read_json(STAGE_MARKER_PATH)
-    if marker is None:
-        raise IncompleteRunError(f"{output_dir} holds no finished stage output ({STAGE_MARKER_PATH} not found)")
-    splits = {}
-    for split, relatives in marker["files"].items():
-        paths = [store.path(r) for r in relatives]
-        if not marker["num_rows"][split] or not store.is_local:
-            tables = [pq.read_table(io.BytesIO(store.fs.cat_file(p))) for p in paths]
-            splits[split] = datasets.concatenate_datasets([datasets.Dataset(t) for t in tables])
-        else:
-            splits[split] = datasets.Dataset.from_parquet(paths, split=split)
-    return datasets.DatasetDict(splits)

@@ -21,13 +21,12 @@ from hf_ipt.config import (
     closest_key,
     coerce_text,
     config_from_dict,
-    config_to_dict,
     describe_fields,
     dotted_keys,
-    fingerprint,
     load_recipe,
     parse_overrides,
 )
+from hf_ipt.store import config_to_dict, fingerprint
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 

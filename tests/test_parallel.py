@@ -12,8 +12,11 @@ from datasets import Dataset
 
 from hf_ipt import Synthesizer
 from hf_ipt.parallel import (
+    LocalBackend,
     Placement,
+    RayBackend,
     devices_per_rank,
+    make_backend,
     map_on_ranks,
     plan_placement,
     rank_from_args,
@@ -211,14 +214,54 @@ def test_sharded_runner_on_ray_workers(local_ray, tmp_path, tiny_model_path):
     texts = [f"text number {i} about {w}" for i, w in enumerate(["cats", "dogs", "owls"] * 6)]
     dataset = Dataset.from_dict({"text": texts})
     synth = Synthesizer(model=tiny_model_path, engine=reporting_engine, rounds=2, max_model_len=512)
-    runner = ShardedRunner(synth, str(tmp_path / "run"), shard_size=4, batch_size=2, config={"test": 1})
-    reports = run_sharded_on_ray(runner, dataset, num_workers=2, num_cpus_per_worker=1)
+    runner = ShardedRunner(
+        synth,
+        str(tmp_path / "run"),
+        shard_size=4,
+        batch_size=2,
+        config={"test": 1},
+        num_workers=2,
+        backend=RayBackend(num_cpus_per_worker=1),
+    )
+    report = runner.run(dataset)
+    reports = report.workers
     assert sorted(i for r in reports for i in r.processed) == list(range(5))
+    assert report.processed == list(range(5)) and report.complete and report.rows_processed == len(texts)
+    assert [r.processed for r in reports] == [[0, 2, 4], [1, 3]]  # worker i took shards i, i+2, ...
     expected = dataset.map(synth, batched=True, batch_size=2, load_from_cache_file=False)
     drop = ["synth_output", "pairs"]  # the answers name the worker's cores
     assert (
         assemble_shards(str(tmp_path / "run"))["train"].remove_columns(drop).to_list()
         == expected.remove_columns(drop).to_list()
     )
-    again = run_sharded_on_ray(runner, dataset, num_workers=2)  # resumed: nothing left to do
+    # the old entry point still works (deprecated); resumed: nothing left to do
+    plain = ShardedRunner(synth, str(tmp_path / "run"), shard_size=4, batch_size=2, config={"test": 1})
+    with pytest.warns(DeprecationWarning, match="run_sharded_on_ray is deprecated"):
+        again = run_sharded_on_ray(plain, dataset, num_workers=2)
     assert [r.processed for r in again] == [[], []] and sorted(i for r in again for i in r.skipped) == list(range(5))
+
+
+def test_backends_are_chosen_by_name_or_object(tmp_path):
+    from hf_ipt.runner import ShardedRunner
+
+    assert make_backend("local") == LocalBackend() and make_backend("ray", num_gpus_per_worker=1).num_gpus_per_worker
+    assert make_backend(RayBackend()) == RayBackend()
+    with pytest.raises(ValueError, match=r"unknown backend 'slurm'; choose one of \['local', 'ray'\]"):
+        make_backend("slurm")
+    with pytest.raises(TypeError, match="only go with a backend name"):
+        make_backend(LocalBackend(), num_cpus_per_worker=2)
+    with pytest.raises(ValueError, match="num_gpus_per_worker must be a number >= 0, got -1"):
+        RayBackend(num_gpus_per_worker=-1)
+    with pytest.raises(ValueError, match="worker_index=1 with the ray backend, which starts all 2 workers itself"):
+        ShardedRunner(len, str(tmp_path), shard_size=4, batch_size=2, worker_index=1, num_workers=2, backend="ray")
+    # the local backend: this process is one worker; a zero-argument loader is called to get the input
+    runner = ShardedRunner(
+        lambda batch: {"n": [len(t) for t in batch["text"]]},
+        str(tmp_path / "local"),
+        shard_size=2,
+        batch_size=2,
+        worker_index=1,
+        num_workers=2,
+    )
+    report = runner.run(lambda: Dataset.from_dict({"text": ["a", "bb", "ccc", "dddd", "e"]}))
+    assert report.processed == [1] and report.missing == [0, 2] and [w.processed for w in report.workers] == [[1]]

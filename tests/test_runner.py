@@ -116,18 +116,19 @@ def test_resume_after_a_crash_skips_committed_shards_and_gives_identical_rows(tm
 
 
 def test_a_crash_before_the_marker_never_leaves_a_shard_that_looks_finished(tmp_path, monkeypatch):
-    from hf_ipt import runner as runner_module
+    from hf_ipt.runner import MARKER_DIR
+    from hf_ipt.store import Store
 
     dataset = make_dataset(16)
     out = tmp_path / "out"
-    original = runner_module._Store.write_atomic
+    original = Store.write_atomic
 
     def die_on_marker(self, relative, data, **kwargs):
-        if relative.startswith(runner_module.MARKER_DIR) and relative.endswith("00001.json"):
+        if relative.startswith(MARKER_DIR) and relative.endswith("00001.json"):
             raise KeyboardInterrupt("killed between the data file and its marker")
         return original(self, relative, data, **kwargs)
 
-    monkeypatch.setattr(runner_module._Store, "write_atomic", die_on_marker)
+    monkeypatch.setattr(Store, "write_atomic", die_on_marker)
     with pytest.raises(KeyboardInterrupt):
         ShardedRunner(BatchRecorder(), str(out), shard_size=8, batch_size=4).run(dataset)
     monkeypatch.undo()
@@ -347,3 +348,67 @@ def test_two_concurrent_workers_fill_one_output_like_a_single_worker(tmp_path):
     assert table_of(assemble_shards(str(out))["train"]).equals(
         table_of(assemble_shards(str(tmp_path / "single"))["train"])
     )
+
+
+# --- the store under the runner: whole-stage outputs, atomic writes ----------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_stage_output_is_saved_committed_loaded_and_cleared(tmp_path, where):
+    from datasets import DatasetDict
+
+    from hf_ipt.store import (
+        STAGE_MARKER_PATH,
+        clear_stage,
+        fingerprint,
+        load_stage,
+        read_stage_marker,
+        save_stage,
+        stage_fingerprint,
+        write_file,
+    )
+
+    out = str(tmp_path / "stage") if where == "local" else "memory://hf-ipt-tests/stage"
+    assert stage_fingerprint(out) is None
+    with pytest.raises(IncompleteRunError, match=f"no finished stage output .*{STAGE_MARKER_PATH}"):
+        load_stage(out)
+    data = DatasetDict({"train": make_dataset(25), "test": make_dataset(0)})
+    marker = save_stage(data, out, config={"step": {"seed": 1}}, rows_per_file=10, extra={"report": {"rows": 25}})
+    assert marker["files"]["train"] == [f"data/train-0000{i}-of-00003.parquet" for i in range(3)]
+    assert marker["num_rows"] == {"train": 25, "test": 0} and marker["extra"] == {"report": {"rows": 25}}
+    assert stage_fingerprint(out) == fingerprint({"step": {"seed": 1}}) == read_stage_marker(out)["fingerprint"]
+    loaded = load_stage(out)
+    assert table_of(loaded["train"]).equals(table_of(data["train"])) and loaded["test"].num_rows == 0
+    write_file(out, "notes/readme.txt", b"kept")
+    clear_stage(out)
+    assert stage_fingerprint(out) is None and read_stage_marker(out) is None
+    with pytest.raises(IncompleteRunError):
+        load_stage(out)
+    from hf_ipt.store import Store
+
+    store = Store(out)
+    assert store.fs.glob(store.path("data/*.parquet")) == [] and store.exists("notes/readme.txt")
+
+
+def test_exclusive_atomic_writes_never_replace_a_file(tmp_path):
+    from hf_ipt.store import TMP_DIR, Store
+
+    for url in (str(tmp_path / "store"), "memory://hf-ipt-tests/exclusive"):
+        store = Store(url)
+        assert store.write_atomic("a/b.json", b'{"first": 1}', exclusive=True)
+        assert not store.write_atomic("a/b.json", b'{"second": 2}', exclusive=True)
+        assert store.read_json("a/b.json") == {"first": 1} and store.size("a/b.json") == len(b'{"first": 1}')
+        assert store.write_atomic("a/b.json", b'{"third": 3}') and store.read_json("a/b.json") == {"third": 3}
+        assert store.fs.glob(store.path(f"{TMP_DIR}/*")) == []  # no temporary file left behind
+        assert store.read_json("a/none.json") is None and store.size("a/none.json") is None
+
+
+def test_the_store_imports_no_other_hf_ipt_module():
+    import ast
+
+    import hf_ipt.store
+
+    tree = ast.parse(Path(hf_ipt.store.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not [name for name in imported if name.split(".")[0] == "hf_ipt"]
