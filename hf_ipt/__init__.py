@@ -21,10 +21,12 @@ from hf_ipt.mixing import (
     TokenCounter,
     count_tokens,
     format_general_instructions,
+    mix,
     mix_by_token_ratio,
     mix_by_token_weights,
     mix_with_general_instructions,
     mix_with_raw_corpus,
+    prepare_source,
 )
 from hf_ipt.parsing import parse_pairs
 from hf_ipt.synthesize import SynthesisConfig, Synthesizer, synthesize_batch
@@ -44,10 +46,12 @@ __all__ = [
     "count_tokens",
     "format_general_instructions",
     "load_release",
+    "mix",
     "mix_by_token_ratio",
     "mix_by_token_weights",
     "mix_with_general_instructions",
     "mix_with_raw_corpus",
+    "prepare_source",
     "publish_release",
     "push_release",
     "templify_batch",
