@@ -26,7 +26,7 @@ from pathlib import Path
 
 from datasets import Dataset, disable_progress_bars, load_from_disk
 
-from hf_ipt.mixing import count_tokens, mix_by_token_ratio
+from hf_ipt.mixing import MixConfig, count_tokens, mix
 from hf_ipt.testing import build_tiny_synthesizer, corpus_paragraphs
 
 TARGET_RATIO = 0.8
@@ -142,7 +142,8 @@ def bench_mix(tokenizer, texts: list[str], workdir: Path) -> None:
     Dataset.from_dict({"text": texts[half:]}).save_to_disk(workdir / "other")
     augmented, other = load_from_disk(str(workdir / "aug")), load_from_disk(str(workdir / "other"))
     start = time.perf_counter()
-    mixed, report = mix_by_token_ratio(augmented, other.select(range(half // 2)), 1.0, tokenizer=tokenizer, seed=0)
+    config = MixConfig(weights={"augmented": 1, "secondary": 1}, tokenizer=tokenizer, seed=0)
+    mixed, report = mix({"augmented": augmented, "secondary": other.select(range(half // 2))}, config)
     elapsed = time.perf_counter() - start
     print(
         f"\nwhole 1:1 mix (count both sources, select, label, shuffle): {elapsed:.2f} s for {len(texts):,} texts; "

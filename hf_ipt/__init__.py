@@ -20,10 +20,12 @@ from hf_ipt.mixing import (
     TokenCounter,
     count_tokens,
     format_general_instructions,
+    mix,
     mix_by_token_ratio,
     mix_by_token_weights,
     mix_with_general_instructions,
     mix_with_raw_corpus,
+    prepare_source,
 )
 from hf_ipt.synthesis import ChunkConfig, Chunker, SynthesisConfig, Synthesizer, parse_pairs, synthesize_batch
 from hf_ipt.templify import Templifier, TemplifyConfig, templify_batch, templify_stats
@@ -42,10 +44,12 @@ __all__ = [
     "count_tokens",
     "format_general_instructions",
     "load_release",
+    "mix",
     "mix_by_token_ratio",
     "mix_by_token_weights",
     "mix_with_general_instructions",
     "mix_with_raw_corpus",
+    "prepare_source",
     "publish_release",
     "push_release",
     "templify_batch",

@@ -1,6 +1,8 @@
-"""Names of the columns each step writes; the contract between the steps of the pipeline.
+"""Names of the columns each step writes, and the values of their status columns: the contract between the steps.
 
-`synthesize_batch` keeps every input column and adds the columns below. `templify_batch` reads them.
+`synthesize_batch` keeps every input column and adds the synthesis columns; `templify` reads them and writes one row
+per pre-training text; `mix` writes the mix's uniform schema. Every module (and the dataset card) names these
+columns through this module, never as literals.
 """
 
 from __future__ import annotations
@@ -54,3 +56,62 @@ SOURCE_ID = "source_id"  # str, hash of the whole source text, shared by all its
 SOURCE_ROW = "source_row"  # int, dataset index of the source row (only when mapped with with_indices=True)
 CHUNK_INDEX = "chunk_index"  # int, position of the piece inside its source text
 NUM_CHUNKS = "num_chunks"  # int, number of pieces the source text was cut into
+
+# --- shared by templify and mixing ---
+TEXT = "text"  # str, the pre-training text (wrapped with the target BOS/EOS when a target format is set)
+
+# --- written by templify (hf_ipt.templify), one row per pre-training text ---
+# CHAIN_ID (above) is written too: the chain the text's rows came from
+CHAIN_POSITIONS = "chain_positions"  # list[int], chain positions of the input rows rendered in this text
+SOURCE_IDS = "source_ids"  # list, the id-column values of those rows (only when TemplifyConfig.id_column is set)
+MODE = "mode"  # str, how the pairs are laid out: one of hf_ipt.templify.MODES, "raw" (no pairs) or "skipped"
+INVERTED = "inverted"  # bool, the pairs come first and the raw text last
+FAMILIES_COLUMN = "families"  # list[str], sorted names of the template families used (hf_ipt.templify.FAMILIES)
+NUM_PAIRS = "num_pairs"  # int, pairs rendered in the text
+DROPPED_PAIRS = "dropped_pairs"  # int, pairs that could not be rendered (or belong to a skipped row)
+TEMPLIFY_STATUS = "templify_status"  # str, one of TEMPLIFY_STATUSES
+
+TEMPLIFY_COLUMNS = (
+    TEXT,
+    CHAIN_ID,
+    CHAIN_POSITIONS,
+    SOURCE_IDS,
+    MODE,
+    INVERTED,
+    FAMILIES_COLUMN,
+    NUM_PAIRS,
+    DROPPED_PAIRS,
+    TEMPLIFY_STATUS,
+)
+
+# templify_status values: the synthesis values for the same cases; a row that is not "ok" gives text ""
+TEMPLIFY_STATUSES = (STATUS_OK, STATUS_EMPTY_TEXT, STATUS_INVALID_TEXT)
+
+# --- written by mixing (hf_ipt.mixing) ---
+# the mix's uniform schema: TEXT, NUM_TOKENS (MixConfig.token_count_column), SOURCE, SOURCE_INDEX, keep_columns
+NUM_TOKENS = "num_tokens"  # int, tokens of TEXT under the target tokenizer, add_special_tokens=False
+SOURCE = "source"  # str, name of the source a mixed row came from (a key of MixConfig.weights)
+SOURCE_INDEX = "source_index"  # int, index of the row in the dataset passed for its source
+MIX_COLUMNS = (TEXT, NUM_TOKENS, SOURCE, SOURCE_INDEX)
+
+# written by GeneralInstructionFormatter before mixing; a row whose status is not "ok" gets text "" and is excluded
+FORMAT_STATUS = "format_status"  # str, one of FORMAT_STATUSES
+FORMAT_ERROR = "format_error"  # str, human-readable detail for a non-"ok" status ("" otherwise)
+
+# format_status values
+FORMAT_OK = STATUS_OK
+FORMAT_MISSING_QUESTION = "missing_question"  # the question is None
+FORMAT_EMPTY_QUESTION = "empty_question"  # "" or whitespace only
+FORMAT_INVALID_QUESTION = "invalid_question"  # not a string
+FORMAT_MISSING_RESPONSE = "missing_response"
+FORMAT_EMPTY_RESPONSE = "empty_response"
+FORMAT_INVALID_RESPONSE = "invalid_response"
+FORMAT_STATUSES = (
+    FORMAT_OK,
+    FORMAT_MISSING_QUESTION,
+    FORMAT_EMPTY_QUESTION,
+    FORMAT_INVALID_QUESTION,
+    FORMAT_MISSING_RESPONSE,
+    FORMAT_EMPTY_RESPONSE,
+    FORMAT_INVALID_RESPONSE,
+)

@@ -1,15 +1,18 @@
 """Mixing corpora by token ratio, counted with the tokenizer of the model that will be trained on the mix.
 
-The two recipes of Instruction Pre-Training differ only in what the instruction-augmented corpus is mixed with:
+One call mixes: `mix({name: dataset}, MixConfig(weights=..., tokenizer=...))`. Each corpus other than the
+instruction-augmented one is first formatted like it with `prepare_source` (same target BOS/EOS):
 
 - continual pre-training: general instructions (OpenOrca) at 1:1 in tokens, each example written
-  `"{question} {response}"` with one space and its system prompt discarded (`mix_with_general_instructions`);
-- pre-training from scratch: unchanged raw corpora at a ratio the user chooses (`mix_with_raw_corpus`).
+  `"{question} {response}"` with one space and its system prompt discarded (`kind="general_instructions"`);
+- pre-training from scratch: unchanged raw corpora at a ratio the user chooses (`kind="raw"`).
+
+`mix_with_general_instructions`, `mix_with_raw_corpus`, `mix_by_token_ratio` and `mix_by_token_weights` are
+shorthands for these two steps.
 
 `datasets.interleave_datasets` samples by example probability, so a 1:1 ratio of examples is not a 1:1 ratio of
 tokens. Here every source is counted (`count_tokens`, a cached `Dataset.map`), then whole examples are selected so
-that each source's share of the mix's tokens matches the requested share (`mix`, `mix_by_token_ratio`,
-`mix_by_token_weights`).
+that each source's share of the mix's tokens matches the requested share.
 
 What "within tolerance" means: with requested weights w_i, the requested share of source i is s_i = w_i / sum(w);
 the achieved share is a_i = tokens selected from i / tokens in the mix. The mix is within tolerance when
@@ -32,17 +35,19 @@ Nothing is dropped silently: per source the report gives the rows excluded and w
 `format_status` other than "ok", a null text, an empty or whitespace-only text, a text of zero tokens), the rows
 selected and the eligible rows left unused; `rows_total == rows_selected + rows_unused + sum(rows_excluded)`.
 
-IterableDataset: `GeneralInstructionFormatter`, `TokenCounter` and `count_tokens` work on streams (lazy
-`IterableDataset.map`). Mixing needs every source's token total before it can choose examples, so `mix*` accept only
-map-style `Dataset`s and raise a TypeError for an `IterableDataset` saying how to materialise it.
+IterableDataset: `prepare_source`, `GeneralInstructionFormatter`, `TokenCounter` and `count_tokens` work on streams
+(lazy `IterableDataset.map`). Mixing needs every source's token total before it can choose examples, so `mix*`
+accept only map-style `Dataset`s and raise a TypeError for an `IterableDataset` saying how to materialise it.
 
 Example:
     >>> from datasets import Dataset
     >>> augmented = Dataset.from_dict({"text": templified_texts})  # doctest: +SKIP
     >>> orca = Dataset.from_dict({"id": ids, "system_prompt": sp, "question": qs, "response": rs})  # doctest: +SKIP
     >>> llama3 = TargetFormat("<|begin_of_text|>", "<|end_of_text|>")
-    >>> mixed, report = mix_with_general_instructions(
-    ...     augmented, orca, tokenizer="meta-llama/Meta-Llama-3-8B", target_format=llama3)  # doctest: +SKIP
+    >>> general = prepare_source(orca, kind="general_instructions", text_column="text", target_format=llama3,
+    ...                          name="general")  # doctest: +SKIP
+    >>> config = MixConfig(weights={"augmented": 1, "general": 1}, tokenizer="meta-llama/Meta-Llama-3-8B")
+    >>> mixed, report = mix({"augmented": augmented, "general": general}, config)  # doctest: +SKIP
     >>> report.to_dict()["achieved_ratio"]  # doctest: +SKIP
     {'augmented': 1.0, 'general': 0.9987}
 """
@@ -61,31 +66,28 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hf_ipt.columns import (
+    FORMAT_EMPTY_QUESTION,
+    FORMAT_EMPTY_RESPONSE,
+    FORMAT_ERROR,
+    FORMAT_INVALID_QUESTION,
+    FORMAT_INVALID_RESPONSE,
+    FORMAT_MISSING_QUESTION,
+    FORMAT_MISSING_RESPONSE,
+    FORMAT_OK,
+    FORMAT_STATUS,
+    FORMAT_STATUSES,
+    NUM_TOKENS,
+    SOURCE,
+    SOURCE_INDEX,
+    TEXT,
+)
 from hf_ipt.formatting import NO_FORMAT, TargetFormat
 from hf_ipt.tokenization import FastEncoder
 
 logger = logging.getLogger(__name__)
 
-# --- columns written by this module ---
-TEXT = "text"  # str, the text to pre-train on
-NUM_TOKENS = "num_tokens"  # int, tokens of TEXT under the target tokenizer, add_special_tokens=False
-SOURCE = "source"  # str, name of the source a mixed row came from
-SOURCE_INDEX = "source_index"  # int, index of the row in the dataset passed for its source
-FORMAT_STATUS = "format_status"  # str, one of FORMAT_STATUSES (written by GeneralInstructionFormatter)
-FORMAT_ERROR = "format_error"  # str, human-readable detail for a non-"ok" status ("" otherwise)
-
-# format_status values; a row whose status is not "ok" gets text "" and is excluded from mixing
-FORMAT_OK = "ok"
-FORMAT_STATUSES = (
-    FORMAT_OK,
-    "missing_question",  # None
-    "empty_question",  # "" or whitespace only
-    "invalid_question",  # not a string
-    "missing_response",
-    "empty_response",
-    "invalid_response",
-)
-
+# the mix's columns and the formatter's statuses are part of the column contract (hf_ipt.columns)
 # reasons a row is excluded from mixing (besides "<status column>=<value>")
 EXCLUDED_NULL_TEXT = "null_text"
 EXCLUDED_EMPTY_TEXT = "empty_text"  # "" or whitespace only
@@ -120,14 +122,22 @@ class RatioToleranceError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# role -> (status when null, when not a string, when blank)
+_FIELD_STATUSES = {
+    "question": (FORMAT_MISSING_QUESTION, FORMAT_INVALID_QUESTION, FORMAT_EMPTY_QUESTION),
+    "response": (FORMAT_MISSING_RESPONSE, FORMAT_INVALID_RESPONSE, FORMAT_EMPTY_RESPONSE),
+}
+
+
 def _field_problem(value: Any, role: str, column: str) -> tuple[str, str] | None:
     """(status, error) when one field of a general instruction cannot be used, None when it can."""
+    missing, invalid, empty = _FIELD_STATUSES[role]
     if value is None:
-        return f"missing_{role}", f"column {column!r} is null"
+        return missing, f"column {column!r} is null"
     if not isinstance(value, str):
-        return f"invalid_{role}", f"column {column!r} holds a {type(value).__name__}, not a string: {value!r:.80}"
+        return invalid, f"column {column!r} holds a {type(value).__name__}, not a string: {value!r:.80}"
     if not value.strip():
-        return f"empty_{role}", f"column {column!r} is empty or whitespace only"
+        return empty, f"column {column!r} is empty or whitespace only"
     return None
 
 
@@ -379,6 +389,110 @@ def count_tokens(
         features=features,
         load_from_cache_file=load_from_cache_file,
         desc=desc or f"Counting tokens ({_tokenizer_name(counter.tokenizer)})",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Preparing a source: every text formatted like the augmented ones before the mix
+# ----------------------------------------------------------------------------------------------------------------
+
+GENERAL_INSTRUCTIONS = "general_instructions"  # OpenOrca-style question/response rows
+RAW = "raw"  # plain texts, mixed unchanged (only wrapped with the target BOS/EOS)
+SOURCE_KINDS = (GENERAL_INSTRUCTIONS, RAW)
+
+
+class TextWrapper:
+    """Batched map function writing the target BOS/EOS around every non-blank text of `text_column`.
+
+    Blank texts ("" or whitespace only) and non-strings (None) stay as they are, so the mix excludes and counts them
+    instead of mixing a text made of BOS/EOS alone. Column read and written: `text_column`; one row out per row in.
+    Call it on a whole batch (`Dataset.map(wrapper, batched=True)`), or pass `wrapper.wrap_texts` with
+    `input_columns=[text_column]` so that only the text column is converted to Python.
+
+    Example:
+        >>> TextWrapper("text", TargetFormat("<s>", "</s>"))({"text": ["a", " ", None]})
+        {'text': ['<s>a</s>', ' ', None]}
+    """
+
+    def __init__(self, text_column: str, target_format: TargetFormat):
+        if not isinstance(text_column, str) or not text_column:
+            raise ValueError(f"TextWrapper.text_column must be a non-empty column name, got {text_column!r}")
+        if not isinstance(target_format, TargetFormat):
+            raise ValueError(f"target_format must be a hf_ipt.TargetFormat, got {type(target_format).__name__}")
+        self.text_column = text_column
+        self.target_format = target_format
+
+    def wrap_texts(self, texts: Sequence[str | None]) -> dict[str, list[Any]]:
+        """Map function for `Dataset.map(..., input_columns=[text_column])`: returns only the wrapped column."""
+        wrap = self.target_format.wrap
+        return {self.text_column: [t if not isinstance(t, str) or not t.strip() else wrap(t) for t in texts]}
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        return self.wrap_texts(batch[self.text_column])
+
+
+def prepare_source(
+    dataset: Any,
+    *,
+    kind: str,
+    text_column: str,
+    target_format: TargetFormat,
+    question_column: str | None = None,
+    response_column: str | None = None,
+    name: str = "",
+    batch_size: int = 1000,
+) -> Any:
+    """Format one corpus for the mix, so that its texts look like the augmented ones (same BOS/EOS).
+
+    - `kind="general_instructions"`: OpenOrca-style rows become `"{question} {response}"` wrapped with
+      `target_format` (`GeneralInstructionFormatter`), written to `text_column`, with `format_status` /
+      `format_error`; a row with a missing or empty question/response gets text "" and is excluded by the mix,
+      counted under `format_status=...`. `question_column` / `response_column` default to "question" / "response".
+    - `kind="raw"`: the non-blank texts of `text_column` are wrapped with `target_format` (`TextWrapper`); blank
+      texts stay blank, so the mix excludes and counts them. With an empty target format the dataset is returned as
+      it is. `question_column` / `response_column` are not read.
+
+    A `Dataset` is prepared with a cached `Dataset.map`, an `IterableDataset` lazily (the mix itself needs a
+    `Dataset`). `name` names the source in progress bars and errors. Mix the result with `text_columns={name:
+    text_column}`.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> orca = Dataset.from_dict({"system_prompt": ["Be brief."], "question": ["2+2?"], "response": ["4"]})
+        >>> prepare_source(orca, kind="general_instructions", text_column="text",
+        ...                target_format=TargetFormat("<s>", "</s>"))[:]["text"]
+        ['<s>2+2? 4</s>']
+        >>> web = Dataset.from_dict({"content": ["Some page.", "  "]})
+        >>> prepare_source(web, kind="raw", text_column="content",
+        ...                target_format=TargetFormat("<s>", "</s>"))[:]["content"]
+        ['<s>Some page.</s>', '  ']
+    """
+    from datasets import Dataset, IterableDataset
+
+    label = f"source {name!r}" if name else "the source"
+    if kind not in SOURCE_KINDS:
+        raise ValueError(f"{label}: kind must be one of {list(SOURCE_KINDS)}, got {kind!r}")
+    if not isinstance(dataset, Dataset | IterableDataset):
+        hint = "; pick a split first, e.g. dataset['train']" if isinstance(dataset, Mapping) else ""
+        raise TypeError(f"{label} must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}{hint}")
+    streaming = isinstance(dataset, IterableDataset)
+    if kind == GENERAL_INSTRUCTIONS:
+        function: Any = GeneralInstructionFormatter(
+            question_column or "question", response_column or "response", text_column, target_format
+        )
+        input_columns = None
+        desc = f"Formatting general instructions of {label}"
+    else:
+        function = TextWrapper(text_column, target_format)
+        if not (target_format.bos or target_format.eos):
+            return dataset
+        _check_text_feature(dataset, text_column, label)
+        function, input_columns = function.wrap_texts, [text_column]
+        desc = f"Wrapping the texts of {label} with the target BOS/EOS"
+    if streaming:
+        return dataset.map(function, batched=True, batch_size=batch_size, input_columns=input_columns)
+    return dataset.with_format(None).map(
+        function, batched=True, batch_size=batch_size, input_columns=input_columns, desc=desc
     )
 
 
@@ -1001,47 +1115,28 @@ def mix_with_general_instructions(
     """Continual pre-training recipe: augmented texts + OpenOrca-style general instructions, 1:1 in tokens.
 
     `general_instructions` has OpenOrca's columns (`id`, `system_prompt`, `question`, `response`); it is formatted
-    with `GeneralInstructionFormatter` (a cached `Dataset.map`) and mixed under the names "augmented" and "general".
+    with `prepare_source(kind="general_instructions")` and mixed under the names "augmented" and "general".
     Rows with a missing or empty question/response are excluded and counted under `format_status=...`.
 
     Example:
         >>> mixed, report = mix_with_general_instructions(augmented, openorca, tokenizer=tok)  # doctest: +SKIP
     """
-    from datasets import Dataset
-
-    formatter = GeneralInstructionFormatter(question_column, response_column, TEXT, target_format)
-    if isinstance(general_instructions, Dataset):
-        general_instructions = general_instructions.with_format(None).map(
-            formatter,
-            batched=True,
-            batch_size=options.get("batch_size", 1000),
-            desc="Formatting general instructions",
-        )
-    text_columns = dict(options.pop("text_columns", {}))
-    text_columns["general"] = TEXT
-    return mix_by_token_ratio(
+    return _mix_prepared(
         augmented,
+        "general",
         general_instructions,
         ratio,
+        dict(
+            kind=GENERAL_INSTRUCTIONS,
+            text_column=TEXT,
+            target_format=target_format,
+            question_column=question_column,
+            response_column=response_column,
+        ),
         tokenizer=tokenizer,
         seed=seed,
-        primary_name="augmented",
-        secondary_name="general",
-        text_columns=text_columns,
         **options,
     )
-
-
-class _TextWrapper:
-    """Map function wrapping non-blank texts with the target BOS/EOS (blank ones stay blank and are excluded)."""
-
-    def __init__(self, text_column: str, target_format: TargetFormat):
-        self.text_column = text_column
-        self.target_format = target_format
-
-    def __call__(self, texts: list[str | None]) -> dict[str, list[str | None]]:
-        wrap = self.target_format.wrap
-        return {self.text_column: [t if t is None or not t.strip() else wrap(t) for t in texts]}
 
 
 def mix_with_raw_corpus(
@@ -1057,37 +1152,25 @@ def mix_with_raw_corpus(
 ) -> MixResult:
     """Pre-training from scratch recipe: augmented texts + an unchanged raw corpus at `ratio` (augmented : raw).
 
-    `target_format` wraps the raw texts with the target BOS/EOS, as templify does for the augmented ones (leave it
-    empty if the raw texts already carry them). Sources are named "augmented" and "raw".
+    `target_format` wraps the raw texts with the target BOS/EOS (`prepare_source(kind="raw")`), as templify does for
+    the augmented ones (leave it empty if the raw texts already carry them). Sources are named "augmented" and "raw".
 
     Example:
         >>> mixed, report = mix_with_raw_corpus(augmented, c4, ratio=(1, 4), tokenizer=tok, seed=0)  # doctest: +SKIP
     """
-    from datasets import Dataset
+    preparation = dict(kind=RAW, text_column=raw_text_column, target_format=target_format)
+    return _mix_prepared(augmented, "raw", raw, ratio, preparation, tokenizer=tokenizer, seed=seed, **options)
 
-    if not isinstance(target_format, TargetFormat):
-        raise ValueError(f"target_format must be a hf_ipt.TargetFormat, got {type(target_format).__name__}")
-    if isinstance(raw, Dataset) and (target_format.bos or target_format.eos):
-        _check_text_feature(raw, raw_text_column, "source 'raw'")
-        raw = raw.with_format(None).map(
-            _TextWrapper(raw_text_column, target_format),
-            batched=True,
-            batch_size=options.get("batch_size", 1000),
-            input_columns=[raw_text_column],
-            desc="Wrapping raw texts with the target BOS/EOS",
-        )
+
+def _mix_prepared(
+    augmented: Any, name: str, other: Any, ratio: Any, preparation: dict[str, Any], **options: Any
+) -> MixResult:
+    """The two recipes: `other` prepared as source `name`, then mixed with "augmented" at `ratio`."""
+    other = prepare_source(other, name=name, batch_size=options.get("batch_size", 1000), **preparation)
     text_columns = dict(options.pop("text_columns", {}))
-    text_columns["raw"] = raw_text_column
+    text_columns[name] = preparation["text_column"]
     return mix_by_token_ratio(
-        augmented,
-        raw,
-        ratio,
-        tokenizer=tokenizer,
-        seed=seed,
-        primary_name="augmented",
-        secondary_name="raw",
-        text_columns=text_columns,
-        **options,
+        augmented, other, ratio, primary_name="augmented", secondary_name=name, text_columns=text_columns, **options
     )
 
 
@@ -1099,6 +1182,9 @@ __all__ = [
     "SOURCE",
     "SOURCE_INDEX",
     "TEXT",
+    "GENERAL_INSTRUCTIONS",
+    "RAW",
+    "SOURCE_KINDS",
     "GeneralInstructionFormatter",
     "InsufficientTokensError",
     "MixConfig",
@@ -1107,6 +1193,7 @@ __all__ = [
     "MixWarning",
     "RatioToleranceError",
     "SourceMixReport",
+    "TextWrapper",
     "TokenCounter",
     "count_tokens",
     "format_general_instructions",
@@ -1116,4 +1203,5 @@ __all__ = [
     "mix_by_token_weights",
     "mix_with_general_instructions",
     "mix_with_raw_corpus",
+    "prepare_source",
 ]

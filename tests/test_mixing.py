@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import pickle
 
@@ -12,15 +13,16 @@ from datasets.fingerprint import Hasher
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hf_ipt.mixing as mixing_module
+from hf_ipt.columns import FORMAT_ERROR, FORMAT_STATUS, FORMAT_STATUSES
 from hf_ipt.formatting import TargetFormat
 from hf_ipt.mixing import (
-    FORMAT_ERROR,
-    FORMAT_STATUS,
     GeneralInstructionFormatter,
     InsufficientTokensError,
     MixConfig,
     MixWarning,
     RatioToleranceError,
+    TextWrapper,
     TokenCounter,
     _select_for_target,
     count_tokens,
@@ -30,6 +32,7 @@ from hf_ipt.mixing import (
     mix_by_token_weights,
     mix_with_general_instructions,
     mix_with_raw_corpus,
+    prepare_source,
 )
 from hf_ipt.testing import corpus_paragraphs
 
@@ -157,6 +160,61 @@ def test_format_works_as_a_cached_dataset_map(openorca):
 # ---------------------------------------------------------------------------------------------------------------
 # Token counting
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_statuses_written_are_the_contract_values():
+    batch = {"question": ["ok?", None, " ", 3, "q", "q", "q"], "response": ["yes", "r", "r", "r", None, "", 4]}
+    assert set(GeneralInstructionFormatter()(batch)[FORMAT_STATUS]) == set(FORMAT_STATUSES)
+
+
+def test_text_wrapper_wraps_non_blank_texts_only():
+    wrapper = TextWrapper("body", TargetFormat("<s>", "</s>"))
+    # the whole-batch form (the CLI's) and the input_columns form (the recipes') agree, other columns untouched
+    assert wrapper({"body": ["a", " ", "", None], "id": [1, 2, 3, 4]}) == {"body": ["<s>a</s>", " ", "", None]}
+    assert wrapper.wrap_texts(["a", " ", "", None]) == {"body": ["<s>a</s>", " ", "", None]}
+    with pytest.raises(ValueError, match="TargetFormat"):
+        TextWrapper("body", "<s>")
+
+
+def test_prepare_source_formats_each_kind_like_the_recipes(openorca, raw_corpus):
+    target = TargetFormat("<s>", "</s>")
+    general = prepare_source(
+        openorca, kind="general_instructions", text_column="body", target_format=target, name="general"
+    )
+    assert general["body"][3] == "<s>" + openorca["question"][3] + " " + openorca["response"][3] + "</s>"
+    assert set(general[FORMAT_STATUS]) == {"ok"} and general.column_names[: len(openorca.column_names)] == (
+        openorca.column_names
+    )
+    renamed = openorca.rename_columns({"question": "inputs", "response": "outputs"})
+    custom = prepare_source(
+        renamed,
+        kind="general_instructions",
+        text_column="text",
+        target_format=target,
+        question_column="inputs",
+        response_column="outputs",
+    )
+    assert (
+        custom["text"]
+        == prepare_source(openorca, kind="general_instructions", text_column="text", target_format=target)["text"]
+    )
+    blanks = Dataset.from_dict({"content": ["page", " ", ""], "n": [1, 2, 3]})
+    wrapped = prepare_source(blanks, kind="raw", text_column="content", target_format=target, name="web")
+    assert wrapped.to_dict() == {"content": ["<s>page</s>", " ", ""], "n": [1, 2, 3]}
+    assert prepare_source(raw_corpus, kind="raw", text_column="content", target_format=TargetFormat()) is raw_corpus
+    stream = prepare_source(blanks.to_iterable_dataset(), kind="raw", text_column="content", target_format=target)
+    assert [row["content"] for row in stream] == ["<s>page</s>", " ", ""]
+    with pytest.raises(ValueError, match="kind must be one of"):
+        prepare_source(blanks, kind="web", text_column="content", target_format=target)
+    with pytest.raises(ValueError, match="source 'web' has no text column 'text'"):
+        prepare_source(blanks, kind="raw", text_column="text", target_format=target, name="web")
+    with pytest.raises(TypeError, match="pick a split"):
+        prepare_source(DatasetDict({"train": blanks}), kind="raw", text_column="content", target_format=target)
+
+
+def test_docstring_examples():
+    results = doctest.testmod(mixing_module)
+    assert results.failed == 0 and results.attempted >= 5
 
 
 def test_counts_equal_the_tokenizer_without_special_tokens(tiny_tokenizer):

@@ -20,7 +20,6 @@ import hf_ipt.templify as templify_module
 from hf_ipt import columns as C
 from hf_ipt.formatting import TargetFormat
 from hf_ipt.synthesis.chains import chain_layout
-from hf_ipt.templates import TEMPLATES, TemplateError, _strings, normalize_answer
 from hf_ipt.templify import (
     CLASSIC,
     COT_CUE,
@@ -39,6 +38,7 @@ from hf_ipt.templify import (
     templify_batch,
     templify_stats,
 )
+from hf_ipt.templify.templates import TEMPLATES, TemplateError, _strings, normalize_answer
 from hf_ipt.testing import corpus_paragraphs
 
 datasets.disable_progress_bars()
@@ -646,10 +646,12 @@ def test_empty_dataset():
 
 
 def test_docstring_examples():
-    import hf_ipt.templates as templates_module
+    import hf_ipt.templify.templates as templates_module
+    from hf_ipt.templify import batching, config, dataset, stats, templifier
 
-    results = doctest.testmod(templify_module)
-    assert results.failed == 0 and results.attempted > 10
+    modules = (templify_module, config, templifier, batching, dataset, stats)
+    results = [doctest.testmod(module) for module in modules]
+    assert sum(r.failed for r in results) == 0 and sum(r.attempted for r in results) > 10
     results = doctest.testmod(templates_module)
     assert results.failed == 0 and results.attempted >= 3
 

@@ -1,104 +1,63 @@
-"""Templify: synthesized rows (raw text + instruction-response pairs) become instruction-augmented pre-training texts.
-
-Each chain of linked entries becomes ONE text: every entry is rendered (its raw text, then its pairs laid out through
-natural-language templates) and the entries are joined by a separator chosen per chain. The templates are data, in
-`hf_ipt/templates/*.yaml`; see `hf_ipt.templates`.
-
-Two entry points:
-
-- `templify(dataset, config)` (use this one): groups the rows of each chain into the same map batch first, so any
-  `batch_size` and `num_proc` give byte-identical output, then maps `Templifier` over the batches.
-- `Templifier(config)`, the batched map function itself, for `Dataset.map`, `IterableDataset.map` and Ray Data
-  `map_batches`. It needs every chain whole inside one batch: synthesis forms chains inside its own batches and
-  keeps the row order, so map with `batch_size` = the synthesis batch size (or a multiple of it). A batch holding
-  only part of a chain is refused with an error (a chain is never split across two texts). Pass
-  `remove_columns=dataset.column_names`: the output has its own rows and columns. Batches may be dicts of lists,
-  numpy/pandas columns, or pyarrow Tables (then a pyarrow Table comes back).
-
-Columns read: the text column (`TemplifyConfig.text_column`, default `text`), `pairs`, `chain_id`, `chain_position`,
-`num_demonstrations` (see `hf_ipt.columns`), and `TemplifyConfig.id_column` when set.
-
-Columns written, one row per output text (every input row lands in exactly one output row):
-- `text`: the pre-training text (wrapped with the target BOS/EOS when a target format is set; "" for a skipped row);
-- `chain_id`, `chain_positions` (the chain positions of the rows rendered in this text): the provenance;
-- `source_ids`: the `id_column` values of those rows (only when `id_column` is set);
-- `mode`: `classic`, `dialog`, `numbered`, `few_shot`, `next_turn`, `raw` (a text with no pairs, emitted as is) or
-  `skipped` (no text);
-- `inverted` (pairs first, text last), `families` (sorted names of the template families used: `qa`, `options`,
-  `cot`, `options_cot`, `opening`, `lead_in`), `num_pairs`, `dropped_pairs` (pairs that could not be rendered:
-  a multiple-choice answer that is not an option, an empty question or answer, or the pairs of a skipped row);
-- `templify_status`: `ok`, or `empty_text` / `invalid_text` for a row whose text is "" / whitespace or not a
-  string: such a row gives no text but keeps its own output row (text ""), so nothing disappears unaccounted;
-  `TemplifyConfig.drop_skipped=True` removes them in `templify` (their count is logged).
-
-Chains and links: the rows of one chain share `chain_id` and are ordered by `chain_position`. Entry k is linked to
-entry k-1 when its `num_demonstrations` >= 1 and entry k-1 has pairs; a chain splits into runs of linked entries,
-each run becoming one text. An entry without pairs gives its raw text as a text of its own.
+"""`Templifier`, the batched map function of templify: synthesized rows in, one row per pre-training text out.
 
 Rendering one text: a mode (`mode_weights`; numbered, few_shot and next_turn only when every entry has >= 2 pairs)
 and inversion (`inversion_rate`) are drawn per text, a separator between entries per text. Each entry is its raw
 text, bare or behind an opening (`opening_rate`), a gap, a lead-in line or none (`lead_in_rate`), then its pairs laid
-out by the mode (inverted: the pairs first, the text last). Pairs are recognised from what the synthesizer writes:
-- multiple choice (`{q}\nOptions:\n- {a}\n- {b}`): the options are shuffled and labelled with one label set
+out by the mode (inverted: the pairs first, the text last). Pairs are recognised from what the synthesizer writes
+(`classify_pair`):
+- multiple choice (`{q}\\nOptions:\\n- {a}\\n- {b}`): the options are shuffled and labelled with one label set
   (A., (b), 3), ii: …) and layout; the answer becomes its option's label. An "unanswerable" answer becomes a
   none-of-the-above option (last) and its label; any other answer that is not an option drops the pair (counted);
-- chain of thought (`… Let's think step by step.` / `{rationale}\nTherefore, the answer is {final}`): the cue and
+- chain of thought (`… Let's think step by step.` / `{rationale}\\nTherefore, the answer is {final}`): the cue and
   the final phrase are rewritten from varied templates; both may combine with options;
 - anything else is a plain pair, written exactly as it is.
 
 Determinism: every random choice of a text comes from `random.Random` seeded with a BLAKE2b hash of the seed and of
-its entries' texts (or `id_column` values), never from a row's position in the dataset; the same rows and seed give
-byte-identical texts for any batch size, `num_proc`, shard order or run.
+its entries' texts (or `id_column` values), never from a row's position in the dataset.
 
-Target formatting (off by default): `target_tokenizer=` (or `target_format=TargetFormat(bos, eos)`) wraps every text
-as `{bos}{text}{eos}`, e.g. `<|begin_of_text|>…<|end_of_text|>` for Llama-3. Tokenize such texts with
-`add_special_tokens=False`, or the model gets a second BOS.
-
-Example:
-    >>> rows = {
-    ...     "text": ["Cats sleep a lot.", "Dogs bark."],
-    ...     "pairs": [[{"instruction": "Do cats sleep?", "response": "Yes."}], []],
-    ...     "chain_id": ["c1", "c2"],
-    ...     "chain_position": [0, 0],
-    ...     "num_demonstrations": [0, 0],
-    ... }
-    >>> out = Templifier(TemplifyConfig(seed=1))(rows)
-    >>> out["mode"], out["chain_id"], out["num_pairs"]
-    (['classic', 'raw'], ['c1', 'c2'], [1, 0])
-    >>> all(piece in out["text"][0] for piece in ("Cats sleep a lot.", "Do cats sleep?", "Yes."))
-    True
-    >>> out["text"][1]
-    'Dogs bark.'
+Columns read: `TemplifyConfig.text_column`, `pairs`, `chain_id`, `chain_position`, `num_demonstrations` and the
+`id_column` when set. Columns written: `hf_ipt.columns.TEMPLIFY_COLUMNS` (`source_ids` only with an `id_column`).
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
-import logging
-import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from hf_ipt import columns as C
-from hf_ipt.formatting import NO_FORMAT, TargetFormat
-from hf_ipt.templates import TEMPLATES, normalize_answer
-
-logger = logging.getLogger(__name__)
-
-# --- modes: how the pairs of a text are laid out ---
-CLASSIC = "classic"  # a QA format per entry ("Question: … Answer: …")
-DIALOG = "dialog"  # the pairs as the turns of a conversation
-NUMBERED = "numbered"  # all questions numbered, then all answers
-FEW_SHOT = "few_shot"  # inline few-shot: each pair on one line, question and answer side by side
-NEXT_TURN = "next_turn"  # a conversation up to the last question, then "what is the next turn?" and the answer
-MODES = (CLASSIC, DIALOG, NUMBERED, FEW_SHOT, NEXT_TURN)
-MULTI_PAIR_MODES = (NUMBERED, FEW_SHOT, NEXT_TURN)  # only when every entry of the text has >= 2 pairs
-DEFAULT_MODE_WEIGHTS = {CLASSIC: 0.80, DIALOG: 0.05, NUMBERED: 0.05, FEW_SHOT: 0.05, NEXT_TURN: 0.05}
-RAW = "raw"  # mode of a text without pairs (the raw text as is)
-SKIPPED = "skipped"  # mode of a row that gives no text
+from hf_ipt.columns import (
+    CHAIN_POSITIONS,
+    DROPPED_PAIRS,
+    FAMILIES_COLUMN,
+    INVERTED,
+    MODE,
+    NUM_PAIRS,
+    SOURCE_IDS,
+    STATUS_EMPTY_TEXT,
+    STATUS_INVALID_TEXT,
+    STATUS_OK,
+    TEMPLIFY_COLUMNS,
+    TEMPLIFY_STATUS,
+    TEXT,
+)
+from hf_ipt.formatting import NO_FORMAT
+from hf_ipt.templify.config import (
+    CLASSIC,
+    DIALOG,
+    FEW_SHOT,
+    INPUT_COLUMNS,
+    MODES,
+    MULTI_PAIR_MODES,
+    NUMBERED,
+    RAW,
+    SKIPPED,
+    TemplifyConfig,
+)
+from hf_ipt.templify.templates import TEMPLATES, normalize_answer
 
 # --- families: which template pools a text drew from ---
 FAMILY_QA = "qa"  # a plain pair
@@ -109,29 +68,11 @@ FAMILY_OPENING = "opening"  # a text introduced by an opening ("Article: …") r
 FAMILY_LEAD_IN = "lead_in"  # a lead-in line between text and pairs
 FAMILIES = (FAMILY_QA, FAMILY_OPTIONS, FAMILY_COT, FAMILY_OPTIONS_COT, FAMILY_OPENING, FAMILY_LEAD_IN)
 
-# --- output columns ---
-TEXT = "text"
-CHAIN_POSITIONS = "chain_positions"
-SOURCE_IDS = "source_ids"
-MODE = "mode"
-INVERTED = "inverted"
-FAMILIES_COLUMN = "families"
-NUM_PAIRS = "num_pairs"
-DROPPED_PAIRS = "dropped_pairs"
-TEMPLIFY_STATUS = "templify_status"
-
-STATUS_OK = "ok"
-STATUS_EMPTY_TEXT = C.STATUS_EMPTY_TEXT  # "" or whitespace only
-STATUS_INVALID_TEXT = C.STATUS_INVALID_TEXT  # None or not a string
-TEMPLIFY_STATUSES = (STATUS_OK, STATUS_EMPTY_TEXT, STATUS_INVALID_TEXT)
-
 # --- what the synthesizer writes inside its pairs (facts: reference-method.md) ---
 OPTIONS_MARKER = "\nOptions:\n- "
 OPTION_SEPARATOR = "\n- "
 COT_CUE = "Let's think step by step."
 COT_FINAL = "Therefore, the answer is"
-
-_INPUT_COLUMNS = (C.PAIRS, C.CHAIN_ID, C.CHAIN_POSITION, C.NUM_DEMONSTRATIONS)
 
 # number of options (incl. an added none-of-the-above) -> the symbol lists long enough to label them
 _SYMBOL_SETS_FOR = {
@@ -156,143 +97,6 @@ def _is_int(value: Any) -> bool:
         return True
     # numpy integers (Ray batches) have __index__; bools are ints but never a position
     return not isinstance(value, (bool, str, bytes)) and hasattr(value, "__index__")
-
-
-def _is_rate(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
-
-
-@dataclass
-class TemplifyConfig:
-    """Settings of the templify step; the defaults follow the method's reference.
-
-    Example:
-        >>> TemplifyConfig(seed=3, mode_weights={"classic": 1.0}).mode_weights
-        {'classic': 1.0, 'dialog': 0.0, 'numbered': 0.0, 'few_shot': 0.0, 'next_turn': 0.0}
-    """
-
-    seed: int = field(
-        default=0,
-        metadata={"help": "Global seed, combined with each text's key; another seed gives other template choices."},
-    )
-    text_column: str = field(default="text", metadata={"help": "Input column holding the raw text."})
-    id_column: str | None = field(
-        default=None,
-        metadata={
-            "help": "Optional input column with a stable id per row; when set, each text's random choices derive "
-            "from these ids (plus the seed) instead of a hash of the texts, and the ids are written to `source_ids`."
-        },
-    )
-    mode_weights: dict[str, float] = field(
-        default_factory=lambda: dict(DEFAULT_MODE_WEIGHTS),
-        metadata={
-            "help": "Relative weights of the modes classic, dialog, numbered, few_shot, next_turn (missing = 0). "
-            "numbered, few_shot and next_turn need >= 2 pairs in every entry of a text; for other texts their "
-            "weight goes to classic (so the defaults give classic 95 / dialog 5 there)."
-        },
-    )
-    inversion_rate: float = field(
-        default=0.05, metadata={"help": "Share of texts written inverted: pairs first, raw text last."}
-    )
-    opening_rate: float = field(
-        default=0.5,
-        metadata={"help": "Share of entries whose text gets an opening ('Article: …'); the others show it bare."},
-    )
-    lead_in_rate: float = field(
-        default=0.5, metadata={"help": "Share of entries with a lead-in line between the text and the pairs."}
-    )
-    target_tokenizer: str | None = field(
-        default=None,
-        metadata={
-            "help": "Tokenizer (name or path) of the model to be trained: its BOS/EOS strings are written around "
-            "every text. Tokenize the result with add_special_tokens=False. Off by default."
-        },
-    )
-    target_format: TargetFormat = field(
-        default=NO_FORMAT,
-        metadata={
-            "help": "Explicit BOS/EOS to write around every text (a hf_ipt.TargetFormat or {'bos': …, 'eos': …}); "
-            "use either this or target_tokenizer."
-        },
-    )
-    batch_size: int = field(
-        default=1000,
-        metadata={"help": "Input rows per map batch in templify() (rounded to whole chains; never splits a chain)."},
-    )
-    num_proc: int | None = field(default=None, metadata={"help": "Processes for Dataset.map in templify()."})
-    drop_skipped: bool = field(
-        default=False,
-        metadata={
-            "help": "templify() removes the rows that give no text (status empty_text / invalid_text) and logs their "
-            "count; by default they are kept with text '' so every input row is accounted for."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"templify.seed must be an integer, got {self.seed!r}")
-        if not isinstance(self.text_column, str) or not self.text_column:
-            raise ValueError(f"templify.text_column must be a non-empty column name, got {self.text_column!r}")
-        if self.id_column is not None and (not isinstance(self.id_column, str) or not self.id_column):
-            raise ValueError(f"templify.id_column must be None or a non-empty column name, got {self.id_column!r}")
-        if self.id_column is not None and self.id_column in (self.text_column, *_INPUT_COLUMNS):
-            raise ValueError(
-                f"templify.id_column {self.id_column!r} names the text column or a synthesis column; it must name a "
-                "column holding one stable id per row (or be None to key on the texts)"
-            )
-        if not isinstance(self.mode_weights, Mapping):
-            raise ValueError(
-                f"templify.mode_weights must be a mapping of mode -> weight, got {type(self.mode_weights).__name__}"
-            )
-        unknown = sorted(set(self.mode_weights) - set(MODES))
-        if unknown:
-            raise ValueError(f"templify.mode_weights has unknown modes {unknown}; the modes are {list(MODES)}")
-        for mode, weight in self.mode_weights.items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
-                raise ValueError(f"templify.mode_weights[{mode!r}] must be a finite number >= 0, got {weight!r}")
-        # canonical order and float values, so equal configs hash equally for the datasets cache
-        self.mode_weights = {mode: float(self.mode_weights.get(mode, 0.0)) for mode in MODES}
-        if sum(self.mode_weights.values()) <= 0:
-            raise ValueError("templify.mode_weights are all 0; give at least one mode a positive weight")
-        for name in ("inversion_rate", "opening_rate", "lead_in_rate"):
-            if not _is_rate(getattr(self, name)):
-                raise ValueError(f"templify.{name} must be a number between 0 and 1, got {getattr(self, name)!r}")
-        if isinstance(self.target_format, Mapping):
-            extra = sorted(set(self.target_format) - {"bos", "eos"})
-            if extra:
-                raise ValueError(f"templify.target_format accepts the keys 'bos' and 'eos', got also {extra}")
-            self.target_format = TargetFormat(**self.target_format)
-        if not isinstance(self.target_format, TargetFormat) or not all(
-            isinstance(s, str) for s in (self.target_format.bos, self.target_format.eos)
-        ):
-            raise ValueError(
-                "templify.target_format must be a hf_ipt.TargetFormat (or {'bos': str, 'eos': str}), got "
-                f"{self.target_format!r}"
-            )
-        if self.target_tokenizer is not None:
-            if not isinstance(self.target_tokenizer, str) or not self.target_tokenizer:
-                raise ValueError(
-                    f"templify.target_tokenizer must be a tokenizer name or path, got {self.target_tokenizer!r}"
-                )
-            if self.target_format != NO_FORMAT:
-                raise ValueError(
-                    "templify.target_tokenizer and templify.target_format are both set; use one: the tokenizer's "
-                    "BOS/EOS, or explicit strings"
-                )
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"templify.batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if self.num_proc is not None and (
-            isinstance(self.num_proc, bool) or not isinstance(self.num_proc, int) or self.num_proc < 1
-        ):
-            raise ValueError(f"templify.num_proc must be None or an integer >= 1, got {self.num_proc!r}")
-        if not isinstance(self.drop_skipped, bool):
-            raise ValueError(f"templify.drop_skipped must be true or false, got {self.drop_skipped!r}")
-
-    def resolve_target_format(self) -> TargetFormat:
-        """The BOS/EOS to write: read from `target_tokenizer` when set (loading it), else `target_format`."""
-        if self.target_tokenizer is not None:
-            return TargetFormat.from_tokenizer(self.target_tokenizer)
-        return self.target_format
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -372,22 +176,44 @@ def _is_arrow(batch: Any) -> bool:
     return hasattr(batch, "schema") and hasattr(batch, "column") and not isinstance(batch, Mapping)
 
 
+def output_features(id_feature: Any = None) -> Any:
+    """The `datasets.Features` of templify's output (`hf_ipt.columns.TEMPLIFY_COLUMNS`, in that order); `id_feature`
+    is the feature of the id column, if one is used (then `source_ids` is written).
+
+    Example:
+        >>> list(output_features())[:3]
+        ['text', 'chain_id', 'chain_positions']
+    """
+    from datasets import Features, List, Value
+
+    features = {
+        TEXT: Value("string"),
+        C.CHAIN_ID: Value("string"),
+        CHAIN_POSITIONS: List(Value("int64")),
+        SOURCE_IDS: List(id_feature) if id_feature is not None else None,
+        MODE: Value("string"),
+        INVERTED: Value("bool"),
+        FAMILIES_COLUMN: List(Value("string")),
+        NUM_PAIRS: Value("int64"),
+        DROPPED_PAIRS: Value("int64"),
+        TEMPLIFY_STATUS: Value("string"),
+    }
+    return Features({name: features[name] for name in TEMPLIFY_COLUMNS if features[name] is not None})
+
+
+@functools.lru_cache(maxsize=16)
+def _arrow_schema(id_type: Any) -> Any:
+    """The Arrow schema of `output_features`, for an id column of Arrow type `id_type` (None: no id column)."""
+    from datasets.features.features import generate_from_arrow_type
+
+    return output_features(None if id_type is None else generate_from_arrow_type(id_type)).arrow_schema
+
+
 def _to_arrow(out: dict[str, list[Any]], id_type: Any) -> Any:
     import pyarrow as pa
 
-    types = {
-        TEXT: pa.string(),
-        C.CHAIN_ID: pa.string(),
-        CHAIN_POSITIONS: pa.list_(pa.int64()),
-        SOURCE_IDS: pa.list_(id_type) if id_type is not None else None,
-        MODE: pa.string(),
-        INVERTED: pa.bool_(),
-        FAMILIES_COLUMN: pa.list_(pa.string()),
-        NUM_PAIRS: pa.int64(),
-        DROPPED_PAIRS: pa.int64(),
-        TEMPLIFY_STATUS: pa.string(),
-    }
-    return pa.table({name: pa.array(values, type=types[name]) for name, values in out.items()})
+    schema = _arrow_schema(id_type)
+    return pa.table({name: pa.array(values, type=schema.field(name).type) for name, values in out.items()})
 
 
 def _arrow_pairs(column: Any) -> list[Any]:
@@ -428,7 +254,7 @@ class _OptionStyle(NamedTuple):
     start: str
     symbols: tuple[str, ...]
     label_format: str
-    layout: Any  # hf_ipt.templates.OptionLayout
+    layout: Any  # hf_ipt.templify.templates.OptionLayout
     answer: str
     answer_in_sentence: str
     none_text: str
@@ -460,13 +286,17 @@ class Templifier:
     yourself, pass `remove_columns=dataset.column_names` and a batch size that keeps chains whole; `templify()`
     does both for you.
 
+    `grouped=True` is for batches laid out by `plan_chain_batches` (what `templify()` maps): every chain is whole
+    inside its batch, so positions need not start at 0 (a filtered chain is rendered as it is), and all-null padding
+    rows (null `chain_id`) are skipped.
+
     Example:
         >>> fn = Templifier(TemplifyConfig(seed=0))
         >>> ds = synthesized.map(fn, batched=True, batch_size=1024,  # doctest: +SKIP
         ...                      remove_columns=synthesized.column_names)
     """
 
-    def __init__(self, config: TemplifyConfig | None = None) -> None:
+    def __init__(self, config: TemplifyConfig | None = None, *, grouped: bool = False) -> None:
         self.config = config if config is not None else TemplifyConfig()
         if not isinstance(self.config, TemplifyConfig):
             raise TypeError(f"Templifier expects a TemplifyConfig, got {type(self.config).__name__}")
@@ -478,8 +308,7 @@ class Templifier:
         single[CLASSIC] += sum(weights[mode] for mode in MULTI_PAIR_MODES)
         self._modes_single, self._cumulative_single = self._cumulative(single)
         self._seed_bytes = str(self.config.seed).encode() + b"\x00"
-        # set by templify(), which pads batches with all-null rows and guarantees whole chains (plan_chain_batches)
-        self._grouped = False
+        self.grouped = grouped
 
     @staticmethod
     def _cumulative(weights: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[float, ...]]:
@@ -491,13 +320,13 @@ class Templifier:
         return modes, tuple(cumulative)
 
     def __repr__(self) -> str:
-        return f"Templifier({self.config!r})"
+        return f"Templifier({self.config!r}{', grouped=True' if self.grouped else ''})"
 
     @property
     def input_columns(self) -> list[str]:
         """The columns this function reads."""
         extra = [self.config.id_column] if self.config.id_column else []
-        return [self.config.text_column, *_INPUT_COLUMNS, *extra]
+        return [self.config.text_column, *INPUT_COLUMNS, *extra]
 
     def check_columns(self, column_names: Sequence[str]) -> None:
         """Raise a ValueError naming every missing input column and what provides it."""
@@ -505,7 +334,7 @@ class Templifier:
         if missing:
             hint = (
                 "the synthesis columns come from hf_ipt.Synthesizer (run synthesis first)"
-                if set(missing) & set(_INPUT_COLUMNS)
+                if set(missing) & set(INPUT_COLUMNS)
                 else "set TemplifyConfig.text_column / id_column to existing columns"
             )
             raise ValueError(f"templify needs the columns {missing}, missing from {sorted(column_names)}: {hint}")
@@ -617,7 +446,7 @@ class Templifier:
                     f"chain {chain_id!r} has two rows at {C.CHAIN_POSITION} {a}; each (chain_id, chain_position) "
                     "must appear once (was the synthesized dataset concatenated with itself?)"
                 )
-        if not self._grouped and [p for p, _ in ordered] != list(range(len(ordered))):
+        if not self.grouped and [p for p, _ in ordered] != list(range(len(ordered))):
             raise ValueError(
                 f"chain {chain_id!r} is incomplete in this batch: it has positions {[p for p, _ in ordered]} instead "
                 f"of 0..{len(ordered) - 1}, so the batch boundary (or a filter) cut it and it would be split across "
@@ -653,11 +482,7 @@ class Templifier:
     # -- writing the output -----------------------------------------------------------------------------------
 
     def _empty_output(self) -> dict[str, list[Any]]:
-        names = [TEXT, C.CHAIN_ID, CHAIN_POSITIONS]
-        if self.config.id_column:
-            names.append(SOURCE_IDS)
-        names += [MODE, INVERTED, FAMILIES_COLUMN, NUM_PAIRS, DROPPED_PAIRS, TEMPLIFY_STATUS]
-        return {name: [] for name in names}
+        return {name: [] for name in TEMPLIFY_COLUMNS if self.config.id_column or name != SOURCE_IDS}
 
     def _emit(self, out, text, chain_id, entries, mode, inverted, families, num_pairs, dropped, status) -> None:
         out[TEXT].append(text)
@@ -677,7 +502,7 @@ class Templifier:
         chain_ids = columns[2]
         chains: dict[str, list[int]] = {}
         for row, chain_id in enumerate(chain_ids):
-            if chain_id is None and self._grouped:
+            if chain_id is None and self.grouped:
                 continue  # padding added by templify()
             if not isinstance(chain_id, str):
                 raise ValueError(f"row {row} of the batch: {C.CHAIN_ID!r} must be a string, got {chain_id!r}")
@@ -911,299 +736,3 @@ def templify_batch(batch: Mapping[str, Sequence[Any]], config: TemplifyConfig | 
         (['Hi.'], ['raw'])
     """
     return Templifier(config)(batch)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Dataset level: group chains into whole batches, then map
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def output_features(id_feature: Any = None) -> Any:
-    """The `datasets.Features` of templify's output; `id_feature` is the feature of the id column, if one is used.
-
-    Example:
-        >>> list(output_features())[:3]
-        ['text', 'chain_id', 'chain_positions']
-    """
-    from datasets import Features, List, Value
-
-    features = {TEXT: Value("string"), C.CHAIN_ID: Value("string"), CHAIN_POSITIONS: List(Value("int64"))}
-    if id_feature is not None:
-        features[SOURCE_IDS] = List(id_feature)
-    features.update(
-        {
-            MODE: Value("string"),
-            INVERTED: Value("bool"),
-            FAMILIES_COLUMN: List(Value("string")),
-            NUM_PAIRS: Value("int64"),
-            DROPPED_PAIRS: Value("int64"),
-            TEMPLIFY_STATUS: Value("string"),
-        }
-    )
-    return Features(features)
-
-
-@dataclass(frozen=True)
-class ChainBatches:
-    """Where each input row goes so that every map batch holds whole chains.
-
-    `indices[k]` is the input row placed in slot k, or `padding_row` (one past the last input row) for an empty
-    slot; slots come in batches of `batch_size`, and the number of batches is a multiple of `num_shards` so that
-    `Dataset.map(num_proc=num_shards)`, which cuts the slots into equal contiguous shards, cuts between batches.
-    """
-
-    indices: Any  # numpy int64 array
-    batch_size: int
-    padding_row: int
-    num_chains: int
-
-
-def plan_chain_batches(chain_ids: Any, positions: Any, batch_size: int, num_shards: int = 1) -> ChainBatches:
-    """Lay chains out in batches of whole chains: chains in order of first appearance, each chain's rows in
-    position order; a chain that does not fit in what is left of a batch starts the next one.
-
-    Example:
-        >>> plan = plan_chain_batches(["b", "a", "b", "a", "c"], [0, 0, 1, 1, 0], batch_size=3)
-        >>> plan.indices.tolist(), plan.batch_size
-        ([0, 2, 5, 1, 3, 4], 3)
-    """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    ids = chain_ids if isinstance(chain_ids, (pa.Array, pa.ChunkedArray)) else pa.array(chain_ids, type=pa.string())
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-        raise ValueError(f"column {C.CHAIN_ID!r} must hold strings, but its type is {ids.type}")
-    if ids.null_count:
-        first = int(np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"column {C.CHAIN_ID!r} is null at row {first}; every synthesized row has a chain id")
-    pos = positions if isinstance(positions, (pa.Array, pa.ChunkedArray)) else pa.array(positions)
-    if not pa.types.is_integer(pos.type):
-        raise ValueError(f"column {C.CHAIN_POSITION!r} must hold integers, but its type is {pos.type}")
-    if pos.null_count:
-        first = int(np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"column {C.CHAIN_POSITION!r} is null at row {first}")
-    pos = pos.to_numpy().astype(np.int64) if isinstance(pos, pa.Array) else np.asarray(pos.to_numpy(), np.int64)
-    if len(pos) and pos.min() < 0:
-        raise ValueError(f"column {C.CHAIN_POSITION!r} holds a negative value at row {int(np.argmin(pos))}")
-    num_rows = len(pos)
-    unique = pc.unique(ids)  # in order of first appearance
-    codes = np.asarray(pc.index_in(ids, value_set=unique).to_numpy(), dtype=np.int64)
-    order = np.lexsort((pos, codes))
-    sorted_codes, sorted_pos = codes[order], pos[order]
-    repeated = np.flatnonzero((sorted_codes[1:] == sorted_codes[:-1]) & (sorted_pos[1:] == sorted_pos[:-1]))
-    if len(repeated):
-        row = int(order[repeated[0] + 1])
-        raise ValueError(
-            f"chain {unique[int(sorted_codes[repeated[0]])].as_py()!r} has two rows at {C.CHAIN_POSITION} "
-            f"{int(sorted_pos[repeated[0]])} (the second is row {row}); each (chain_id, chain_position) must appear "
-            "once (was the synthesized dataset concatenated with itself?)"
-        )
-    counts = np.bincount(codes, minlength=len(unique)) if num_rows else np.zeros(0, np.int64)
-    slots = max(batch_size, int(counts.max()) if len(counts) else 1)
-    chain_slot = np.empty(len(counts), dtype=np.int64)
-    cursor = 0
-    for chain, length in enumerate(counts.tolist()):
-        room = slots - cursor % slots
-        if length > room:
-            cursor += room
-        chain_slot[chain] = cursor
-        cursor += length
-    num_batches = -(-cursor // slots)
-    num_batches = -(-num_batches // num_shards) * num_shards
-    indices = np.full(num_batches * slots, num_rows, dtype=np.int64)
-    chain_first_sorted = np.cumsum(counts) - counts
-    within = np.arange(num_rows, dtype=np.int64) - chain_first_sorted[sorted_codes]
-    indices[chain_slot[sorted_codes] + within] = order
-    return ChainBatches(indices=indices, batch_size=slots, padding_row=num_rows, num_chains=len(counts))
-
-
-def _is_ok(status: str) -> bool:
-    return status == STATUS_OK
-
-
-def templify(dataset: Any, config: TemplifyConfig | None = None) -> Any:
-    """Templify a synthesized `Dataset` (or `IterableDataset`): one row per pre-training text.
-
-    For a `Dataset`, the rows of each chain are first brought together (only the chain id and position columns are
-    read for this), so every map batch holds whole chains whatever `config.batch_size` and `config.num_proc`: the
-    output is byte-identical for any of them. Output rows come chain by chain, in order of each chain's first row,
-    a chain's texts in position order. The input's other columns are not carried over (the provenance columns
-    `chain_id`, `chain_positions` and `source_ids` lead back to the input rows).
-
-    An `IterableDataset` cannot be regrouped: it is mapped with `config.batch_size`, which must then keep chains
-    whole (use the synthesis batch size); a cut chain raises an error naming it.
-
-    Example:
-        >>> from datasets import Dataset
-        >>> ds = Dataset.from_dict({
-        ...     "text": ["First text.", "Second text."],
-        ...     "pairs": [[{"instruction": "What comes first?", "response": "The first text."}],
-        ...               [{"instruction": "And then?", "response": "The second."}]],
-        ...     "chain_id": ["c", "c"], "chain_position": [0, 1], "num_demonstrations": [0, 1]})
-        >>> out = templify(ds, TemplifyConfig(seed=0, batch_size=1))
-        >>> out.num_rows, out[0]["chain_positions"], out[0]["num_pairs"]
-        (1, [0, 1], 2)
-    """
-    from datasets import Dataset, IterableDataset, concatenate_datasets
-
-    config = config if config is not None else TemplifyConfig()
-    function = Templifier(config)
-    if isinstance(dataset, IterableDataset):
-        if dataset.features is None:
-            # the input columns must be removed (the output has other rows), so they must be known: datasets reads
-            # them from the first example (there is no public spelling of this)
-            dataset = dataset._resolve_features()
-        function.check_columns(dataset.column_names)
-        id_feature = dataset.features[config.id_column] if config.id_column else None
-        mapped = dataset.map(
-            function,
-            batched=True,
-            batch_size=config.batch_size,
-            remove_columns=dataset.column_names,
-            features=output_features(id_feature),
-        )
-        return mapped.filter(_is_ok, input_columns=TEMPLIFY_STATUS) if config.drop_skipped else mapped
-    if not isinstance(dataset, Dataset):
-        raise TypeError(
-            f"templify expects a datasets.Dataset or IterableDataset, got {type(dataset).__name__}; for a dict of "
-            "lists call Templifier(config)(batch)"
-        )
-    function.check_columns(dataset.column_names)
-    source = dataset.select_columns(function.input_columns)
-    features = output_features(source.features[config.id_column] if config.id_column else None)
-    if source.num_rows == 0:
-        return Dataset.from_dict({name: [] for name in features}, features=features)
-    keys = source.select_columns([C.CHAIN_ID, C.CHAIN_POSITION]).with_format("arrow")[:]
-    num_proc = config.num_proc or 1
-    plan = plan_chain_batches(keys[C.CHAIN_ID], keys[C.CHAIN_POSITION], config.batch_size, num_proc)
-    padding = Dataset.from_dict({name: [None] for name in source.column_names}, features=source.features)
-    grouped = concatenate_datasets([source, padding]).select(plan.indices)
-    function._grouped = True
-    out = (
-        grouped.with_format("arrow")
-        .map(  # Arrow batches: the pairs convert without a dict per pair
-            function,
-            batched=True,
-            batch_size=plan.batch_size,
-            num_proc=config.num_proc if num_proc > 1 else None,
-            remove_columns=grouped.column_names,
-            features=features,
-            desc="Templify",
-        )
-        .with_format(None)
-    )
-    if config.drop_skipped:
-        kept = out.filter(_is_ok, input_columns=TEMPLIFY_STATUS)
-        if kept.num_rows < out.num_rows:
-            logger.warning(
-                "templify: dropped %d rows that give no text (empty or invalid text; drop_skipped=True)",
-                out.num_rows - kept.num_rows,
-            )
-        out = kept
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------------------------
-
-_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
-
-
-def _distribution(values: Any) -> dict[str, Any]:
-    import numpy as np
-
-    values = np.asarray(values, dtype=np.int64)
-    if not len(values):
-        return {"count": 0, "total": 0, "mean": 0.0, "quantiles": {}, "histogram": {"edges": [], "counts": []}}
-    top = max(int(values.max()), 1)
-    edges = [0] + [2**k for k in range(int(math.log2(top)) + 2)]  # 0, 1, 2, 4, … past the maximum
-    counts, _ = np.histogram(values, bins=edges)
-    return {
-        "count": int(len(values)),
-        "total": int(values.sum()),
-        "mean": float(values.mean()),
-        "quantiles": {f"p{round(q * 100)}": float(np.quantile(values, q)) for q in _QUANTILES},
-        "histogram": {"edges": edges, "counts": counts.tolist()},
-    }
-
-
-def templify_stats(dataset: Any, *, tokenizer: Any = None, batch_size: int = 10_000) -> dict[str, Any]:
-    """Statistics of a templified dataset (a `Dataset`, an `IterableDataset`, or a dict of columns), as plain,
-    JSON-serialisable data for the dataset card and plots.
-
-    Returns: `rows`, `texts` (rows with status ok), `source_rows` (input rows accounted for), `statuses`, `modes`,
-    `inverted`, `families` (texts using each family), `dropped_pairs`, and distributions (`count`, `total`, `mean`,
-    `quantiles`, power-of-two `histogram`) of `pairs_per_text`, `entries_per_text`, `chars_per_text` and, when a
-    tokenizer is given, `tokens_per_text` (counted with add_special_tokens=False). Distributions cover texts with
-    status ok only.
-
-    Example:
-        >>> pair = {"instruction": "What?", "response": "A cat."}
-        >>> out = Templifier()({"text": ["A cat.", ""], "pairs": [[pair], []], "chain_id": ["x", "y"],
-        ...                     "chain_position": [0, 0], "num_demonstrations": [0, 0]})
-        >>> stats = templify_stats(out)
-        >>> stats["statuses"], stats["texts"], stats["pairs_per_text"]["total"]
-        ({'ok': 1, 'empty_text': 1}, 1, 1)
-    """
-    from collections import Counter
-
-    if tokenizer is not None and isinstance(tokenizer, str):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    needed = [TEXT, CHAIN_POSITIONS, MODE, INVERTED, FAMILIES_COLUMN, NUM_PAIRS, DROPPED_PAIRS, TEMPLIFY_STATUS]
-    if isinstance(dataset, Mapping):
-        missing = [name for name in needed if name not in dataset]
-        batches = [dataset]
-    else:
-        names = dataset.column_names or []
-        missing = [name for name in needed if name not in names]
-        if not missing:
-            dataset = dataset.select_columns(needed)
-        batches = dataset.iter(batch_size=batch_size)
-    if missing:
-        raise ValueError(f"templify_stats needs templify's output columns; {missing} are missing")
-
-    statuses: Counter[str] = Counter()
-    modes: Counter[str] = Counter()
-    families: Counter[str] = Counter()
-    inverted = source_rows = dropped = 0
-    pairs, entries, chars, tokens = [], [], [], []
-    for batch in batches:
-        ok_texts = []
-        for text, positions, mode, inv, fams, num_pairs, num_dropped, status in zip(
-            *(batch[name] for name in needed), strict=True
-        ):
-            statuses[status] += 1
-            source_rows += len(positions)
-            dropped += num_dropped
-            if status != STATUS_OK:
-                continue
-            modes[mode] += 1
-            inverted += bool(inv)
-            families.update(fams)
-            pairs.append(num_pairs)
-            entries.append(len(positions))
-            chars.append(len(text))
-            ok_texts.append(text)
-        if tokenizer is not None and ok_texts:
-            encoded = tokenizer(ok_texts, add_special_tokens=False)["input_ids"]
-            tokens.extend(len(ids) for ids in encoded)
-    stats: dict[str, Any] = {
-        "rows": sum(statuses.values()),
-        "texts": statuses[STATUS_OK],
-        "source_rows": source_rows,
-        "statuses": dict(statuses),
-        "modes": {mode: modes[mode] for mode in (*MODES, RAW) if modes[mode]},
-        "inverted": inverted,
-        "families": {family: families[family] for family in FAMILIES if families[family]},
-        "dropped_pairs": dropped,
-        "pairs_per_text": _distribution(pairs),
-        "entries_per_text": _distribution(entries),
-        "chars_per_text": _distribution(chars),
-    }
-    if tokenizer is not None:
-        stats["tokens_per_text"] = _distribution(tokens)
-    return stats

@@ -14,7 +14,7 @@ a file fails at import with the file, key and entry named. Values are substitute
 interprets the substituted text, so braces in a corpus are safe.
 
 Example:
-    >>> from hf_ipt.templates import TEMPLATES
+    >>> from hf_ipt.templify.templates import TEMPLATES
     >>> len(TEMPLATES.qa_formats) >= 60
     True
     >>> TEMPLATES.qa_formats[0].format(question="Why?", answer="Because.")

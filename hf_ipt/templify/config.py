@@ -1,0 +1,168 @@
+"""`TemplifyConfig`, the settings of the templify step, and the modes a text's pairs can be laid out in.
+
+Example:
+    >>> TemplifyConfig(seed=3).mode_weights["classic"]
+    0.8
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hf_ipt import columns as C
+from hf_ipt.formatting import NO_FORMAT, TargetFormat
+
+# --- modes: how the pairs of a text are laid out ---
+CLASSIC = "classic"  # a QA format per entry ("Question: … Answer: …")
+DIALOG = "dialog"  # the pairs as the turns of a conversation
+NUMBERED = "numbered"  # all questions numbered, then all answers
+FEW_SHOT = "few_shot"  # inline few-shot: each pair on one line, question and answer side by side
+NEXT_TURN = "next_turn"  # a conversation up to the last question, then "what is the next turn?" and the answer
+MODES = (CLASSIC, DIALOG, NUMBERED, FEW_SHOT, NEXT_TURN)
+MULTI_PAIR_MODES = (NUMBERED, FEW_SHOT, NEXT_TURN)  # only when every entry of the text has >= 2 pairs
+DEFAULT_MODE_WEIGHTS = {CLASSIC: 0.80, DIALOG: 0.05, NUMBERED: 0.05, FEW_SHOT: 0.05, NEXT_TURN: 0.05}
+RAW = "raw"  # mode of a text without pairs (the raw text as is)
+SKIPPED = "skipped"  # mode of a row that gives no text
+
+# the synthesis columns templify reads besides the text column (and the optional id column)
+INPUT_COLUMNS = (C.PAIRS, C.CHAIN_ID, C.CHAIN_POSITION, C.NUM_DEMONSTRATIONS)
+
+
+def _is_rate(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+@dataclass
+class TemplifyConfig:
+    """Settings of the templify step; the defaults follow the method's reference.
+
+    Example:
+        >>> TemplifyConfig(seed=3, mode_weights={"classic": 1.0}).mode_weights
+        {'classic': 1.0, 'dialog': 0.0, 'numbered': 0.0, 'few_shot': 0.0, 'next_turn': 0.0}
+    """
+
+    seed: int = field(
+        default=0,
+        metadata={"help": "Global seed, combined with each text's key; another seed gives other template choices."},
+    )
+    text_column: str = field(default="text", metadata={"help": "Input column holding the raw text."})
+    id_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Optional input column with a stable id per row; when set, each text's random choices derive "
+            "from these ids (plus the seed) instead of a hash of the texts, and the ids are written to `source_ids`."
+        },
+    )
+    mode_weights: dict[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_MODE_WEIGHTS),
+        metadata={
+            "help": "Relative weights of the modes classic, dialog, numbered, few_shot, next_turn (missing = 0). "
+            "numbered, few_shot and next_turn need >= 2 pairs in every entry of a text; for other texts their "
+            "weight goes to classic (so the defaults give classic 95 / dialog 5 there)."
+        },
+    )
+    inversion_rate: float = field(
+        default=0.05, metadata={"help": "Share of texts written inverted: pairs first, raw text last."}
+    )
+    opening_rate: float = field(
+        default=0.5,
+        metadata={"help": "Share of entries whose text gets an opening ('Article: …'); the others show it bare."},
+    )
+    lead_in_rate: float = field(
+        default=0.5, metadata={"help": "Share of entries with a lead-in line between the text and the pairs."}
+    )
+    target_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer (name or path) of the model to be trained: its BOS/EOS strings are written around "
+            "every text. Tokenize the result with add_special_tokens=False. Off by default."
+        },
+    )
+    target_format: TargetFormat = field(
+        default=NO_FORMAT,
+        metadata={
+            "help": "Explicit BOS/EOS to write around every text (a hf_ipt.TargetFormat or {'bos': …, 'eos': …}); "
+            "use either this or target_tokenizer."
+        },
+    )
+    batch_size: int = field(
+        default=1000,
+        metadata={"help": "Input rows per map batch in templify() (rounded to whole chains; never splits a chain)."},
+    )
+    num_proc: int | None = field(default=None, metadata={"help": "Processes for Dataset.map in templify()."})
+    drop_skipped: bool = field(
+        default=False,
+        metadata={
+            "help": "templify() removes the rows that give no text (status empty_text / invalid_text) and logs their "
+            "count; by default they are kept with text '' so every input row is accounted for."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"templify.seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.text_column, str) or not self.text_column:
+            raise ValueError(f"templify.text_column must be a non-empty column name, got {self.text_column!r}")
+        if self.id_column is not None and (not isinstance(self.id_column, str) or not self.id_column):
+            raise ValueError(f"templify.id_column must be None or a non-empty column name, got {self.id_column!r}")
+        if self.id_column is not None and self.id_column in (self.text_column, *INPUT_COLUMNS):
+            raise ValueError(
+                f"templify.id_column {self.id_column!r} names the text column or a synthesis column; it must name a "
+                "column holding one stable id per row (or be None to key on the texts)"
+            )
+        if not isinstance(self.mode_weights, Mapping):
+            raise ValueError(
+                f"templify.mode_weights must be a mapping of mode -> weight, got {type(self.mode_weights).__name__}"
+            )
+        unknown = sorted(set(self.mode_weights) - set(MODES))
+        if unknown:
+            raise ValueError(f"templify.mode_weights has unknown modes {unknown}; the modes are {list(MODES)}")
+        for mode, weight in self.mode_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+                raise ValueError(f"templify.mode_weights[{mode!r}] must be a finite number >= 0, got {weight!r}")
+        # canonical order and float values, so equal configs hash equally for the datasets cache
+        self.mode_weights = {mode: float(self.mode_weights.get(mode, 0.0)) for mode in MODES}
+        if sum(self.mode_weights.values()) <= 0:
+            raise ValueError("templify.mode_weights are all 0; give at least one mode a positive weight")
+        for name in ("inversion_rate", "opening_rate", "lead_in_rate"):
+            if not _is_rate(getattr(self, name)):
+                raise ValueError(f"templify.{name} must be a number between 0 and 1, got {getattr(self, name)!r}")
+        if isinstance(self.target_format, Mapping):
+            extra = sorted(set(self.target_format) - {"bos", "eos"})
+            if extra:
+                raise ValueError(f"templify.target_format accepts the keys 'bos' and 'eos', got also {extra}")
+            self.target_format = TargetFormat(**self.target_format)
+        if not isinstance(self.target_format, TargetFormat) or not all(
+            isinstance(s, str) for s in (self.target_format.bos, self.target_format.eos)
+        ):
+            raise ValueError(
+                "templify.target_format must be a hf_ipt.TargetFormat (or {'bos': str, 'eos': str}), got "
+                f"{self.target_format!r}"
+            )
+        if self.target_tokenizer is not None:
+            if not isinstance(self.target_tokenizer, str) or not self.target_tokenizer:
+                raise ValueError(
+                    f"templify.target_tokenizer must be a tokenizer name or path, got {self.target_tokenizer!r}"
+                )
+            if self.target_format != NO_FORMAT:
+                raise ValueError(
+                    "templify.target_tokenizer and templify.target_format are both set; use one: the tokenizer's "
+                    "BOS/EOS, or explicit strings"
+                )
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"templify.batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.num_proc is not None and (
+            isinstance(self.num_proc, bool) or not isinstance(self.num_proc, int) or self.num_proc < 1
+        ):
+            raise ValueError(f"templify.num_proc must be None or an integer >= 1, got {self.num_proc!r}")
+        if not isinstance(self.drop_skipped, bool):
+            raise ValueError(f"templify.drop_skipped must be true or false, got {self.drop_skipped!r}")
+
+    def resolve_target_format(self) -> TargetFormat:
+        """The BOS/EOS to write: read from `target_tokenizer` when set (loading it), else `target_format`."""
+        if self.target_tokenizer is not None:
+            return TargetFormat.from_tokenizer(self.target_tokenizer)
+        return self.target_format
