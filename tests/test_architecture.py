@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 # engines and synthesis packages must never appear here.
 ALLOWED_CYCLES: list[set[str]] = []
 ALLOWED_PRIVATE_IMPORTS: set[tuple[str, str]] = {
-    ("hf_ipt.cli", "hf_ipt.runner._Store"),
     ("hf_ipt.hub", "hf_ipt.cards._plain"),
 }
 
