@@ -20,6 +20,7 @@ import hf_ipt.templify as templify_module
 from hf_ipt import columns as C
 from hf_ipt.chains import chain_layout
 from hf_ipt.formatting import TargetFormat
+from hf_ipt.stats import templify_stats
 from hf_ipt.templates import TEMPLATES, TemplateError, _strings, normalize_answer
 from hf_ipt.templify import (
     CLASSIC,
@@ -37,7 +38,6 @@ from hf_ipt.templify import (
     plan_chain_batches,
     templify,
     templify_batch,
-    templify_stats,
 )
 from hf_ipt.testing import corpus_paragraphs
 
