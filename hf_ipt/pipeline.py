@@ -23,6 +23,7 @@ from typing import Any
 
 import datasets
 
+from hf_ipt.chunking import ChunkConfig, Chunker
 from hf_ipt.config import AUGMENTED_SOURCE, ConfigError, RecipeConfig, config_to_dict, fingerprint, load_recipe
 from hf_ipt.mixing import GeneralInstructionFormatter, mix
 from hf_ipt.release.bundle import build_bundle
@@ -49,7 +50,9 @@ from hf_ipt.stats import (
     templify_report,
     templify_summary,
 )
+from hf_ipt.synthesize import Synthesizer
 from hf_ipt.templify import MODE, templify
+from hf_ipt.testing import build_tiny_synthesizer
 
 logger = logging.getLogger("hf_ipt.pipeline")
 
@@ -145,8 +148,6 @@ def prepare_model(recipe: RecipeConfig) -> None:
         >>> prepare_model(load_recipe("recipes/quickstart.yaml"))  # doctest: +SKIP
     """
     if recipe.build_tiny_model:
-        from hf_ipt.testing import build_tiny_synthesizer  # torch/transformers: only for the offline quickstart
-
         logger.info("building (or reusing) the tiny offline synthesizer at %s", recipe.synth.model)
         build_tiny_synthesizer(recipe.synth.model)
 
@@ -160,8 +161,6 @@ def synthesis_input(recipe: RecipeConfig):
         >>> synthesis_input(load_recipe("recipes/quickstart.yaml")).num_rows  # doctest: +SKIP
         200
     """
-    from hf_ipt.chunking import ChunkConfig, Chunker  # h1 moves it into hf_ipt.synthesis; lazy keeps this file apart
-
     dataset = recipe.source.load()
     if recipe.chunk.enabled:
         synth = recipe.synth
@@ -227,8 +226,6 @@ def stage_synthesize(recipe: RecipeConfig, *, worker_index: int = 0, num_workers
         >>> stage_synthesize(recipe, worker_index=1, num_workers=4).complete  # doctest: +SKIP
         False
     """
-    from hf_ipt.synthesize import Synthesizer  # h1 moves it to hf_ipt.synthesis; the engines load lazily anyway
-
     started = time.perf_counter()
     output = recipe.run.stage_dir(SYNTHESIZED)
     prepare_model(recipe)
