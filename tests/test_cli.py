@@ -237,3 +237,21 @@ def test_a_new_local_release_is_never_read_from_the_cache_of_an_earlier_one(tmp_
         loaded.append(load_dataset(str(folder), split="train", cache_dir=str(cache))["text"])
     assert loaded == [["one", "two", "three"], ["one", "two", "three", "four"]]
     assert "dataset_info:" in str(card) and "num_examples: 4" in str(card)
+
+
+def test_pipeline_run_from_python_commits_each_stage_report(reference, tiny_model_path):
+    """`hf_ipt.pipeline.run` is the library call behind the command; each stage commits its report with its marker."""
+    from hf_ipt.pipeline import run
+    from hf_ipt.runner import read_stage_marker
+
+    recipe = str(reference.parent / "ref.yaml")
+    summaries = run(recipe, ("synthesize", "templify"), overrides={"templify.target_tokenizer": tiny_model_path})
+    assert [s.stage for s in summaries] == ["synthesize", "templify"] and all(s.complete for s in summaries)
+    assert summaries[0].reused and summaries[0].rows == NUM_ROWS
+    synthesis = read_stage_marker(str(reference / "synthesized"))["extra"]
+    assert synthesis["rows"] == NUM_ROWS and synthesis["pairs"] == summaries[0].figures["pairs"]
+    templified = read_stage_marker(str(reference / "templified"))["extra"]["statistics"]["train"]
+    assert templified["texts"] == summaries[1].figures["texts"]
+    assert sum(templified["pairs_per_text"].values()) == templified["texts"]
+    with pytest.raises(ValueError, match="unknown stage"):
+        run(recipe, ("train",))
