@@ -12,7 +12,6 @@ Example:
 
 from hf_ipt.engines import CallableEngine, Completion, Engine, Request, TransformersEngine, VLLMEngine, make_engine
 from hf_ipt.formatting import TargetFormat
-from hf_ipt.hub import ReleaseConfig, load_release, publish_release, push_release, verify_release
 from hf_ipt.mixing import (
     GeneralInstructionFormatter,
     MixConfig,
@@ -27,8 +26,10 @@ from hf_ipt.mixing import (
     mix_with_raw_corpus,
     prepare_source,
 )
+from hf_ipt.release.hub import ReleaseConfig, load_release, publish_release, push_release, verify_release
+from hf_ipt.stats import templify_stats
 from hf_ipt.synthesis import ChunkConfig, Chunker, SynthesisConfig, Synthesizer, parse_pairs, synthesize_batch
-from hf_ipt.templify import Templifier, TemplifyConfig, templify_batch, templify_stats
+from hf_ipt.templify import Templifier, TemplifyConfig, templify_batch
 
 # `templify` (the function) is not re-exported: it would shadow the submodule hf_ipt.templify
 __version__ = "0.1.0"

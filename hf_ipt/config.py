@@ -37,9 +37,9 @@ from typing import Any, Literal
 
 import yaml
 
-from hf_ipt.cards import CardOptions
-from hf_ipt.hub import ReleaseConfig
 from hf_ipt.mixing import MixConfig
+from hf_ipt.release.card import CardOptions
+from hf_ipt.release.hub import ReleaseConfig
 from hf_ipt.store import config_to_dict
 from hf_ipt.synthesis import DEFAULT_MODEL, SynthesisConfig
 from hf_ipt.templify import TemplifyConfig

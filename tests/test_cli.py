@@ -191,7 +191,7 @@ def test_run_continues_the_pipeline_to_a_local_release_and_reuses_finished_stage
 def test_push_to_the_hub_releases_and_tags_the_version(local_hub, tiny_model_path, reference, capsys):
     from datasets import load_dataset
 
-    from hf_ipt.hub import list_versions, load_release
+    from hf_ipt.release.hub import list_versions, load_release
 
     repo = f"hf-ipt-tester/cli-{uuid.uuid4().hex[:8]}"
     recipe = str(reference.parent / "ref.yaml")
@@ -216,8 +216,8 @@ def test_a_new_local_release_is_never_read_from_the_cache_of_an_earlier_one(tmp_
     metadata, not by its files: two releases into folders named alike must differ in that metadata."""
     from datasets import Dataset, load_dataset
 
-    from hf_ipt.cards import render_card
-    from hf_ipt.cli import _local_dataset_info
+    from hf_ipt.release.bundle import dataset_info
+    from hf_ipt.release.card import render_card
 
     cache = tmp_path / "cache"
     loaded = []
@@ -229,7 +229,7 @@ def test_a_new_local_release_is_never_read_from_the_cache_of_an_earlier_one(tmp_
             repo_id="local/x",
             version="v0.1",
             hub_configs=[{"config_name": "m2", "data_files": [{"split": "train", "path": "data/train-*"}]}],
-            dataset_info=_local_dataset_info(data, "m2"),
+            dataset_info=dataset_info(data, "m2"),
         )
         (folder / "data").mkdir(parents=True)
         (folder / "README.md").write_text(str(card))
@@ -237,3 +237,21 @@ def test_a_new_local_release_is_never_read_from_the_cache_of_an_earlier_one(tmp_
         loaded.append(load_dataset(str(folder), split="train", cache_dir=str(cache))["text"])
     assert loaded == [["one", "two", "three"], ["one", "two", "three", "four"]]
     assert "dataset_info:" in str(card) and "num_examples: 4" in str(card)
+
+
+def test_pipeline_run_from_python_commits_each_stage_report(reference, tiny_model_path):
+    """`hf_ipt.pipeline.run` is the library call behind the command; each stage commits its report with its marker."""
+    from hf_ipt.pipeline import run
+    from hf_ipt.store import read_stage_marker
+
+    recipe = str(reference.parent / "ref.yaml")
+    summaries = run(recipe, ("synthesize", "templify"), overrides={"templify.target_tokenizer": tiny_model_path})
+    assert [s.stage for s in summaries] == ["synthesize", "templify"] and all(s.complete for s in summaries)
+    assert summaries[0].reused and summaries[0].rows == NUM_ROWS
+    synthesis = read_stage_marker(str(reference / "synthesized"))["extra"]
+    assert synthesis["rows"] == NUM_ROWS and synthesis["pairs"] == summaries[0].figures["pairs"]
+    templified = read_stage_marker(str(reference / "templified"))["extra"]["statistics"]["train"]
+    assert templified["texts"] == summaries[1].figures["texts"]
+    assert sum(templified["pairs_per_text"].values()) == templified["texts"]
+    with pytest.raises(ValueError, match="unknown stage"):
+        run(recipe, ("train",))

@@ -23,28 +23,28 @@ from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
 from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-from hf_ipt.cards import (
+from hf_ipt.release.bundle import redact
+from hf_ipt.release.card import (
     CardOptions,
     ReleaseInfo,
     SourceInfo,
     SynthesizerInfo,
     combine_licenses,
-    compute_statistics,
     render_card,
     replace_sections,
     size_category,
 )
-from hf_ipt.hub import (
+from hf_ipt.release.hub import (
     ReleaseConfig,
     ReleaseError,
     VersionExistsError,
     list_versions,
     load_release,
     push_release,
-    redact,
     verify_release,
 )
-from hf_ipt.plots import render_plots
+from hf_ipt.release.plots import render_plots
+from hf_ipt.stats import compute_statistics
 
 # tests/hub_server.py: the local Hub double and its `local_hub` fixture. Imported as a plugin (not at the top of this
 # module) so pytest registers it before its first import.
@@ -93,7 +93,7 @@ def word_tokenizer():
 
 
 def figures(dataset: Dataset) -> dict:
-    """The card's figures recomputed here, independently of hf_ipt.cards."""
+    """The card's figures recomputed here, independently of hf_ipt.stats."""
     texts, pairs, drops = dataset["text"], dataset["pairs"], dataset["parse_drops"]
     kept = sum(len(p) for p in pairs)
     dropped = sum(sum(d.values()) for d in drops)
@@ -124,7 +124,7 @@ def continual_info(tokenizer=None) -> ReleaseInfo:
         synthesizer=SynthesizerInfo(
             revision="a1b2c3d",
             engine="vllm",
-            num_rounds=3,
+            rounds=3,
             max_model_len=4096,
             sampling={"temperature": 0.0, "max_new_tokens": 400},
         ),
@@ -153,7 +153,7 @@ def test_two_config_release_then_second_version(local_hub, caplog, capfd):
     info = {
         "continual-m3": continual_info(word_tokenizer()),
         "from-scratch-m2": ReleaseInfo(
-            synthesizer=SynthesizerInfo(num_rounds=2, max_model_len=4096),
+            synthesizer=SynthesizerInfo(rounds=2, max_model_len=4096),
             sources=[SourceInfo("raw-web", license="odc-by")],
         ),
     }
@@ -368,8 +368,8 @@ def test_bad_inputs_fail_before_any_upload(local_hub, monkeypatch):
         ReleaseConfig(repo_id="just-a-name", version="v1.0")
     with pytest.raises(ValueError, match="'data'"):
         ReleaseConfig(repo_id="me/x", version="v1.0", config_name="data")
-    with pytest.raises(ValueError, match="num_rounds"):
-        SynthesizerInfo(num_rounds=0)
+    with pytest.raises(ValueError, match="rounds"):
+        SynthesizerInfo(rounds=0)
     with pytest.raises(ValueError, match="kind"):
         SourceInfo("x", kind="raw")
     assert "token" not in repr(ReleaseConfig(repo_id="me/x", version="v1.0", token=TEST_TOKEN))
@@ -436,7 +436,7 @@ def test_statistics_from_reports_when_columns_are_gone(tmp_path):
         {"text": ["one two", "three", "four five six"], "num_tokens": [2, 1, 3], "source": ["aug", "orca", "aug"]}
     )
     info = ReleaseInfo(
-        templify_stats={  # shaped like hf_ipt.templify.templify_stats
+        templify_stats={  # shaped like hf_ipt.stats.templify_stats
             "modes": {"classic": 2},
             "families": {"qa": 2},
             "pairs_per_text": {
@@ -575,7 +575,7 @@ def test_wheel_ships_the_card_templates(tmp_path):
         assert f"hf_ipt/dataset_cards/{name}" in names
     # installed from the wheel (no source checkout around), hf-ipt still finds its default template
     found = subprocess.run(
-        [sys.executable, "-c", "from hf_ipt.cards import template_path; print(template_path())"],
+        [sys.executable, "-c", "from hf_ipt.release.card import template_path; print(template_path())"],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
         capture_output=True,

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import hf_ipt.templify as templify_module
 from hf_ipt import columns as C
 from hf_ipt.formatting import TargetFormat
+from hf_ipt.stats import templify_stats
 from hf_ipt.synthesis.chains import chain_layout
 from hf_ipt.templify import (
     CLASSIC,
@@ -36,7 +37,6 @@ from hf_ipt.templify import (
     plan_chain_batches,
     templify,
     templify_batch,
-    templify_stats,
 )
 from hf_ipt.templify.templates import TEMPLATES, TemplateError, _strings, normalize_answer
 from hf_ipt.testing import corpus_paragraphs
@@ -647,7 +647,8 @@ def test_empty_dataset():
 
 def test_docstring_examples():
     import hf_ipt.templify.templates as templates_module
-    from hf_ipt.templify import batching, config, dataset, stats, templifier
+    from hf_ipt import stats
+    from hf_ipt.templify import batching, config, dataset, templifier
 
     modules = (templify_module, config, templifier, batching, dataset, stats)
     results = [doctest.testmod(module) for module in modules]

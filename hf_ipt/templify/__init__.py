@@ -5,7 +5,8 @@ natural-language templates) and the entries are joined by a separator chosen per
 `hf_ipt/templify/templates/*.yaml`; see `hf_ipt.templify.templates`.
 
 Modules: `config` (TemplifyConfig, the modes), `templifier` (Templifier, pair classification, output features),
-`batching` (plan_chain_batches), `dataset` (templify), `stats` (templify_stats), `templates` (the template data).
+`batching` (plan_chain_batches), `dataset` (templify), `templates` (the template data). Its statistics are
+`hf_ipt.stats.templify_stats`.
 
 Two entry points:
 
@@ -94,7 +95,6 @@ from hf_ipt.templify.config import (
     TemplifyConfig,
 )
 from hf_ipt.templify.dataset import templify
-from hf_ipt.templify.stats import templify_stats
 from hf_ipt.templify.templifier import (
     COT_CUE,
     COT_FINAL,
@@ -157,5 +157,4 @@ __all__ = [
     "plan_chain_batches",
     "templify",
     "templify_batch",
-    "templify_stats",
 ]

@@ -1,0 +1,269 @@
+"""The release bundle, built once: the data of one config and the files that go with it.
+
+A bundle holds the splits to release and, under `release_info/{config}/`, `stats.json` (provenance from the stage
+reports plus the statistics of the released rows, `hf_ipt.stats`), `recipe.yaml` and the plots. Both destinations
+consume the same bundle: `hf_ipt.release.hub` commits it to the Hub (then tags), `hf_ipt.release.local` writes it to
+a folder. Each renders the card (`hf_ipt.release.card.render_card`) from the bundle's report and the repo metadata
+it has (the Hub's card lists every config at the revision; a local folder holds one). Secrets are redacted here, so
+nothing downstream sees them.
+
+Example:
+    >>> bundle = build_bundle({"train": ds}, ReleaseInfo(), config_name="m2", version="v1.0")  # doctest: +SKIP
+    >>> sorted(bundle.files)  # doctest: +SKIP
+    ['release_info/m2/plots/text_length.png', 'release_info/m2/stats.json']
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hf_ipt.release.card import ReleaseInfo, sidecar_dir
+from hf_ipt.release.plots import render_plots
+from hf_ipt.stats import compute_statistics
+
+REPORT_FORMAT = 1
+REDACTED = "<redacted>"
+_SECRET_KEY_RE = re.compile(
+    r"(^|[_\-.])(hf_?)?(token|secret|password|passwd|api[_\-]?key|auth|authorization|credentials?)$", re.IGNORECASE
+)
+_HF_TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+_SECRET_FLAG_RE = re.compile(
+    r"(--(?:[\w-]*[-_])?(?:token|secret|password|passwd|api[_-]?key))(=|\s+)(\"[^\"]*\"|'[^']*'|[^\s`'\"]+)",
+    re.IGNORECASE,
+)
+
+
+# --------------------------------------------------------------------------------------------------- secrets
+def redact(value: Any, secrets: Sequence[str] = ()) -> Any:
+    """Copy of `value` with secrets removed: values of secret-named keys, the given secret strings, Hub tokens.
+
+    Example:
+        >>> redact({"hub_token": "abc", "tokenizer": "gpt2", "note": "uses xyz"}, ["xyz"])
+        {'hub_token': '<redacted>', 'tokenizer': 'gpt2', 'note': 'uses <redacted>'}
+    """
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if _SECRET_KEY_RE.search(str(key)) and isinstance(item, (str, int, float)) and item not in ("", None):
+                out[key] = REDACTED
+            else:
+                out[key] = redact(item, secrets)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [redact(item, secrets) for item in value]
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    return value
+
+
+def scrub(text: str, secrets: Sequence[str] = ()) -> str:
+    """`text` with each secret string, anything shaped like a Hub token and `--token VALUE` flags redacted.
+
+    Example:
+        >>> scrub("hf-ipt push r.yaml --token abc")
+        'hf-ipt push r.yaml --token <redacted>'
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    text = _SECRET_FLAG_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    return _HF_TOKEN_RE.sub(REDACTED, text)
+
+
+# --------------------------------------------------------------------------------------------------- contents
+def hf_ipt_version() -> str:
+    """The installed hf-ipt version (the package's `__version__` in a source checkout)."""
+    try:
+        return importlib.metadata.version("hf-ipt")
+    except importlib.metadata.PackageNotFoundError:
+        return str(getattr(importlib.import_module("hf_ipt"), "__version__", "unknown"))
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready copy: mappings become dicts with str keys, sequences lists, other objects their str().
+
+    Example:
+        >>> plain({1: (2, Path("x"))})
+        {'1': [2, 'x']}
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
+    return str(value)
+
+
+def config_report(
+    splits: Mapping[str, Any],
+    info: ReleaseInfo,
+    *,
+    config_name: str,
+    version: str,
+    hf_ipt_version: str,
+    statistics: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The content of `release_info/{config}/stats.json`: provenance (from `info`) and statistics (from the rows).
+
+    Example:
+        >>> config_report({"train": ds}, ReleaseInfo(), config_name="m2", version="v1.0",
+        ...               hf_ipt_version="0.1.0")["statistics"]["rows"]  # doctest: +SKIP
+        40
+    """
+    synthesizer = plain(asdict(info.synthesizer)) if info.synthesizer is not None else None
+    return {
+        "format": REPORT_FORMAT,
+        "config_name": config_name,
+        "release_version": version,
+        "hf_ipt_version": hf_ipt_version,
+        "description": info.description,
+        "command": info.command,
+        "provenance": {
+            "synthesizer": synthesizer,
+            "sources": [plain(asdict(s)) for s in info.sources],
+            "mixing_report": plain(info.mixing_report),
+            "templify_stats": plain(info.templify_stats),
+            "synthesis_stats": plain(info.synthesis_stats),
+        },
+        "statistics": dict(statistics) if statistics is not None else compute_statistics(splits, info),
+        "files": {},
+    }
+
+
+def recipe_text(recipe: Any, secrets: Sequence[str] = ()) -> str | None:
+    """The recipe as released: YAML of the (redacted) mapping, or a non-YAML file's text with secrets scrubbed.
+
+    Example:
+        >>> recipe_text({"release": {"token": "abc"}})
+        'release:\\n  token: <redacted>\\n'
+    """
+    if recipe is None:
+        return None
+    if isinstance(recipe, Mapping):
+        data: Any = recipe
+    elif isinstance(recipe, (str, os.PathLike)):
+        path = Path(recipe)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"recipe {str(recipe)!r} is not a file; pass the path of the resolved recipe (YAML/JSON) or a dict"
+            )
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError:
+            data = None
+        if not isinstance(data, Mapping):
+            return scrub(text, secrets)
+    else:
+        raise TypeError(f"recipe must be a dict or a file path, got {type(recipe).__name__}")
+    return yaml.safe_dump(redact(plain(data), secrets), sort_keys=False, allow_unicode=True)
+
+
+def json_bytes(value: Any) -> bytes:
+    """stats.json's bytes: sorted keys, so the same figures always give the same file (a re-run uploads nothing)."""
+    return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# --------------------------------------------------------------------------------------------------- the bundle
+@dataclass
+class ReleaseBundle:
+    """One config of a release, ready to write: its splits, its stats.json content and its sidecar files.
+
+    Example:
+        >>> bundle.files[f"{bundle.folder}/stats.json"] == json_bytes(bundle.report)  # doctest: +SKIP
+        True
+    """
+
+    config_name: str
+    splits: dict[str, Any]
+    report: dict[str, Any]  # stats.json, with report["files"] naming the sidecar files
+    files: dict[str, bytes] = field(default_factory=dict)  # {path in the repo: content}, stats.json included
+
+    @property
+    def folder(self) -> str:
+        """`release_info/{config}`: where the sidecar files lie."""
+        return sidecar_dir(self.config_name)
+
+    def hub_configs(self) -> list[dict[str, Any]]:
+        """The card's `configs` metadata for this config alone, as `push_to_hub` writes it (`data/{split}-*`)."""
+        files = [{"split": split, "path": f"data/{split}-*"} for split in self.splits]
+        return [{"config_name": self.config_name, "data_files": files}]
+
+    def dataset_info(self) -> dict[str, Any]:
+        """The card's `dataset_info` metadata `push_to_hub` would write (features, rows and bytes per split).
+
+        Besides describing a local folder like the Hub repo, it keys `datasets`' cache: for a local folder whose card
+        declares `configs`, `load_dataset` caches by the card's metadata and the folder's name, not by the files, so
+        without it a new release into a folder of the same name would load the previous release from the cache.
+        """
+        return dataset_info(self.splits, self.config_name)
+
+
+def dataset_info(splits: Mapping[str, Any], config_name: str) -> dict[str, Any]:
+    """`dataset_info` card metadata of `splits` (see `ReleaseBundle.dataset_info`).
+
+    Example:
+        >>> dataset_info({"train": ds}, "m2")["splits"][0]["num_examples"]  # doctest: +SKIP
+        1
+    """
+    entries = [
+        {"name": split, "num_bytes": int(dataset.data.nbytes), "num_examples": len(dataset)}
+        for split, dataset in splits.items()
+    ]
+    features = next(iter(splits.values())).info.features if splits else None
+    info: dict[str, Any] = {"config_name": config_name}
+    if features is not None:
+        info["features"] = features._to_yaml_list()
+    info["splits"] = entries
+    info["dataset_size"] = sum(entry["num_bytes"] for entry in entries)
+    return info
+
+
+def build_bundle(
+    splits: Mapping[str, Any],
+    info: ReleaseInfo,
+    *,
+    config_name: str,
+    version: str,
+    plots: bool = True,
+    secrets: Sequence[str] = (),
+) -> ReleaseBundle:
+    """Compute the report of one config (from its rows and `info`), render its plots and recipe, all redacted.
+
+    Everything that can fail on bad input happens here, before a destination writes anything.
+
+    Example:
+        >>> bundle = build_bundle({"train": ds}, info, config_name="continual-m3", version="v1.0")  # doctest: +SKIP
+        >>> bundle.report["files"]["stats"]  # doctest: +SKIP
+        'release_info/continual-m3/stats.json'
+    """
+    splits = dict(splits)
+    report = config_report(splits, info, config_name=config_name, version=version, hf_ipt_version=hf_ipt_version())
+    report = redact(report, secrets)
+    folder = sidecar_dir(config_name)
+    listed: dict[str, Any] = {"stats": f"{folder}/stats.json", "recipe": None, "plots": {}}
+    files: dict[str, bytes] = {}
+    recipe = recipe_text(info.recipe, secrets)
+    if recipe is not None:
+        listed["recipe"] = f"{folder}/recipe.yaml"
+        files[listed["recipe"]] = recipe.encode("utf-8")
+    if plots:
+        with tempfile.TemporaryDirectory(prefix="hf-ipt-plots-") as workdir:
+            for key, path in render_plots(report["statistics"], Path(workdir)).items():
+                listed["plots"][key] = f"{folder}/plots/{path.name}"
+                files[listed["plots"][key]] = path.read_bytes()
+    report["files"] = listed
+    files[listed["stats"]] = json_bytes(report)
+    return ReleaseBundle(config_name=config_name, splits=splits, report=report, files=files)

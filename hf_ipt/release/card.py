@@ -1,0 +1,671 @@
+"""The dataset card of a release: what it says beyond the rows (`ReleaseInfo`), and its rendering.
+
+The card only reads statistics: each config's `stats.json` (built by `hf_ipt.release.bundle.config_report` from the
+stage reports and the released rows, see `hf_ipt.stats`) is rendered by `render_card` with the card template
+(`dataset_cards/hf_ipt_dataset_card.md`). Facts derived from the recipe carry the recipe's names: the synthesizer's
+`model` and `rounds` (`synth.model`, `synth.rounds`), a source's `path` and `name` (subset) like `source.path` and
+`source.name`.
+
+Example:
+    >>> info = ReleaseInfo(synthesizer=SynthesizerInfo(rounds=2), sources=[SourceInfo("wikitext", license="mit")])
+    >>> print(render_card({"default": None}, repo_id="me/x", version="v1.0"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from hf_ipt import columns as C
+from hf_ipt.release.plots import PLOT_FILES
+
+DEFAULT_SYNTHESIZER = "instruction-pretrain/instruction-synthesizer"
+DEFAULT_TEMPLATE = "hf_ipt_dataset_card.md"
+PROJECT_URL = "https://github.com/hf-ipt/hf-ipt"
+RELEASE_INFO_DIR = "release_info"
+REPORT_FORMAT = 1
+SOURCE_KINDS = ("raw_corpus", "general_instructions", "other")
+_HF_SIZE_CATEGORIES = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+    (10_000_000_000, "1B<n<10B"),
+    (100_000_000_000, "10B<n<100B"),
+    (1_000_000_000_000, "100B<n<1T"),
+)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class SynthesizerInfo:
+    """How the instruction-response pairs were synthesized."""
+
+    model: str = field(default=DEFAULT_SYNTHESIZER, metadata=_help("Hub id or path of the synthesizer (synth.model)."))
+    revision: str | None = field(default=None, metadata=_help("Commit or tag of the synthesizer model used."))
+    engine: str | None = field(default=None, metadata=_help("Inference engine, e.g. 'vllm' or 'transformers'."))
+    rounds: int | None = field(default=None, metadata=_help("M: the number of synthesis rounds (synth.rounds)."))
+    max_model_len: int | None = field(default=None, metadata=_help("Context length the prompts were fitted into."))
+    sampling: dict[str, Any] = field(
+        default_factory=dict, metadata=_help("Sampling parameters, e.g. {'temperature': 0, 'max_new_tokens': 400}.")
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"SynthesizerInfo.model must be a non-empty string, got {self.model!r}")
+        for name in ("rounds", "max_model_len"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"SynthesizerInfo.{name} must be a positive int or None, got {value!r}")
+        if not isinstance(self.sampling, Mapping):
+            raise TypeError(f"SynthesizerInfo.sampling must be a dict, got {type(self.sampling).__name__}")
+        self.sampling = dict(self.sampling)
+
+
+@dataclass
+class SourceInfo:
+    """One dataset the release was built from."""
+
+    path: str = field(metadata=_help("Hub id (e.g. 'Open-Orca/OpenOrca') or local path of the source (source.path)."))
+    kind: str = field(default="raw_corpus", metadata=_help(f"Role of the source in the mix, one of {SOURCE_KINDS}."))
+    license: str | None = field(
+        default=None, metadata=_help("License identifier of the source (Hub ids, e.g. 'mit'); None when unknown.")
+    )
+    revision: str | None = field(default=None, metadata=_help("Commit or tag of the source dataset that was read."))
+    fingerprint: str | None = field(default=None, metadata=_help("`datasets` fingerprint of the source as read."))
+    name: str | None = field(default=None, metadata=_help("Config (subset) of the source (source.name), if any."))
+    split: str | None = field(default=None, metadata=_help("Split of the source dataset that was read."))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path.strip():
+            raise ValueError(f"SourceInfo.path must be a non-empty string, got {self.path!r}")
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"SourceInfo.kind for {self.path!r} must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        if self.license is not None and (not isinstance(self.license, str) or not self.license.strip()):
+            raise ValueError(
+                f"SourceInfo.license for {self.path!r} must be a license id or None (unknown), got {self.license!r}"
+            )
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, path: str, **kwargs: Any) -> SourceInfo:
+        """Describe a loaded `datasets.Dataset`, taking its fingerprint (and split, when it has one).
+
+        Example:
+            >>> SourceInfo.from_dataset(Dataset.from_dict({"text": ["a"]}), "me/raw").path  # doctest: +SKIP
+            'me/raw'
+        """
+        kwargs.setdefault("fingerprint", getattr(dataset, "_fingerprint", None))
+        split = getattr(dataset, "split", None)
+        kwargs.setdefault("split", str(split) if split is not None else None)
+        return cls(path=path, **kwargs)
+
+
+@dataclass
+class ReleaseInfo:
+    """Everything the card says about one config beyond what hf-ipt computes from its rows.
+
+    Example:
+        >>> info = ReleaseInfo(
+        ...     synthesizer=SynthesizerInfo(revision="0a1b2c3", rounds=3, max_model_len=4096),
+        ...     sources=[SourceInfo("me/raw-corpus", license="odc-by"),
+        ...              SourceInfo("Open-Orca/OpenOrca", kind="general_instructions", license="mit")],
+        ...     mixing_report={"requested_ratio": {"augmented": 1, "general": 1}},
+        ... )
+        >>> combine_licenses(info.sources)
+        ['odc-by', 'mit']
+    """
+
+    synthesizer: SynthesizerInfo | None = field(default=None, metadata=_help("How the pairs were synthesized."))
+    sources: list[SourceInfo] = field(default_factory=list, metadata=_help("Source datasets of this config."))
+    mixing_report: Mapping[str, Any] | None = field(
+        default=None, metadata=_help("Report of the mixing step (requested/achieved ratio, rows/tokens per source).")
+    )
+    templify_stats: Mapping[str, Any] | None = field(
+        default=None, metadata=_help("Statistics of the templify step (modes, families, pairs per text).")
+    )
+    synthesis_stats: Mapping[str, Any] | None = field(
+        default=None, metadata=_help("Synthesis statistics, for data that no longer carries the synthesis columns.")
+    )
+    recipe: Mapping[str, Any] | str | os.PathLike | None = field(
+        default=None, metadata=_help("Resolved recipe: a dict, or the path of a YAML/JSON file. Uploaded redacted.")
+    )
+    command: str | None = field(default=None, metadata=_help("Exact command line that reproduces the config."))
+    description: str | None = field(default=None, metadata=_help("A paragraph about this config for the card."))
+    text_column: str | None = field(
+        default=C.TEXT, metadata=_help("Column holding the pre-training text; None when the data has none.")
+    )
+    source_column: str | None = field(
+        default=C.SOURCE, metadata=_help("Column naming the source of each row; used when present.")
+    )
+    template_column: str | None = field(
+        default=C.MODE, metadata=_help("Column naming the template mode of each row (templify's); used when present.")
+    )
+    pairs_count_column: str | None = field(
+        default=C.NUM_PAIRS, metadata=_help("Column with the number of pairs of each text (templify's); when present.")
+    )
+    token_count_column: str | None = field(
+        default=C.NUM_TOKENS, metadata=_help("Column with the token count of each text (mixing's); when present.")
+    )
+    tokenizer: Any = field(
+        default=None,
+        metadata=_help("Tokenizer (name, path or object) to count tokens of the text column; None counts characters."),
+    )
+
+    def __post_init__(self) -> None:
+        if self.synthesizer is not None and not isinstance(self.synthesizer, SynthesizerInfo):
+            raise TypeError(
+                f"ReleaseInfo.synthesizer must be a SynthesizerInfo, got {type(self.synthesizer).__name__}"
+            )
+        self.sources = list(self.sources)
+        for source in self.sources:
+            if not isinstance(source, SourceInfo):
+                raise TypeError(f"ReleaseInfo.sources must hold SourceInfo objects, got {type(source).__name__}")
+        names = [s.path for s in self.sources]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"ReleaseInfo.sources lists these sources twice: {duplicates}")
+        if not (self.tokenizer is None or isinstance(self.tokenizer, (str, os.PathLike)) or callable(self.tokenizer)):
+            raise TypeError(
+                f"ReleaseInfo.tokenizer must be a tokenizer name, a path or a tokenizer object, got "
+                f"{type(self.tokenizer).__name__}"
+            )
+        for name in ("mixing_report", "templify_stats", "synthesis_stats"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Mapping) and callable(getattr(value, "to_dict", None)):
+                value = value.to_dict()  # e.g. hf_ipt.mixing.MixReport
+                setattr(self, name, value)
+            if value is not None and not isinstance(value, Mapping):
+                raise TypeError(f"ReleaseInfo.{name} must be a dict or None, got {type(value).__name__}")
+        for name in (
+            "text_column",
+            "source_column",
+            "template_column",
+            "pairs_count_column",
+            "token_count_column",
+            "command",
+            "description",
+        ):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"ReleaseInfo.{name} must be a string or None, got {type(value).__name__}")
+
+
+@dataclass
+class CardOptions:
+    """Card-wide settings: metadata the data cannot tell, and overrides of the default template.
+
+    Example:
+        >>> CardOptions(pretty_name="IPT corpus", extra_sections={"Contact": "Open a discussion."}).language
+        ('en',)
+    """
+
+    pretty_name: str | None = field(default=None, metadata=_help("Title of the card; defaults to the repo name."))
+    summary: str | None = field(default=None, metadata=_help("One paragraph shown under the title."))
+    language: Sequence[str] = field(default=("en",), metadata=_help("ISO 639 codes of the text's languages."))
+    task_categories: Sequence[str] = field(
+        default=("text-generation",), metadata=_help("Hub task categories of the dataset.")
+    )
+    tags: Sequence[str] = field(
+        default=("instruction-pretraining", "synthetic", "hf-ipt"), metadata=_help("Hub tags of the dataset.")
+    )
+    license: str | Sequence[str] | None = field(
+        default=None,
+        metadata=_help("Explicit license(s), replacing the combination of the sources' licenses. You vouch for it."),
+    )
+    template: str | os.PathLike | None = field(
+        default=None, metadata=_help("Path of a Jinja card template, or the template text itself.")
+    )
+    extra_sections: Mapping[str, str] = field(
+        default_factory=dict,
+        metadata=_help("{'## title': markdown}: replaces the section with that title, or is appended at the end."),
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("language", "task_categories", "tags"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise TypeError(f"CardOptions.{name} must be a list of strings, got {value!r}")
+            setattr(self, name, tuple(value))
+        if not isinstance(self.extra_sections, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.extra_sections.items()
+        ):
+            raise TypeError("CardOptions.extra_sections must map section titles (str) to markdown (str)")
+        self.extra_sections = dict(self.extra_sections)
+
+
+# --------------------------------------------------------------------------------------------------- templates
+def template_path(name: str = DEFAULT_TEMPLATE) -> Path:
+    """Path of a card template shipped with hf-ipt: inside the installed package, or in a source checkout.
+
+    The wheel carries the top-level `dataset_cards/` folder as `hf_ipt/dataset_cards/`; an editable install or a
+    source checkout has it beside the `hf_ipt` package.
+    """
+    packaged = importlib.resources.files("hf_ipt").joinpath("dataset_cards", name)
+    if packaged.is_file():
+        return Path(str(packaged))
+    checkout = Path(__file__).resolve().parents[2] / "dataset_cards" / name
+    if checkout.is_file():
+        return checkout
+    raise FileNotFoundError(
+        f"card template {name!r} is neither in the installed package (hf_ipt/dataset_cards/) nor in a source "
+        f"checkout ({checkout.parent}); reinstall hf-ipt or pass CardOptions(template=...)"
+    )
+
+
+_find_template = template_path
+
+
+def _default_template_or_none() -> str | None:
+    try:
+        return str(_find_template())
+    except FileNotFoundError:
+        return None
+
+
+class IptDatasetCard(DatasetCard):
+    """`DatasetCard` whose default template is hf-ipt's release card (`dataset_cards/hf_ipt_dataset_card.md`).
+
+    Example:
+        >>> card = IptDatasetCard.from_template(DatasetCardData(license="mit"), repo_id="me/x", version="v1.0",
+        ...                                     configs=[], license_rows=[])  # doctest: +SKIP
+    """
+
+    # distilabel-style class attribute; resolved again (with a clear error) each time a card is rendered
+    default_template_path = _default_template_or_none()
+
+    @classmethod
+    def from_template(  # type: ignore[override]
+        cls,
+        card_data: DatasetCardData,
+        template_path: str | None = None,
+        template_str: str | None = None,
+        **template_kwargs: Any,
+    ) -> IptDatasetCard:
+        if template_path is None and template_str is None:
+            template_path = str(_find_template())
+        return super().from_template(
+            card_data, template_path=template_path, template_str=template_str, **template_kwargs
+        )
+
+
+# --------------------------------------------------------------------------------------------------- statistics
+def size_category(rows: int) -> str:
+    """The Hub's `size_categories` value for a number of rows.
+
+    Example:
+        >>> size_category(999), size_category(1000), size_category(2_500_000)
+        ('n<1K', '1K<n<10K', '1M<n<10M')
+    """
+    for bound, label in _HF_SIZE_CATEGORIES:
+        if rows < bound:
+            return label
+    return "n>1T"
+
+
+def sidecar_dir(config_name: str) -> str:
+    """Folder of the repo holding a config's stats.json, recipe.yaml and plots."""
+    return f"{RELEASE_INFO_DIR}/{config_name}"
+
+
+def combine_licenses(sources: Sequence[Mapping[str, Any] | SourceInfo]) -> list[str]:
+    """Licenses of the sources, each once, in order of appearance; "unknown" when a source has none.
+
+    Nothing is invented: a source without a license makes the combination include "unknown".
+
+    Example:
+        >>> combine_licenses([SourceInfo("a", license="odc-by"), SourceInfo("b", license="mit"), SourceInfo("c")])
+        ['odc-by', 'mit', 'unknown']
+    """
+    licenses: list[str] = []
+    for source in sources:
+        value = source.license if isinstance(source, SourceInfo) else source.get("license")
+        value = value or "unknown"
+        if value not in licenses:
+            licenses.append(value)
+    return licenses
+
+
+# --------------------------------------------------------------------------------------------------- rendering
+def source_id(source: Mapping[str, Any]) -> tuple[str, str | None]:
+    """(path, subset) of a source as stats.json records it: {"path", "name"} (the recipe's names), or
+    {"name", "subset"} in the stats.json of releases made before.
+
+    Example:
+        >>> source_id({"path": "allenai/c4", "name": "en"}), source_id({"name": "allenai/c4", "subset": "en"})
+        (('allenai/c4', 'en'), ('allenai/c4', 'en'))
+    """
+    if "path" in source:
+        return source["path"], source.get("name")
+    return source["name"], source.get("subset")
+
+
+def _fmt_int(value: Any) -> str:
+    return f"{int(value):,}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def _fmt_share(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "—"
+
+
+def _fmt_number(value: Any, digits: int = 2) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _code(value: Any) -> str:
+    return f"`{value}`" if value not in (None, "") else "—"
+
+
+def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, splits: Mapping[str, int] | None):
+    view: dict[str, Any] = {
+        "name": name,
+        "variable": re.sub(r"\W", "_", name).strip("_") or "dataset",
+        "is_default": is_default,
+        "has_report": report is not None,
+        "release_version": None,
+    }
+    if view["variable"][0].isdigit():
+        view["variable"] = "config_" + view["variable"]
+    if report is None:
+        view["splits_text"] = ", ".join(f"{s} ({_fmt_int(n)})" for s, n in (splits or {}).items()) or "—"
+        view["rows_text"] = _fmt_int(sum((splits or {}).values())) if splits else "—"
+        return view
+    stats = report.get("statistics") or {}
+    provenance = report.get("provenance") or {}
+    split_rows = {s: v.get("rows") for s, v in (stats.get("splits") or {}).items()}
+    view.update(
+        release_version=report.get("release_version"),
+        hf_ipt_version=report.get("hf_ipt_version") or "unknown",
+        description=report.get("description"),
+        command=report.get("command"),
+        splits_text=", ".join(f"{s} ({_fmt_int(n)})" for s, n in split_rows.items()),
+        rows_text=_fmt_int(stats.get("rows")),
+        recipe_path=(report.get("files") or {}).get("recipe"),
+        stats_path=f"{sidecar_dir(name)}/stats.json",
+    )
+
+    synth = provenance.get("synthesizer")
+    if synth:
+        # stats.json of releases before the recipe's names were used say model_id / num_rounds
+        model = synth.get("model", synth.get("model_id"))
+        rows = [("Model", _code(model)), ("Model revision", _code(synth.get("revision")))]
+        if synth.get("engine"):
+            rows.append(("Engine", synth["engine"]))
+        rows.append(("Rounds (M)", _fmt_int(synth.get("rounds", synth.get("num_rounds")))))
+        rows.append(("max_model_len", _fmt_int(synth.get("max_model_len"))))
+        for key, value in sorted((synth.get("sampling") or {}).items()):
+            rows.append((f"Sampling: {key}", _code(value)))
+        view["synthesizer"] = rows
+
+    source_stats = stats.get("sources") or {}
+    unit = source_stats.get("ratio_unit")
+    per_source = source_stats.get("per_source") or {}
+    reported = source_stats.get("reported") or {}
+    view["size_unit_title"] = "Tokens" if unit in (None, "tokens") else "Characters"
+    listed = [source_id(s)[0] for s in provenance.get("sources") or []]
+    view["sources"] = []
+    for source in provenance.get("sources") or []:
+        path, subset = source_id(source)
+        counted = per_source.get(path) or {}
+        from_report = reported.get(path) or {}
+        size_key = "tokens" if unit in (None, "tokens") else "characters"
+        size = counted.get(size_key)
+        size_text = _fmt_int(size)
+        if size is None and from_report.get("tokens") is not None and size_key == "tokens":
+            size_text = f"{_fmt_int(from_report['tokens'])} (reported)"
+        rows_text = (
+            _fmt_int(counted.get("rows"))
+            if counted
+            else (f"{_fmt_int(from_report['rows'])} (reported)" if from_report.get("rows") is not None else "—")
+        )
+        view["sources"].append(
+            {
+                "name": _code(path)
+                + (f" / {subset}" if subset else "")
+                + (f" ({source['split']})" if source.get("split") else ""),
+                "kind": source.get("kind") or "—",
+                "revision": _code(source.get("revision")),
+                "fingerprint": _code(source.get("fingerprint")),
+                "license": source.get("license") or "unknown",
+                "rows": rows_text,
+                "size": size_text,
+            }
+        )
+    for name in sorted(set(per_source) - set(listed)):
+        counted = per_source[name]
+        view["sources"].append(
+            {
+                "name": _code(name) + " (not described)",
+                "kind": "—",
+                "revision": "—",
+                "fingerprint": "—",
+                "license": "unknown",
+                "rows": _fmt_int(counted.get("rows")),
+                "size": _fmt_int(counted.get("tokens" if unit == "tokens" else "characters")),
+            }
+        )
+
+    requested = source_stats.get("requested_ratio") or {}
+    achieved = source_stats.get("achieved_ratio") or {}
+    if requested or achieved:
+        view["mix_unit"] = unit or "tokens"
+        if source_stats.get("achieved_origin") == "mixing report":
+            view["mix_unit"] += " (achieved shares as reported by the mixing step)"
+        view["mix"] = [
+            {
+                "source": _code(name),
+                "requested": _fmt_share(requested.get(name)),
+                "achieved": _fmt_share(achieved.get(name)),
+            }
+            for name in sorted(set(requested) | set(achieved))
+        ]
+
+    text = stats.get("text")
+    if text:
+        lines = []
+        for key, label in (("characters", "characters"), ("tokens", "tokens")):
+            lengths = text.get(key)
+            # a Distribution's "count" ("texts" in stats.json of releases made before)
+            count = (lengths or {}).get("count", (lengths or {}).get("texts"))
+            if count:
+                tokenizer = (
+                    f" (tokenizer `{lengths['tokenizer']}`)" if key == "tokens" and lengths.get("tokenizer") else ""
+                )
+                lines.append(
+                    f"{label.capitalize()}{tokenizer}: {_fmt_int(lengths['total'])} in total over "
+                    f"{_fmt_int(count)} texts; mean {_fmt_number(lengths['mean'], 1)}, "
+                    f"min {_fmt_int(lengths['min'])}, max {_fmt_int(lengths['max'])} per text."
+                )
+        if text.get("null_texts"):
+            lines.append(f"Rows whose `{text['column']}` is not a string: {_fmt_int(text['null_texts'])}.")
+        view["text"] = lines
+
+    pairs = stats.get("pairs")
+    if pairs:
+        origin = "" if pairs.get("origin") == "data" else f" (as reported by the {pairs['origin']})"
+        view["pairs"] = [
+            f"Pairs{origin}: {_fmt_int(pairs['total'])} over {_fmt_int(pairs['texts'])} texts, "
+            f"{_fmt_number(pairs['mean'])} per text on average."
+        ]
+        if pairs.get("texts_without_pairs") is not None:
+            view["pairs"].append(f"Texts without any pair: {_fmt_int(pairs['texts_without_pairs'])}.")
+        if pairs.get("per_text"):
+            view["pairs"].append(
+                "Texts by number of pairs: "
+                + ", ".join(f"{n}: {_fmt_int(c)}" for n, c in pairs["per_text"].items())
+                + "."
+            )
+
+    synthesis = stats.get("synthesis")
+    if synthesis:
+        view["statuses"] = [(_code(k), _fmt_int(v)) for k, v in (synthesis.get("status_counts") or {}).items()]
+        if synthesis.get("parse_drops") is not None:
+            rates = synthesis.get("drop_rates") or {}
+            view["parse_drops"] = [
+                {"reason": _code(reason), "count": _fmt_int(count), "rate": _fmt_share(rates.get(reason))}
+                for reason, count in synthesis["parse_drops"].items()
+            ] + [
+                {
+                    "reason": "all reasons",
+                    "count": _fmt_int(sum(synthesis["parse_drops"].values())),
+                    "rate": _fmt_share(synthesis.get("total_drop_rate")),
+                }
+            ]
+            view["pieces_text"] = _fmt_int(synthesis.get("pieces"))
+
+    modes = stats.get("template_modes")
+    if modes and modes.get("counts"):
+        view["template_modes"] = [(_code(k), _fmt_int(v)) for k, v in modes["counts"].items()]
+        if modes.get("origin") == "data":
+            view["template_modes_origin"] = "Counted from the rows of this config."
+        else:
+            view["template_modes_origin"] = "As reported by the templify step."
+        if modes.get("families"):
+            view["template_modes"] += [(f"family {_code(k)}", _fmt_int(v)) for k, v in modes["families"].items()]
+
+    plots = (report.get("files") or {}).get("plots") or {}
+    view["plots"] = [
+        {"title": PLOT_FILES[key][1] if key in PLOT_FILES else key, "path": path} for key, path in plots.items()
+    ]
+    return view
+
+
+def _hub_config_splits(dataset_info: Any) -> dict[str, dict[str, int]]:
+    """{config: {split: rows}} from the `dataset_info` metadata that `push_to_hub` maintains."""
+    entries = dataset_info if isinstance(dataset_info, list) else [dataset_info] if dataset_info else []
+    found = {}
+    for entry in entries:
+        if isinstance(entry, Mapping):
+            splits = {
+                s.get("name"): s.get("num_examples") for s in entry.get("splits") or [] if isinstance(s, Mapping)
+            }
+            found[entry.get("config_name", "default")] = {k: v for k, v in splits.items() if isinstance(v, int)}
+    return found
+
+
+def replace_sections(markdown: str, sections: Mapping[str, str]) -> str:
+    """Replace the body of each `## Title` section named in `sections`; append the ones the document lacks.
+
+    Example:
+        >>> replace_sections("# T\\n\\n## A\\n\\nold\\n\\n## B\\n\\nkeep\\n", {"A": "new", "C": "added"})
+        '# T\\n\\n## A\\n\\nnew\\n\\n## B\\n\\nkeep\\n\\n## C\\n\\nadded\\n'
+    """
+    pending = {title.lstrip("#").strip(): body for title, body in sections.items()}
+    lines = markdown.splitlines()
+    out: list[str] = []
+    skipping = False
+    in_fence = False
+    for line in lines:
+        if line.startswith("```"):
+            in_fence = not in_fence
+        heading = not in_fence and line.startswith("## ")
+        if heading:
+            title = line[3:].strip()
+            if skipping:
+                skipping = False
+            if title in pending:
+                out += [line, "", pending.pop(title).strip(), ""]
+                skipping = True
+                continue
+        if not skipping:
+            out.append(line)
+    text = "\n".join(out).rstrip() + "\n"
+    for title, body in pending.items():
+        text += f"\n## {title}\n\n{body.strip()}\n"
+    return text
+
+
+def render_card(
+    reports: Mapping[str, Mapping[str, Any] | None],
+    *,
+    repo_id: str,
+    version: str,
+    hub_configs: Sequence[Mapping[str, Any]] | None = None,
+    dataset_info: Any = None,
+    options: CardOptions | None = None,
+) -> IptDatasetCard:
+    """Render the card of a revision from the reports of its configs ({config: stats.json content or None}).
+
+    `hub_configs` and `dataset_info` are the `configs` / `dataset_info` metadata `push_to_hub` wrote; they are kept
+    verbatim so `load_dataset` finds every config's files.
+    """
+    options = options or CardOptions()
+    hub_configs = [dict(c) for c in hub_configs or []]
+    names = [c["config_name"] for c in hub_configs if "config_name" in c]
+    names += [n for n in reports if n not in names]
+    defaults = {c["config_name"] for c in hub_configs if c.get("default")}
+    hub_splits = _hub_config_splits(dataset_info)
+    views = [_config_view(n, reports.get(n), n in defaults, hub_splits.get(n)) for n in names]
+
+    sources = [s for n in names if reports.get(n) for s in (reports[n].get("provenance") or {}).get("sources") or []]
+    license_rows = []
+    for source in sources:
+        row = (_code(source_id(source)[0]), source.get("license") or "unknown")
+        if row not in license_rows:
+            license_rows.append(row)
+    if options.license is not None:
+        licenses = [options.license] if isinstance(options.license, str) else list(options.license)
+    else:
+        licenses = combine_licenses(sources)
+    rows_per_config = [
+        (reports[n].get("statistics") or {}).get("rows") if reports.get(n) else sum(hub_splits.get(n, {}).values())
+        for n in names
+    ]
+    source_names = list(dict.fromkeys(source_id(s)[0] for s in sources))
+
+    card_data = DatasetCardData(
+        language=list(options.language) or None,
+        license=(licenses[0] if len(licenses) == 1 else licenses) if licenses else None,
+        size_categories=sorted({size_category(r) for r in rows_per_config if isinstance(r, int)}) or None,
+        source_datasets=source_names or None,
+        task_categories=list(options.task_categories) or None,
+        pretty_name=options.pretty_name or repo_id.split("/")[-1],
+        tags=list(options.tags) or None,
+        configs=hub_configs or None,
+        dataset_info=dataset_info or None,
+    )
+    context = {
+        "title": options.pretty_name or repo_id.split("/")[-1],
+        "summary": options.summary,
+        "repo_id": repo_id,
+        "version": version,
+        "configs": views,
+        "license_rows": license_rows,
+        "project_url": PROJECT_URL,
+    }
+    if options.template is None:
+        card = IptDatasetCard.from_template(card_data, **context)
+    else:
+        template = options.template
+        if isinstance(template, os.PathLike) or (
+            isinstance(template, str) and "{{" not in template and "{%" not in template
+        ):
+            path = Path(template)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"CardOptions.template {str(template)!r} is not a file and has no Jinja markup; pass the path "
+                    "of a template file or the template text"
+                )
+            card = IptDatasetCard.from_template(card_data, template_path=str(path), **context)
+        else:
+            card = IptDatasetCard.from_template(card_data, template_str=template, **context)
+    text = str(card)
+    if options.extra_sections:
+        text = replace_sections(text, options.extra_sections)
+    # sections that render empty leave runs of blank lines behind
+    return IptDatasetCard(re.sub(r"\n{3,}", "\n\n", text))

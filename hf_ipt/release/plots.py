@@ -1,0 +1,133 @@
+"""PNG plots for dataset cards, drawn from the statistics that `hf_ipt.stats.compute_statistics` computes.
+
+Plots are rendered with matplotlib's Agg canvas on `Figure` objects (no pyplot global state, safe in threads and
+without a display) and saved without a timestamp, so the same statistics always give byte-identical files: a re-run
+of a release then uploads nothing new.
+
+Example:
+    >>> from hf_ipt.release.plots import render_plots
+    >>> stats = {"pairs": {"per_text": {"0": 2, "1": 5, "3": 1}}}
+    >>> sorted(render_plots(stats, "/tmp/hf-ipt-plots"))  # doctest: +SKIP
+    ['pairs_per_text']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hf_ipt._deps import require
+
+# name -> (file name, title); also the order the card shows them in
+PLOT_FILES: dict[str, tuple[str, str]] = {
+    "pairs_per_text": ("pairs_per_text.png", "Instruction-response pairs per text"),
+    "text_length": ("text_length.png", "Text length"),
+    "template_modes": ("template_modes.png", "Template modes"),
+    "source_mix": ("source_mix.png", "Share of each source"),
+}
+
+
+def _figure():
+    require("matplotlib", "rendering the dataset card plots")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 3.6), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Any, path: Path) -> Path:
+    figure.tight_layout()
+    # No "Software"/date metadata: identical statistics must give identical bytes.
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def _bar(path: Path, labels: list[str], values: list[float], title: str, xlabel: str, ylabel: str) -> Path:
+    figure = _figure()
+    axes = figure.add_subplot(1, 1, 1)
+    positions = list(range(len(labels)))
+    axes.bar(positions, values, color="#4C72B0")
+    axes.set_xticks(positions)
+    rotate = max((len(label) for label in labels), default=0) > 6 or len(labels) > 12
+    axes.set_xticklabels(labels, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    return _save(figure, path)
+
+
+def histogram_bars(histogram: Mapping[str, Any] | None) -> tuple[list[str], list[int]]:
+    """(labels, counts) of a `hf_ipt.stats.Distribution` histogram: bin i holds edges[i] <= n < edges[i + 1].
+
+    Example:
+        >>> histogram_bars({"edges": [0, 1, 2, 4, 8], "counts": [1, 0, 2, 5]})
+        (['0', '1', '2-3', '4-7'], [1, 0, 2, 5])
+    """
+    edges, counts = (histogram or {}).get("edges"), (histogram or {}).get("counts")
+    if not edges or not counts or len(edges) != len(counts) + 1:
+        return [], []
+    labels = [str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:], strict=False)]
+    return labels, [int(c) for c in counts]
+
+
+def render_plots(statistics: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Draw every plot the statistics have data for into `out_dir`; returns {plot name: file path}.
+
+    Reads the keys `pairs.per_text` (or `pairs.histogram`), `text.tokens.histogram` (or
+    `text.characters.histogram`), `template_modes.counts` and `sources.per_source` of a statistics dict. A plot
+    without data is skipped, never drawn empty.
+
+    Example:
+        >>> render_plots({"template_modes": {"counts": {"classic": 3}}}, "/tmp/plots")  # doctest: +SKIP
+        {'template_modes': PosixPath('/tmp/plots/template_modes.png')}
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, Path] = {}
+
+    pairs = statistics.get("pairs") or {}
+    per_text = pairs.get("per_text") or {}
+    binned = histogram_bars(pairs.get("histogram"))
+    file_name, title = PLOT_FILES["pairs_per_text"]
+    if per_text:
+        exact = sorted((int(k), int(v)) for k, v in per_text.items())
+        plots["pairs_per_text"] = _bar(
+            out / file_name, [str(k) for k, _ in exact], [v for _, v in exact], title, "pairs in the text", "texts"
+        )
+    elif binned[0]:  # only a distribution was reported (templify_stats)
+        plots["pairs_per_text"] = _bar(out / file_name, *binned, title, "pairs in the text", "texts")
+
+    text = statistics.get("text") or {}
+    lengths = text.get("tokens") or text.get("characters") or {}
+    labels, counts = histogram_bars(lengths.get("histogram"))
+    if labels:
+        unit = "tokens" if text.get("tokens") else "characters"
+        file_name, title = PLOT_FILES["text_length"]
+        plots["text_length"] = _bar(out / file_name, labels, counts, f"{title} ({unit})", unit, "texts")
+
+    modes = (statistics.get("template_modes") or {}).get("counts") or {}
+    if modes:
+        file_name, title = PLOT_FILES["template_modes"]
+        names = sorted(modes, key=lambda name: (-int(modes[name]), name))
+        plots["template_modes"] = _bar(out / file_name, names, [int(modes[n]) for n in names], title, "mode", "texts")
+
+    sources = statistics.get("sources") or {}
+    per_source = sources.get("per_source") or {}
+    unit = sources.get("ratio_unit")
+    if per_source and unit:
+        file_name, title = PLOT_FILES["source_mix"]
+        names = sorted(per_source)
+        total = sum(float(per_source[n].get(unit) or 0) for n in names) or 1.0
+        plots["source_mix"] = _bar(
+            out / file_name,
+            names,
+            [100.0 * float(per_source[n].get(unit) or 0) / total for n in names],
+            f"{title} (by {unit})",
+            "source",
+            f"% of {unit}",
+        )
+    return plots
