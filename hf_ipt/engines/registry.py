@@ -41,7 +41,7 @@ def holds_engines() -> bool:
     """Whether this process holds an engine made by `make_engine` (a forked child of it could not use it).
 
     Example:
-        >>> holds_engines()  # in a fresh process
+        >>> holds_engines()  # in a process that has not called make_engine yet  # doctest: +SKIP
         False
     """
     return bool(_ENGINE_CACHE)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import json
 import os
 import re
 import tempfile
@@ -31,6 +30,7 @@ import yaml
 from hf_ipt.release.card import ReleaseInfo, sidecar_dir
 from hf_ipt.release.plots import render_plots
 from hf_ipt.stats import compute_statistics
+from hf_ipt.store import json_bytes
 
 REPORT_FORMAT = 1
 REDACTED = "<redacted>"
@@ -169,11 +169,6 @@ def recipe_text(recipe: Any, secrets: Sequence[str] = ()) -> str | None:
     else:
         raise TypeError(f"recipe must be a dict or a file path, got {type(recipe).__name__}")
     return yaml.safe_dump(redact(plain(data), secrets), sort_keys=False, allow_unicode=True)
-
-
-def json_bytes(value: Any) -> bytes:
-    """stats.json's bytes: sorted keys, so the same figures always give the same file (a re-run uploads nothing)."""
-    return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 # --------------------------------------------------------------------------------------------------- the bundle
