@@ -159,7 +159,11 @@ def _fit(model, tokenizer, docs: list[str], steps: int, seed: int, torch) -> Non
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     batch = 16
-    for step in range(steps):
+    # a bar with rate and ETA: the build takes tens of seconds and must never look like a hang (datasets' tqdm, so the
+    # CLI's --quiet silences it with every other bar)
+    from datasets.utils import tqdm
+
+    for step in tqdm(range(steps), desc="Training the tiny synthesizer", unit="step"):
         for group in optimizer.param_groups:
             group["lr"] = 3e-3 * (1 - step / steps) + 1e-4
         picks = torch.randint(len(rows), (batch,), generator=generator).tolist()
