@@ -1,7 +1,9 @@
 """Recipes: one YAML file holding the configuration of every stage, with dotted command-line overrides.
 
-A recipe has one section per stage, each loaded into that stage's config dataclass and validated by its
-`__post_init__` before anything heavy (dataset, model) is loaded:
+A recipe has one section per stage, each loaded into that stage's config dataclass before anything heavy (dataset,
+model) is loaded. Every value is checked by `hf_ipt.validation` against its field's type and the range declared in the
+field's metadata, with the recipe's own key in the message (`synth.rounds`); the dataclass's `__post_init__` applies
+the same check in Python and adds the rules between fields:
 
 ```yaml
 source:   {path: allenai/c4, name: en, split: train, revision: 1588ec4, text_column: text}
@@ -28,7 +30,6 @@ import difflib
 import json
 import os
 import re
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,14 +43,21 @@ from hf_ipt.release.card import CardOptions
 from hf_ipt.release.hub import ReleaseConfig
 from hf_ipt.store import config_to_dict
 from hf_ipt.synthesis import DEFAULT_MODEL, SynthesisConfig
+from hf_ipt.synthesis.chunking import ChunkSettings
 from hf_ipt.templify import TemplifyConfig
+from hf_ipt.validation import (
+    ConfigError,
+    check_fields,
+    check_shard_size,
+    check_value,
+    dataclass_in,
+    field_hints,
+    is_union,
+    type_name,
+)
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_DATA_DIR = Path(__file__).parent / "data"
-
-
-class ConfigError(ValueError):
-    """A recipe or override is invalid; the message names the key, the value received and how to fix it."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -96,9 +104,10 @@ class SourceConfig:
     data_files: str | list[str] | None = field(
         default=None, metadata={"help": "Files for a packaged loader (`json`, `parquet`, ...): a path, glob or list."}
     )
-    text_column: str = field(default="text", metadata={"help": "Column holding the raw texts."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the raw texts.", "nonempty": True})
     max_rows: int | None = field(
-        default=None, metadata={"help": "Use only the first N rows (trial runs); null reads the whole split."}
+        default=None,
+        metadata={"help": "Use only the first N rows (trial runs); null reads the whole split.", "min": 1},
     )
     license: str | None = field(
         default=None,
@@ -106,7 +115,8 @@ class SourceConfig:
     )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.path, str) or not self.path.strip():
+        check_fields(self, "source")
+        if not self.path.strip():
             raise ConfigError(
                 f"source.path must name a dataset (a Hub id, a local directory, a loader like `json` with "
                 f"source.data_files, or `bundled:quickstart`), got {self.path!r}"
@@ -120,15 +130,11 @@ class SourceConfig:
                 )
             if self.data_files is not None:
                 raise ConfigError("source.data_files cannot be combined with a `bundled:` source.path; drop one")
-        if not isinstance(self.split, str) or not re.fullmatch(r"\w+(\.\w+)*", self.output_split):
+        if not re.fullmatch(r"\w+(\.\w+)*", self.output_split):
             raise ConfigError(
                 f"source.split must be a split name such as `train` (optionally sliced, `train[:1000]`), got "
                 f"{self.split!r}"
             )
-        if not isinstance(self.text_column, str) or not self.text_column:
-            raise ConfigError(f"source.text_column must be a column name, got {self.text_column!r}")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise ConfigError(f"source.max_rows must be >= 1 or null (whole split), got {self.max_rows}")
 
     @property
     def output_split(self) -> str:
@@ -197,7 +203,8 @@ class RunConfig:
         metadata={
             "help": "Input rows per synthesis shard, the unit of resumption and of work split between workers; a "
             "shard's output is held in memory until it is committed. Must be a multiple of synth.batch_size (batch "
-            "boundaries decide which rows form M-shot chains)."
+            "boundaries decide which rows form M-shot chains).",
+            "min": 1,
         },
     )
     overwrite: bool = field(
@@ -228,13 +235,12 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.output_dir, str) or not self.output_dir.strip():
+        check_fields(self, "run")
+        if not self.output_dir.strip():
             raise ConfigError(
                 f"run.output_dir must be a local path or an fsspec URL, got {self.output_dir!r}; "
                 "set it in the recipe or with --run.output_dir PATH"
             )
-        if self.shard_size < 1:
-            raise ConfigError(f"run.shard_size must be >= 1 row, got {self.shard_size}")
 
     def stage_dir(self, stage: str) -> str:
         """URL or path of one stage's output folder, e.g. `stage_dir("synthesized")`."""
@@ -251,39 +257,8 @@ _FALSE_WORDS = {"false", "no", "off", "0"}
 _NONE_WORDS = {"none", "null", "~"}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _init_fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls) if f.init}
-
-
-def _is_union(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
-
-
-def _dataclass_in(hint: Any) -> type | None:
-    """The dataclass a field holds (also through `X | None`), or None."""
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return hint
-    if _is_union(hint):
-        for arg in typing.get_args(hint):
-            if dataclasses.is_dataclass(arg) and isinstance(arg, type):
-                return arg
-    return None
-
-
-def _type_name(hint: Any) -> str:
-    if hint is type(None):
-        return "null"
-    if isinstance(hint, type) and not typing.get_args(hint):
-        return hint.__name__
-    if typing.get_origin(hint) is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(hint))
-    if _is_union(hint):
-        return " | ".join(_type_name(a) for a in typing.get_args(hint))
-    return str(hint).replace("typing.", "")
 
 
 def dotted_keys(cls: type, prefix: str = "") -> list[str]:
@@ -294,9 +269,9 @@ def dotted_keys(cls: type, prefix: str = "") -> list[str]:
         ['output_dir', 'shard_size']
     """
     keys = []
-    hints = _hints(cls)
+    hints = field_hints(cls)
     for name in _init_fields(cls):
-        nested = _dataclass_in(hints[name])
+        nested = dataclass_in(hints[name])
         if nested is not None:
             keys.extend(dotted_keys(nested, f"{prefix}{name}."))
         else:
@@ -340,86 +315,26 @@ def _unknown_key_error(full_key: str, valid_here: Sequence[str], root_keys: Sequ
     )
 
 
-def _check_value(value: Any, hint: Any, key: str, root_keys: Sequence[str], origin: str) -> Any:
-    """Validate a value read from YAML (already typed) against a field type; builds nested dataclasses."""
-    if hint is Any or hint is typing.Any:
-        return value
-    nested = _dataclass_in(hint)
-    if nested is not None:
-        if value is None and _is_union(hint) and type(None) in typing.get_args(hint):
-            return None
-        if isinstance(value, nested):
-            return value
-        if isinstance(value, Mapping):
-            return _build(nested, value, f"{key}.", root_keys, origin)
-        raise ConfigError(
-            f"{key}{origin} is a section and needs a mapping of its keys (e.g. `{key}: {{...}}` in YAML or "
-            f"--{key}.FIELD VALUE), got {value!r}"
-        )
-    if _is_union(hint):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        alternatives = [a for a in args if a is not type(None)]
-        if len(alternatives) == 1:  # `X | None`: the error of X is the precise one
-            return _check_value(value, alternatives[0], key, root_keys, origin)
-        for arg in alternatives:
-            try:
-                return _check_value(value, arg, key, root_keys, origin)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}{origin} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
-    origin_type = typing.get_origin(hint)
-    if origin_type is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            suggestion = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-            hint_text = f"; did you mean {suggestion[0]!r}?" if suggestion else ""
-            raise ConfigError(f"{key}{origin} must be one of {list(allowed)}, got {value!r}{hint_text}")
-        return value
-    if origin_type in (list, tuple, Sequence) or hint in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}{origin} must be a list ({_type_name(hint)}), got {value!r}")
-        args = typing.get_args(hint)
-        if args and origin_type is not tuple:
-            value = [_check_value(v, args[0], f"{key}[{i}]", root_keys, origin) for i, v in enumerate(value)]
-        return tuple(value) if origin_type is tuple else list(value)
-    if origin_type in (dict, Mapping) or hint is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}{origin} must be a mapping ({_type_name(hint)}), got {value!r}")
-        args = typing.get_args(hint)
-        if args:
-            return {k: _check_value(v, args[1], f"{key}.{k}", root_keys, origin) for k, v in value.items()}
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}{origin} must be true or false, got {value!r} ({type(value).__name__})")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}{origin} must be an integer, got {value!r} ({type(value).__name__})")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}{origin} must be a number, got {value!r} ({type(value).__name__})")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(
-                f"{key}{origin} must be a string, got {value!r} ({type(value).__name__}); quote it in YAML: '{value}'"
-            )
-        return value
-    return value  # any other type (an enum-like class, a callable): the section's __post_init__ validates it
+def _check_value(
+    value: Any, hint: Any, key: str, root_keys: Sequence[str], origin: str, meta: Mapping[str, Any] | None = None
+) -> Any:
+    """A value read from YAML (already typed) checked by the one validation layer; nested sections are built."""
+
+    def build(cls: type, data: Mapping[str, Any], dotted: str) -> Any:
+        return _build(cls, data, f"{dotted}.", root_keys, origin)
+
+    return check_value(value, hint, key, meta, origin=origin, build=build)
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str, root_keys: Sequence[str], origin: str) -> Any:
     fields = _init_fields(cls)
-    hints = _hints(cls)
+    hints = field_hints(cls)
     for key in data:
         if key not in fields:
             raise _unknown_key_error(f"{prefix}{key}", list(fields), root_keys, origin)
     kwargs = {
-        name: _check_value(value, hints[name], f"{prefix}{name}", root_keys, origin) for name, value in data.items()
+        name: _check_value(value, hints[name], f"{prefix}{name}", root_keys, origin, fields[name].metadata)
+        for name, value in data.items()
     }
     missing = [
         name
@@ -427,9 +342,9 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, root_keys: Sequence[
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        example = f"{prefix}{missing[0]}" + (".KEY" if _dataclass_in(hints[missing[0]]) else "")
+        example = f"{prefix}{missing[0]}" + (".KEY" if dataclass_in(hints[missing[0]]) else "")
         raise ConfigError(
-            f"missing required {'section' if _dataclass_in(hints[missing[0]]) else 'key'} "
+            f"missing required {'section' if dataclass_in(hints[missing[0]]) else 'key'} "
             f"{', '.join(repr(prefix + m) for m in missing)}{origin}; set it in the recipe or with --{example} VALUE"
         )
     try:
@@ -452,7 +367,7 @@ def config_from_dict(cls: type, data: Mapping[str, Any], *, origin: str = "") ->
         >>> config_from_dict(RunConfig, {"output_dir": "out", "shard_sise": 64})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        hf_ipt.config.ConfigError: unknown key 'shard_sise'; did you mean 'shard_size'? ...
+        hf_ipt.validation.ConfigError: unknown key 'shard_sise'; did you mean 'shard_size'? ...
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"a recipe must be a mapping of sections{origin}, got {type(data).__name__}: {data!r}")
@@ -464,7 +379,7 @@ def _field_hint(cls: type, dotted: str, root_keys: Sequence[str]) -> Any:
     current: Any = cls
     parts = dotted.split(".")
     for depth, part in enumerate(parts):
-        nested = _dataclass_in(current)
+        nested = dataclass_in(current)
         if nested is None:
             if typing.get_origin(current) in (dict, Mapping) or current is dict:
                 args = typing.get_args(current)
@@ -478,7 +393,7 @@ def _field_hint(cls: type, dotted: str, root_keys: Sequence[str]) -> Any:
             raise _unknown_key_error(
                 f"{prefix}.{part}" if prefix else part, list(fields), root_keys, " (command-line override)"
             )
-        current = _hints(nested)[part]
+        current = field_hints(nested)[part]
     return current
 
 
@@ -493,7 +408,7 @@ def coerce_text(raw: str, hint: Any, key: str) -> Any:
         >>> coerce_text("null", int | None, "source.max_rows") is None
         True
     """
-    args = typing.get_args(hint) if _is_union(hint) else ()
+    args = typing.get_args(hint) if is_union(hint) else ()
     if args and type(None) in args and raw.strip().lower() in _NONE_WORDS:
         return None
     if args:
@@ -506,7 +421,7 @@ def coerce_text(raw: str, hint: Any, key: str) -> Any:
                 return coerce_text(raw, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"--{key} must be {_type_name(hint)}, got {raw!r}")
+        raise ConfigError(f"--{key} must be {type_name(hint)}, got {raw!r}")
     if hint is str:
         return raw
     if hint is bool:
@@ -563,13 +478,13 @@ def parse_overrides(args: Sequence[str], cls: type, *, positionals: list[str] | 
         key, has_value, raw = token[2:].partition("=")
         key = key.replace("-", "_")
         hint = _field_hint(cls, key, root_keys)
-        if _dataclass_in(hint) is not None and not has_value:
+        if dataclass_in(hint) is not None and not has_value:
             raise ConfigError(
-                f"--{key} is a section; set one of its keys, e.g. --{key}.{dotted_keys(_dataclass_in(hint))[0]}"
+                f"--{key} is a section; set one of its keys, e.g. --{key}.{dotted_keys(dataclass_in(hint))[0]}"
             )
         if not has_value:
             following = args[position + 1] if position + 1 < len(args) else None
-            is_flag = hint is bool or (_is_union(hint) and bool in typing.get_args(hint))
+            is_flag = hint is bool or (is_union(hint) and bool in typing.get_args(hint))
             if is_flag and (following is None or following.lower() not in _TRUE_WORDS | _FALSE_WORDS):
                 raw = "true"
             elif following is None:
@@ -624,9 +539,9 @@ def describe_fields(cls: type, prefix: str = "", parent_help: str = "") -> list[
     parent field's help.
     """
     rows = []
-    hints = _hints(cls)
+    hints = field_hints(cls)
     for name, f in _init_fields(cls).items():
-        nested = _dataclass_in(hints[name])
+        nested = dataclass_in(hints[name])
         if nested is not None:
             rows.extend(describe_fields(nested, f"{prefix}{name}.", f.metadata.get("help", "")))
             continue
@@ -638,7 +553,7 @@ def describe_fields(cls: type, prefix: str = "", parent_help: str = "") -> list[
             default = _MISSING
         shown = "(required)" if default is _MISSING else json.dumps(config_to_dict(default))
         help_text = f.metadata.get("help", "") or (f"{parent_help} (its `{name}`)" if parent_help else "")
-        rows.append((f"{prefix}{name}", _type_name(hints[name]), shown, help_text))
+        rows.append((f"{prefix}{name}", type_name(hints[name]), shown, help_text))
     return rows
 
 
@@ -647,40 +562,8 @@ def describe_fields(cls: type, prefix: str = "", parent_help: str = "") -> list[
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ChunkSettings:
-    """Whether and how long source texts are split before synthesis; lengths are counted with synth's tokenizer
-    and budget (synth.max_model_len, synth.max_new_tokens), so nothing has to be truncated.
-
-    Example:
-        >>> ChunkSettings(max_chunk_tokens=1024).enabled
-        True
-    """
-
-    enabled: bool = field(
-        default=True,
-        metadata={
-            "help": "Split texts whose zero-shot prompt would not fit the synthesizer's context into pieces that do "
-            "(at paragraph, then sentence, then word boundaries). Off: over-long texts are truncated."
-        },
-    )
-    max_chunk_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "Cap on text tokens per piece; leaves room for demonstrations in multi-round synthesis (e.g. "
-            "max_model_len // (2 * rounds)). null: as long as a zero-shot prompt can hold."
-        },
-    )
-    num_proc: int | None = field(default=None, metadata={"help": "Processes for chunking (Dataset.map num_proc)."})
-
-    def __post_init__(self) -> None:
-        if self.max_chunk_tokens is not None and self.max_chunk_tokens < 1:
-            raise ConfigError(f"chunk.max_chunk_tokens must be >= 1 or null, got {self.max_chunk_tokens}")
-        if self.num_proc is not None and self.num_proc < 1:
-            raise ConfigError(f"chunk.num_proc must be >= 1 or null, got {self.num_proc}")
-
-
-MIX_SOURCE_KINDS = ("general_instructions", "raw")
+MixSourceKind = Literal["general_instructions", "raw"]
+MIX_SOURCE_KINDS = typing.get_args(MixSourceKind)
 
 
 @dataclass
@@ -694,17 +577,12 @@ class MixSourceConfig(SourceConfig):
         'question'
     """
 
-    kind: Literal["general_instructions", "raw"] = field(
+    kind: MixSourceKind = field(
         default="raw",
         metadata={"help": "`general_instructions` (OpenOrca-style question/response rows) or `raw` (plain texts)."},
     )
     question_column: str = field(default="question", metadata={"help": "Question column (general_instructions)."})
     response_column: str = field(default="response", metadata={"help": "Response column (general_instructions)."})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.kind not in MIX_SOURCE_KINDS:
-            raise ConfigError(f"mix source kind must be one of {list(MIX_SOURCE_KINDS)}, got {self.kind!r}")
 
     def load(self):
         """Load the split, checking the columns its kind reads."""
@@ -775,20 +653,14 @@ class RecipeConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "")
         self._reconcile_text_column()
         if self.build_tiny_model and self.synth.model == DEFAULT_MODEL:
             raise ConfigError(
                 "build_tiny_model is set but synth.model is the real synthesizer's Hub id; set synth.model to the "
                 "local folder the tiny model should be built in (e.g. output/tiny-synthesizer)"
             )
-        if self.run.shard_size % self.synth.batch_size:
-            size, batch = self.run.shard_size, self.synth.batch_size
-            lower = max(batch, size - size % batch)
-            raise ConfigError(
-                f"run.shard_size ({size}) must be a multiple of synth.batch_size ({batch}): multi-round chains are "
-                f"formed inside each batch, and a shard ending mid-batch would chain other rows than an unsharded "
-                f"run. Use run.shard_size {lower} or {lower + batch}"
-            )
+        check_shard_size(self.run.shard_size, self.synth.batch_size, "run.shard_size", "synth.batch_size")
         if self.mix is not None:
             if AUGMENTED_SOURCE not in self.mix.weights:
                 raise ConfigError(
@@ -872,16 +744,16 @@ def load_recipe(path: str | os.PathLike | None, overrides: Sequence[str] | Mappi
 def _check_keys(cls: type, data: Mapping[str, Any], prefix: str, root_keys: Sequence[str], origin: str) -> None:
     """Unknown-key check only (no values), so a recipe can be completed by overrides but never misspelt."""
     fields = _init_fields(cls)
-    hints = _hints(cls)
+    hints = field_hints(cls)
     for key, value in data.items():
         if key not in fields:
             raise _unknown_key_error(f"{prefix}{key}", list(fields), root_keys, origin)
-        nested = _dataclass_in(hints[key])
+        nested = dataclass_in(hints[key])
         if nested is not None and isinstance(value, Mapping):
             _check_keys(nested, value, f"{prefix}{key}.", root_keys, origin)
         elif typing.get_origin(hints[key]) in (dict, Mapping) and isinstance(value, Mapping):
             args = typing.get_args(hints[key])
-            inner = _dataclass_in(args[1]) if args else None
+            inner = dataclass_in(args[1]) if args else None
             if inner is not None:
                 for name, entry in value.items():
                     if isinstance(entry, Mapping):

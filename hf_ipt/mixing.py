@@ -84,6 +84,7 @@ from hf_ipt.columns import (
 )
 from hf_ipt.formatting import NO_FORMAT, TargetFormat
 from hf_ipt.tokenization import FastEncoder
+from hf_ipt.validation import check_fields
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +161,13 @@ class GeneralInstructionFormatter:
         ['empty_question']
     """
 
-    question_column: str = field(default="question", metadata={"help": "Column holding the instruction/question."})
-    response_column: str = field(default="response", metadata={"help": "Column holding the answer."})
-    text_column: str = field(default=TEXT, metadata={"help": "Column to write the formatted text to."})
+    question_column: str = field(
+        default="question", metadata={"help": "Column holding the instruction/question.", "nonempty": True}
+    )
+    response_column: str = field(default="response", metadata={"help": "Column holding the answer.", "nonempty": True})
+    text_column: str = field(
+        default=TEXT, metadata={"help": "Column to write the formatted text to.", "nonempty": True}
+    )
     target_format: TargetFormat = field(
         default=NO_FORMAT,
         metadata={
@@ -172,10 +177,7 @@ class GeneralInstructionFormatter:
     )
 
     def __post_init__(self) -> None:
-        for name in ("question_column", "response_column", "text_column"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"GeneralInstructionFormatter.{name} must be a non-empty column name, got {value!r}")
+        check_fields(self, "GeneralInstructionFormatter")
         if self.question_column == self.response_column:
             raise ValueError(
                 f"GeneralInstructionFormatter.question_column and response_column are both {self.question_column!r}; "
@@ -513,19 +515,28 @@ class MixConfig:
     weights: dict[str, float] = field(
         metadata={
             "help": "Source name -> weight; the mix's tokens are split in these proportions, e.g. "
-            "{augmented: 1, general: 1} for the paper's continual pre-training mix. At least two sources."
+            "{augmented: 1, general: 1} for the paper's continual pre-training mix. At least two sources.",
+            "gt": 0,
+            "finite": True,
+            "hint": "leave a source out instead of giving it weight 0",
         }
     )
     tokenizer: Any = field(
         metadata={"help": "Tokenizer of the model to be trained (id or path, or a tokenizer object): tokens are its."}
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the example selection and of the final shuffle."})
-    text_column: str = field(default=TEXT, metadata={"help": "Column holding the text in every source."})
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the example selection and of the final shuffle.", "min": 0}
+    )
+    text_column: str = field(
+        default=TEXT, metadata={"help": "Column holding the text in every source.", "nonempty": True}
+    )
     text_columns: dict[str, str] = field(
-        default_factory=dict, metadata={"help": "Per-source text column, overriding text_column for those sources."}
+        default_factory=dict,
+        metadata={"help": "Per-source text column, overriding text_column for those sources.", "nonempty": True},
     )
     token_count_column: str = field(
-        default=NUM_TOKENS, metadata={"help": "Column the token counts are written to (and kept in the mix)."}
+        default=NUM_TOKENS,
+        metadata={"help": "Column the token counts are written to (and kept in the mix).", "nonempty": True},
     )
     status_columns: list[str] = field(
         default_factory=lambda: [FORMAT_STATUS],
@@ -545,12 +556,18 @@ class MixConfig:
         default=None,
         metadata={
             "help": "Tokens the mix should hold; null = the largest mix the sources fill at the ratio (the binding "
-            "source used whole)."
+            "source used whole).",
+            "min": 1,
         },
     )
     tolerance: float = field(
         default=0.01,
-        metadata={"help": "Largest allowed |achieved share - requested share| / requested share, for every source."},
+        metadata={
+            "help": "Largest allowed |achieved share - requested share| / requested share, for every source.",
+            "gt": 0,
+            "lt": 1,
+            "hint": "e.g. 0.01 for 1 %",
+        },
     )
     allow_partial: bool = field(
         default=False,
@@ -559,52 +576,32 @@ class MixConfig:
             "largest achievable mix with a warning instead of raising."
         },
     )
-    num_proc: int | None = field(default=None, metadata={"help": "Processes for token counting (Dataset.map)."})
-    batch_size: int = field(default=1000, metadata={"help": "Rows per map batch for counting and labelling."})
+    num_proc: int | None = field(
+        default=None, metadata={"help": "Processes for token counting (Dataset.map).", "min": 1}
+    )
+    batch_size: int = field(
+        default=1000, metadata={"help": "Rows per map batch for counting and labelling.", "min": 1}
+    )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.weights, Mapping) or len(self.weights) < 2:
+        check_fields(self, "mix")
+        if len(self.weights) < 2:
             raise ValueError(
                 "mix.weights must map at least two source names to weights, e.g. {'augmented': 1, 'general': 1}, "
                 f"got {self.weights!r}"
             )
         self.weights = dict(self.weights)
-        for name, weight in self.weights.items():
+        for name in self.weights:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"mix.weights: source names must be non-empty strings, got {name!r}")
-            if (
-                isinstance(weight, bool)
-                or not isinstance(weight, int | float)
-                or not math.isfinite(weight)
-                or weight <= 0
-            ):
-                raise ValueError(
-                    f"mix.weights[{name!r}] must be a positive finite number, got {weight!r}; "
-                    "leave a source out instead of giving it weight 0"
-                )
         if self.tokenizer is None or (isinstance(self.tokenizer, str) and not self.tokenizer):
             raise ValueError("mix.tokenizer must name the tokenizer of the model to be trained (id or path)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"mix.seed must be an integer >= 0, got {self.seed!r}")
-        for name in ("text_column", "token_count_column"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"mix.{name} must be a non-empty column name, got {value!r}")
-        if not isinstance(self.text_columns, Mapping):
-            raise ValueError(f"mix.text_columns must map source names to columns, got {self.text_columns!r}")
         unknown = sorted(set(self.text_columns) - set(self.weights))
         if unknown:
             raise ValueError(
                 f"mix.text_columns names sources {unknown} that are not in mix.weights ({sorted(self.weights)})"
             )
-        for name, column in self.text_columns.items():
-            if not isinstance(column, str) or not column:
-                raise ValueError(f"mix.text_columns[{name!r}] must be a non-empty column name, got {column!r}")
-        for name in ("status_columns", "keep_columns"):
-            value = getattr(self, name)
-            if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(c, str) for c in value):
-                raise ValueError(f"mix.{name} must be a list of column names, got {value!r}")
-            setattr(self, name, list(value))
+        self.status_columns, self.keep_columns = list(self.status_columns), list(self.keep_columns)
         reserved = {TEXT, self.token_count_column, SOURCE, SOURCE_INDEX}
         if self.token_count_column in (TEXT, SOURCE, SOURCE_INDEX):
             raise ValueError(
@@ -616,24 +613,6 @@ class MixConfig:
             raise ValueError(
                 f"mix.keep_columns {clashes} are written by the mix itself ({sorted(reserved)}); leave them out"
             )
-        if self.total_tokens is not None and (
-            isinstance(self.total_tokens, bool) or not isinstance(self.total_tokens, int) or self.total_tokens < 1
-        ):
-            raise ValueError(f"mix.total_tokens must be an integer >= 1 or null, got {self.total_tokens!r}")
-        if (
-            isinstance(self.tolerance, bool)
-            or not isinstance(self.tolerance, int | float)
-            or not 0 < self.tolerance < 1
-        ):
-            raise ValueError(f"mix.tolerance must be a number in (0, 1), e.g. 0.01 for 1 %, got {self.tolerance!r}")
-        if not isinstance(self.allow_partial, bool):
-            raise ValueError(f"mix.allow_partial must be true or false, got {self.allow_partial!r}")
-        if self.num_proc is not None and (
-            isinstance(self.num_proc, bool) or not isinstance(self.num_proc, int) or self.num_proc < 1
-        ):
-            raise ValueError(f"mix.num_proc must be an integer >= 1 or null, got {self.num_proc!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"mix.batch_size must be an integer >= 1, got {self.batch_size!r}")
 
     def text_column_of(self, source: str) -> str:
         return self.text_columns.get(source, self.text_column)

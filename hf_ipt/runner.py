@@ -60,6 +60,7 @@ from hf_ipt.store import (
     fingerprint,
     json_bytes,
 )
+from hf_ipt.validation import check_shard_size
 
 logger = logging.getLogger(__name__)
 
@@ -311,13 +312,7 @@ class ShardedRunner:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(shard_size, int) or shard_size < 1:
             raise ValueError(f"shard_size must be an integer >= 1, got {shard_size!r}")
-        if shard_size % batch_size:
-            lower = max(batch_size, shard_size - shard_size % batch_size)
-            raise ValueError(
-                f"shard_size ({shard_size}) must be a multiple of the batch size ({batch_size}): batch boundaries "
-                f"decide which rows are chained together, and a shard ending mid-batch would chain other rows than "
-                f"an unsharded run; use shard_size {lower} or {lower + batch_size}"
-            )
+        check_shard_size(shard_size, batch_size)
         if not isinstance(split, str) or not re.fullmatch(r"\w+(\.\w+)*", split):
             raise ValueError(f"split must be a plain split name such as 'train', got {split!r}")
         _check_worker(worker_index, num_workers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 import textwrap
@@ -96,11 +97,14 @@ def test_unknown_override_keys_are_errors_too(tmp_path):
     [
         (
             ["--synth.rounds", "0"],
-            r"invalid 'synth' \(in .*recipe.yaml \+ command-line overrides\): .*rounds must "
-            r"be an integer >= 1, got 0",
+            r"synth.rounds \(in .*recipe.yaml \+ command-line overrides\) must be an integer >= 1, got 0",
         ),
         (["--synth.rounds", "three"], r"--synth.rounds must be an integer, got 'three'"),
-        (["--synth.engine", "vlm"], r"engine must be 'vllm' or 'transformers', got 'vlm'"),
+        (
+            ["--synth.engine", "vlm"],
+            r"synth.engine \(in .*\) must be one of \['vllm', 'transformers', 'server'\], got 'vlm'; did you mean "
+            r"'vllm'\? A custom engine is passed to Synthesizer\(engine=...\)",
+        ),
         (["--synth.max_new_tokens", "5000"], r"max_new_tokens \(5000\) must be smaller than .*max_model_len"),
         (["--run.shard_size", "10"], r"run.shard_size \(10\) must be a multiple of synth.batch_size \(4\).*8 or 12"),
         (["--run.overwrite=maybe"], r"--run.overwrite must be true or false, got 'maybe'"),
@@ -109,7 +113,10 @@ def test_unknown_override_keys_are_errors_too(tmp_path):
         (["--run.output_dir", ""], r"run.output_dir must be a local path or an fsspec URL"),
         (["--mix.weights", "{augmented: 1, general: 1}", "--mix.tokenizer", "t"], r"mix_sources does not define"),
         (["--mix_sources.raw.path", "x"], r"mix_sources \['raw'\] have no weight .*there is no mix section"),
-        (["--chunk.max_chunk_tokens", "0"], r"chunk.max_chunk_tokens must be >= 1 or null"),
+        (
+            ["--chunk.max_chunk_tokens", "0"],
+            r"chunk.max_chunk_tokens \(in .*\) must be an integer >= 1 or null, got 0",
+        ),
     ],
 )
 def test_invalid_values_are_rejected_with_the_field_name(tmp_path, override, expected):
@@ -118,9 +125,9 @@ def test_invalid_values_are_rejected_with_the_field_name(tmp_path, override, exp
 
 
 def test_yaml_values_of_the_wrong_type_are_rejected(tmp_path):
-    with pytest.raises(ConfigError, match=r"synth.rounds \(in .*\) must be an integer, got '3' \(str\)"):
+    with pytest.raises(ConfigError, match=r"synth.rounds \(in .*\) must be an integer >= 1, got '3' \(str\)"):
         load_recipe(write(tmp_path, BASE.replace("rounds: 3", "rounds: '3'")), [])
-    with pytest.raises(ConfigError, match=r"source.revision .* must be a string, got 1234 \(int\); quote it"):
+    with pytest.raises(ConfigError, match=r"source.revision .* must be a string or null, got 1234 \(int\); quote it"):
         load_recipe(
             write(tmp_path, BASE.replace('"bundled:quickstart"}', '"bundled:quickstart", revision: 1234}')), []
         )
@@ -150,7 +157,7 @@ def test_invalid_values_are_rejected_before_any_model_or_dataset_loads(tmp_path)
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "exit 2 heavy []" in result.stdout, result.stderr
-    assert "rounds must be an integer >= 1, got -1" in result.stderr
+    assert re.search(r"synth.rounds \(in .*recipe.yaml.*\) must be an integer >= 1, got -1", result.stderr)
 
 
 def test_command_line_strings_are_coerced_to_the_field_types():
@@ -236,3 +243,25 @@ def test_shipped_recipes_are_valid(name):
         assert {s.kind for s in recipe.mix_sources.values()} == {"raw"}
     if name == "quickstart":
         assert recipe.build_tiny_model and recipe.source.path.startswith("bundled:")
+
+
+def test_one_rule_for_python_and_recipes(tmp_path):
+    from hf_ipt.synthesis import ChunkConfig, SynthesisConfig
+    from hf_ipt.validation import ConfigTypeError, check_value, requirement
+
+    # the same declared range refuses the value in Python and in a recipe, each naming its own key
+    with pytest.raises(ConfigError, match=r"^synthesis.rounds must be an integer >= 1, got 0$"):
+        SynthesisConfig(rounds=0)
+    with pytest.raises(ConfigError, match=r"^synth.rounds \(in .*recipe.yaml\) must be an integer >= 1, got 0$"):
+        load_recipe(write(tmp_path, BASE.replace("rounds: 3", "rounds: 0")), [])
+    # a wrong type is a TypeError too, as the configs raised before
+    with pytest.raises(ConfigTypeError, match=r"chunk.max_chunk_tokens must be an integer >= 1 or null, got '8'"):
+        ChunkConfig(max_chunk_tokens="8")
+    with pytest.raises(ConfigError, match=r"chunk.max_new_tokens \(400\) must be smaller than chunk.max_model_len"):
+        ChunkConfig(max_model_len=400)
+    assert requirement(float, {"min": 0, "max": 1}) == "a number between 0 and 1"
+    assert requirement(float, {"gt": 0, "lt": 1}) == "a number in (0, 1)"
+    assert requirement(int | None, {"min": 1}) == "an integer >= 1 or null"
+    assert check_value(2, float | None, "k", build=lambda *args: None) == 2.0  # a recipe's 2 is a float there
+    with pytest.raises(ConfigError, match=r"k\['b'\] must be a positive finite number, got nan"):
+        check_value({"a": 1.0, "b": float("nan")}, dict[str, float], "k", {"gt": 0, "finite": True})

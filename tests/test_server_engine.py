@@ -225,7 +225,7 @@ def test_unreachable_server_gives_per_row_errors_quickly(tiny_model_path):
         ({"endpoints": ["localhost:8000"]}, "must be an http\\(s\\) URL"),
         ({"endpoints": ["http://h"], "max_concurrency": 0}, "max_concurrency must be an integer >= 1"),
         ({"endpoints": ["http://h"], "max_retries": -1}, "max_retries must be an integer >= 0"),
-        ({"endpoints": ["http://h"], "timeout_seconds": 0}, "timeout_seconds must be > 0"),
+        ({"endpoints": ["http://h"], "timeout_seconds": 0}, "timeout_seconds must be a positive number, got 0"),
         ({"endpoints": ["http://h"], "prompt_format": "chat"}, "prompt_format must be one of"),
         ({"endpoints": ["http://h"], "extra_body": {"prompt": "x"}}, "must not set \\['prompt'\\]"),
         ({"endpoints": ["http://h"], "tensor_parallel_size": 2}, "unknown engine_kwargs for the server engine"),

@@ -303,7 +303,7 @@ def test_missing_text_column_is_named_before_any_model_loads():
 
 
 def test_unknown_engine_and_missing_extra(monkeypatch, tiny_model_path):
-    with pytest.raises(ValueError, match="engine must be 'vllm' or 'transformers'"):
+    with pytest.raises(ValueError, match=r"engine must be one of \['vllm', 'transformers', 'server'\], got 'tgi'"):
         SynthesisConfig(engine="tgi")
     with pytest.raises(ValueError, match="unknown engine 'tgi'"):
         make_engine("tgi", model=tiny_model_path)

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from hf_ipt.engines.base import NO_OUTLOOK, ChainOutlook, Completion, Engine, Request, RequestStream, describe_error
 from hf_ipt.markers import BOS
+from hf_ipt.validation import check_fields
 
 logger = logging.getLogger(__name__)
 
@@ -58,27 +59,32 @@ class ServerEngineConfig:
     )
     served_model_name: str | None = field(
         default=None,
-        metadata={"help": "The `model` field of each request; defaults to the synthesis model id/path."},
+        metadata={
+            "help": "The `model` field of each request; defaults to the synthesis model id/path.",
+            "nonempty": True,
+        },
     )
     max_concurrency: int = field(
-        default=64, metadata={"help": "Most requests in flight at once, over all endpoints together."}
+        default=64, metadata={"help": "Most requests in flight at once, over all endpoints together.", "min": 1}
     )
     max_retries: int = field(
-        default=4, metadata={"help": "Further attempts after a failed one (connection error, timeout, 408/429/5xx)."}
+        default=4,
+        metadata={"help": "Further attempts after a failed one (connection error, timeout, 408/429/5xx).", "min": 0},
     )
     backoff_seconds: float = field(
-        default=0.5, metadata={"help": "Wait before the first retry; doubles with each retry (with jitter)."}
+        default=0.5, metadata={"help": "Wait before the first retry; doubles with each retry (with jitter).", "min": 0}
     )
-    max_backoff_seconds: float = field(default=30.0, metadata={"help": "Longest wait between two attempts."})
+    max_backoff_seconds: float = field(default=30.0, metadata={"help": "Longest wait between two attempts.", "min": 0})
     timeout_seconds: float = field(
-        default=600.0, metadata={"help": "Socket timeout of one attempt (connect, send, and each read)."}
+        default=600.0, metadata={"help": "Socket timeout of one attempt (connect, send, and each read).", "gt": 0}
     )
     prompt_format: str = field(
         default="token_ids",
         metadata={
             "help": "'token_ids' sends the exact ids (vLLM, SGLang: no second BOS). 'text' sends the prompt string "
             "(servers that only take strings, e.g. TGI): without its leading literal BOS when the tokenizer adds "
-            "one itself; checked on the first request, whose text must tokenize to the exact ids."
+            "one itself; checked on the first request, whose text must tokenize to the exact ids.",
+            "choices": PROMPT_FORMATS,
         },
     )
     api_key: str | None = field(
@@ -100,29 +106,8 @@ class ServerEngineConfig:
                 "engine_kwargs.endpoints must list at least one server URL, e.g. "
                 f"{{'endpoints': ['http://127.0.0.1:8000']}}; got {self.endpoints!r}"
             )
+        check_fields(self, "engine_kwargs")
         self.endpoints = [completions_url(url) for url in self.endpoints]
-        for name, minimum in (("max_concurrency", 1), ("max_retries", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"engine_kwargs.{name} must be an integer >= {minimum}, got {value!r}")
-        for name in ("backoff_seconds", "max_backoff_seconds", "timeout_seconds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"engine_kwargs.{name} must be a number >= 0, got {value!r}")
-        if self.timeout_seconds == 0:
-            raise ValueError("engine_kwargs.timeout_seconds must be > 0")
-        if self.prompt_format not in PROMPT_FORMATS:
-            raise ValueError(
-                f"engine_kwargs.prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}"
-            )
-        if self.served_model_name is not None and (
-            not isinstance(self.served_model_name, str) or not self.served_model_name
-        ):
-            raise ValueError(
-                f"engine_kwargs.served_model_name must be a non-empty string, got {self.served_model_name!r}"
-            )
-        if not isinstance(self.extra_body, dict):
-            raise ValueError(f"engine_kwargs.extra_body must be a mapping, got {type(self.extra_body).__name__}")
         reserved = {"model", "prompt", "max_tokens", "stream"} & set(self.extra_body)
         if reserved:
             raise ValueError(f"engine_kwargs.extra_body must not set {sorted(reserved)}: hf-ipt sets them per request")

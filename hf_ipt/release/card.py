@@ -26,6 +26,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from hf_ipt import columns as C
 from hf_ipt.release.plots import PLOT_FILES
+from hf_ipt.validation import check_fields
 
 DEFAULT_SYNTHESIZER = "instruction-pretrain/instruction-synthesizer"
 DEFAULT_TEMPLATE = "hf_ipt_dataset_card.md"
@@ -58,21 +59,20 @@ class SynthesizerInfo:
     model: str = field(default=DEFAULT_SYNTHESIZER, metadata=_help("Hub id or path of the synthesizer (synth.model)."))
     revision: str | None = field(default=None, metadata=_help("Commit or tag of the synthesizer model used."))
     engine: str | None = field(default=None, metadata=_help("Inference engine, e.g. 'vllm' or 'transformers'."))
-    rounds: int | None = field(default=None, metadata=_help("M: the number of synthesis rounds (synth.rounds)."))
-    max_model_len: int | None = field(default=None, metadata=_help("Context length the prompts were fitted into."))
+    rounds: int | None = field(
+        default=None, metadata={"help": "M: the number of synthesis rounds (synth.rounds).", "min": 1}
+    )
+    max_model_len: int | None = field(
+        default=None, metadata={"help": "Context length the prompts were fitted into.", "min": 1}
+    )
     sampling: dict[str, Any] = field(
         default_factory=dict, metadata=_help("Sampling parameters, e.g. {'temperature': 0, 'max_new_tokens': 400}.")
     )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model.strip():
+        check_fields(self, "SynthesizerInfo")
+        if not self.model.strip():
             raise ValueError(f"SynthesizerInfo.model must be a non-empty string, got {self.model!r}")
-        for name in ("rounds", "max_model_len"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"SynthesizerInfo.{name} must be a positive int or None, got {value!r}")
-        if not isinstance(self.sampling, Mapping):
-            raise TypeError(f"SynthesizerInfo.sampling must be a dict, got {type(self.sampling).__name__}")
         self.sampling = dict(self.sampling)
 
 
@@ -81,7 +81,10 @@ class SourceInfo:
     """One dataset the release was built from."""
 
     path: str = field(metadata=_help("Hub id (e.g. 'Open-Orca/OpenOrca') or local path of the source (source.path)."))
-    kind: str = field(default="raw_corpus", metadata=_help(f"Role of the source in the mix, one of {SOURCE_KINDS}."))
+    kind: str = field(
+        default="raw_corpus",
+        metadata={"help": f"Role of the source in the mix, one of {SOURCE_KINDS}.", "choices": SOURCE_KINDS},
+    )
     license: str | None = field(
         default=None, metadata=_help("License identifier of the source (Hub ids, e.g. 'mit'); None when unknown.")
     )
@@ -91,11 +94,10 @@ class SourceInfo:
     split: str | None = field(default=None, metadata=_help("Split of the source dataset that was read."))
 
     def __post_init__(self) -> None:
-        if not isinstance(self.path, str) or not self.path.strip():
+        check_fields(self, f"SourceInfo({self.path!r})")
+        if not self.path.strip():
             raise ValueError(f"SourceInfo.path must be a non-empty string, got {self.path!r}")
-        if self.kind not in SOURCE_KINDS:
-            raise ValueError(f"SourceInfo.kind for {self.path!r} must be one of {SOURCE_KINDS}, got {self.kind!r}")
-        if self.license is not None and (not isinstance(self.license, str) or not self.license.strip()):
+        if self.license is not None and not self.license.strip():
             raise ValueError(
                 f"SourceInfo.license for {self.path!r} must be a license id or None (unknown), got {self.license!r}"
             )
@@ -166,11 +168,16 @@ class ReleaseInfo:
     )
 
     def __post_init__(self) -> None:
+        self.sources = list(self.sources)
+        for name in ("mixing_report", "templify_stats", "synthesis_stats"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Mapping) and callable(getattr(value, "to_dict", None)):
+                setattr(self, name, value.to_dict())  # e.g. hf_ipt.mixing.MixReport
+        check_fields(self, "ReleaseInfo")
         if self.synthesizer is not None and not isinstance(self.synthesizer, SynthesizerInfo):
             raise TypeError(
                 f"ReleaseInfo.synthesizer must be a SynthesizerInfo, got {type(self.synthesizer).__name__}"
             )
-        self.sources = list(self.sources)
         for source in self.sources:
             if not isinstance(source, SourceInfo):
                 raise TypeError(f"ReleaseInfo.sources must hold SourceInfo objects, got {type(source).__name__}")
@@ -183,25 +190,6 @@ class ReleaseInfo:
                 f"ReleaseInfo.tokenizer must be a tokenizer name, a path or a tokenizer object, got "
                 f"{type(self.tokenizer).__name__}"
             )
-        for name in ("mixing_report", "templify_stats", "synthesis_stats"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Mapping) and callable(getattr(value, "to_dict", None)):
-                value = value.to_dict()  # e.g. hf_ipt.mixing.MixReport
-                setattr(self, name, value)
-            if value is not None and not isinstance(value, Mapping):
-                raise TypeError(f"ReleaseInfo.{name} must be a dict or None, got {type(value).__name__}")
-        for name in (
-            "text_column",
-            "source_column",
-            "template_column",
-            "pairs_count_column",
-            "token_count_column",
-            "command",
-            "description",
-        ):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"ReleaseInfo.{name} must be a string or None, got {type(value).__name__}")
 
 
 @dataclass
@@ -235,14 +223,13 @@ class CardOptions:
     )
 
     def __post_init__(self) -> None:
-        for name in ("language", "task_categories", "tags"):
-            value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                raise TypeError(f"CardOptions.{name} must be a list of strings, got {value!r}")
-            setattr(self, name, tuple(value))
-        if not isinstance(self.extra_sections, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.extra_sections.items()
-        ):
+        check_fields(self, "CardOptions")
+        self.language, self.task_categories, self.tags = (
+            tuple(self.language),
+            tuple(self.task_categories),
+            tuple(self.tags),
+        )
+        if not all(isinstance(k, str) for k in self.extra_sections):
             raise TypeError("CardOptions.extra_sections must map section titles (str) to markdown (str)")
         self.extra_sections = dict(self.extra_sections)
 

@@ -52,6 +52,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from hf_ipt.release.bundle import ReleaseBundle, build_bundle, hf_ipt_version, scrub
 from hf_ipt.release.card import RELEASE_INFO_DIR, CardOptions, ReleaseInfo, render_card, sidecar_dir
+from hf_ipt.validation import check_fields
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +101,20 @@ class ReleaseConfig:
         default=None, metadata=_help("Config to mark as the repo's default config (the one loaded without a name).")
     )
     plots: bool = field(default=True, metadata=_help("Render PNG plots for the card (needs matplotlib)."))
-    max_retries: int = field(default=5, metadata=_help("Retries of a step after a transient Hub error."))
-    retry_base_delay: float = field(default=1.0, metadata=_help("Seconds before the first retry; doubled each time."))
-    retry_max_delay: float = field(default=60.0, metadata=_help("Longest wait between two retries, in seconds."))
+    max_retries: int = field(default=5, metadata={"help": "Retries of a step after a transient Hub error.", "min": 0})
+    retry_base_delay: float = field(
+        default=1.0, metadata={"help": "Seconds before the first retry; doubled each time.", "min": 0}
+    )
+    retry_max_delay: float = field(
+        default=60.0, metadata={"help": "Longest wait between two retries, in seconds.", "min": 0}
+    )
     token: str | None = field(
         default=None, repr=False, metadata=_help("Hub token; defaults to HF_TOKEN or the saved login. Never logged.")
     )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.repo_id, str) or self.repo_id.count("/") != 1:
+        check_fields(self, "ReleaseConfig")
+        if self.repo_id.count("/") != 1:
             raise ValueError(
                 f"ReleaseConfig.repo_id must be 'namespace/name', got {self.repo_id!r}: releases name their namespace"
             )
@@ -118,17 +124,12 @@ class ReleaseConfig:
             raise ValueError(f"ReleaseConfig.repo_id {self.repo_id!r} is not a valid Hub repo id: {err}") from None
         check_version(self.version)
         check_config_name(self.config_name)
-        if not isinstance(self.split, str) or not SPLIT_NAME_RE.match(self.split):
+        if not SPLIT_NAME_RE.match(self.split):
             raise ValueError(f"ReleaseConfig.split must match {SPLIT_NAME_RE.pattern}, got {self.split!r}")
-        if not isinstance(self.revision, str) or not self.revision or self.revision.startswith("refs/"):
+        if not self.revision or self.revision.startswith("refs/"):
             raise ValueError(f"ReleaseConfig.revision must be a branch name such as 'main', got {self.revision!r}")
         if self.revision == self.version:
             raise ValueError(f"ReleaseConfig.revision {self.revision!r} equals the version: the tag would shadow it")
-        if self.private not in (None, True, False):
-            raise TypeError(f"ReleaseConfig.private must be True, False or None, got {self.private!r}")
-        for name in ("force", "plots"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"ReleaseConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.max_shard_size is not None:
             from datasets.utils.py_utils import convert_file_size_to_int
 
@@ -142,17 +143,12 @@ class ReleaseConfig:
                 ) from None
         if self.default_config is not None:
             check_config_name(self.default_config)
-        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
-            raise ValueError(f"ReleaseConfig.max_retries must be an int >= 0, got {self.max_retries!r}")
-        delays = (self.retry_base_delay, self.retry_max_delay)
-        if not all(isinstance(d, (int, float)) and not isinstance(d, bool) for d in delays) or not (
-            0 <= self.retry_base_delay <= self.retry_max_delay
-        ):
+        if self.retry_base_delay > self.retry_max_delay:
             raise ValueError(
                 f"ReleaseConfig needs 0 <= retry_base_delay <= retry_max_delay, got {self.retry_base_delay!r} and "
                 f"{self.retry_max_delay!r}"
             )
-        if self.token is not None and (not isinstance(self.token, str) or not self.token.strip()):
+        if self.token is not None and not self.token.strip():
             raise ValueError("ReleaseConfig.token must be a non-empty string or None (then HF_TOKEN / saved login)")
 
 

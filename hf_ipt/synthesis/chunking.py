@@ -26,6 +26,7 @@ from typing import Any
 from hf_ipt import columns as C
 from hf_ipt.synthesis.prompts import PromptFitter, zero_shot_segment
 from hf_ipt.tokenization import load_fast_tokenizer
+from hf_ipt.validation import check_fields, check_token_budget
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _SENTENCE_END = re.compile(r"[.!?…。][\"')\]]*\s")
@@ -33,33 +34,63 @@ _WHITESPACE = re.compile(r"\s")
 
 
 @dataclass
-class ChunkConfig:
-    """Settings of the chunking step."""
+class ChunkSettings:
+    """Whether and how long source texts are split before synthesis: the recipe's `chunk` section.
 
-    tokenizer: str = field(
-        default="instruction-pretrain/instruction-synthesizer",
-        metadata={"help": "Tokenizer of the synthesizer (id or path); lengths are counted with it."},
+    Lengths are counted with the synthesizer's tokenizer and budget (synth.max_model_len, synth.max_new_tokens), so
+    nothing has to be truncated; `ChunkConfig` adds those for a `Chunker`.
+
+    Example:
+        >>> ChunkSettings(max_chunk_tokens=1024).enabled
+        True
+    """
+
+    enabled: bool = field(
+        default=True,
+        metadata={
+            "help": "Split texts whose zero-shot prompt would not fit the synthesizer's context into pieces that do "
+            "(at paragraph, then sentence, then word boundaries). Off: over-long texts are truncated."
+        },
     )
-    revision: str | None = field(default=None, metadata={"help": "Tokenizer revision."})
-    text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
-    max_model_len: int = field(default=4096, metadata={"help": "The synthesizer's context window."})
-    max_new_tokens: int = field(default=400, metadata={"help": "Room kept for the synthesizer's answer."})
     max_chunk_tokens: int | None = field(
         default=None,
         metadata={
-            "help": "Cap on text tokens per piece (e.g. max_model_len // (2 * rounds) to leave room for "
-            "demonstrations); default: as much as a zero-shot prompt can hold."
+            "help": "Cap on text tokens per piece; leaves room for demonstrations in multi-round synthesis (e.g. "
+            "max_model_len // (2 * rounds)). null: as long as a zero-shot prompt can hold.",
+            "min": 1,
         },
+    )
+    num_proc: int | None = field(
+        default=None, metadata={"help": "Processes for chunking (Dataset.map num_proc).", "min": 1}
     )
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.max_model_len <= self.max_new_tokens:
-            raise ValueError(
-                f"chunk.max_model_len ({self.max_model_len}) must exceed chunk.max_new_tokens ({self.max_new_tokens}) "
-                "and both must be positive"
-            )
-        if self.max_chunk_tokens is not None and self.max_chunk_tokens < 1:
-            raise ValueError(f"chunk.max_chunk_tokens must be a positive integer or None, got {self.max_chunk_tokens}")
+        check_fields(self, "chunk")
+
+
+@dataclass
+class ChunkConfig(ChunkSettings):
+    """Settings of a `Chunker`: the recipe's chunk settings plus the synthesizer's tokenizer and token budget.
+
+    `enabled` and `num_proc` are read by whoever maps the chunker (the pipeline); a `Chunker` always splits.
+
+    Example:
+        >>> ChunkConfig(tokenizer="my/synthesizer", max_model_len=2048, max_chunk_tokens=512).max_new_tokens
+        400
+    """
+
+    tokenizer: str = field(
+        default="instruction-pretrain/instruction-synthesizer",
+        metadata={"help": "Tokenizer of the synthesizer (id or path); lengths are counted with it.", "nonempty": True},
+    )
+    revision: str | None = field(default=None, metadata={"help": "Tokenizer revision."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the raw text.", "nonempty": True})
+    max_model_len: int = field(default=4096, metadata={"help": "The synthesizer's context window.", "min": 2})
+    max_new_tokens: int = field(default=400, metadata={"help": "Room kept for the synthesizer's answer.", "min": 1})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_token_budget(self.max_model_len, self.max_new_tokens, "chunk.")
 
 
 def _last_boundary(text: str, start: int, stop: int) -> int | None:

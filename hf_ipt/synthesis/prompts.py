@@ -19,6 +19,7 @@ from typing import Any
 from hf_ipt.columns import INSTRUCTION, RESPONSE
 from hf_ipt.markers import ANS, BOS, CON_CLOSE, CON_OPEN, END, EOS, QUE
 from hf_ipt.tokenization import FastEncoder
+from hf_ipt.validation import check_token_budget
 
 
 def zero_shot_segment(text: str) -> str:
@@ -75,11 +76,7 @@ class PromptFitter:
     """
 
     def __init__(self, tokenizer: Any, max_model_len: int, max_new_tokens: int) -> None:
-        if max_model_len <= max_new_tokens:
-            raise ValueError(
-                f"max_model_len ({max_model_len}) must exceed max_new_tokens ({max_new_tokens}): "
-                "no room is left for the prompt"
-            )
+        check_token_budget(max_model_len, max_new_tokens)
         self.tokenizer = tokenizer
         self.encoder = FastEncoder(tokenizer)
         self.budget = max_model_len - max_new_tokens

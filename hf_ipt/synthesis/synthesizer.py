@@ -31,6 +31,7 @@ from hf_ipt.synthesis.job import BatchJob
 from hf_ipt.synthesis.prompts import PromptFitter
 from hf_ipt.synthesis.scheduling import SCHEDULING_MODES, run_scheduled
 from hf_ipt.tokenization import load_fast_tokenizer
+from hf_ipt.validation import check_fields, check_token_budget
 
 DEFAULT_MODEL = "instruction-pretrain/instruction-synthesizer"
 
@@ -40,7 +41,8 @@ class SynthesisConfig:
     """Settings of the synthesis step; the defaults are the paper's."""
 
     model: str = field(
-        default=DEFAULT_MODEL, metadata={"help": "Instruction synthesizer: a Hub model id or a local directory."}
+        default=DEFAULT_MODEL,
+        metadata={"help": "Instruction synthesizer: a Hub model id or a local directory.", "nonempty": True},
     )
     revision: str | None = field(default=None, metadata={"help": "Model revision (branch, tag or commit) to load."})
     tokenizer: str | None = field(
@@ -50,28 +52,32 @@ class SynthesisConfig:
         default="vllm",
         metadata={
             "help": "Engine that runs the synthesizer: 'vllm', 'transformers', or 'server' (OpenAI-compatible "
-            "servers; engine_kwargs={'endpoints': [...]}, see hf_ipt.engines.server)."
+            "servers; engine_kwargs={'endpoints': [...]}, see hf_ipt.engines.server).",
+            "choices": ENGINES,
+            "hint": "a custom engine is passed to Synthesizer(engine=...) as an Engine or a callable",
         },
     )
     rounds: int = field(
         default=1,
         metadata={
             "help": "M, the number of rounds of multi-round synthesis (1 = zero-shot). Paper: 2 from scratch, "
-            "3 for continual pre-training."
+            "3 for continual pre-training.",
+            "min": 1,
         },
     )
-    text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the raw text.", "nonempty": True})
     max_model_len: int = field(
-        default=4096, metadata={"help": "Context window: prompt tokens + max_new_tokens never exceed it."}
+        default=4096, metadata={"help": "Context window: prompt tokens + max_new_tokens never exceed it.", "min": 2}
     )
     max_new_tokens: int = field(
-        default=400, metadata={"help": "Most tokens the synthesizer writes per text (greedy)."}
+        default=400, metadata={"help": "Most tokens the synthesizer writes per text (greedy).", "min": 1}
     )
     batch_size: int = field(
         default=1024,
         metadata={
             "help": "Rows per map batch; with rounds > 1 the chains are formed inside each batch, so this is "
-            "part of the recipe. Pass it to `Dataset.map(batch_size=...)`."
+            "part of the recipe. Pass it to `Dataset.map(batch_size=...)`.",
+            "min": 1,
         },
     )
     scheduling: str = field(
@@ -79,7 +85,8 @@ class SynthesisConfig:
         metadata={
             "help": "'continuous': each chain's next round is sent as soon as its previous round finished (vLLM and "
             "server engines; reuses the prefix cache, no waiting for the slowest request of a round); 'rounds': one "
-            "blocking engine call per round. Same rows either way; other engines always run round by round."
+            "blocking engine call per round. Same rows either way; other engines always run round by round.",
+            "choices": SCHEDULING_MODES,
         },
     )
     engine_kwargs: dict[str, Any] = field(
@@ -91,29 +98,8 @@ class SynthesisConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("model", "engine", "text_column"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"synthesis.{name} must be a non-empty string, got {value!r}")
-        for name, minimum in (("rounds", 1), ("max_model_len", 2), ("max_new_tokens", 1), ("batch_size", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"synthesis.{name} must be an integer >= {minimum}, got {value!r}")
-        if self.max_new_tokens >= self.max_model_len:
-            raise ValueError(
-                f"synthesis.max_new_tokens ({self.max_new_tokens}) must be smaller than synthesis.max_model_len "
-                f"({self.max_model_len}), or no room is left for the prompt"
-            )
-        if self.engine not in ENGINES:
-            raise ValueError(
-                f"synthesis.engine must be 'vllm' or 'transformers', got {self.engine!r} (or 'server' for "
-                "OpenAI-compatible servers; a custom engine is passed to Synthesizer(engine=...) as an Engine or a "
-                "callable)"
-            )
-        if self.scheduling not in SCHEDULING_MODES:
-            raise ValueError(f"synthesis.scheduling must be one of {SCHEDULING_MODES}, got {self.scheduling!r}")
-        if not isinstance(self.engine_kwargs, dict):
-            raise ValueError(f"synthesis.engine_kwargs must be a mapping, got {type(self.engine_kwargs).__name__}")
+        check_fields(self, "synthesis")
+        check_token_budget(self.max_model_len, self.max_new_tokens, "synthesis.")
 
 
 class Synthesizer:

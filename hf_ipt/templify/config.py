@@ -7,13 +7,12 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from hf_ipt import columns as C
 from hf_ipt.formatting import NO_FORMAT, TargetFormat
+from hf_ipt.validation import check_fields
 
 # --- modes: how the pairs of a text are laid out ---
 CLASSIC = "classic"  # a QA format per entry ("Question: … Answer: …")
@@ -31,10 +30,6 @@ SKIPPED = "skipped"  # mode of a row that gives no text
 INPUT_COLUMNS = (C.PAIRS, C.CHAIN_ID, C.CHAIN_POSITION, C.NUM_DEMONSTRATIONS)
 
 
-def _is_rate(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
-
-
 @dataclass
 class TemplifyConfig:
     """Settings of the templify step; the defaults follow the method's reference.
@@ -48,12 +43,13 @@ class TemplifyConfig:
         default=0,
         metadata={"help": "Global seed, combined with each text's key; another seed gives other template choices."},
     )
-    text_column: str = field(default="text", metadata={"help": "Input column holding the raw text."})
+    text_column: str = field(default="text", metadata={"help": "Input column holding the raw text.", "nonempty": True})
     id_column: str | None = field(
         default=None,
         metadata={
             "help": "Optional input column with a stable id per row; when set, each text's random choices derive "
-            "from these ids (plus the seed) instead of a hash of the texts, and the ids are written to `source_ids`."
+            "from these ids (plus the seed) instead of a hash of the texts, and the ids are written to `source_ids`.",
+            "nonempty": True,
         },
     )
     mode_weights: dict[str, float] = field(
@@ -61,24 +57,33 @@ class TemplifyConfig:
         metadata={
             "help": "Relative weights of the modes classic, dialog, numbered, few_shot, next_turn (missing = 0). "
             "numbered, few_shot and next_turn need >= 2 pairs in every entry of a text; for other texts their "
-            "weight goes to classic (so the defaults give classic 95 / dialog 5 there)."
+            "weight goes to classic (so the defaults give classic 95 / dialog 5 there).",
+            "min": 0,
+            "finite": True,
         },
     )
     inversion_rate: float = field(
-        default=0.05, metadata={"help": "Share of texts written inverted: pairs first, raw text last."}
+        default=0.05,
+        metadata={"help": "Share of texts written inverted: pairs first, raw text last.", "min": 0, "max": 1},
     )
     opening_rate: float = field(
         default=0.5,
-        metadata={"help": "Share of entries whose text gets an opening ('Article: …'); the others show it bare."},
+        metadata={
+            "help": "Share of entries whose text gets an opening ('Article: …'); the others show it bare.",
+            "min": 0,
+            "max": 1,
+        },
     )
     lead_in_rate: float = field(
-        default=0.5, metadata={"help": "Share of entries with a lead-in line between the text and the pairs."}
+        default=0.5,
+        metadata={"help": "Share of entries with a lead-in line between the text and the pairs.", "min": 0, "max": 1},
     )
     target_tokenizer: str | None = field(
         default=None,
         metadata={
             "help": "Tokenizer (name or path) of the model to be trained: its BOS/EOS strings are written around "
-            "every text. Tokenize the result with add_special_tokens=False. Off by default."
+            "every text. Tokenize the result with add_special_tokens=False. Off by default.",
+            "nonempty": True,
         },
     )
     target_format: TargetFormat = field(
@@ -90,9 +95,12 @@ class TemplifyConfig:
     )
     batch_size: int = field(
         default=1000,
-        metadata={"help": "Input rows per map batch in templify() (rounded to whole chains; never splits a chain)."},
+        metadata={
+            "help": "Input rows per map batch in templify() (rounded to whole chains; never splits a chain).",
+            "min": 1,
+        },
     )
-    num_proc: int | None = field(default=None, metadata={"help": "Processes for Dataset.map in templify()."})
+    num_proc: int | None = field(default=None, metadata={"help": "Processes for Dataset.map in templify().", "min": 1})
     drop_skipped: bool = field(
         default=False,
         metadata={
@@ -102,34 +110,19 @@ class TemplifyConfig:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"templify.seed must be an integer, got {self.seed!r}")
-        if not isinstance(self.text_column, str) or not self.text_column:
-            raise ValueError(f"templify.text_column must be a non-empty column name, got {self.text_column!r}")
-        if self.id_column is not None and (not isinstance(self.id_column, str) or not self.id_column):
-            raise ValueError(f"templify.id_column must be None or a non-empty column name, got {self.id_column!r}")
+        check_fields(self, "templify")
         if self.id_column is not None and self.id_column in (self.text_column, *INPUT_COLUMNS):
             raise ValueError(
                 f"templify.id_column {self.id_column!r} names the text column or a synthesis column; it must name a "
                 "column holding one stable id per row (or be None to key on the texts)"
             )
-        if not isinstance(self.mode_weights, Mapping):
-            raise ValueError(
-                f"templify.mode_weights must be a mapping of mode -> weight, got {type(self.mode_weights).__name__}"
-            )
         unknown = sorted(set(self.mode_weights) - set(MODES))
         if unknown:
             raise ValueError(f"templify.mode_weights has unknown modes {unknown}; the modes are {list(MODES)}")
-        for mode, weight in self.mode_weights.items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
-                raise ValueError(f"templify.mode_weights[{mode!r}] must be a finite number >= 0, got {weight!r}")
         # canonical order and float values, so equal configs hash equally for the datasets cache
         self.mode_weights = {mode: float(self.mode_weights.get(mode, 0.0)) for mode in MODES}
         if sum(self.mode_weights.values()) <= 0:
             raise ValueError("templify.mode_weights are all 0; give at least one mode a positive weight")
-        for name in ("inversion_rate", "opening_rate", "lead_in_rate"):
-            if not _is_rate(getattr(self, name)):
-                raise ValueError(f"templify.{name} must be a number between 0 and 1, got {getattr(self, name)!r}")
         if isinstance(self.target_format, Mapping):
             extra = sorted(set(self.target_format) - {"bos", "eos"})
             if extra:
@@ -142,24 +135,11 @@ class TemplifyConfig:
                 "templify.target_format must be a hf_ipt.TargetFormat (or {'bos': str, 'eos': str}), got "
                 f"{self.target_format!r}"
             )
-        if self.target_tokenizer is not None:
-            if not isinstance(self.target_tokenizer, str) or not self.target_tokenizer:
-                raise ValueError(
-                    f"templify.target_tokenizer must be a tokenizer name or path, got {self.target_tokenizer!r}"
-                )
-            if self.target_format != NO_FORMAT:
-                raise ValueError(
-                    "templify.target_tokenizer and templify.target_format are both set; use one: the tokenizer's "
-                    "BOS/EOS, or explicit strings"
-                )
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"templify.batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if self.num_proc is not None and (
-            isinstance(self.num_proc, bool) or not isinstance(self.num_proc, int) or self.num_proc < 1
-        ):
-            raise ValueError(f"templify.num_proc must be None or an integer >= 1, got {self.num_proc!r}")
-        if not isinstance(self.drop_skipped, bool):
-            raise ValueError(f"templify.drop_skipped must be true or false, got {self.drop_skipped!r}")
+        if self.target_tokenizer is not None and self.target_format != NO_FORMAT:
+            raise ValueError(
+                "templify.target_tokenizer and templify.target_format are both set; use one: the tokenizer's "
+                "BOS/EOS, or explicit strings"
+            )
 
     def resolve_target_format(self) -> TargetFormat:
         """The BOS/EOS to write: read from `target_tokenizer` when set (loading it), else `target_format`."""

@@ -1,0 +1,359 @@
+"""One validation layer for every config dataclass: a field's type is its type hint, its range is in its metadata.
+
+A field declares its constraints next to its help text, once:
+
+```python
+rounds: int = field(default=1, metadata={"help": "M, the number of rounds.", "min": 1})
+```
+
+and the dataclass's `__post_init__` calls `check_fields(self, "synthesis")`, so `SynthesisConfig(rounds=0)` in Python
+and `synth: {rounds: 0}` in a recipe fail with the same message, naming the key, the value received and what is
+allowed. The recipe loader (`hf_ipt.config`) calls `check_value` on every value with the recipe's own key
+(`synth.rounds`) before it builds the dataclass, so a recipe error names the key as written in the recipe.
+
+Constraint keys in field metadata (on a list or dict field they apply to every item):
+`min` / `max` (inclusive), `gt` / `lt` (exclusive), `finite` (no inf/nan), `choices` (any container, read when
+checking, so a registry dict that grows stays current), `nonempty` (a string other than ""), and `hint` (the fix,
+appended to the message). Rules between fields stay in `__post_init__`; the two shared by several classes are
+`check_token_budget` and `check_shard_size` below.
+
+This module imports no other hf_ipt module, so every stage module can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A recipe or config value is invalid; the message names the key, the value received and how to fix it."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A config value has the wrong type; also a TypeError, as the configs raised for wrong types before."""
+
+
+# builds a nested dataclass from a mapping: (dataclass, mapping, dotted key) -> instance; given by the recipe loader
+Builder = Callable[[type, Mapping[str, Any], str], Any]
+
+
+def is_union(hint: Any) -> bool:
+    """Whether a type hint is `X | Y` (or `typing.Union`).
+
+    Example:
+        >>> is_union(int | None), is_union(int)
+        (True, False)
+    """
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def dataclass_in(hint: Any) -> type | None:
+    """The dataclass a field holds (also through `X | None`), or None.
+
+    Example:
+        >>> from hf_ipt.formatting import TargetFormat
+        >>> dataclass_in(TargetFormat | None).__name__
+        'TargetFormat'
+    """
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return hint
+    if is_union(hint):
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg) and isinstance(arg, type):
+                return arg
+    return None
+
+
+def type_name(hint: Any) -> str:
+    """A type hint as a recipe writer reads it (`int | null`, `'raw' | 'general_instructions'`).
+
+    Example:
+        >>> type_name(int | None)
+        'int | null'
+    """
+    if hint is type(None):
+        return "null"
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    if is_union(hint):
+        return " | ".join(type_name(a) for a in typing.get_args(hint))
+    return str(hint).replace("typing.", "")
+
+
+@functools.cache
+def field_hints(cls: type) -> dict[str, Any]:
+    """The resolved type hints of a dataclass's fields (cached: resolving them costs more than checking a value)."""
+    return typing.get_type_hints(cls)
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _range(meta: Mapping[str, Any]) -> str:
+    """The range part of a number's requirement: " >= 1", " between 0 and 1", " in (0, 1)"."""
+    low_inclusive, high_inclusive = "min" in meta, "max" in meta
+    low, high = meta.get("min", meta.get("gt")), meta.get("max", meta.get("lt"))
+    if low is not None and high is not None:
+        if low_inclusive and high_inclusive:
+            return f" between {_number(low)} and {_number(high)}"
+        return f" in {'[' if low_inclusive else '('}{_number(low)}, {_number(high)}{']' if high_inclusive else ')'}"
+    if low is not None:
+        return f" {'>=' if low_inclusive else '>'} {_number(low)}"
+    if high is not None:
+        return f" {'<=' if high_inclusive else '<'} {_number(high)}"
+    return ""
+
+
+def requirement(hint: Any, metadata: Mapping[str, Any] | None = None) -> str:
+    """What a field accepts, in words: the part after "must be" in an error message.
+
+    Example:
+        >>> requirement(int | None, {"min": 1})
+        'an integer >= 1 or null'
+        >>> requirement(float, {"gt": 0, "finite": True})
+        'a positive finite number'
+    """
+    meta = metadata or {}
+    alternatives = [a for a in typing.get_args(hint) if a is not type(None)] if is_union(hint) else [hint]
+    if len(alternatives) > 1:
+        return type_name(hint)
+    core = alternatives[0]
+    if core is int or core is float:
+        words = ["finite"] if meta.get("finite") else []
+        words.append("integer" if core is int else "number")
+        if meta.get("gt") == 0 and "max" not in meta and "lt" not in meta:
+            text = "a positive " + " ".join(words)
+        else:
+            text = ("an " if words[0] == "integer" else "a ") + " ".join(words) + _range(meta)
+    elif core is bool:
+        text = "true or false"
+    elif core is str and "choices" not in meta:
+        text = "a non-empty string" if meta.get("nonempty") else "a string"
+    elif "choices" in meta or typing.get_origin(core) is Literal:
+        text = f"one of {list(meta.get('choices', typing.get_args(core)))}"
+    else:
+        text = type_name(core)
+    return f"{text} or null" if core is not hint else text
+
+
+def _fail(key: str, origin: str, hint: Any, meta: Mapping[str, Any], value: Any, wrong_type: bool) -> ConfigError:
+    shown = f"{value!r} ({type(value).__name__})" if wrong_type else repr(value)
+    message = f"{key}{origin} must be {requirement(hint, meta)}, got {shown}"
+    choices = meta.get("choices", typing.get_args(hint) if typing.get_origin(hint) is Literal else None)
+    if choices is not None and isinstance(value, str):
+        close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
+        message += f"; did you mean {close[0]!r}?" if close else ""
+    if wrong_type and hint in (str, str | None) and isinstance(value, int | float):
+        message += f"; quote it in YAML: '{value}'"
+    if meta.get("hint"):
+        hint_text = meta["hint"]
+        message += f" {hint_text[0].upper()}{hint_text[1:]}" if message.endswith("?") else f"; {hint_text}"
+    return (ConfigTypeError if wrong_type else ConfigError)(message)
+
+
+def _check_scalar(value: Any, hint: Any, key: str, meta: Mapping[str, Any], origin: str) -> Any:
+    """Type and range of one int/float/bool/str/choice value (an integer is a number for a float field)."""
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _fail(key, origin, hint, meta, value, True)
+        return value
+    if hint is int or hint is float:
+        kinds = int if hint is int else int | float
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise _fail(key, origin, hint, meta, value, True)
+        if (
+            (meta.get("finite") and not math.isfinite(value))
+            or ("min" in meta and not value >= meta["min"])
+            or ("max" in meta and not value <= meta["max"])
+            or ("gt" in meta and not value > meta["gt"])
+            or ("lt" in meta and not value < meta["lt"])
+        ):
+            raise _fail(key, origin, hint, meta, value, False)
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise _fail(key, origin, hint, meta, value, True)
+        if meta.get("nonempty") and not value:
+            raise _fail(key, origin, hint, meta, value, False)
+    if "choices" in meta and value not in meta["choices"]:
+        raise _fail(key, origin, hint, meta, value, False)
+    return value
+
+
+def check_value(
+    value: Any,
+    hint: Any,
+    key: str,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    origin: str = "",
+    build: Builder | None = None,
+) -> Any:
+    """Check one value against its field's type hint and metadata constraints; return it (converted for a recipe).
+
+    With `build` (the recipe loader), a mapping given for a dataclass field is built with it, numbers for float fields
+    become floats and lists for tuple fields become tuples. Without it (a dataclass checking itself), nested
+    dataclass fields are left to their own `__post_init__`. `origin` (e.g. `" (in recipe.yaml)"`) follows the key.
+
+    Example:
+        >>> check_value(3, int, "synth.rounds", {"min": 1})
+        3
+        >>> check_value(0, int, "synth.rounds", {"min": 1})
+        Traceback (most recent call last):
+        ...
+        hf_ipt.validation.ConfigError: synth.rounds must be an integer >= 1, got 0
+    """
+    meta = metadata or {}
+    if hint is Any:
+        return value
+    nested = dataclass_in(hint)
+    if nested is not None:
+        if value is None and is_union(hint) and type(None) in typing.get_args(hint):
+            return None
+        if isinstance(value, nested) or build is None:
+            return value
+        if isinstance(value, Mapping):
+            return build(nested, value, key)
+        raise ConfigTypeError(
+            f"{key}{origin} is a section and needs a mapping of its keys (e.g. `{key}: {{...}}` in YAML or "
+            f"--{key}.FIELD VALUE), got {value!r}"
+        )
+    if is_union(hint):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        alternatives = [a for a in args if a is not type(None)]
+        if len(alternatives) == 1:
+            if alternatives[0] not in (bool, int, float, str):
+                return check_value(value, alternatives[0], key, meta, origin=origin, build=build)
+            try:
+                value = _check_scalar(value, alternatives[0], key, meta, origin)
+            except ConfigError as err:  # said again with "or null"
+                raise _fail(key, origin, hint, meta, value, isinstance(err, TypeError)) from None
+            return float(value) if alternatives[0] is float and build is not None else value
+        for arg in alternatives:
+            try:
+                return check_value(value, arg, key, meta, origin=origin, build=build)
+            except ConfigError:
+                continue
+        raise ConfigTypeError(f"{key}{origin} must be {type_name(hint)}, got {value!r} ({type(value).__name__})")
+    container = typing.get_origin(hint)
+    if container is Literal:
+        if value not in typing.get_args(hint):
+            raise _fail(key, origin, hint, meta, value, False)
+        return value
+    if container in (list, tuple, Sequence) or hint in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigTypeError(f"{key}{origin} must be a list ({type_name(hint)}), got {value!r}")
+        args = typing.get_args(hint)
+        if args and container is not tuple:
+            items = [
+                check_value(v, args[0], f"{key}[{i}]", meta, origin=origin, build=build) for i, v in enumerate(value)
+            ]
+            value = value if build is None else items
+        if build is None:
+            return value
+        return tuple(value) if container is tuple else list(value)
+    if container in (dict, Mapping) or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigTypeError(f"{key}{origin} must be a mapping ({type_name(hint)}), got {value!r}")
+        args = typing.get_args(hint)
+        if not args:
+            return value if build is None else dict(value)
+        # a section per entry (mix_sources.general.path) is a dotted key; a plain value is an item (weights['a'])
+        entry = "{key}.{name}" if dataclass_in(args[1]) is not None else "{key}[{name!r}]"
+        checked = {
+            k: check_value(v, args[1], entry.format(key=key, name=k), meta, origin=origin, build=build)
+            for k, v in value.items()
+        }
+        return value if build is None else checked
+    if hint is float and build is not None:
+        return float(_check_scalar(value, hint, key, meta, origin))
+    if hint in (bool, int, float, str) or "choices" in meta:
+        return _check_scalar(value, hint, key, meta, origin)
+    return value  # any other type (a tokenizer object, a callable): the dataclass's __post_init__ validates it
+
+
+def check_fields(config: Any, section: str) -> None:
+    """Check every field of a config dataclass against its type hint and metadata; call it from `__post_init__`.
+
+    Errors name the field as `section.field` (e.g. `synthesis.rounds`), or `field` alone when `section` is "".
+
+    Example:
+        >>> from dataclasses import dataclass, field
+        >>> @dataclass
+        ... class Demo:
+        ...     rounds: int = field(default=1, metadata={"help": "Rounds.", "min": 1})
+        ...     def __post_init__(self) -> None:
+        ...         check_fields(self, "demo")
+        >>> Demo(rounds=0)
+        Traceback (most recent call last):
+        ...
+        hf_ipt.validation.ConfigError: demo.rounds must be an integer >= 1, got 0
+    """
+    hints = field_hints(type(config))
+    for f in dataclasses.fields(config):
+        if f.init:
+            key = f"{section}.{f.name}" if section else f.name
+            check_value(getattr(config, f.name), hints[f.name], key, f.metadata)
+
+
+def check_token_budget(max_model_len: int, max_new_tokens: int, prefix: str = "") -> None:
+    """The one rule between a context window and the answer's length: the answer must leave room for a prompt.
+
+    Example:
+        >>> check_token_budget(4096, 400)
+        >>> check_token_budget(400, 400, "synthesis.")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        hf_ipt.validation.ConfigError: synthesis.max_new_tokens (400) must be smaller than synthesis.max_model_len ...
+    """
+    if max_new_tokens >= max_model_len:
+        raise ConfigError(
+            f"{prefix}max_new_tokens ({max_new_tokens}) must be smaller than {prefix}max_model_len ({max_model_len}), "
+            "or no room is left for the prompt"
+        )
+
+
+def check_shard_size(shard_size: int, batch_size: int, shard_key: str = "shard_size", batch_key: str = "") -> None:
+    """The one rule between shards and batches: a shard holds whole batches, so sharding never changes a chain.
+
+    Example:
+        >>> check_shard_size(8, 4)
+        >>> check_shard_size(10, 4, "run.shard_size", "synth.batch_size")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        hf_ipt.validation.ConfigError: run.shard_size (10) must be a multiple of synth.batch_size (4): ...
+    """
+    if shard_size % batch_size:
+        lower = max(batch_size, shard_size - shard_size % batch_size)
+        raise ConfigError(
+            f"{shard_key} ({shard_size}) must be a multiple of {batch_key or 'the batch size'} ({batch_size}): "
+            "multi-round chains are formed inside each batch, and a shard ending mid-batch would chain other rows "
+            f"than an unsharded run; use {shard_key} {lower} or {lower + batch_size}"
+        )
+
+
+__all__ = [
+    "ConfigError",
+    "ConfigTypeError",
+    "check_fields",
+    "check_shard_size",
+    "check_token_budget",
+    "check_value",
+    "dataclass_in",
+    "field_hints",
+    "is_union",
+    "requirement",
+    "type_name",
+]
