@@ -98,7 +98,15 @@ _TEXT_TYPES = (pa.string(), pa.large_string())
 
 
 class MixWarning(UserWarning):
-    """The mix was returned although it is not what was asked for (allow_partial=True); the message says what it is."""
+    """The mix was returned although it is not what was asked for (allow_partial=True); the message says what it is.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:  # doctest: +SKIP
+        ...     mixed, report = mix(sources, MixConfig(weights=weights, tokenizer=tok, allow_partial=True))
+        >>> report.partial == any(w.category is MixWarning for w in caught)  # doctest: +SKIP
+        True
+    """
 
 
 class InsufficientTokensError(ValueError):
@@ -106,6 +114,11 @@ class InsufficientTokensError(ValueError):
 
     `shortfalls` maps each short source to the tokens it lacks; `achievable_total_tokens` is the largest mix the
     sources can fill at the requested ratio.
+
+    Example:
+        >>> err = InsufficientTokensError("raw lacks 120 tokens", shortfalls={"raw": 120}, achievable_total_tokens=880)
+        >>> err.shortfalls, err.achievable_total_tokens
+        ({'raw': 120}, 880)
     """
 
     def __init__(self, message: str, shortfalls: dict[str, int], achievable_total_tokens: int):
@@ -115,7 +128,14 @@ class InsufficientTokensError(ValueError):
 
 
 class RatioToleranceError(ValueError):
-    """Whole examples could not match the requested shares within the tolerance (examples too long for the mix)."""
+    """Whole examples could not match the requested shares within the tolerance (examples too long for the mix).
+
+    Example:
+        >>> try:  # doctest: +SKIP
+        ...     mixed, report = mix(sources, MixConfig(weights=weights, tokenizer=tok, tolerance=0.001))
+        ... except RatioToleranceError:
+        ...     mixed, report = mix(sources, MixConfig(weights=weights, tokenizer=tok, tolerance=0.05))
+    """
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,7 +263,14 @@ def format_general_instructions(
 
 
 def load_tokenizer(tokenizer: Any) -> Any:
-    """A tokenizer object from an id/path (loaded with `AutoTokenizer`) or the object itself."""
+    """A tokenizer object from an id/path (loaded with `AutoTokenizer`) or the object itself.
+
+    Example:
+        >>> load_tokenizer("meta-llama/Meta-Llama-3-8B").name_or_path  # doctest: +SKIP
+        'meta-llama/Meta-Llama-3-8B'
+        >>> load_tokenizer(str.split)("a b")  # a callable object is returned as is
+        ['a', 'b']
+    """
     if isinstance(tokenizer, str):
         from transformers import AutoTokenizer
 
@@ -625,7 +652,13 @@ class MixConfig:
 
 @dataclass
 class SourceMixReport:
-    """What one source contributed to a mix, and what it did not."""
+    """What one source contributed to a mix, and what it did not.
+
+    Example:
+        >>> mixed, report = mix({"augmented": augmented, "raw": raw}, config)  # doctest: +SKIP
+        >>> report.sources["raw"].tokens_selected, report.sources["raw"].rows_excluded  # doctest: +SKIP
+        (250000, {'empty_text': 3})
+    """
 
     name: str
     text_column: str
@@ -649,6 +682,11 @@ class MixReport:
     """The figures of a mix, for the dataset card: tokens and rows per source, requested vs achieved ratio.
 
     `requested_ratio` / `achieved_ratio` are token ratios relative to the first source (1:3 reads {a: 1.0, b: 3.0}).
+
+    Example:
+        >>> mixed, report = mix({"a": a, "b": b}, MixConfig(weights={"a": 1, "b": 3}, tokenizer=tok))  # doctest: +SKIP
+        >>> report.requested_ratio, report.within_tolerance  # doctest: +SKIP
+        ({'a': 1.0, 'b': 3.0}, True)
     """
 
     sources: dict[str, SourceMixReport]
@@ -672,7 +710,13 @@ class MixReport:
 
 
 class MixResult(NamedTuple):
-    """The mixed dataset and its report; unpacks as `mixed, report = mix(...)`."""
+    """The mixed dataset and its report; unpacks as `mixed, report = mix(...)`.
+
+    Example:
+        >>> result = mix({"augmented": augmented, "raw": raw}, config)  # doctest: +SKIP
+        >>> result.dataset.column_names[:2], result.report.total_tokens  # doctest: +SKIP
+        (['text', 'num_tokens'], 1000000)
+    """
 
     dataset: Any
     report: MixReport

@@ -58,7 +58,13 @@ START_METHODS = ("auto", "fork", "spawn")
 @dataclass(frozen=True)
 class Placement:
     """Where one rank runs: the GPUs it sees (as written to CUDA_VISIBLE_DEVICES) or the CPU cores it is bound to.
-    Both empty means the process was left as it was."""
+    Both empty means the process was left as it was.
+
+    Example:
+        >>> placement = Placement(rank=0, num_ranks=2, cpus=(0, 1, 2, 3), devices_per_rank=2)
+        >>> placement.omp_threads_bind
+        '0,1|2,3'
+    """
 
     rank: int
     num_ranks: int | None
@@ -146,7 +152,13 @@ def plan_placement(
 
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, found without initializing CUDA (so `CUDA_VISIBLE_DEVICES` can still be set):
-    the `CUDA_VISIBLE_DEVICES` list when set, else NVML's count, else `nvidia-smi -L`; [] on CPU-only machines."""
+    the `CUDA_VISIBLE_DEVICES` list when set, else NVML's count, else `nvidia-smi -L`; [] on CPU-only machines.
+
+    Example:
+        >>> os.environ["CUDA_VISIBLE_DEVICES"] = "2,3"  # doctest: +SKIP
+        >>> visible_gpus()  # doctest: +SKIP
+        ['2', '3']
+    """
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         devices = []
@@ -318,7 +330,13 @@ def pin_rank(rank: int, *, num_ranks: int | None = None, devices_per_rank: int =
 
 
 def current_placement() -> Placement | None:
-    """The placement `pin_rank` gave this process, None if it was not pinned."""
+    """The placement `pin_rank` gave this process, None if it was not pinned.
+
+    Example:
+        >>> pin_rank(1, num_ranks=2)  # doctest: +SKIP
+        >>> current_placement().rank  # doctest: +SKIP
+        1
+    """
     return _PINNED.get(os.getpid())
 
 
@@ -592,7 +610,13 @@ def ray_map_parquet(
 
 
 class ShardWorker(Protocol):
-    """What a backend needs of a runner (`hf_ipt.runner.ShardedRunner`): its worker slots and one worker's run."""
+    """What a backend needs of a runner (`hf_ipt.runner.ShardedRunner`): its worker slots and one worker's run.
+
+    Example:
+        >>> runner = ShardedRunner(synth, "out", shard_size=8, batch_size=4, num_workers=2)  # doctest: +SKIP
+        >>> [runner.worker_index, runner.num_workers], runner.run_worker(dataset).processed  # doctest: +SKIP
+        ([0, 2], [0, 2])
+    """
 
     worker_index: int
     num_workers: int
@@ -601,7 +625,15 @@ class ShardWorker(Protocol):
 
 
 class Backend(Protocol):
-    """Runs the workers of a sharded runner and returns each worker's `ShardRunReport`, in worker order."""
+    """Runs the workers of a sharded runner and returns each worker's `ShardRunReport`, in worker order.
+
+    Example:
+        >>> class InlineBackend:  # every worker in turn, in this process
+        ...     name = "inline"
+        ...     def run(self, runner, dataset):
+        ...         return [runner.run_worker(dataset)]
+        >>> ShardedRunner(synth, "out", shard_size=8, batch_size=4, backend=InlineBackend())  # doctest: +SKIP
+    """
 
     name: ClassVar[str]
 

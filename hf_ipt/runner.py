@@ -69,12 +69,25 @@ MARKER_DIR = f"{STATE_DIR}/done"
 
 
 class ResumeConflictError(RuntimeError):
-    """The output folder holds a run that this one cannot safely continue (other config, other input)."""
+    """The output folder holds a run that this one cannot safely continue (other config, other input).
+
+    Example:
+        >>> ShardedRunner(fn, "out", shard_size=8, batch_size=4, config={"seed": 1}).run(ds)  # doctest: +SKIP
+        Traceback (most recent call last):
+        ResumeConflictError: ...
+        >>> ShardedRunner(fn, "out", shard_size=8, batch_size=4, config={"seed": 1}, overwrite=True)  # doctest: +SKIP
+    """
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One contiguous slice `[start, stop)` of the input rows and where its output goes."""
+    """One contiguous slice `[start, stop)` of the input rows and where its output goes.
+
+    Example:
+        >>> shard = plan_shards(10, 4)[2]
+        >>> shard.num_rows, shard.data_path, shard.marker_path
+        (2, 'data/train-00002-of-00003.parquet', '.hf_ipt/done/shard-00002.json')
+    """
 
     index: int
     start: int
@@ -166,7 +179,13 @@ def _ignored(key: str, ignore: Sequence[str]) -> bool:
 
 @dataclass
 class ShardRunReport:
-    """What one `ShardedRunner.run` call did."""
+    """What one `ShardedRunner.run` call did.
+
+    Example:
+        >>> report = ShardRunReport("out", 3, processed=[0, 2], missing=[1])
+        >>> report.complete
+        False
+    """
 
     output_dir: str
     num_shards: int
@@ -207,7 +226,15 @@ class ShardRunReport:
 
 
 def read_manifest(output_dir: str, storage_options: Mapping[str, Any] | None = None) -> dict | None:
-    """The manifest of a sharded run folder, or None when the folder holds no run."""
+    """The manifest of a sharded run folder, or None when the folder holds no run.
+
+    Example:
+        >>> manifest = read_manifest("output/quickstart/synthesized")  # doctest: +SKIP
+        >>> manifest["num_input_rows"], manifest["shard_size"]  # doctest: +SKIP
+        (300, 60)
+        >>> read_manifest("an/empty/folder") is None  # doctest: +SKIP
+        True
+    """
     return Store(output_dir, storage_options).read_json(MANIFEST_PATH)
 
 
@@ -286,6 +313,18 @@ class ShardedRunner:
         desc: label of the progress bars.
 
     Reads: the columns `map_fn` reads. Writes: the input columns plus those `map_fn` returns, one row per input row.
+
+    Example:
+        >>> import tempfile
+        >>> from datasets import Dataset
+        >>> out = tempfile.mkdtemp()
+        >>> runner = ShardedRunner(lambda b: {"n": [len(t) for t in b["text"]]}, out, shard_size=2, batch_size=2)
+        >>> report = runner.run(Dataset.from_dict({"text": ["a", "bb", "ccc"]}))
+        >>> report.processed, report.complete
+        ([0, 1], True)
+        >>> assemble_shards(out)["train"].to_dict()["n"]
+        [1, 2, 3]
+        >>> import shutil; shutil.rmtree(out)
     """
 
     def __init__(
@@ -544,7 +583,12 @@ def iter_shard_tables(
     output_dir: str, *, columns: Sequence[str] | None = None, storage_options: Mapping[str, Any] | None = None
 ):
     """The finished shards' rows as pyarrow Tables, in input order, reading only `columns` (those present) — for
-    statistics over a large run without assembling (and caching a copy of) the whole dataset."""
+    statistics over a large run without assembling (and caching a copy of) the whole dataset.
+
+    Example:
+        >>> [t.column("pairs").length() for t in iter_shard_tables(out, columns=["pairs"])]  # doctest: +SKIP
+        [60, 60, 60, 60, 60]
+    """
     store = Store(output_dir, storage_options)
     manifest = store.read_json(MANIFEST_PATH)
     if manifest is None:

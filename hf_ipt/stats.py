@@ -133,12 +133,24 @@ class Distribution:
 
 
 def is_distribution(value: Any) -> bool:
-    """Whether `value` is a `Distribution.to_dict()` (rather than a {value: count} table)."""
+    """Whether `value` is a `Distribution.to_dict()` (rather than a {value: count} table).
+
+    Example:
+        >>> is_distribution(Distribution([1, 2]).to_dict()), is_distribution({"1": 3})
+        (True, False)
+    """
     return isinstance(value, Mapping) and {"count", "total"} <= set(value)
 
 
 def load_tokenizer(tokenizer: Any) -> tuple[Any, str | None]:
-    """(tokenizer object, its name) for a name, a path or a tokenizer object; (None, None) for None."""
+    """(tokenizer object, its name) for a name, a path or a tokenizer object; (None, None) for None.
+
+    Example:
+        >>> load_tokenizer(None)
+        (None, None)
+        >>> load_tokenizer("meta-llama/Meta-Llama-3-8B")[1]  # doctest: +SKIP
+        'meta-llama/Meta-Llama-3-8B'
+    """
     if tokenizer is None:
         return None, None
     if isinstance(tokenizer, (str, os.PathLike)):
@@ -203,7 +215,12 @@ def synthesis_report(tables: Iterable[Any]) -> dict[str, Any]:
 
 
 def synthesis_summary(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The figures `hf-ipt synthesize` prints, from a `synthesis_report` (statuses in their pipeline order)."""
+    """The figures `hf-ipt synthesize` prints, from a `synthesis_report` (statuses in their pipeline order).
+
+    Example:
+        >>> synthesis_summary({"pairs": 5, "prompt_tokens": 22, "status_counts": {"ok": 2}})
+        {'pairs': 5, 'prompt tokens': 22, 'rows by status': 'ok 2', 'truncated texts': 0}
+    """
     statuses = report.get("status_counts") or {}
     ordered = [k for k in C.SYNTH_STATUSES if k in statuses] + sorted(set(statuses) - set(C.SYNTH_STATUSES))
     return {
@@ -317,7 +334,14 @@ def templify_report(dataset: Any, *, batch_size: int = 10_000) -> dict[str, Any]
 
 
 def templify_summary(report: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """The figures `hf-ipt templify` prints for one split, from a `templify_report`."""
+    """The figures `hf-ipt templify` prints for one split, from a `templify_report`.
+
+    Example:
+        >>> report = {"texts": 2, "pairs_per_text": Distribution([1, 2]).to_dict(), "chars_per_text": {"total": 120},
+        ...           "modes": {"classic": 2}}
+        >>> templify_summary(report, prefix="train ")["train pairs in texts"]
+        3
+    """
     distribution = report.get("pairs_per_text_distribution") or report["pairs_per_text"]
     return {
         f"{prefix}texts": report["texts"],

@@ -44,7 +44,14 @@ STAGE_MARKER_PATH = f"{STATE_DIR}/stage.json"
 
 
 class IncompleteRunError(RuntimeError):
-    """An output was asked for that is not finished (no commit marker, unfinished shards); the message says which."""
+    """An output was asked for that is not finished (no commit marker, unfinished shards); the message says which.
+
+    Example:
+        >>> from hf_ipt.runner import assemble_shards
+        >>> assemble_shards("output/quickstart/synthesized")  # doctest: +SKIP
+        Traceback (most recent call last):
+        IncompleteRunError: 2 of 5 shards of output/quickstart/synthesized are not finished (shards 1, 3); ...
+    """
 
 
 # --------------------------------------------------------------------------------------------------------------------

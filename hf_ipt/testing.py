@@ -75,6 +75,11 @@ def build_tiny_synthesizer(
     """Build (or reuse) a ~1M-parameter Mistral model + fast tokenizer at `path`; returns the path as a string.
 
     Deterministic for a given seed. Reuses an existing build with the same settings.
+
+    Example:
+        >>> from hf_ipt import Synthesizer
+        >>> model = build_tiny_synthesizer("output/tiny-synthesizer")  # doctest: +SKIP
+        >>> Synthesizer(model=model, engine="transformers", max_model_len=512)  # doctest: +SKIP
     """
     torch = require("torch", "building the tiny test model")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -182,7 +187,12 @@ def _fit(model, tokenizer, docs: list[str], steps: int, seed: int, torch) -> Non
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Example:
+        >>> 0 < free_port() < 65536
+        True
+    """
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

@@ -33,11 +33,28 @@ from typing import Any, Literal
 
 
 class ConfigError(ValueError):
-    """A recipe or config value is invalid; the message names the key, the value received and how to fix it."""
+    """A recipe or config value is invalid; the message names the key, the value received and how to fix it.
+
+    Example:
+        >>> from hf_ipt.synthesis import SynthesisConfig
+        >>> SynthesisConfig(rounds=0)
+        Traceback (most recent call last):
+        ...
+        hf_ipt.validation.ConfigError: synthesis.rounds must be an integer >= 1, got 0
+    """
 
 
 class ConfigTypeError(ConfigError, TypeError):
-    """A config value has the wrong type; also a TypeError, as the configs raised for wrong types before."""
+    """A config value has the wrong type; also a TypeError, as the configs raised for wrong types before.
+
+    Example:
+        >>> from hf_ipt.synthesis import SynthesisConfig
+        >>> try:
+        ...     SynthesisConfig(rounds="3")
+        ... except TypeError as err:
+        ...     print(type(err).__name__, err)
+        ConfigTypeError synthesis.rounds must be an integer >= 1, got '3' (str)
+    """
 
 
 # builds a nested dataclass from a mapping: (dataclass, mapping, dotted key) -> instance; given by the recipe loader
@@ -91,7 +108,13 @@ def type_name(hint: Any) -> str:
 
 @functools.cache
 def field_hints(cls: type) -> dict[str, Any]:
-    """The resolved type hints of a dataclass's fields (cached: resolving them costs more than checking a value)."""
+    """The resolved type hints of a dataclass's fields (cached: resolving them costs more than checking a value).
+
+    Example:
+        >>> from hf_ipt.formatting import TargetFormat
+        >>> field_hints(TargetFormat)["bos"]
+        <class 'str'>
+    """
     return typing.get_type_hints(cls)
 
 
