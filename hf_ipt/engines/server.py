@@ -48,7 +48,13 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 @dataclass
 class ServerEngineConfig:
-    """Settings of the server engine; pass them as `engine_kwargs` of the synthesis config."""
+    """Settings of the server engine; pass them as `engine_kwargs` of the synthesis config.
+
+    Example:
+        >>> config = ServerEngineConfig(endpoints=["http://127.0.0.1:8000"])
+        >>> config.endpoints, config.max_concurrency
+        (['http://127.0.0.1:8000/v1/completions'], 64)
+    """
 
     endpoints: list[str] = field(
         default_factory=list,
@@ -385,7 +391,13 @@ class ServerEngine(Engine):
 
 
 class ServerRequestStream(RequestStream):
-    """Requests submitted to the server engine's thread pool one by one, collected as they finish."""
+    """Requests submitted to the server engine's thread pool one by one, collected as they finish.
+
+    Example:
+        >>> stream = ServerRequestStream(engine, max_new_tokens=400)  # doctest: +SKIP
+        >>> stream.submit(0, Request(prompt, ids)); stream.collect()  # doctest: +SKIP
+        [(0, Completion(...))]
+    """
 
     def __init__(self, engine: ServerEngine, max_new_tokens: int) -> None:
         self.engine = engine

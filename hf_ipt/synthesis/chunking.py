@@ -106,7 +106,17 @@ def _last_boundary(text: str, start: int, stop: int) -> int | None:
 
 
 class Chunker:
-    """The chunking map function (batched; one row in, one or more rows out)."""
+    """The chunking map function (batched; one row in, one or more rows out).
+
+    Reads the text column; writes every input column (repeated per piece, the text column holding the piece) plus
+    `source_id`, `chunk_index`, `num_chunks`, and `source_row` when mapped with `with_indices=True`.
+
+    Example:
+        >>> chunker = Chunker(tokenizer="my/synthesizer", max_chunk_tokens=512)  # doctest: +SKIP
+        >>> chunked = ds.map(chunker, batched=True, with_indices=True)  # doctest: +SKIP
+        >>> chunked.column_names  # doctest: +SKIP
+        ['text', 'source_id', 'chunk_index', 'num_chunks', 'source_row']
+    """
 
     def __init__(self, config: ChunkConfig | None = None, **overrides: Any) -> None:
         self.config = config if config is not None else ChunkConfig(**overrides)

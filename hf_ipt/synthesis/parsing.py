@@ -27,6 +27,14 @@ from hf_ipt.markers import ANS, END, QUE
 
 @dataclass
 class ParsedOutput:
+    """The pairs parsed from one synthesizer output, and how many candidate pairs were dropped, by reason.
+
+    Example:
+        >>> parsed = parse_pairs("<QUE> Why? <ANS> Because. </END>\\n\\n<QUE> Cut")
+        >>> parsed.pairs, parsed.drops["unterminated"]
+        ([{'instruction': 'Why?', 'response': 'Because.'}], 1)
+    """
+
     pairs: list[dict[str, str]]
     drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARSE_DROP_REASONS, 0))
 

@@ -54,7 +54,13 @@ def demonstration_segment(text: str, pairs: Sequence[dict[str, str]]) -> str:
 
 @dataclass
 class FittedPrompt:
-    """What is sent for one row: the prompt string, its token ids, and what fitting had to do."""
+    """What is sent for one row: the prompt string, its token ids, and what fitting had to do.
+
+    Example:
+        >>> fitted = PromptFitter(tokenizer, max_model_len=4096, max_new_tokens=400).fit(text, ids)  # doctest: +SKIP
+        >>> fitted.num_demonstrations, fitted.truncated, len(fitted.token_ids) + 400 <= 4096  # doctest: +SKIP
+        (0, False, True)
+    """
 
     text: str  # the row's text as sent (shortened when truncated)
     prompt: str

@@ -38,7 +38,13 @@ DEFAULT_MODEL = "instruction-pretrain/instruction-synthesizer"
 
 @dataclass
 class SynthesisConfig:
-    """Settings of the synthesis step; the defaults are the paper's."""
+    """Settings of the synthesis step; the defaults are the paper's.
+
+    Example:
+        >>> config = SynthesisConfig(rounds=3, max_model_len=2048)
+        >>> config.model, config.engine, config.max_new_tokens
+        ('instruction-pretrain/instruction-synthesizer', 'vllm', 400)
+    """
 
     model: str = field(
         default=DEFAULT_MODEL,
@@ -203,7 +209,14 @@ def synthesize_batch(batch: dict[str, list], *args: Any) -> dict[str, list]:
     """`Dataset.map(synthesize_batch, batched=True)` with the paper's defaults: the instruction synthesizer on vLLM,
     greedy, 400 new tokens, max_model_len 4096, zero-shot (M = 1), text column `text`.
 
-    For other settings build a `Synthesizer(...)`.
+    For other settings build a `Synthesizer(...)`. Reads `text`; writes the input columns plus
+    `hf_ipt.columns.SYNTH_COLUMNS` (`pairs`, `synth_status`, ..., see the module docstring).
+
+    Example:
+        >>> ds = Dataset.from_dict({"text": ["A text about cats."]})  # doctest: +SKIP
+        >>> ds = ds.map(synthesize_batch, batched=True)  # doctest: +SKIP
+        >>> ds[0]["synth_status"], ds[0]["pairs"][0]["instruction"]  # doctest: +SKIP
+        ('ok', 'What do cats ...?')
     """
     return _DEFAULT_SYNTHESIZER(batch, *args)
 

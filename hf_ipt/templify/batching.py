@@ -20,6 +20,11 @@ class ChainBatches:
     `indices[k]` is the input row placed in slot k, or `padding_row` (one past the last input row) for an empty
     slot; slots come in batches of `batch_size`, and the number of batches is a multiple of `num_shards` so that
     `Dataset.map(num_proc=num_shards)`, which cuts the slots into equal contiguous shards, cuts between batches.
+
+    Example:
+        >>> plan = plan_chain_batches(["a", "a"], [1, 0], batch_size=4)
+        >>> plan.indices.tolist(), plan.padding_row, plan.num_chains
+        ([1, 0, 2, 2], 2, 1)
     """
 
     indices: Any  # numpy int64 array

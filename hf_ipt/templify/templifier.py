@@ -140,7 +140,15 @@ def _match_option(answer: str, options: Sequence[str]) -> int | None:
 
 def classify_pair(question: str, answer: str) -> _Pair | None:
     """Recognise options and chain-of-thought in a pair; None when it must be dropped (an options answer that is
-    neither an option nor an "unanswerable" phrase). A pair that only looks half like either is kept as plain QA."""
+    neither an option nor an "unanswerable" phrase). A pair that only looks half like either is kept as plain QA.
+
+    Example:
+        >>> pair = classify_pair("Is it red?\\nOptions:\\n- yes\\n- no", "no")
+        >>> pair.family, pair.options, pair.answer_index
+        ('options', ('yes', 'no'), 1)
+        >>> classify_pair("Is it red?\\nOptions:\\n- yes\\n- no", "maybe") is None
+        True
+    """
     if OPTIONS_MARKER not in question and not question.endswith(COT_CUE):
         return _Pair(FAMILY_QA, question, answer)  # most pairs: nothing to recognise
     raw = (question, answer)

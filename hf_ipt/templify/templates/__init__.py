@@ -36,7 +36,13 @@ TEMPLATE_FILES = ("openings.yaml", "qa.yaml", "dialog.yaml", "options.yaml", "co
 
 @dataclass(frozen=True)
 class NumberedFormat:
-    """One numbered-questions layout: a header, then the numbered questions; a header, then the numbered answers."""
+    """One numbered-questions layout: a header, then the numbered questions; a header, then the numbered answers.
+
+    Example:
+        >>> layout = NumberedFormat("Questions:", "{n}. {question}", "Answers:", "{n}. {answer}")
+        >>> layout.question.format(n=1, question="Why?")
+        '1. Why?'
+    """
 
     questions_header: str
     question: str
@@ -46,7 +52,13 @@ class NumberedFormat:
 
 @dataclass(frozen=True)
 class OptionLayout:
-    """Where the option start and the options go: `stem + before_start + start + after_start + opt1 + between + …`."""
+    """Where the option start and the options go: `stem + before_start + start + after_start + opt1 + between + …`.
+
+    Example:
+        >>> layout = OptionLayout(before_start="\\n", after_start="\\n", between="\\n")
+        >>> "Pick one?" + layout.before_start + "Options:" + layout.after_start + layout.between.join(["- A", "- B"])
+        'Pick one?\\nOptions:\\n- A\\n- B'
+    """
 
     before_start: str
     after_start: str
@@ -55,7 +67,12 @@ class OptionLayout:
 
 @dataclass(frozen=True)
 class Templates:
-    """All template pools, as tuples of strings (or small frozen records). See the YAML files for their meaning."""
+    """All template pools, as tuples of strings (or small frozen records). See the YAML files for their meaning.
+
+    Example:
+        >>> TEMPLATES.numbered_formats[0].questions_header, len(TEMPLATES.digest)
+        ('Questions:', 32)
+    """
 
     openings: tuple[str, ...]
     lead_ins: tuple[str, ...]
@@ -111,7 +128,13 @@ def normalize_answer(answer: str) -> str:
 
 
 class TemplateError(ValueError):
-    """A template file is malformed; the message names the file, the key and the entry."""
+    """A template file is malformed; the message names the file, the key and the entry.
+
+    Example:
+        >>> load_templates()  # with "Q: {qestion}" written in qa.yaml  # doctest: +SKIP
+        Traceback (most recent call last):
+        TemplateError: qa.yaml: `qa_formats`[0] 'Q: {qestion}' uses fields ['qestion']; it must use ['answer', ...
+    """
 
 
 def _fields(template: str) -> set[str]:
@@ -161,7 +184,12 @@ def _records(data: dict[str, Any], file: str, key: str, fields: dict[str, set[st
 
 
 def load_templates() -> Templates:
-    """Read and check the YAML files of this package."""
+    """Read and check the YAML files of this package (done once, at import, into `TEMPLATES`).
+
+    Example:
+        >>> load_templates().digest == TEMPLATES.digest
+        True
+    """
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     digest = hashlib.blake2b(digest_size=16)
     data: dict[str, dict[str, Any]] = {}
