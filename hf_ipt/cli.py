@@ -60,6 +60,13 @@ def _keys_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `hf-ipt` argument parser: one sub-command per stage, with its own options; recipe keys are parsed apart.
+
+    Example:
+        >>> args, extras = build_parser().parse_known_args(["synthesize", "r.yaml", "--num-workers", "2"])
+        >>> args.command, args.num_workers, extras
+        ('synthesize', 2, ['r.yaml'])
+    """
     parser = argparse.ArgumentParser(
         prog="hf-ipt",
         description="Instruction Pre-Training as a datasets-native pipeline. See recipes/README.md.",
@@ -107,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `hf-ipt` console script; returns the exit status (0 done, 2 bad input or refused resume,
-    3 this worker finished but other shards are still missing, 130 interrupted)."""
+    3 this worker finished but other shards are still missing, 130 interrupted).
+
+    Example:
+        >>> main(["run", "recipes/quickstart.yaml", "--synth.rounds", "2", "--quiet"])  # doctest: +SKIP
+        0
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     # argparse knows the command's own options; everything else is the recipe path and --section.key overrides
     args, extras = build_parser().parse_known_args(argv)

@@ -517,7 +517,12 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a recipe file into a mapping, with errors naming the file."""
+    """Read a recipe file into a mapping, with errors naming the file.
+
+    Example:
+        >>> read_yaml("recipes/quickstart.yaml")["synth"]["rounds"]  # doctest: +SKIP
+        3
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file {str(path)!r} does not exist (paths are relative to the current directory)")
@@ -537,6 +542,11 @@ def describe_fields(cls: type, prefix: str = "", parent_help: str = "") -> list[
 
     A field of a nested value type without help of its own (e.g. `bos` of a `TargetFormat`) is described by its
     parent field's help.
+
+    Example:
+        >>> from hf_ipt.formatting import TargetFormat
+        >>> describe_fields(TargetFormat, prefix="target_format.")[0][:3]
+        ('target_format.bos', 'str', '""')
     """
     rows = []
     hints = field_hints(cls)

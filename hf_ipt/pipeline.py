@@ -178,7 +178,12 @@ def synthesis_input(recipe: RecipeConfig):
 
 
 def synthesis_fingerprint(recipe: RecipeConfig) -> str:
-    """The fingerprint of the finished synthesis (its manifest's); IncompleteRunError while shards are missing."""
+    """The fingerprint of the finished synthesis (its manifest's); IncompleteRunError while shards are missing.
+
+    Example:
+        >>> synthesis_fingerprint(load_recipe("recipes/quickstart.yaml"))  # doctest: +SKIP
+        '3f2a9c...'
+    """
     manifest = read_manifest(recipe.run.stage_dir(SYNTHESIZED), recipe.run.storage_options)
     status = run_status(recipe.run.stage_dir(SYNTHESIZED), recipe.run.storage_options)
     if manifest is None or status["missing"]:

@@ -83,7 +83,12 @@ def scrub(text: str, secrets: Sequence[str] = ()) -> str:
 
 # --------------------------------------------------------------------------------------------------- contents
 def hf_ipt_version() -> str:
-    """The installed hf-ipt version (the package's `__version__` in a source checkout)."""
+    """The installed hf-ipt version (the package's `__version__` in a source checkout).
+
+    Example:
+        >>> hf_ipt_version()  # doctest: +SKIP
+        '0.1.0'
+    """
     try:
         return importlib.metadata.version("hf-ipt")
     except importlib.metadata.PackageNotFoundError:

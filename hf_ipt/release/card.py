@@ -54,7 +54,12 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass
 class SynthesizerInfo:
-    """How the instruction-response pairs were synthesized."""
+    """How the instruction-response pairs were synthesized.
+
+    Example:
+        >>> SynthesizerInfo(engine="vllm", rounds=3, sampling={"temperature": 0}).model
+        'instruction-pretrain/instruction-synthesizer'
+    """
 
     model: str = field(default=DEFAULT_SYNTHESIZER, metadata=_help("Hub id or path of the synthesizer (synth.model)."))
     revision: str | None = field(default=None, metadata=_help("Commit or tag of the synthesizer model used."))
@@ -78,7 +83,12 @@ class SynthesizerInfo:
 
 @dataclass
 class SourceInfo:
-    """One dataset the release was built from."""
+    """One dataset the release was built from.
+
+    Example:
+        >>> SourceInfo("Open-Orca/OpenOrca", kind="general_instructions", license="mit").kind
+        'general_instructions'
+    """
 
     path: str = field(metadata=_help("Hub id (e.g. 'Open-Orca/OpenOrca') or local path of the source (source.path)."))
     kind: str = field(
@@ -240,6 +250,10 @@ def template_path(name: str = DEFAULT_TEMPLATE) -> Path:
 
     The wheel carries the top-level `dataset_cards/` folder as `hf_ipt/dataset_cards/`; an editable install or a
     source checkout has it beside the `hf_ipt` package.
+
+    Example:
+        >>> template_path().name
+        'hf_ipt_dataset_card.md'
     """
     packaged = importlib.resources.files("hf_ipt").joinpath("dataset_cards", name)
     if packaged.is_file():
@@ -304,7 +318,12 @@ def size_category(rows: int) -> str:
 
 
 def sidecar_dir(config_name: str) -> str:
-    """Folder of the repo holding a config's stats.json, recipe.yaml and plots."""
+    """Folder of the repo holding a config's stats.json, recipe.yaml and plots.
+
+    Example:
+        >>> sidecar_dir("augmented")
+        'release_info/augmented'
+    """
     return f"{RELEASE_INFO_DIR}/{config_name}"
 
 
@@ -590,6 +609,11 @@ def render_card(
 
     `hub_configs` and `dataset_info` are the `configs` / `dataset_info` metadata `push_to_hub` wrote; they are kept
     verbatim so `load_dataset` finds every config's files.
+
+    Example:
+        >>> card = render_card({"augmented": None}, repo_id="me/ipt", version="v1.0.0")
+        >>> card.data.pretty_name, "`v1.0.0`" in str(card)
+        ('ipt', True)
     """
     options = options or CardOptions()
     hub_configs = [dict(c) for c in hub_configs or []]

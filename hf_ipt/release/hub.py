@@ -153,7 +153,16 @@ class ReleaseConfig:
 
 
 def check_version(version: Any) -> str:
-    """Return `version` if it is a release tag like 'v1.0', else raise a ValueError saying how to write one."""
+    """Return `version` if it is a release tag like 'v1.0', else raise a ValueError saying how to write one.
+
+    Example:
+        >>> check_version("v1.0")
+        'v1.0'
+        >>> check_version("1.0")
+        Traceback (most recent call last):
+        ...
+        ValueError: a release version is a tag like 'v1.0' or 'v1.1', got '1.0' (did you mean 'v1.0'?)
+    """
     if not isinstance(version, str) or not VERSION_RE.match(version):
         hint = (
             f" (did you mean 'v{version}'?)"
@@ -165,6 +174,16 @@ def check_version(version: Any) -> str:
 
 
 def check_config_name(name: Any) -> str:
+    """Return `name` if it can name a dataset config on the Hub (letters, digits, `._-`; not 'data'), else raise.
+
+    Example:
+        >>> check_config_name("continual-m3")
+        'continual-m3'
+        >>> check_config_name("data")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: config name must match ... and not be 'data' (reserved by push_to_hub), got 'data'
+    """
     if not isinstance(name, str) or not CONFIG_NAME_RE.match(name) or name == "data":
         raise ValueError(
             f"config name must match {CONFIG_NAME_RE.pattern} and not be 'data' (reserved by push_to_hub), "
@@ -174,7 +193,15 @@ def check_config_name(name: Any) -> str:
 
 
 class ReleaseError(RuntimeError):
-    """A release step failed for good. `step` names it, `completed` lists what was already done on the Hub."""
+    """A release step failed for good. `step` names it, `completed` lists what was already done on the Hub.
+
+    Example:
+        >>> try:  # doctest: +SKIP
+        ...     push_release(ds, "me/ipt-corpus", version="v1.0")
+        ... except ReleaseError as err:
+        ...     print(err.step)
+        tag 4ab2... as v1.0
+    """
 
     def __init__(
         self, message: str, *, step: str, completed: Sequence[str] = (), repo_id: str = "", version: str = ""
@@ -187,16 +214,35 @@ class ReleaseError(RuntimeError):
 
 
 class VersionExistsError(ReleaseError):
-    """The version is already a tag of the repo and `force` was not set."""
+    """The version is already a tag of the repo and `force` was not set.
+
+    Example:
+        >>> push_release(ds, "me/ipt-corpus", version="v1.0")  # doctest: +SKIP
+        Traceback (most recent call last):
+        VersionExistsError: ...
+        >>> push_release(ds, "me/ipt-corpus", version="v1.0", force=True)  # doctest: +SKIP
+    """
 
 
 class ReleaseMismatchError(ValueError):
-    """The data loaded back from the Hub differs from the data that was pushed."""
+    """The data loaded back from the Hub differs from the data that was pushed.
+
+    Example:
+        >>> verify_release(ds.select(range(10)), "me/ipt-corpus", "v1.0")  # doctest: +SKIP
+        Traceback (most recent call last):
+        ReleaseMismatchError: ...
+    """
 
 
 @dataclass(frozen=True)
 class ReleaseResult:
-    """What a successful release produced."""
+    """What a successful release produced.
+
+    Example:
+        >>> result = push_release(ds, "me/ipt-corpus", version="v1.0", config_name="continual-m3")  # doctest: +SKIP
+        >>> result.configs, result.url  # doctest: +SKIP
+        (('continual-m3',), 'https://huggingface.co/datasets/me/ipt-corpus/tree/v1.0')
+    """
 
     repo_id: str
     version: str
@@ -315,7 +361,12 @@ def _exception_chain(err: BaseException):
 
 
 def retry_delay_for(err: BaseException) -> float | None:
-    """Seconds the server asked to wait (0 if it did not say) when `err` is transient; None when it is permanent."""
+    """Seconds the server asked to wait (0 if it did not say) when `err` is transient; None when it is permanent.
+
+    Example:
+        >>> retry_delay_for(ConnectionError("reset by peer")), retry_delay_for(ValueError("bad input"))
+        (0.0, None)
+    """
     transport = _transport_errors()
     for current in _exception_chain(err):
         if isinstance(current, HfHubHTTPError) and getattr(current, "response", None) is not None:
@@ -567,7 +618,13 @@ def publish_release(
     card: CardOptions | None = None,
     recipe: Mapping[str, Any] | str | os.PathLike | None = None,
 ) -> ReleaseResult:
-    """Release `data` as `config.version` of `config.repo_id`. See `push_release` for the arguments."""
+    """Release `data` as `config.version` of `config.repo_id`. See `push_release` for the arguments.
+
+    Example:
+        >>> config = ReleaseConfig(repo_id="me/ipt-corpus", version="v1.0", config_name="continual-m3")
+        >>> publish_release(ds, config, info=ReleaseInfo(sources=[])).url  # doctest: +SKIP
+        'https://huggingface.co/datasets/me/ipt-corpus/tree/v1.0'
+    """
     if not isinstance(config, ReleaseConfig):
         raise TypeError(f"config must be a ReleaseConfig, got {type(config).__name__}")
     if card is not None and not isinstance(card, CardOptions):
@@ -715,7 +772,12 @@ def push_release(
 
 
 def list_versions(repo_id: str, *, token: str | None = None) -> dict[str, str]:
-    """{version tag: commit id} of a repo's releases, oldest version first."""
+    """{version tag: commit id} of a repo's releases, oldest version first.
+
+    Example:
+        >>> list_versions("me/ipt-corpus")  # doctest: +SKIP
+        {'v1.0': '9c1e...', 'v1.1': '4ab2...'}
+    """
     tags = _tags(HfApi(token=token), repo_id)
     versions = {name: commit for name, commit in tags.items() if VERSION_RE.match(name)}
     return dict(sorted(versions.items(), key=lambda item: [int(p) for p in item[0][1:].split(".")]))
@@ -779,6 +841,11 @@ def verify_release(
 
     `data` is the Dataset (compared with split `split`) or DatasetDict that was pushed. Returns the loaded
     DatasetDict; raises `ReleaseMismatchError` naming the split and the first differing row.
+
+    Example:
+        >>> loaded = verify_release(ds, "me/ipt-corpus", "v1.0", "continual-m3")  # doctest: +SKIP
+        >>> loaded["train"].num_rows == ds.num_rows  # doctest: +SKIP
+        True
     """
     from datasets import Dataset, DatasetDict
 
