@@ -409,7 +409,10 @@ def check_synthesis_resume(recipe: RecipeConfig, *, worker_index: int = 0, num_w
         runner = synthesis_runner(recipe, _no_map, worker_index=worker_index, num_workers=num_workers)
     except ValueError as err:
         return [Problem("--worker-index", str(err), "pass --worker-index from 0 to --num-workers minus one")]
-    conflict = runner.resume_conflict()
+    try:
+        conflict = runner.resume_conflict()
+    except OSError:
+        return []  # the folder cannot be read at all: the output folder's own check reports it
     if conflict is None:
         return []
     return [
