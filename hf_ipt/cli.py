@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                 dest="num_workers",
                 help="number of workers sharing the synthesis shards (default 1)",
             )
-        if name in ("run", "synthesize", "templify", "mix", "push"):
+        if name in ("run", "synthesize", "templify", "mix", "push", "check"):
             sub.add_argument(
                 "--overwrite",
                 action="store_true",
