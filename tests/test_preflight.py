@@ -236,3 +236,16 @@ def test_several_problems_are_all_listed_at_once(tmp_path, capsys, local_hub):
         assert out.count("PROBLEM") == len(keys) and f"hf-ipt check: {len(keys)} problem(s) found" in out
     finally:
         local_hub.read_only_tokens.discard(READ_ONLY_TOKEN)
+
+
+def test_hub_sources_are_looked_up_on_the_hub(tmp_path, local_hub):
+    repo = f"{local_hub.user}/preflight-general"
+    Dataset.from_dict({"question": ["q?"], "response": ["a."]}).push_to_hub(repo, token=local_hub.token)
+    recipe = write_recipe(tmp_path, **{"mix_sources.general.path": repo})
+    assert check(load_recipe(recipe)) == []
+    recipe = write_recipe(tmp_path, **{"mix_sources.general.path": f"{local_hub.user}/no-such-dataset"})
+    (problem,) = check(load_recipe(recipe))
+    assert problem.key == "mix_sources.general.path"
+    assert "neither a local path nor a dataset on the Hub" in problem.found
+    recipe = write_recipe(tmp_path, **{"mix_sources.general.path": repo, "mix_sources.general.response_column": "r"})
+    assert [p.key for p in check(load_recipe(recipe))] == ["mix_sources.general.response_column"]
