@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hf_ipt.config import BUNDLED_DATA_DIR, BUNDLED_PREFIX, RecipeConfig, SourceConfig
+from hf_ipt.config import BUNDLED_PREFIX, RecipeConfig, SourceConfig
 from hf_ipt.engines import ServerEngineConfig
 from hf_ipt.release.card import template_arguments
 from hf_ipt.runner import ShardedRunner
@@ -677,8 +677,6 @@ def _first_row_columns(source: SourceConfig) -> list[str] | None:
 
     arguments = source.load_arguments()
     arguments["split"] = source.output_split  # streaming takes no slices (`train[:100]`)
-    if source.path.startswith(BUNDLED_PREFIX):
-        arguments["data_files"] = str(BUNDLED_DATA_DIR / f"{source.path.removeprefix(BUNDLED_PREFIX)}.jsonl")
     dataset = datasets.load_dataset(**arguments, streaming=True)
     if dataset.column_names:
         return list(dataset.column_names)
