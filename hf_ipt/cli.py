@@ -5,6 +5,7 @@
     hf-ipt synthesize RECIPE.yaml --worker-index 1 --num-workers 4    # one of four workers sharing the shards
     hf-ipt status RECIPE.yaml                              # which shards and stages are done
     hf-ipt config RECIPE.yaml                              # the resolved, validated configuration
+    hf-ipt check RECIPE.yaml                               # every input checked, in seconds, nothing run
 
 Every stage writes under `run.output_dir`: `synthesized/` (resumable shards), `templified/`, `mixed/`, `release/`.
 A stage whose output is already there with the same configuration is skipped, so re-running a command after a crash
@@ -24,6 +25,7 @@ import yaml
 
 from hf_ipt.config import ConfigError, RecipeConfig, describe_fields, load_recipe, parse_overrides
 from hf_ipt.pipeline import STAGES, StageSummary, duration, run, short_list, status
+from hf_ipt.preflight import run_checks
 from hf_ipt.release.hub import ReleaseError
 from hf_ipt.runner import ResumeConflictError
 from hf_ipt.store import IncompleteRunError, config_to_dict
@@ -40,6 +42,8 @@ COMMANDS = {
     "push": "write the release (dataset, card, plots) to the Hub or to a local folder",
     "status": "show which shards and stages of a run are finished",
     "config": "print the resolved configuration (YAML) after validating it; loads nothing",
+    "check": "check every input of the whole run (sources, tokenizers, output folder, Hub access, engine_kwargs, "
+    "resume) in seconds, loading no model; exit 0 when all is ready, 2 otherwise",
 }
 
 
@@ -86,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
             usage=f"hf-ipt {name} [RECIPE.yaml] [options] [--section.key VALUE ...]",
         )
         sub.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no info logs")
-        if name in ("run", "synthesize"):
+        if name in ("run", "synthesize", "check"):
             sub.add_argument(
                 "--worker-index",
                 "--rank",
@@ -103,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                 dest="num_workers",
                 help="number of workers sharing the synthesis shards (default 1)",
             )
-        if name in ("run", "synthesize", "templify", "mix", "push"):
+        if name in ("run", "synthesize", "templify", "mix", "push", "check"):
             sub.add_argument(
                 "--overwrite",
                 action="store_true",
@@ -170,6 +174,8 @@ def _dispatch(args: argparse.Namespace, recipe: RecipeConfig) -> int:
         return 0
     if args.command == "status":
         return _print_status(recipe)
+    if args.command == "check":
+        return _print_check(recipe, args)
     started = time.perf_counter()
     summaries = run(
         recipe,
@@ -187,6 +193,20 @@ def _print_summary(command: str, summaries: list[StageSummary], seconds: float) 
     for summary in summaries:
         for line in summary.lines():
             print(f"  {line}")
+
+
+def _print_check(recipe: RecipeConfig, args: argparse.Namespace) -> int:
+    """`hf-ipt check`: each preflight check of the whole run and its result; 0 when none found a problem."""
+    results = run_checks(recipe, STAGES, worker_index=args.worker_index, num_workers=args.num_workers)
+    for result in results:
+        state = f"skipped ({result.skipped})" if result.skipped else "ok" if result.ok else "PROBLEM"
+        print(f"{state:<8} {result.name}" if not result.skipped else f"{'-':<8} {result.name}: {state}")
+        for problem in result.problems:
+            print(f"         {problem.key}: {problem.found}")
+            print(f"           fix: {problem.fix}")
+    problems = sum(len(r.problems) for r in results)
+    print(f"\nhf-ipt check: {'ready to run' if not problems else f'{problems} problem(s) found'}")
+    return 0 if not problems else 2
 
 
 def _print_status(recipe: RecipeConfig) -> int:

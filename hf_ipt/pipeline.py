@@ -25,11 +25,12 @@ import datasets
 
 from hf_ipt.config import AUGMENTED_SOURCE, ConfigError, RecipeConfig, load_recipe
 from hf_ipt.mixing import mix, prepare_source
+from hf_ipt.preflight import STAGES, SYNTHESIZED, ensure_ready, synthesis_runner
 from hf_ipt.release.bundle import build_bundle
 from hf_ipt.release.card import ReleaseInfo, SourceInfo, SynthesizerInfo
 from hf_ipt.release.hub import publish_release
 from hf_ipt.release.local import clear_release, write_to_folder
-from hf_ipt.runner import ShardedRunner, assemble_shards, iter_shard_tables, read_manifest, run_status
+from hf_ipt.runner import assemble_shards, iter_shard_tables, read_manifest, run_status
 from hf_ipt.stats import (
     SYNTHESIS_COLUMNS,
     synthesis_report,
@@ -53,8 +54,7 @@ from hf_ipt.testing import build_tiny_synthesizer
 
 logger = logging.getLogger("hf_ipt.pipeline")
 
-SYNTHESIZED, TEMPLIFIED, MIXED, RELEASE = "synthesized", "templified", "mixed", "release"
-STAGES = ("synthesize", "templify", "mix", "release")
+TEMPLIFIED, MIXED, RELEASE = "templified", "mixed", "release"  # SYNTHESIZED and STAGES: hf_ipt.preflight's
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -232,21 +232,7 @@ def stage_synthesize(recipe: RecipeConfig, *, worker_index: int = 0, num_workers
     output = recipe.run.stage_dir(SYNTHESIZED)
     prepare_model(recipe)
     dataset = synthesis_input(recipe)
-    runner = ShardedRunner(
-        Synthesizer(recipe.synth),
-        output,
-        shard_size=recipe.run.shard_size,
-        batch_size=recipe.synth.batch_size,
-        config=recipe.synthesis_identity(),
-        split=recipe.source.output_split,
-        worker_index=worker_index,
-        num_workers=num_workers,
-        overwrite=recipe.run.overwrite,
-        resume_ignore=recipe.run.resume_ignore,
-        verify_inputs=recipe.run.verify_inputs,
-        storage_options=recipe.run.storage_options,
-        desc="Synthesis",
-    )
+    runner = synthesis_runner(recipe, Synthesizer(recipe.synth), worker_index=worker_index, num_workers=num_workers)
     report = runner.run(dataset)
     summary = StageSummary("synthesize", output, seconds=time.perf_counter() - started, complete=report.complete)
     summary.figures["shards"] = (
@@ -531,8 +517,12 @@ def run(
     worker_index: int = 0,
     num_workers: int = 1,
     command: str | Sequence[str] | None = None,
+    preflight: bool = True,
 ) -> list[StageSummary]:
     """Run the given stages of a recipe, in pipeline order; returns one summary per stage run.
+
+    First (unless `preflight=False`) every input of these stages is checked (`hf_ipt.preflight`): all problems are
+    raised at once as a `PreflightError`, in seconds, before any model is built or loaded.
 
     `recipe` is a `RecipeConfig` or the path of a recipe file (with `overrides`, {"section.key": value}). Several
     stages chain (what `hf-ipt run` does): each runs only when the previous one is complete (another worker may
@@ -554,6 +544,8 @@ def run(
         raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
     if command is not None and not isinstance(command, str):
         command = "hf-ipt " + " ".join(shlex.quote(a) for a in command) if command else None
+    if preflight:
+        ensure_ready(recipe, stages, worker_index=worker_index, num_workers=num_workers)
     chained = len(stages) > 1
     summaries: list[StageSummary] = []
 

@@ -406,29 +406,56 @@ class ShardedRunner:
                 reasons.append(f"{key}: {_lookup(old.get('config', {}), key)!r} -> {_lookup(new['config'], key)!r}")
         return reasons
 
+    def resume_conflict(self, num_rows: int | None = None) -> str | None:
+        """Why `run` would refuse to start in the output folder (`ResumeConflictError`'s message), or None when it
+        would start, resume, or (`overwrite`) replace what is there. Reads the manifest only, so a preflight can ask
+        before anything is loaded; with `num_rows` None the input size is not compared (it is known only once the
+        input is loaded and chunked).
+
+        Example:
+            >>> ShardedRunner(synth, "out", shard_size=8, batch_size=4).resume_conflict()  # doctest: +SKIP
+            'out holds a run with another configuration, refusing to resume into it: ...'
+        """
+        store = Store(self.output_dir, self.storage_options)
+        existing = store.read_json(MANIFEST_PATH)
+        if existing is None:
+            orphans = self._orphan_data_files(store)
+            return None if self.overwrite else orphans
+        wanted = self._manifest_for(existing.get("num_input_rows", 0) if num_rows is None else num_rows)
+        reasons = self._conflicts(existing, wanted)
+        return None if self.overwrite or not reasons else self._conflict_message(reasons)
+
+    def _orphan_data_files(self, store: Store) -> str | None:
+        if not store.fs.glob(store.path(f"{DATA_DIR}/{self.split}-*-of-*.parquet")):
+            return None
+        return (
+            f"{self.output_dir} already holds {DATA_DIR}/{self.split}-*.parquet files but no hf-ipt manifest; "
+            "refusing to mix outputs. Choose another output folder, or pass overwrite=True "
+            "(--run.overwrite) to replace them"
+        )
+
+    def _conflict_message(self, reasons: Sequence[str]) -> str:
+        return (
+            f"{self.output_dir} holds a run with another configuration, refusing to resume into it:\n  "
+            + "\n  ".join(reasons)
+            + "\nUse another output folder, restore the old settings, list keys that do not change the "
+            "output in run.resume_ignore, or pass overwrite=True (--run.overwrite) to delete it and start over"
+        )
+
     def _open(self, store: Store, num_rows: int) -> dict[str, Any]:
         """Create the manifest, or check the existing one allows resuming; returns the manifest in force."""
         wanted = self._manifest_for(num_rows)
         existing = store.read_json(MANIFEST_PATH)
-        if existing is None and store.fs.glob(store.path(f"{DATA_DIR}/{self.split}-*-of-*.parquet")):
+        if existing is None and (orphans := self._orphan_data_files(store)):
             if not self.overwrite:
-                raise ResumeConflictError(
-                    f"{self.output_dir} already holds {DATA_DIR}/{self.split}-*.parquet files but no hf-ipt manifest; "
-                    "refusing to mix outputs. Choose another output folder, or pass overwrite=True "
-                    "(--run.overwrite) to replace them"
-                )
+                raise ResumeConflictError(orphans)
             self._clear(store)
         if existing is not None:
             reasons = self._conflicts(existing, wanted)
             if not reasons:
                 return existing
             if not self.overwrite:
-                raise ResumeConflictError(
-                    f"{self.output_dir} holds a run with another configuration, refusing to resume into it:\n  "
-                    + "\n  ".join(reasons)
-                    + "\nUse another output folder, restore the old settings, list keys that do not change the "
-                    "output in run.resume_ignore, or pass overwrite=True (--run.overwrite) to delete it and start over"
-                )
+                raise ResumeConflictError(self._conflict_message(reasons))
             logger.warning("overwrite: deleting the previous run in %s (%s)", self.output_dir, "; ".join(reasons))
             self._clear(store)
         if not store.write_atomic(MANIFEST_PATH, json_bytes(wanted), exclusive=True):

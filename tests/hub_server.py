@@ -219,6 +219,8 @@ class LocalHub:
         self.blob_dir = self.root / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.token = token
+        # tokens that authenticate as `user` but may only read: refused (403) on every write, role "read" in whoami
+        self.read_only_tokens: set[str] = set()
         self.user = user
         self.orgs = tuple(orgs)
         self.repos: dict[tuple[str, str], Repo] = {}
@@ -682,18 +684,27 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
 
     # ----------------------------------------------------------------------------------------- auth
     def _auth_user(self) -> str | None:
+        return self._auth()[0]
+
+    def _auth(self) -> tuple[str | None, str]:
+        """(user, token role: "write" or "read"); (None, "") without credentials."""
         header = self.headers.get("Authorization")
         if not header:
-            return None
+            return None, ""
         scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), self.server_hub.token):
-            raise HubError(401, "Invalid credentials in Authorization header")
-        return self.server_hub.user
+        value = value.strip()
+        if scheme.lower() == "bearer" and hmac.compare_digest(value, self.server_hub.token):
+            return self.server_hub.user, "write"
+        if scheme.lower() == "bearer" and value in self.server_hub.read_only_tokens:
+            return self.server_hub.user, "read"
+        raise HubError(401, "Invalid credentials in Authorization header")
 
     def _require_write(self, namespace: str) -> str:
-        user = self._auth_user()
+        user, role = self._auth()
         if user is None:
             raise HubError(401, "You must be authenticated to do this: pass a token with write access")
+        if role != "write":
+            raise HubError(403, "This token has read access only; use a token with write access")
         if namespace not in (user, *self.server_hub.orgs):
             raise HubError(403, f"You don't have the rights to write in the namespace {namespace!r}")
         return user
@@ -710,11 +721,11 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
 
     # ----------------------------------------------------------------------------------------- endpoints
     def _whoami(self):
-        user = self._auth_user()
+        user, role = self._auth()
         if user is None:
             raise HubError(401, "Invalid username or password.")
         orgs = [{"type": "org", "name": org, "roleInOrg": "write"} for org in self.server_hub.orgs]
-        auth = {"type": "access_token", "accessToken": {"displayName": "local-hub", "role": "write"}}
+        auth = {"type": "access_token", "accessToken": {"displayName": "local-hub", "role": role}}
         return (
             200,
             {"type": "user", "id": "local", "name": user, "fullname": user, "orgs": orgs, "auth": auth},

@@ -596,6 +596,32 @@ def replace_sections(markdown: str, sections: Mapping[str, str]) -> str:
     return text
 
 
+def template_arguments(template: str | os.PathLike | None) -> dict[str, str]:
+    """How `render_card` reads a `CardOptions.template`: {} (hf-ipt's template), {"template_path": ...} for a file,
+    or {"template_str": ...} for template text (it has Jinja markup). A path that is not a file is a
+    FileNotFoundError, so a preflight can call this before any stage runs.
+
+    Example:
+        >>> template_arguments("Card of {{ repo_id }}")
+        {'template_str': 'Card of {{ repo_id }}'}
+        >>> template_arguments(None)
+        {}
+    """
+    if template is None:
+        return {}
+    if isinstance(template, os.PathLike) or (
+        isinstance(template, str) and "{{" not in template and "{%" not in template
+    ):
+        path = Path(template)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"CardOptions.template {str(template)!r} is not a file and has no Jinja markup; pass the path "
+                "of a template file or the template text"
+            )
+        return {"template_path": str(path)}
+    return {"template_str": template}
+
+
 def render_card(
     reports: Mapping[str, Mapping[str, Any] | None],
     *,
@@ -659,22 +685,7 @@ def render_card(
         "license_rows": license_rows,
         "project_url": PROJECT_URL,
     }
-    if options.template is None:
-        card = IptDatasetCard.from_template(card_data, **context)
-    else:
-        template = options.template
-        if isinstance(template, os.PathLike) or (
-            isinstance(template, str) and "{{" not in template and "{%" not in template
-        ):
-            path = Path(template)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"CardOptions.template {str(template)!r} is not a file and has no Jinja markup; pass the path "
-                    "of a template file or the template text"
-                )
-            card = IptDatasetCard.from_template(card_data, template_path=str(path), **context)
-        else:
-            card = IptDatasetCard.from_template(card_data, template_str=template, **context)
+    card = IptDatasetCard.from_template(card_data, **template_arguments(options.template), **context)
     text = str(card)
     if options.extra_sections:
         text = replace_sections(text, options.extra_sections)
