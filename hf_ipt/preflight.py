@@ -594,8 +594,12 @@ def _looks_local(path: str) -> bool:
 
 
 def _packaged_loaders() -> set[str]:
-    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
-
+    # datasets keeps this registry private: if a release renames it, fall back to the loaders every release has,
+    # rather than report a sound `json`/`parquet` source as a problem
+    try:
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+    except ImportError:
+        return {"arrow", "csv", "json", "pandas", "parquet", "text", "webdataset", "imagefolder", "audiofolder"}
     return set(_PACKAGED_DATASETS_MODULES)
 
 
