@@ -238,12 +238,12 @@ class CardOptions:
         for name in ("language", "task_categories", "tags"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                raise TypeError(f"CardOptions.{name} must be a list of strings, got {value!r}")
+                raise TypeError(f"card.{name} must be a list of strings, got {value!r}")
             setattr(self, name, tuple(value))
         if not isinstance(self.extra_sections, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.extra_sections.items()
         ):
-            raise TypeError("CardOptions.extra_sections must map section titles (str) to markdown (str)")
+            raise TypeError("card.extra_sections must map section titles (str) to markdown (str)")
         self.extra_sections = dict(self.extra_sections)
 
 
@@ -658,7 +658,7 @@ def render_card(
             path = Path(template)
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"CardOptions.template {str(template)!r} is not a file and has no Jinja markup; pass the path "
+                    f"card.template {str(template)!r} is not a file and has no Jinja markup; pass the path "
                     "of a template file or the template text"
                 )
             card = IptDatasetCard.from_template(card_data, template_path=str(path), **context)

@@ -110,25 +110,25 @@ class ReleaseConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.repo_id, str) or self.repo_id.count("/") != 1:
             raise ValueError(
-                f"ReleaseConfig.repo_id must be 'namespace/name', got {self.repo_id!r}: releases name their namespace"
+                f"release.repo_id must be 'namespace/name', got {self.repo_id!r}: releases name their namespace"
             )
         try:
             validate_repo_id(self.repo_id)
         except HFValidationError as err:
-            raise ValueError(f"ReleaseConfig.repo_id {self.repo_id!r} is not a valid Hub repo id: {err}") from None
+            raise ValueError(f"release.repo_id {self.repo_id!r} is not a valid Hub repo id: {err}") from None
         check_version(self.version)
         check_config_name(self.config_name)
         if not isinstance(self.split, str) or not SPLIT_NAME_RE.match(self.split):
-            raise ValueError(f"ReleaseConfig.split must match {SPLIT_NAME_RE.pattern}, got {self.split!r}")
+            raise ValueError(f"release.split must match {SPLIT_NAME_RE.pattern}, got {self.split!r}")
         if not isinstance(self.revision, str) or not self.revision or self.revision.startswith("refs/"):
-            raise ValueError(f"ReleaseConfig.revision must be a branch name such as 'main', got {self.revision!r}")
+            raise ValueError(f"release.revision must be a branch name such as 'main', got {self.revision!r}")
         if self.revision == self.version:
-            raise ValueError(f"ReleaseConfig.revision {self.revision!r} equals the version: the tag would shadow it")
+            raise ValueError(f"release.revision {self.revision!r} equals the version: the tag would shadow it")
         if self.private not in (None, True, False):
-            raise TypeError(f"ReleaseConfig.private must be True, False or None, got {self.private!r}")
+            raise TypeError(f"release.private must be True, False or None, got {self.private!r}")
         for name in ("force", "plots"):
             if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"ReleaseConfig.{name} must be a bool, got {getattr(self, name)!r}")
+                raise TypeError(f"release.{name} must be a bool, got {getattr(self, name)!r}")
         if self.max_shard_size is not None:
             from datasets.utils.py_utils import convert_file_size_to_int
 
@@ -137,13 +137,13 @@ class ReleaseConfig:
                     raise ValueError
             except (ValueError, TypeError):
                 raise ValueError(
-                    f"ReleaseConfig.max_shard_size must be a positive byte count or a size like '500MB', "
+                    f"release.max_shard_size must be a positive byte count or a size like '500MB', "
                     f"got {self.max_shard_size!r}"
                 ) from None
         if self.default_config is not None:
             check_config_name(self.default_config)
         if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
-            raise ValueError(f"ReleaseConfig.max_retries must be an int >= 0, got {self.max_retries!r}")
+            raise ValueError(f"release.max_retries must be an int >= 0, got {self.max_retries!r}")
         delays = (self.retry_base_delay, self.retry_max_delay)
         if not all(isinstance(d, (int, float)) and not isinstance(d, bool) for d in delays) or not (
             0 <= self.retry_base_delay <= self.retry_max_delay
@@ -153,7 +153,7 @@ class ReleaseConfig:
                 f"{self.retry_max_delay!r}"
             )
         if self.token is not None and (not isinstance(self.token, str) or not self.token.strip()):
-            raise ValueError("ReleaseConfig.token must be a non-empty string or None (then HF_TOKEN / saved login)")
+            raise ValueError("release.token must be a non-empty string or None (then HF_TOKEN / saved login)")
 
 
 def check_version(version: Any) -> str:

@@ -94,26 +94,26 @@ class SynthesisConfig:
         for name in ("model", "engine", "text_column"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
-                raise ValueError(f"synthesis.{name} must be a non-empty string, got {value!r}")
+                raise ValueError(f"synth.{name} must be a non-empty string, got {value!r}")
         for name, minimum in (("rounds", 1), ("max_model_len", 2), ("max_new_tokens", 1), ("batch_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"synthesis.{name} must be an integer >= {minimum}, got {value!r}")
+                raise ValueError(f"synth.{name} must be an integer >= {minimum}, got {value!r}")
         if self.max_new_tokens >= self.max_model_len:
             raise ValueError(
-                f"synthesis.max_new_tokens ({self.max_new_tokens}) must be smaller than synthesis.max_model_len "
+                f"synth.max_new_tokens ({self.max_new_tokens}) must be smaller than synth.max_model_len "
                 f"({self.max_model_len}), or no room is left for the prompt"
             )
         if self.engine not in ENGINES:
             raise ValueError(
-                f"synthesis.engine must be 'vllm' or 'transformers', got {self.engine!r} (or 'server' for "
+                f"synth.engine must be 'vllm' or 'transformers', got {self.engine!r} (or 'server' for "
                 "OpenAI-compatible servers; a custom engine is passed to Synthesizer(engine=...) as an Engine or a "
                 "callable)"
             )
         if self.scheduling not in SCHEDULING_MODES:
-            raise ValueError(f"synthesis.scheduling must be one of {SCHEDULING_MODES}, got {self.scheduling!r}")
+            raise ValueError(f"synth.scheduling must be one of {SCHEDULING_MODES}, got {self.scheduling!r}")
         if not isinstance(self.engine_kwargs, dict):
-            raise ValueError(f"synthesis.engine_kwargs must be a mapping, got {type(self.engine_kwargs).__name__}")
+            raise ValueError(f"synth.engine_kwargs must be a mapping, got {type(self.engine_kwargs).__name__}")
 
 
 class Synthesizer:
