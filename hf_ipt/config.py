@@ -274,15 +274,34 @@ def _dataclass_in(hint: Any) -> type | None:
     return None
 
 
-def _type_name(hint: Any) -> str:
+# generic origins shown by the name a recipe writer knows: a YAML list is a list, a YAML mapping a dict
+_ORIGIN_NAMES = {list: "list", tuple: "list", Sequence: "list", dict: "dict", Mapping: "dict"}
+
+
+def type_name(hint: Any) -> str:
+    """A field type as `--help` and error messages show it: `int`, `list[str]`, `str | None`, `'hub' | 'local'`.
+
+    Example:
+        >>> type_name(Sequence[str]), type_name(str | None), type_name(Mapping[str, Any])
+        ('list[str]', 'str | None', 'dict[str, Any]')
+    """
     if hint is type(None):
-        return "null"
-    if isinstance(hint, type) and not typing.get_args(hint):
-        return hint.__name__
-    if typing.get_origin(hint) is Literal:
+        return "None"
+    if hint is Any or hint is typing.Any:
+        return "Any"
+    origin = typing.get_origin(hint)
+    if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(hint))
     if _is_union(hint):
-        return " | ".join(_type_name(a) for a in typing.get_args(hint))
+        return " | ".join(type_name(a) for a in typing.get_args(hint))
+    if origin is not None:
+        name = _ORIGIN_NAMES.get(origin, getattr(origin, "__name__", str(origin)))
+        args = typing.get_args(hint)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            args = args[:1]
+        return f"{name}[{', '.join(type_name(a) for a in args)}]" if args else name
+    if isinstance(hint, type):
+        return _ORIGIN_NAMES.get(hint, hint.__name__)
     return str(hint).replace("typing.", "")
 
 
@@ -368,7 +387,7 @@ def _check_value(value: Any, hint: Any, key: str, root_keys: Sequence[str], orig
                 return _check_value(value, arg, key, root_keys, origin)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}{origin} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{key}{origin} must be {type_name(hint)}, got {value!r} ({type(value).__name__})")
     origin_type = typing.get_origin(hint)
     if origin_type is Literal:
         allowed = typing.get_args(hint)
@@ -379,14 +398,14 @@ def _check_value(value: Any, hint: Any, key: str, root_keys: Sequence[str], orig
         return value
     if origin_type in (list, tuple, Sequence) or hint in (list, tuple):
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}{origin} must be a list ({_type_name(hint)}), got {value!r}")
+            raise ConfigError(f"{key}{origin} must be a list ({type_name(hint)}), got {value!r}")
         args = typing.get_args(hint)
         if args and origin_type is not tuple:
             value = [_check_value(v, args[0], f"{key}[{i}]", root_keys, origin) for i, v in enumerate(value)]
         return tuple(value) if origin_type is tuple else list(value)
     if origin_type in (dict, Mapping) or hint is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}{origin} must be a mapping ({_type_name(hint)}), got {value!r}")
+            raise ConfigError(f"{key}{origin} must be a mapping ({type_name(hint)}), got {value!r}")
         args = typing.get_args(hint)
         if args:
             return {k: _check_value(v, args[1], f"{key}.{k}", root_keys, origin) for k, v in value.items()}
@@ -506,7 +525,7 @@ def coerce_text(raw: str, hint: Any, key: str) -> Any:
                 return coerce_text(raw, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"--{key} must be {_type_name(hint)}, got {raw!r}")
+        raise ConfigError(f"--{key} must be {type_name(hint)}, got {raw!r}")
     if hint is str:
         return raw
     if hint is bool:
@@ -636,9 +655,9 @@ def describe_fields(cls: type, prefix: str = "", parent_help: str = "") -> list[
             default = f.default_factory()
         else:
             default = _MISSING
-        shown = "(required)" if default is _MISSING else json.dumps(config_to_dict(default))
+        shown = "required" if default is _MISSING else json.dumps(config_to_dict(default))
         help_text = f.metadata.get("help", "") or (f"{parent_help} (its `{name}`)" if parent_help else "")
-        rows.append((f"{prefix}{name}", _type_name(hints[name]), shown, help_text))
+        rows.append((f"{prefix}{name}", type_name(hints[name]), shown, help_text))
     return rows
 
 
@@ -863,10 +882,28 @@ def load_recipe(path: str | os.PathLike | None, overrides: Sequence[str] | Mappi
     if path is not None:
         # check the file's keys on their own first, so a misspelt key is blamed on the file
         _check_keys(RecipeConfig, data, "", dotted_keys(RecipeConfig), f" (in {path})")
+    if path is None:
+        _check_required_without_recipe(overrides)
     sources = ([str(path)] if path is not None else []) + (["command-line overrides"] if overrides else [])
     origin = f" (in {' + '.join(sources)})" if sources else ""
     merged = apply_overrides(data, overrides)
     return config_from_dict(RecipeConfig, merged, origin=origin)
+
+
+# what a run needs when no recipe file is given: the keys that have no usable default
+_REQUIRED_WITHOUT_RECIPE = {"source": ("source.path", "DATASET"), "run": ("run.output_dir", "DIR")}
+
+
+def _check_required_without_recipe(overrides: Mapping[str, Any]) -> None:
+    """No recipe file: the required sections must come from overrides; if not, say how to give a recipe."""
+    given = {key.split(".")[0] for key in overrides}
+    missing = [section for section in _REQUIRED_WITHOUT_RECIPE if section not in given]
+    if missing:
+        flags = " ".join(f"--{key} {value}" for key, value in (_REQUIRED_WITHOUT_RECIPE[m] for m in missing))
+        raise ConfigError(
+            "no recipe given: pass RECIPE.yaml (e.g. recipes/quickstart.yaml; see recipes/README.md), or set the "
+            f"required section{'s' if len(missing) > 1 else ''} {' and '.join(missing)} on the command line: {flags}"
+        )
 
 
 def _check_keys(cls: type, data: Mapping[str, Any], prefix: str, root_keys: Sequence[str], origin: str) -> None:
