@@ -145,7 +145,8 @@ def start_error(engine: str, model: str, engine_kwargs: dict[str, Any], error: B
         )
     if isinstance(error, TypeError):
         return error
-    shown = ", ".join(f"{k}={v!r}" for k, v in engine_kwargs.items()) or "none"
+    # the keys only: values may be credentials (a server engine's api_key)
+    shown = ", ".join(engine_kwargs) or "none set"
     return EngineStartError(
         f"the {engine} engine did not start for synth.model {model!r}: {type(error).__name__}: {error} "
         f"(synth.engine_kwargs: {shown}; check synth.model, synth.engine and synth.engine_kwargs)"
