@@ -6,6 +6,9 @@
     hf-ipt status RECIPE.yaml                              # which shards and stages are done
     hf-ipt config RECIPE.yaml                              # the resolved, validated configuration
     hf-ipt check RECIPE.yaml                               # every input checked, in seconds, nothing run
+    hf-ipt config --keys                                   # every recipe key, with type, default and help
+
+vLLM, transformers, torch and datasets log only warnings and errors (`hf_ipt.quiet`); `--verbose` shows everything.
 
 Every stage writes under `run.output_dir`: `synthesized/` (resumable shards), `templified/`, `mixed/`, `release/`.
 A stage whose output is already there with the same configuration is skipped, so re-running a command after a crash
@@ -19,13 +22,16 @@ import logging
 import sys
 import textwrap
 import time
+import traceback
 from collections.abc import Sequence
 
 import yaml
 
 from hf_ipt.config import ConfigError, RecipeConfig, describe_fields, load_recipe, parse_overrides
+from hf_ipt.engines import EngineStartError
 from hf_ipt.pipeline import STAGES, StageSummary, duration, run, short_list, status
 from hf_ipt.preflight import run_checks
+from hf_ipt.quiet import quiet_third_party
 from hf_ipt.release.hub import ReleaseError
 from hf_ipt.runner import ResumeConflictError
 from hf_ipt.store import IncompleteRunError, config_to_dict
@@ -33,6 +39,18 @@ from hf_ipt.store import IncompleteRunError, config_to_dict
 # command -> the pipeline stages it runs
 COMMAND_STAGES = {"run": STAGES, "synthesize": ("synthesize",), "templify": ("templify",), "mix": ("mix",),
                   "push": ("release",)}  # fmt: skip
+
+# command -> the recipe sections it reads (the keys its --help lists); None: all of them
+COMMAND_SECTIONS: dict[str, tuple[str, ...] | None] = {
+    "run": None,
+    "synthesize": ("source", "chunk", "synth", "run", "build_tiny_model"),
+    "templify": ("templify", "run"),
+    "mix": ("mix", "mix_sources", "templify", "run"),
+    "push": ("release", "release_to", "card", "run"),
+    "status": ("source", "chunk", "synth", "run", "templify", "mix", "release"),
+    "config": None,
+    "check": None,
+}
 
 COMMANDS = {
     "run": "the whole pipeline: synthesize -> templify -> mix -> release",
@@ -47,19 +65,28 @@ COMMANDS = {
 }
 
 
-def _keys_help() -> str:
-    rows = describe_fields(RecipeConfig)
+def keys_help(sections: Sequence[str] | None = None) -> str:
+    """The recipe keys of `sections` (top-level recipe keys; None: all), one entry each with type, default and help:
+    the epilog of `hf-ipt COMMAND --help` and the output of `hf-ipt config --keys`.
+
+    Example:
+        >>> print(keys_help(["run"]).splitlines()[1])
+          --run.output_dir  (str, default "")
+    """
+    rows = [row for row in describe_fields(RecipeConfig) if sections is None or row[0].split(".")[0] in sections]
+    shown = "all sections" if sections is None else "sections " + ", ".join(sections)
     lines = [
-        "recipe keys (set in RECIPE.yaml, or override: --section.key VALUE, --section.key=VALUE, or a bare --flag "
-        "for true):"
+        f"recipe keys read ({shown}; set in RECIPE.yaml, or override: --section.key VALUE, --section.key=VALUE, or "
+        "a bare --flag for true):"
     ]
     for key, type_name, default, help_text in rows:
-        lines.append(f"  --{key}  ({type_name}, default {default})")
+        lines.append(f"  --{key}  ({type_name}, {'required' if default == 'required' else f'default {default}'})")
         lines.extend(textwrap.wrap(help_text, width=100, initial_indent="      ", subsequent_indent="      "))
-    lines.append(
-        "  --mix_sources.NAME.KEY  sets KEY of one mix source (keys: those of source plus kind, question_column, "
-        "response_column)"
-    )
+    if sections is None or "mix_sources" in sections:
+        lines.append(
+            "  --mix_sources.NAME.KEY  sets KEY of one mix source (keys: those of source plus kind, question_column, "
+            "response_column)"
+        )
     return "\n".join(lines)
 
 
@@ -78,18 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    keys_help = _keys_help()
     for name, help_text in COMMANDS.items():
         sub = commands.add_parser(
             name,
             help=help_text,
             description=help_text,
-            epilog=keys_help,
+            epilog=keys_help(COMMAND_SECTIONS[name]),
             formatter_class=argparse.RawDescriptionHelpFormatter,
             allow_abbrev=False,
             usage=f"hf-ipt {name} [RECIPE.yaml] [options] [--section.key VALUE ...]",
         )
         sub.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no info logs")
+        sub.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show every log line of vLLM, transformers, torch and datasets (hidden below WARNING by default), "
+            "and the traceback of an error",
+        )
+        if name == "config":
+            sub.add_argument(
+                "--keys", action="store_true", help="list every recipe key with its type, default and help; no recipe"
+            )
         if name in ("run", "synthesize", "check"):
             sub.add_argument(
                 "--worker-index",
@@ -128,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # argparse knows the command's own options; everything else is the recipe path and --section.key overrides
     args, extras = build_parser().parse_known_args(argv)
     args.argv = argv
-    _configure_output(args.quiet)
+    _configure_output(args.quiet, args.verbose)
+    if getattr(args, "keys", False):
+        print(keys_help())
+        return 0
     try:
         positionals: list[str] = []
         overrides = parse_overrides(extras, RecipeConfig, positionals=positionals)
@@ -142,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the stages' errors name the setting or column at fault and how to fix it: show them, not a traceback
         print(f"hf-ipt {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (EngineStartError, OSError, ImportError) as err:
+        return _report_environment_error(args, err)
     except KeyboardInterrupt:
         print(
             f"hf-ipt {args.command}: interrupted; finished shards are kept, run the same command to resume",
@@ -150,10 +191,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _configure_output(quiet: bool) -> None:
-    """hf-ipt's own log lines on stderr (info, or warnings only with --quiet); progress bars off with --quiet."""
+def _report_environment_error(args: argparse.Namespace, err: BaseException) -> int:
+    """One line for what the user's machine or settings caused (an engine that does not start, a file or model that
+    cannot be read, a missing package); the traceback only with --verbose."""
+    if args.verbose:
+        traceback.print_exception(err)
+    shown = str(err) if isinstance(err, EngineStartError) else f"{type(err).__name__}: {err}"
+    hint = "" if args.verbose else " (--verbose shows the traceback)"
+    print(f"hf-ipt {args.command}: error: {shown}{hint}", file=sys.stderr)
+    return 2
+
+
+def _configure_output(quiet: bool, verbose: bool = False) -> None:
+    """hf-ipt's own log lines on stderr (info, or warnings only with --quiet); progress bars off with --quiet;
+    third-party libraries' logs below WARNING hidden unless --verbose."""
     import datasets
 
+    if verbose:
+        datasets.logging.set_verbosity_info()
+    else:
+        quiet_third_party()
     log = logging.getLogger("hf_ipt")
     # one handler on hf-ipt's logger (not the root's), so other libraries' log lines are not printed twice
     if not any(getattr(h, "_hf_ipt_cli", False) for h in log.handlers):

@@ -561,7 +561,7 @@ def describe_fields(cls: type, prefix: str = "", parent_help: str = "") -> list[
             default = f.default_factory()
         else:
             default = _MISSING
-        shown = "(required)" if default is _MISSING else json.dumps(config_to_dict(default))
+        shown = "required" if default is _MISSING else json.dumps(config_to_dict(default))
         help_text = f.metadata.get("help", "") or (f"{parent_help} (its `{name}`)" if parent_help else "")
         rows.append((f"{prefix}{name}", type_name(hints[name]), shown, help_text))
     return rows
@@ -745,10 +745,28 @@ def load_recipe(path: str | os.PathLike | None, overrides: Sequence[str] | Mappi
     if path is not None:
         # check the file's keys on their own first, so a misspelt key is blamed on the file
         _check_keys(RecipeConfig, data, "", dotted_keys(RecipeConfig), f" (in {path})")
+    if path is None:
+        _check_required_without_recipe(overrides)
     sources = ([str(path)] if path is not None else []) + (["command-line overrides"] if overrides else [])
     origin = f" (in {' + '.join(sources)})" if sources else ""
     merged = apply_overrides(data, overrides)
     return config_from_dict(RecipeConfig, merged, origin=origin)
+
+
+# what a run needs when no recipe file is given: the keys that have no usable default
+_REQUIRED_WITHOUT_RECIPE = {"source": ("source.path", "DATASET"), "run": ("run.output_dir", "DIR")}
+
+
+def _check_required_without_recipe(overrides: Mapping[str, Any]) -> None:
+    """No recipe file: the required sections must come from overrides; if not, say how to give a recipe."""
+    given = {key.split(".")[0] for key in overrides}
+    missing = [section for section in _REQUIRED_WITHOUT_RECIPE if section not in given]
+    if missing:
+        flags = " ".join(f"--{key} {value}" for key, value in (_REQUIRED_WITHOUT_RECIPE[m] for m in missing))
+        raise ConfigError(
+            "no recipe given: pass RECIPE.yaml (e.g. recipes/quickstart.yaml; see recipes/README.md), or set the "
+            f"required section{'s' if len(missing) > 1 else ''} {' and '.join(missing)} on the command line: {flags}"
+        )
 
 
 def _check_keys(cls: type, data: Mapping[str, Any], prefix: str, root_keys: Sequence[str], origin: str) -> None:

@@ -6,7 +6,7 @@ A field declares its constraints next to its help text, once:
 rounds: int = field(default=1, metadata={"help": "M, the number of rounds.", "min": 1})
 ```
 
-and the dataclass's `__post_init__` calls `check_fields(self, "synthesis")`, so `SynthesisConfig(rounds=0)` in Python
+and the dataclass's `__post_init__` calls `check_fields(self, "synth")`, so `SynthesisConfig(rounds=0)` in Python
 and `synth: {rounds: 0}` in a recipe fail with the same message, naming the key, the value received and what is
 allowed. The recipe loader (`hf_ipt.config`) calls `check_value` on every value with the recipe's own key
 (`synth.rounds`) before it builds the dataclass, so a recipe error names the key as written in the recipe.
@@ -40,7 +40,7 @@ class ConfigError(ValueError):
         >>> SynthesisConfig(rounds=0)
         Traceback (most recent call last):
         ...
-        hf_ipt.validation.ConfigError: synthesis.rounds must be an integer >= 1, got 0
+        hf_ipt.validation.ConfigError: synth.rounds must be an integer >= 1, got 0
     """
 
 
@@ -53,7 +53,7 @@ class ConfigTypeError(ConfigError, TypeError):
         ...     SynthesisConfig(rounds="3")
         ... except TypeError as err:
         ...     print(type(err).__name__, err)
-        ConfigTypeError synthesis.rounds must be an integer >= 1, got '3' (str)
+        ConfigTypeError synth.rounds must be an integer >= 1, got '3' (str)
     """
 
 
@@ -88,21 +88,34 @@ def dataclass_in(hint: Any) -> type | None:
     return None
 
 
+# generic origins shown by the name a recipe writer knows: a YAML list is a list, a YAML mapping a dict
+_ORIGIN_NAMES = {list: "list", tuple: "list", Sequence: "list", dict: "dict", Mapping: "dict"}
+
+
 def type_name(hint: Any) -> str:
-    """A type hint as a recipe writer reads it (`int | null`, `'raw' | 'general_instructions'`).
+    """A type hint as a recipe writer reads it: `int | null`, `list[str]`, `dict[str, Any]`, `'raw' | 'hub'`.
 
     Example:
-        >>> type_name(int | None)
-        'int | null'
+        >>> type_name(int | None), type_name(Sequence[str]), type_name(Mapping[str, Any])
+        ('int | null', 'list[str]', 'dict[str, Any]')
     """
     if hint is type(None):
         return "null"
-    if isinstance(hint, type) and not typing.get_args(hint):
-        return hint.__name__
-    if typing.get_origin(hint) is Literal:
+    if hint is Any:
+        return "Any"
+    origin = typing.get_origin(hint)
+    if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(hint))
     if is_union(hint):
         return " | ".join(type_name(a) for a in typing.get_args(hint))
+    if origin is not None:
+        name = _ORIGIN_NAMES.get(origin, getattr(origin, "__name__", str(origin)))
+        args = typing.get_args(hint)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            args = args[:1]
+        return f"{name}[{', '.join(type_name(a) for a in args)}]" if args else name
+    if isinstance(hint, type):
+        return _ORIGIN_NAMES.get(hint, hint.__name__)
     return str(hint).replace("typing.", "")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import yaml
 
 from hf_ipt.cli import main
 from hf_ipt.config import RecipeConfig, dotted_keys
+from hf_ipt.quiet import LIBRARY_ENVIRONMENT
 from hf_ipt.runner import assemble_shards, plan_shards
 
 # tests/hub_server.py: the local Hub double and its `local_hub` fixture, registered as tests/test_hub.py does
@@ -46,8 +49,8 @@ def small_recipe(tmp_path: Path, model: str, output: Path) -> Path:
     return path
 
 
-def cli(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "hf_ipt.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -76,11 +79,62 @@ def test_help_lists_every_command_and_every_recipe_key(capsys):
     with pytest.raises(SystemExit):
         main(["synthesize", "--help"])
     text = capsys.readouterr().out
-    for option in ("--worker-index", "--rank", "--num-workers", "--world-size", "--overwrite"):
+    for option in ("--worker-index", "--rank", "--num-workers", "--world-size", "--overwrite", "--verbose"):
         assert option in text
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
     for key in dotted_keys(RecipeConfig):
         assert f"--{key} " in text, key
     assert "Input rows per synthesis shard" in text  # the help text of run.shard_size
+
+
+@pytest.mark.parametrize(
+    ("command", "sections"),
+    [
+        ("synthesize", {"source", "chunk", "synth", "run", "build_tiny_model"}),
+        ("templify", {"templify", "run"}),
+        ("mix", {"mix", "mix_sources", "templify", "run"}),
+        ("push", {"release", "release_to", "card", "run"}),
+    ],
+)
+def test_each_command_help_lists_only_the_recipe_sections_it_reads(capsys, command, sections):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    for key in dotted_keys(RecipeConfig):
+        listed = f"--{key} " in text
+        assert listed == (key.split(".")[0] in sections), (command, key)
+    assert "collections.abc" not in text and "typing." not in text and "NoneType" not in text
+
+
+def test_config_keys_lists_every_key_once_with_readable_types(capsys):
+    assert main(["config", "--keys"]) == 0
+    text = capsys.readouterr().out
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("  --")]
+    keys = dotted_keys(RecipeConfig)
+    assert sorted(key for key in listed if "NAME" not in key) == sorted(f"--{key}" for key in keys)
+    assert len(listed) == len(set(listed))
+    assert "collections.abc" not in text and "typing." not in text
+    assert "--card.tags  (list[str], default " in text
+    assert "--source.max_rows  (int | null, default null)" in text
+    assert "--release.repo_id  (str, required)" in text
+
+
+def test_errors_name_the_recipe_keys_and_a_missing_recipe_says_how_to_give_one(capsys):
+    required = ["--source.path", "bundled:quickstart", "--run.output_dir", "out"]
+    assert main(["config", *required, "--synth.rounds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "synth.rounds must be an integer >= 1, got 0" in err and "synthesis." not in err
+    assert main(["config", *required, "--release.repo_id", "nonamespace", "--release.version", "v1"]) == 2
+    err = capsys.readouterr().err
+    assert "release.repo_id must be 'namespace/name'" in err and "ReleaseConfig" not in err
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "hf-ipt run: error: no recipe given: pass RECIPE.yaml" in err and "recipes/README.md" in err
+    assert "--source.path DATASET --run.output_dir DIR" in err
+    assert main(["run", "--source.path", "bundled:quickstart"]) == 2
+    assert "set the required section run on the command line: --run.output_dir DIR" in capsys.readouterr().err
 
 
 def test_config_prints_the_resolved_recipe_and_errors_name_the_key(capsys, tmp_path):
@@ -255,3 +309,76 @@ def test_pipeline_run_from_python_commits_each_stage_report(reference, tiny_mode
     assert sum(templified["pairs_per_text"].values()) == templified["texts"]
     with pytest.raises(ValueError, match="unknown stage"):
         run(recipe, ("train",))
+
+
+class _RefusingEngine:
+    """An engine whose constructor refuses an argument, as vLLM's EngineArgs does."""
+
+    def __init__(self, model, **settings):
+        raise TypeError("EngineArgs.__init__() got an unexpected keyword argument 'batch_size'")
+
+
+def test_engine_start_up_and_unreadable_inputs_are_one_line_errors(tmp_path, tiny_model_path, reference, capsys,
+                                                                   monkeypatch):  # fmt: skip
+    from hf_ipt.engines import ENGINES
+
+    monkeypatch.setitem(ENGINES, "refusing", _RefusingEngine)
+    recipe = str(small_recipe(tmp_path, tiny_model_path, tmp_path / "refused"))
+    assert main(["synthesize", recipe, "-q", "--synth.engine", "refusing"]) == 2
+    err = capsys.readouterr().err
+    assert "hf-ipt synthesize: error: the refusing engine does not accept synth.engine_kwargs.batch_size" in err
+    assert "remove it" in err and "Traceback" not in err
+    assert main(["synthesize", recipe, "-q", "--synth.engine", "refusing", "--verbose"]) == 2
+    assert "Traceback" in capsys.readouterr().err  # --verbose shows where it came from
+
+    # a tokenizer that cannot be loaded (transformers raises an OSError): the key at fault, no traceback
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    recipe = str(small_recipe(tmp_path, tiny_model_path, copy))
+    assert main(["templify", recipe, "-q", "--templify.target_tokenizer", "/nonexistent/tok"]) == 2
+    err = capsys.readouterr().err
+    assert "hf-ipt templify: error: templify.target_tokenizer '/nonexistent/tok' could not be loaded" in err
+    assert "Traceback" not in err
+
+
+def test_an_os_error_from_loading_inputs_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import hf_ipt.cli
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/data/corpus")
+
+    monkeypatch.setattr(hf_ipt.cli, "run", unreadable)
+    required = ["--source.path", "bundled:quickstart", "--run.output_dir", str(tmp_path / "out")]
+    assert main(["synthesize", "-q", *required]) == 2
+    err = capsys.readouterr().err
+    assert "hf-ipt synthesize: error: PermissionError: [Errno 13] Permission denied: '/data/corpus'" in err
+
+
+THIRD_PARTY_INFO = re.compile(r"^(?!creating the)\S*.*\bINFO\b", re.MULTILINE)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_vllm_run_prints_no_third_party_info_unless_verbose(tmp_path, tiny_model_path, monkeypatch):
+    pytest.importorskip("vllm")
+    recipe = small_recipe(tmp_path, tiny_model_path, tmp_path / "quiet")
+    data = yaml.safe_load(recipe.read_text())
+    data["source"]["max_rows"] = SHARD
+    data["synth"].update(engine="vllm", rounds=1, engine_kwargs={})
+    recipe.write_text(yaml.safe_dump(data))
+    # the engine in its own process, as a user's run has it (its logs must be quiet too); none of the settings an
+    # earlier in-process main() left in this process's environment
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    for name in [*LIBRARY_ENVIRONMENT, "VLLM_LOGGING_CONFIG_PATH"]:
+        monkeypatch.delenv(name, raising=False)
+    quiet = cli("synthesize", str(recipe), env=env)
+    out, err = quiet.communicate(timeout=600)
+    assert quiet.returncode == 0, err
+    printed = out + err  # vLLM logs to stdout by default
+    assert not THIRD_PARTY_INFO.search(printed), printed
+    for chatter in ("Triton", "libtcmalloc", "Passing raw prompts", "Attempted to load weight", "FutureWarning"):
+        assert chatter not in printed, printed
+    verbose = cli("synthesize", str(recipe), "--run.output_dir", str(tmp_path / "verbose"), "--verbose", env=env)
+    out, err = verbose.communicate(timeout=600)
+    assert verbose.returncode == 0, err
+    assert THIRD_PARTY_INFO.search(out + err), out + err

@@ -250,7 +250,7 @@ def test_one_rule_for_python_and_recipes(tmp_path):
     from hf_ipt.validation import ConfigTypeError, check_value, requirement
 
     # the same declared range refuses the value in Python and in a recipe, each naming its own key
-    with pytest.raises(ConfigError, match=r"^synthesis.rounds must be an integer >= 1, got 0$"):
+    with pytest.raises(ConfigError, match=r"^synth.rounds must be an integer >= 1, got 0$"):
         SynthesisConfig(rounds=0)
     with pytest.raises(ConfigError, match=r"^synth.rounds \(in .*recipe.yaml\) must be an integer >= 1, got 0$"):
         load_recipe(write(tmp_path, BASE.replace("rounds: 3", "rounds: 0")), [])

@@ -11,7 +11,7 @@ from datasets import Dataset, load_from_disk
 from datasets.fingerprint import Hasher
 
 from hf_ipt import SynthesisConfig, Synthesizer
-from hf_ipt.engines import Completion, Engine, make_engine
+from hf_ipt.engines import ENGINES, Completion, Engine, EngineStartError, make_engine
 from hf_ipt.synthesis import synthesize_batch
 from hf_ipt.synthesis.prompts import demonstration_segment, zero_shot_segment
 from hf_ipt.testing import corpus_paragraphs
@@ -310,6 +310,40 @@ def test_unknown_engine_and_missing_extra(monkeypatch, tiny_model_path):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match=r"pip install 'hf-ipt\[vllm\]'.*pip install 'hf-ipt\[cpu\]'"):
         make_engine("vllm", model=tiny_model_path, max_model_len=333)
+
+
+class _FailingEngine:
+    """An engine whose constructor fails the way the error given to it says."""
+
+    error: BaseException = RuntimeError()
+
+    def __init__(self, model, **settings):
+        raise self.error
+
+
+def test_engine_start_up_errors_name_the_engine_the_setting_and_the_fix(monkeypatch, tiny_model_path):
+    monkeypatch.setitem(ENGINES, "failing", _FailingEngine)
+    refused = TypeError("EngineArgs.__init__() got an unexpected keyword argument 'batch_size'")
+    monkeypatch.setattr(_FailingEngine, "error", refused)
+    with pytest.raises(
+        EngineStartError, match=r"the failing engine does not accept synth.engine_kwargs.batch_size"
+    ) as info:
+        make_engine("failing", model=tiny_model_path, engine_kwargs={"batch_size": 8})
+    assert info.value.__cause__ is refused and "remove it" in str(info.value)
+    memory = ValueError("not enough KV cache for max_model_len")
+    monkeypatch.setattr(_FailingEngine, "error", memory)
+    with pytest.raises(EngineStartError, match=r"the failing engine did not start for synth.model .*not enough KV"):
+        make_engine("failing", model=tiny_model_path, engine_kwargs={"dtype": "float32"})
+    # a TypeError that is not about an argument is a bug: it keeps its own type and traceback
+    bug = TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+    monkeypatch.setattr(_FailingEngine, "error", bug)
+    with pytest.raises(TypeError) as info:
+        make_engine("failing", model=tiny_model_path, engine_kwargs={"dtype": "bfloat16"})
+    assert info.value is bug
+    # as is anything but the errors of refused settings
+    monkeypatch.setattr(_FailingEngine, "error", KeyError("internal"))
+    with pytest.raises(KeyError):
+        make_engine("failing", model=tiny_model_path, engine_kwargs={"dtype": "float16"})
 
 
 @pytest.mark.parametrize(

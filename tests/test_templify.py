@@ -321,6 +321,18 @@ def test_plan_keeps_chains_whole_and_pads_for_processes():
         plan_chain_batches(["a", None], [0, 0], batch_size=4)
 
 
+def test_one_process_plan_ends_at_the_last_row_so_the_progress_bar_counts_rows():
+    # 321 rows in chains of 3 (the last of 1 ... 3 rows), batches of 1000: one short batch, no padding slots
+    chain_ids = [f"c{i // 3}" for i in range(321)]
+    positions = [i % 3 for i in range(321)]
+    plan = plan_chain_batches(chain_ids, positions, batch_size=1000)
+    assert len(plan.indices) == 321 and plan.padding_row not in plan.indices.tolist()
+    # padding stays between batches, where a chain would not fit, and before the shards of a multi-process map
+    plan = plan_chain_batches(["a", "a", "b", "b"], [0, 1, 0, 1], batch_size=3)
+    assert plan.indices.tolist() == [0, 1, 4, 2, 3]
+    assert len(plan_chain_batches(chain_ids, positions, batch_size=1000, num_shards=2).indices) == 2000
+
+
 def test_id_column_keys_the_random_choices():
     rows = one_row_per_chain([("First version.", [pair("Q?", "A.")]), ("Other.", [pair("Q?", "A.")])])
     rows["doc_id"] = ["doc-1", "doc-2"]

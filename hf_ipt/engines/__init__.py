@@ -17,6 +17,7 @@ from hf_ipt.engines.base import (
     ChainOutlook,
     Completion,
     Engine,
+    EngineStartError,
     Request,
     RequestStream,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "ChainOutlook",
     "Completion",
     "Engine",
+    "EngineStartError",
     "Request",
     "RequestStream",
     "ServerEngine",

@@ -166,6 +166,15 @@ class Engine(ABC):
         return completions
 
 
+class EngineStartError(RuntimeError):
+    """An engine could not start with the recipe's settings; the message names the engine, the setting at fault and
+    the fix, and the library's own error is the `__cause__`.
+
+    Example:
+        >>> raise EngineStartError("the vllm engine did not start: ...")  # doctest: +SKIP
+    """
+
+
 def describe_error(error: BaseException) -> str:
     """An exception as the one-line message a Completion's `error` carries (type and message, at most 2000
     characters).

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hf_ipt.engines.base import CallableEngine, Engine
+from hf_ipt.engines.base import CallableEngine, Engine, EngineStartError
 from hf_ipt.engines.server import ServerEngine
 from hf_ipt.engines.transformers import TransformersEngine
 from hf_ipt.engines.vllm import VLLMEngine
@@ -101,8 +102,52 @@ def make_engine(
         key = (spec, model, revision, tokenizer, max_model_len, repr(sorted((engine_kwargs or {}).items())))
         if key not in _ENGINE_CACHE:
             logger.info("creating the %s engine for %s in process %d", spec, model, os.getpid())
-            _ENGINE_CACHE[key] = ENGINES[spec](
-                model, revision=revision, tokenizer=tokenizer, max_model_len=max_model_len, engine_kwargs=engine_kwargs
-            )
+            try:
+                _ENGINE_CACHE[key] = ENGINES[spec](
+                    model,
+                    revision=revision,
+                    tokenizer=tokenizer,
+                    max_model_len=max_model_len,
+                    engine_kwargs=engine_kwargs,
+                )
+            except _START_ERRORS as error:
+                explained = start_error(spec, model, engine_kwargs or {}, error)
+                if explained is error:
+                    raise
+                raise explained from error
         return _ENGINE_CACHE[key]
     return CallableEngine(spec)
+
+
+# what an engine's constructor raises for settings it refuses (an unknown or invalid argument, a model it cannot read,
+# too little memory); anything else is left alone so an internal bug keeps its traceback. A missing package's
+# ImportError already says what to install (hf_ipt._deps.require) and passes unchanged.
+_START_ERRORS = (TypeError, ValueError, OSError, RuntimeError)
+_UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '(\w+)'")
+
+
+def start_error(engine: str, model: str, engine_kwargs: dict[str, Any], error: BaseException) -> Exception:
+    """The error to raise when the `engine` named in a recipe fails to start: an `EngineStartError` naming the engine,
+    the setting at fault and the fix. A TypeError that is not about an argument is returned unchanged (a bug).
+
+    Example:
+        >>> error = TypeError("EngineArgs.__init__() got an unexpected keyword argument 'batch_size'")
+        >>> str(start_error("vllm", "m", {"batch_size": 8}, error)).split(" (")[0]
+        'the vllm engine does not accept synth.engine_kwargs.batch_size'
+    """
+    unexpected = _UNEXPECTED_KEYWORD.search(str(error)) if isinstance(error, TypeError) else None
+    if unexpected is not None and unexpected.group(1) in engine_kwargs:
+        name = unexpected.group(1)
+        return EngineStartError(
+            f"the {engine} engine does not accept synth.engine_kwargs.{name} ({type(error).__name__}: {error}); "
+            f"remove it, or set an argument the {engine} engine takes: engine_kwargs go to it unchanged, and each "
+            f"engine ({', '.join(ENGINES)}) takes its own"
+        )
+    if isinstance(error, TypeError):
+        return error
+    # the keys only: values may be credentials (a server engine's api_key)
+    shown = ", ".join(engine_kwargs) or "none set"
+    return EngineStartError(
+        f"the {engine} engine did not start for synth.model {model!r}: {type(error).__name__}: {error} "
+        f"(synth.engine_kwargs: {shown}; check synth.model, synth.engine and synth.engine_kwargs)"
+    )

@@ -233,14 +233,14 @@ class CardOptions:
     )
 
     def __post_init__(self) -> None:
-        check_fields(self, "CardOptions")
+        check_fields(self, "card")
         self.language, self.task_categories, self.tags = (
             tuple(self.language),
             tuple(self.task_categories),
             tuple(self.tags),
         )
         if not all(isinstance(k, str) for k in self.extra_sections):
-            raise TypeError("CardOptions.extra_sections must map section titles (str) to markdown (str)")
+            raise TypeError("card.extra_sections must map section titles (str) to markdown (str)")
         self.extra_sections = dict(self.extra_sections)
 
 
@@ -615,7 +615,7 @@ def template_arguments(template: str | os.PathLike | None) -> dict[str, str]:
         path = Path(template)
         if not path.is_file():
             raise FileNotFoundError(
-                f"CardOptions.template {str(template)!r} is not a file and has no Jinja markup; pass the path "
+                f"card.template {str(template)!r} is not a file and has no Jinja markup; pass the path "
                 "of a template file or the template text"
             )
         return {"template_path": str(path)}

@@ -113,23 +113,23 @@ class ReleaseConfig:
     )
 
     def __post_init__(self) -> None:
-        check_fields(self, "ReleaseConfig")
+        check_fields(self, "release")
         if self.repo_id.count("/") != 1:
             raise ValueError(
-                f"ReleaseConfig.repo_id must be 'namespace/name', got {self.repo_id!r}: releases name their namespace"
+                f"release.repo_id must be 'namespace/name', got {self.repo_id!r}: releases name their namespace"
             )
         try:
             validate_repo_id(self.repo_id)
         except HFValidationError as err:
-            raise ValueError(f"ReleaseConfig.repo_id {self.repo_id!r} is not a valid Hub repo id: {err}") from None
+            raise ValueError(f"release.repo_id {self.repo_id!r} is not a valid Hub repo id: {err}") from None
         check_version(self.version)
         check_config_name(self.config_name)
         if not SPLIT_NAME_RE.match(self.split):
-            raise ValueError(f"ReleaseConfig.split must match {SPLIT_NAME_RE.pattern}, got {self.split!r}")
+            raise ValueError(f"release.split must match {SPLIT_NAME_RE.pattern}, got {self.split!r}")
         if not self.revision or self.revision.startswith("refs/"):
-            raise ValueError(f"ReleaseConfig.revision must be a branch name such as 'main', got {self.revision!r}")
+            raise ValueError(f"release.revision must be a branch name such as 'main', got {self.revision!r}")
         if self.revision == self.version:
-            raise ValueError(f"ReleaseConfig.revision {self.revision!r} equals the version: the tag would shadow it")
+            raise ValueError(f"release.revision {self.revision!r} equals the version: the tag would shadow it")
         if self.max_shard_size is not None:
             from datasets.utils.py_utils import convert_file_size_to_int
 
@@ -138,7 +138,7 @@ class ReleaseConfig:
                     raise ValueError
             except (ValueError, TypeError):
                 raise ValueError(
-                    f"ReleaseConfig.max_shard_size must be a positive byte count or a size like '500MB', "
+                    f"release.max_shard_size must be a positive byte count or a size like '500MB', "
                     f"got {self.max_shard_size!r}"
                 ) from None
         if self.default_config is not None:
@@ -149,7 +149,7 @@ class ReleaseConfig:
                 f"{self.retry_max_delay!r}"
             )
         if self.token is not None and not self.token.strip():
-            raise ValueError("ReleaseConfig.token must be a non-empty string or None (then HF_TOKEN / saved login)")
+            raise ValueError("release.token must be a non-empty string or None (then HF_TOKEN / saved login)")
 
 
 def check_version(version: Any) -> str:

@@ -104,8 +104,8 @@ class SynthesisConfig:
     )
 
     def __post_init__(self) -> None:
-        check_fields(self, "synthesis")
-        check_token_budget(self.max_model_len, self.max_new_tokens, "synthesis.")
+        check_fields(self, "synth")
+        check_token_budget(self.max_model_len, self.max_new_tokens, "synth.")
 
 
 class Synthesizer:

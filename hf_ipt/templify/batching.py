@@ -1,8 +1,8 @@
 """Laying synthesized rows out in map batches of whole chains, whatever the batch size (see `templify`).
 
 Example:
-    >>> plan_chain_batches(["a", "a"], [1, 0], batch_size=4).indices.tolist()
-    [1, 0, 2, 2]
+    >>> plan_chain_batches(["a", "a", "b"], [1, 0, 0], batch_size=2).indices.tolist()
+    [1, 0, 2]
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ class ChainBatches:
     `indices[k]` is the input row placed in slot k, or `padding_row` (one past the last input row) for an empty
     slot; slots come in batches of `batch_size`, and the number of batches is a multiple of `num_shards` so that
     `Dataset.map(num_proc=num_shards)`, which cuts the slots into equal contiguous shards, cuts between batches.
+    With one shard the slots end at the last row (the last batch may be short).
 
     Example:
         >>> plan = plan_chain_batches(["a", "a"], [1, 0], batch_size=4)
         >>> plan.indices.tolist(), plan.padding_row, plan.num_chains
-        ([1, 0, 2, 2], 2, 1)
+        ([1, 0], 2, 1)
+        >>> plan_chain_batches(["a", "a"], [1, 0], batch_size=2, num_shards=2).indices.tolist()  # padded for 2 shards
+        [1, 0, 2, 2]
     """
 
     indices: Any  # numpy int64 array
@@ -90,4 +93,8 @@ def plan_chain_batches(chain_ids: Any, positions: Any, batch_size: int, num_shar
     chain_first_sorted = np.cumsum(counts) - counts
     within = np.arange(num_rows, dtype=np.int64) - chain_first_sorted[sorted_codes]
     indices[chain_slot[sorted_codes] + within] = order
+    if num_shards == 1:
+        # the last batch may be short (map takes it as it is): no padding after the last row, so the progress bar
+        # counts about the rows there are (321 rows in batches of 1000 are 321 slots, not 1000)
+        indices = indices[: int(chain_slot[sorted_codes[-1]] + within[-1]) + 1] if num_rows else indices[:0]
     return ChainBatches(indices=indices, batch_size=slots, padding_row=num_rows, num_chains=len(counts))

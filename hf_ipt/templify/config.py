@@ -142,7 +142,20 @@ class TemplifyConfig:
             )
 
     def resolve_target_format(self) -> TargetFormat:
-        """The BOS/EOS to write: read from `target_tokenizer` when set (loading it), else `target_format`."""
+        """The BOS/EOS to write: read from `target_tokenizer` when set (loading it), else `target_format`.
+
+        A tokenizer that cannot be loaded is a ValueError naming `templify.target_tokenizer`.
+
+        Example:
+            >>> TemplifyConfig(target_format=TargetFormat("<s>", "</s>")).resolve_target_format().bos
+            '<s>'
+        """
         if self.target_tokenizer is not None:
-            return TargetFormat.from_tokenizer(self.target_tokenizer)
+            try:
+                return TargetFormat.from_tokenizer(self.target_tokenizer)
+            except OSError as err:  # transformers' "not found / not a valid repo id / no tokenizer files"
+                raise ValueError(
+                    f"templify.target_tokenizer {self.target_tokenizer!r} could not be loaded: {err} (set it to the "
+                    "Hub id or local folder of the tokenizer of the model to be trained)"
+                ) from err
         return self.target_format
