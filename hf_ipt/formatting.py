@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hf_ipt.tokenization import load_tokenizer
+
 
 @dataclass(frozen=True)
 class TargetFormat:
@@ -27,15 +29,13 @@ class TargetFormat:
         return f"{self.bos}{text}{self.eos}"
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any) -> TargetFormat:
+    def from_tokenizer(cls, tokenizer: Any, *, key: str = "tokenizer") -> TargetFormat:
         """Read BOS/EOS from a tokenizer object or a tokenizer name/path (loaded with `AutoTokenizer`).
 
-        Raises a ValueError naming the tokenizer when it defines neither a BOS nor an EOS token.
+        Raises a ValueError naming `key` (the setting the tokenizer came from) when it cannot be loaded, and naming the
+        tokenizer when it defines neither a BOS nor an EOS token.
         """
-        if isinstance(tokenizer, str):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        tokenizer = load_tokenizer(tokenizer, key=key)
         bos = tokenizer.bos_token or ""
         eos = tokenizer.eos_token or ""
         if not bos and not eos:

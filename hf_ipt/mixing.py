@@ -83,7 +83,7 @@ from hf_ipt.columns import (
     TEXT,
 )
 from hf_ipt.formatting import NO_FORMAT, TargetFormat
-from hf_ipt.tokenization import FastEncoder
+from hf_ipt.tokenization import FastEncoder, load_tokenizer, tokenizer_name
 from hf_ipt.validation import check_fields
 
 logger = logging.getLogger(__name__)
@@ -262,37 +262,6 @@ def format_general_instructions(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_tokenizer(tokenizer: Any) -> Any:
-    """A tokenizer object from an id/path (loaded with `AutoTokenizer`) or the object itself.
-
-    Example:
-        >>> load_tokenizer("meta-llama/Meta-Llama-3-8B").name_or_path  # doctest: +SKIP
-        'meta-llama/Meta-Llama-3-8B'
-        >>> load_tokenizer(str.split)("a b")  # a callable object is returned as is
-        ['a', 'b']
-    """
-    if isinstance(tokenizer, str):
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(tokenizer)
-        except (OSError, ValueError) as err:
-            raise ValueError(
-                f"could not load the tokenizer {tokenizer!r} of the model to be trained: {err}. Pass a local "
-                "directory, a Hub id available offline, or a tokenizer object"
-            ) from err
-    if tokenizer is None or not callable(tokenizer):
-        raise ValueError(
-            "tokenizer must be the target model's tokenizer: an id/path for AutoTokenizer or a tokenizer object, "
-            f"got {type(tokenizer).__name__}"
-        )
-    return tokenizer
-
-
-def _tokenizer_name(tokenizer: Any) -> str:
-    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
-
-
 class TokenCounter:
     """Batched map function adding each row's token count under the target model's tokenizer.
 
@@ -352,7 +321,7 @@ class TokenCounter:
         return {**batch, self.count_column: self.count(batch[self.text_column])}
 
     def __repr__(self) -> str:
-        return f"TokenCounter({_tokenizer_name(self.tokenizer)!r}, {self.text_column!r}, {self.count_column!r})"
+        return f"TokenCounter({tokenizer_name(self.tokenizer)!r}, {self.text_column!r}, {self.count_column!r})"
 
 
 def _check_text_feature(dataset: Any, text_column: str, what: str) -> None:
@@ -417,7 +386,7 @@ def count_tokens(
         num_proc=num_proc,
         features=features,
         load_from_cache_file=load_from_cache_file,
-        desc=desc or f"Counting tokens ({_tokenizer_name(counter.tokenizer)})",
+        desc=desc or f"Counting tokens ({tokenizer_name(counter.tokenizer)})",
     )
 
 
@@ -879,7 +848,7 @@ def mix(datasets: Mapping[str, Any], config: MixConfig) -> MixResult:
     if not isinstance(config, MixConfig):
         raise TypeError(f"mix needs a MixConfig, got {type(config).__name__}")
     _validate_sources(datasets, config)
-    tokenizer = load_tokenizer(config.tokenizer)
+    tokenizer = load_tokenizer(config.tokenizer, key="mix.tokenizer")
     shares = config.shares()
     names = list(config.weights)  # the report and the ratios follow the order of the weights
 
@@ -1032,7 +1001,7 @@ def mix(datasets: Mapping[str, Any], config: MixConfig) -> MixResult:
     first = names[0]
     report = MixReport(
         sources=reports,
-        tokenizer=_tokenizer_name(tokenizer),
+        tokenizer=tokenizer_name(tokenizer),
         token_count_column=config.token_count_column,
         seed=config.seed,
         tolerance=float(config.tolerance),

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -35,6 +34,7 @@ from hf_ipt.columns import (
     TEXT,
 )
 from hf_ipt.templify import FAMILIES, MODES, RAW
+from hf_ipt.tokenization import load_tokenizer, tokenizer_name
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 
@@ -142,26 +142,6 @@ def is_distribution(value: Any) -> bool:
     return isinstance(value, Mapping) and {"count", "total"} <= set(value)
 
 
-def load_tokenizer(tokenizer: Any) -> tuple[Any, str | None]:
-    """(tokenizer object, its name) for a name, a path or a tokenizer object; (None, None) for None.
-
-    Example:
-        >>> load_tokenizer(None)
-        (None, None)
-        >>> load_tokenizer("meta-llama/Meta-Llama-3-8B")[1]  # doctest: +SKIP
-        'meta-llama/Meta-Llama-3-8B'
-    """
-    if tokenizer is None:
-        return None, None
-    if isinstance(tokenizer, (str, os.PathLike)):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(tokenizer)), str(tokenizer)
-    if not callable(tokenizer):
-        raise TypeError(f"tokenizer must be a name, a path or a tokenizer, got {type(tokenizer).__name__}")
-    return tokenizer, getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
-
-
 # ---------------------------------------------------------------------------------------------------- synthesis
 SYNTHESIS_COLUMNS = (C.PAIRS, C.PROMPT_TOKENS, C.TRUNCATED, C.SYNTH_STATUS, C.PARSE_DROPS)
 
@@ -238,7 +218,7 @@ _TEMPLIFY_COLUMNS = [TEXT, CHAIN_POSITIONS, MODE, INVERTED, FAMILIES_COLUMN, NUM
 def _templify_figures(dataset: Any, tokenizer: Any, batch_size: int) -> tuple[dict[str, Any], Distribution]:
     """One pass over templify's output: (templify_stats, the pairs-per-text distribution of ok texts)."""
     if tokenizer is not None and isinstance(tokenizer, str):
-        tokenizer, _ = load_tokenizer(tokenizer)
+        tokenizer = load_tokenizer(tokenizer)
     needed = _TEMPLIFY_COLUMNS
     if isinstance(dataset, Mapping):
         missing = [name for name in needed if name not in dataset]
@@ -368,7 +348,7 @@ def compute_statistics(splits: Mapping[str, Any], info: Any, batch_size: int = 1
         >>> stats["rows"], stats["text"]["characters"]["total"]
         (2, 4)
     """
-    tokenizer = tokenizer_name = None  # loaded on first use: the mix's token counts make it unnecessary
+    tokenizer = None  # loaded on first use: the mix's token counts make it unnecessary
     chars, tokens = Distribution(), Distribution()
     null_texts = 0
     per_source: dict[str, dict[str, int]] = {}
@@ -418,10 +398,10 @@ def compute_statistics(splits: Mapping[str, Any], info: Any, batch_size: int = 1
                 token_origin = f"column {count_column!r}"
             elif info.tokenizer is not None and texts is not None:
                 if tokenizer is None:
-                    tokenizer, tokenizer_name = load_tokenizer(info.tokenizer)
+                    tokenizer = load_tokenizer(info.tokenizer, key="ReleaseInfo.tokenizer")
                 encoded = tokenizer([t if isinstance(t, str) else "" for t in texts], add_special_tokens=False)
                 token_lengths = [len(ids) for ids in encoded["input_ids"]]
-                token_origin = f"tokenizer {tokenizer_name!r}"
+                token_origin = f"tokenizer {tokenizer_name(tokenizer)!r}"
             if token_lengths is not None:
                 seen["tokens"] = True
                 tokens.add(token_lengths)

@@ -4,7 +4,8 @@
 `BatchEncoding`; calling the backend's `encode_batch_fast` (no offsets) directly is about 1.4x faster. Some tokenizer
 wrappers pre-process text before the backend sees it, so the shortcut is taken only when the backend gives the same
 ids as the tokenizer's call on probe texts (special tokens, spaces, tabs, newlines, non-ASCII).
-`load_fast_tokenizer` loads a fast tokenizer once per process (synthesis and chunking share it).
+`load_fast_tokenizer` loads a fast tokenizer once per process (synthesis and chunking share it); `load_tokenizer`
+resolves the target model's tokenizer (a name, a path or an object) for templify, mixing and the statistics.
 """
 
 from __future__ import annotations
@@ -35,6 +36,49 @@ def load_fast_tokenizer(name: str, revision: str | None = None) -> Any:
             raise ValueError(f"tokenizer {name!r} is not a fast tokenizer; hf-ipt needs one for offsets and speed")
         _TOKENIZER_CACHE[key] = tokenizer
     return _TOKENIZER_CACHE[key]
+
+
+def load_tokenizer(tokenizer: Any, *, key: str = "tokenizer") -> Any:
+    """A tokenizer object from an id/path (loaded with `AutoTokenizer`) or the object itself; a ValueError naming
+    `key` (the setting it came from) and the fix when it cannot be loaded or is not a tokenizer.
+
+    Example:
+        >>> load_tokenizer("meta-llama/Meta-Llama-3-8B").name_or_path  # doctest: +SKIP
+        'meta-llama/Meta-Llama-3-8B'
+        >>> load_tokenizer(str.split)("a b")  # a callable object is returned as is
+        ['a', 'b']
+        >>> try:
+        ...     load_tokenizer(3, key="mix.tokenizer")
+        ... except ValueError as err:
+        ...     print(str(err)[:60])
+        mix.tokenizer must be the tokenizer of the model to be train
+    """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(tokenizer))
+        except (OSError, ValueError) as err:  # transformers: "not found / not a valid repo id / no tokenizer files"
+            raise ValueError(
+                f"{key} {str(tokenizer)!r} could not be loaded: {err} (set it to the Hub id or local folder of the "
+                "tokenizer of the model to be trained, available offline, or pass a tokenizer object)"
+            ) from err
+    if tokenizer is None or not callable(tokenizer):
+        raise ValueError(
+            f"{key} must be the tokenizer of the model to be trained: a Hub id or local folder for AutoTokenizer, or "
+            f"a tokenizer object; got {type(tokenizer).__name__}"
+        )
+    return tokenizer
+
+
+def tokenizer_name(tokenizer: Any) -> str:
+    """How a tokenizer object is named in reports and cards: its `name_or_path`, else its type.
+
+    Example:
+        >>> tokenizer_name(str.split)
+        'method_descriptor'
+    """
+    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
 
 def _reset_backend(backend: Any) -> None:

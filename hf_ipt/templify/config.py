@@ -151,11 +151,5 @@ class TemplifyConfig:
             '<s>'
         """
         if self.target_tokenizer is not None:
-            try:
-                return TargetFormat.from_tokenizer(self.target_tokenizer)
-            except OSError as err:  # transformers' "not found / not a valid repo id / no tokenizer files"
-                raise ValueError(
-                    f"templify.target_tokenizer {self.target_tokenizer!r} could not be loaded: {err} (set it to the "
-                    "Hub id or local folder of the tokenizer of the model to be trained)"
-                ) from err
+            return TargetFormat.from_tokenizer(self.target_tokenizer, key="templify.target_tokenizer")
         return self.target_format
