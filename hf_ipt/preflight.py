@@ -742,34 +742,29 @@ def vllm_arguments() -> set[str] | None:
     return (fields | params) - {"self", "kwargs"}
 
 
-def _class_fields(path: Path, name: str) -> set[str]:
-    """Annotated attributes of class `name` in a Python file (a dataclass' fields)."""
+def _class_node(path: Path, name: str) -> ast.ClassDef | None:
+    """The definition of class `name` in a Python file, read without importing it; None when absent or unreadable."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, SyntaxError):
-        return set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name == name:
-            return {
-                item.target.id
-                for item in node.body
-                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
-            }
-    return set()
+        return None
+    return next((node for node in ast.walk(tree) if isinstance(node, ast.ClassDef) and node.name == name), None)
+
+
+def _class_fields(path: Path, name: str) -> set[str]:
+    """Annotated attributes of class `name` in a Python file (a dataclass' fields)."""
+    node = _class_node(path, name)
+    body = node.body if node is not None else []
+    return {item.target.id for item in body if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
 
 
 def _init_params(path: Path, name: str) -> set[str]:
     """Parameter names of class `name`'s `__init__` in a Python file."""
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError):
-        return set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name == name:
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
-                    args = item.args
-                    return {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
+    node = _class_node(path, name)
+    for item in node.body if node is not None else []:
+        if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+            args = item.args
+            return {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
     return set()
 
 

@@ -291,7 +291,7 @@ class ShardedRunner:
 
     Args:
         map_fn: a batched map function (dict of lists in, dict of lists out, one output row per input row), e.g. an
-            `hf_ipt.synthesize.Synthesizer`. It is called exactly as `Dataset.map(map_fn, batched=True,
+            `hf_ipt.synthesis.Synthesizer`. It is called exactly as `Dataset.map(map_fn, batched=True,
             batch_size=batch_size)` would call it on each shard.
         output_dir: local path or fsspec URL of the run folder.
         shard_size: input rows per shard; a multiple of `batch_size`, so that a sharded run feeds `map_fn` the very
