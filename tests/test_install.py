@@ -74,6 +74,25 @@ def test_bootstrap_works_on_a_pep668_python_and_writes_only_inside_the_project(t
     assert again.returncode == 0, again.stderr
 
 
+def test_lock_covers_every_dependency_the_cpu_install_asks_for():
+    # .ci/install installs the lock with --no-deps: a dependency added to pyproject.toml without `.ci/lock` would be
+    # missing on a fresh machine
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    for extra in ("cpu", "test", "plots", "ray"):
+        wanted += project["optional-dependencies"][extra]
+    locked = {
+        re.split(r"[=<>;\[ ]", line, maxsplit=1)[0].lower().replace("_", "-")
+        for line in (REPO / ".ci" / "requirements-cpu.txt").read_text().splitlines()
+        if line and not line.startswith((" ", "#", "-"))
+    }
+    names = {re.split(r"[=<>;\[ !~]", spec, maxsplit=1)[0].lower().replace("_", "-") for spec in wanted}
+    assert names <= locked, f"not in .ci/requirements-cpu.txt (run .ci/lock): {sorted(names - locked)}"
+
+
 def test_lock_pins_the_cpu_torch_that_install_takes_from_its_own_source():
     lock = (REPO / ".ci" / "requirements-cpu.txt").read_text().splitlines()
     torch = [line for line in lock if line.startswith("torch==")]
