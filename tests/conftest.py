@@ -24,7 +24,7 @@ if "HF_DATASETS_CACHE" not in os.environ:
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
-    """Path of the tiny trained synthesizer; built once per machine (~20 s) and reused."""
+    """Path of the tiny trained synthesizer; built once per machine (~30 s on 2 cores) and reused."""
     from hf_ipt.testing import build_tiny_synthesizer
 
     cache = Path(os.environ.get("HF_IPT_TEST_CACHE", Path.home() / ".cache" / "hf-ipt-tests"))
