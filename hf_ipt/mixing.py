@@ -22,8 +22,10 @@ Selection, for sources with eligible token totals T_i: the largest total the sou
 C = min_i T_i / s_i (the source reaching the minimum is the binding one and is used whole). The mix aims at
 X = C, or at `total_tokens` when given (an error naming every short source and its shortfall when X > C, or C with a
 warning when `allow_partial=True`). Each other source is shuffled with a generator seeded from (seed, source name)
-and taken in that order while its running total stays <= s_i * X; then the one remaining example that brings the
-total closest to the target is added if it reduces the error. The achieved figures are reported exactly.
+and taken in that order while its running total stays <= s_i * X; the examples after the first that overshoots are
+scanned in the same order and each one that still fits is taken (first fit); then, if it brings the total closer to
+the target, one remaining example is added or swapped for a taken one (the single change that helps most). The
+achieved figures are reported exactly.
 
 Output schema (uniform over sources): `text` (string), `num_tokens` (int64, tokens of the text counted with
 `add_special_tokens=False`), `source` (string, the source name), `source_index` (int64, row index in the dataset
@@ -748,19 +750,58 @@ def _source_rng(seed: int, name: str) -> np.random.Generator:
 
 
 def _select_for_target(counts: np.ndarray, target: float, rng: np.random.Generator) -> np.ndarray:
-    """Positions (into `counts`) of whole examples whose token total is as close to `target` as a prefix of a
-    seeded shuffle plus one best-fitting extra example allows."""
+    """Positions (into `counts`) of whole examples whose token total is as close to `target` as a seeded first-fit
+    pass allows: the shuffled prefix that fits, then every later example (same order) that still fits, then the single
+    addition or swap of one leftover example that brings the total closest to the target."""
     order = rng.permutation(len(counts))
     running = np.cumsum(counts[order])
     taken = int(np.searchsorted(running, target, side="right"))
-    chosen = order[:taken]
+    chosen = list(order[:taken])
     deficit = target - (float(running[taken - 1]) if taken else 0.0)
-    if deficit > 0 and taken < len(order):
-        rest = counts[order[taken:]]
-        best = int(np.argmin(np.abs(rest - deficit)))
-        if abs(float(rest[best]) - deficit) < deficit:
-            chosen = np.append(chosen, order[taken + best])
-    return np.sort(chosen)
+    # First fit over the rest: a prefix alone can stop short by up to one long example (the next one in the order
+    # overshoots), which a source of long texts turns into an error of several percent.
+    smallest = float(counts.min()) if len(counts) else 0.0
+    skipped: list[int] = []
+    for cursor in range(taken, len(order)):
+        if deficit < smallest:
+            skipped.extend(order[cursor:].tolist())
+            break
+        position = int(order[cursor])
+        if counts[position] <= deficit:
+            chosen.append(position)
+            deficit -= float(counts[position])
+        else:
+            skipped.append(position)
+    if deficit > 0 and skipped:
+        chosen = _close_the_gap(counts, chosen, skipped, deficit)
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def _close_the_gap(counts: np.ndarray, chosen: list[int], leftover: list[int], deficit: float) -> list[int]:
+    """The best of: keep `chosen`, add one leftover example, or swap one chosen example for a leftover one — whichever
+    leaves the token total closest to the target (`deficit` = target - total of `chosen`, >= 0)."""
+    rest = counts[leftover].astype(np.float64)
+    order = np.argsort(rest, kind="stable")
+    ranked = rest[order]
+
+    def nearest(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # index (into `ranked`) of the leftover count nearest each wanted value, and the distance to it
+        right = np.clip(np.searchsorted(ranked, wanted), 0, len(ranked) - 1)
+        left = np.clip(right - 1, 0, len(ranked) - 1)
+        pick = np.where(np.abs(ranked[left] - wanted) <= np.abs(ranked[right] - wanted), left, right)
+        return pick, np.abs(ranked[pick] - wanted)
+
+    best_error, best = deficit, list(chosen)
+    add_pick, add_error = nearest(np.asarray([deficit]))
+    if add_error[0] < best_error:
+        best_error, best = float(add_error[0]), [*chosen, leftover[int(order[add_pick[0]])]]
+    if chosen:
+        given = counts[chosen].astype(np.float64)
+        swap_pick, swap_error = nearest(deficit + given)
+        i = int(np.argmin(swap_error))
+        if swap_error[i] < best_error:
+            best = [p for k, p in enumerate(chosen) if k != i] + [leftover[int(order[swap_pick[i]])]]
+    return best
 
 
 class _MixRowLabeller:

@@ -466,6 +466,22 @@ def test_a_source_with_no_usable_tokens_is_an_error(augmented, tiny_tokenizer):
         mix_with_general_instructions(augmented, orca, tokenizer=tiny_tokenizer)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_a_source_of_long_examples_is_filled_past_the_first_one_that_overshoots(tiny_tokenizer, seed):
+    # The capped source holds a few long texts and many short ones: whatever the shuffle, the running total meets a
+    # long text that overshoots while far from the target; the examples after it must still be used to close the gap
+    # (a prefix plus one extra example stopped 10 % short on a Python whose pydoc corpus differed by a few paragraphs).
+    binding = Dataset.from_dict({"text": [" ".join(PARAGRAPHS[:10])]})
+    long_texts = [" ".join(PARAGRAPHS[i : i + 6]) for i in range(20, 38, 6)]  # each over half the target
+    short_texts = [PARAGRAPHS[i] for i in range(100, 140)]
+    capped = Dataset.from_dict({"text": long_texts + short_texts})
+    mixed, report = mix_by_token_ratio(
+        binding, capped, 1, tokenizer=tiny_tokenizer, primary_name="binding", secondary_name="capped", seed=seed
+    )
+    assert report.within_tolerance and not report.partial
+    assert_report_matches(mixed, report, tiny_tokenizer, {"binding": 1, "capped": 1})
+
+
 def test_whole_examples_that_cannot_meet_the_tolerance(tiny_tokenizer):
     short = Dataset.from_dict({"text": ["one two three"]})
     long = Dataset.from_dict({"text": [PARAGRAPHS[0] * 3, PARAGRAPHS[1] * 3]})
