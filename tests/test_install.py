@@ -50,9 +50,7 @@ def test_bootstrap_works_on_a_pep668_python_and_writes_only_inside_the_project(t
     )
     assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr
 
-    done = subprocess.run(
-        ["bash", ".ci/bootstrap"], cwd=project, env=env, capture_output=True, text=True, timeout=300
-    )
+    done = subprocess.run(["bash", ".ci/bootstrap"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     venv_python = project / ".venv" / "bin" / "python"
     version = subprocess.run(
