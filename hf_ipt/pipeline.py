@@ -29,7 +29,7 @@ from hf_ipt.preflight import STAGES, SYNTHESIZED, ensure_ready, synthesis_runner
 from hf_ipt.release.bundle import build_bundle
 from hf_ipt.release.card import ReleaseInfo, SourceInfo, SynthesizerInfo
 from hf_ipt.release.hub import publish_release
-from hf_ipt.release.local import clear_release, write_to_folder
+from hf_ipt.release.local import check_local_version, clear_release, write_to_folder
 from hf_ipt.runner import assemble_shards, iter_shard_tables, read_manifest, run_status
 from hf_ipt.stats import (
     SYNTHESIS_COLUMNS,
@@ -42,10 +42,12 @@ from hf_ipt.store import (
     IncompleteRunError,
     commit_stage,
     config_to_dict,
+    describe_damage,
     fingerprint,
     load_stage,
     read_stage_marker,
     save_stage,
+    stage_damage,
     stage_fingerprint,
 )
 from hf_ipt.synthesis import ChunkConfig, Chunker, Synthesizer
@@ -133,6 +135,46 @@ def stage_extra(output: str, recipe: RecipeConfig) -> dict[str, Any]:
     return marker.get("extra", {})
 
 
+def reusable(output: str, identity: Mapping[str, Any], recipe: RecipeConfig, stage: str) -> bool:
+    """Whether a stage's committed output in `output` was made with `identity` and every file of it is still what
+    was committed (size and SHA-256, `hf_ipt.store.stage_damage`). A damaged output is reported by name with a
+    warning and not reused, so the stage is done again.
+
+    Example:
+        >>> reusable(recipe.run.stage_dir("templified"), identity, recipe, "templify")  # doctest: +SKIP
+        False
+    """
+    marker = read_stage_marker(output, recipe.run.storage_options)
+    if marker is None or marker.get("fingerprint") != fingerprint(identity):
+        return False
+    damage = stage_damage(output, recipe.run.storage_options, marker=marker)
+    if damage:
+        logger.warning("%s; doing the %s stage again", describe_damage(output, damage), stage)
+        return False
+    return True
+
+
+def finished_upstream(output: str, recipe: RecipeConfig, command: str) -> str:
+    """The fingerprint of the committed, intact stage output a later stage reads; IncompleteRunError when there is
+    none or a file of it is damaged, naming the files and the command that (re)makes it.
+
+    Example:
+        >>> finished_upstream(recipe.run.stage_dir("templified"), recipe, "templify")  # doctest: +SKIP
+        '5be0...'
+    """
+    storage = recipe.run.storage_options
+    marker = read_stage_marker(output, storage)
+    if marker is None or marker.get("fingerprint") is None:
+        raise IncompleteRunError(f"{output} holds no finished output; run `hf-ipt {command}` first")
+    damage = stage_damage(output, storage, marker=marker)
+    if damage:
+        raise IncompleteRunError(
+            f"{describe_damage(output, damage)}. Run `hf-ipt {command}` with this recipe (or `hf-ipt run`) to do "
+            "that stage again"
+        )
+    return marker["fingerprint"]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Synthesis
 # ----------------------------------------------------------------------------------------------------------------
@@ -187,10 +229,12 @@ def synthesis_fingerprint(recipe: RecipeConfig) -> str:
     manifest = read_manifest(recipe.run.stage_dir(SYNTHESIZED), recipe.run.storage_options)
     status = run_status(recipe.run.stage_dir(SYNTHESIZED), recipe.run.storage_options)
     if manifest is None or status["missing"]:
+        damaged = "".join(f"; shard {i} is damaged ({why})" for i, why in list(status["damaged"].items())[:5])
         raise IncompleteRunError(
             f"synthesis in {recipe.run.stage_dir(SYNTHESIZED)} is not finished "
-            f"({'not started' if manifest is None else 'shards ' + short_list(status['missing']) + ' missing'}); "
-            "run `hf-ipt synthesize` with this recipe first"
+            f"({'not started' if manifest is None else 'shards ' + short_list(status['missing']) + ' missing'}"
+            f"{damaged}); run `hf-ipt synthesize` with this recipe first"
+            + (" (it synthesizes the damaged shards again)" if damaged else "")
         )
     return manifest["fingerprint"]
 
@@ -271,7 +315,7 @@ def stage_templify(recipe: RecipeConfig) -> StageSummary:
     storage = recipe.run.storage_options
     output = recipe.run.stage_dir(TEMPLIFIED)
     identity = {"synthesized": synthesis_fingerprint(recipe), "templify": config_to_dict(recipe.templify)}
-    reused = stage_fingerprint(output, storage) == fingerprint(identity)
+    reused = reusable(output, identity, recipe, "templify")
     reports = stage_extra(output, recipe).get("statistics") if reused else None
     if reused:
         templified = load_stage(output, storage_options=storage)
@@ -304,15 +348,13 @@ def stage_mix(recipe: RecipeConfig) -> StageSummary:
         raise ConfigError("this recipe has no `mix` section; add one (see recipes/README.md) or skip `hf-ipt mix`")
     output = recipe.run.stage_dir(MIXED)
     templified_dir = recipe.run.stage_dir(TEMPLIFIED)
-    upstream = stage_fingerprint(templified_dir, recipe.run.storage_options)
-    if upstream is None:
-        raise IncompleteRunError(f"{templified_dir} holds no templified output; run `hf-ipt templify` first")
+    upstream = finished_upstream(templified_dir, recipe, "templify")
     identity = {
         "templified": upstream,
         "mix": config_to_dict(recipe.mix),
         "mix_sources": config_to_dict(recipe.mix_sources),
     }
-    if stage_fingerprint(output, recipe.run.storage_options) == fingerprint(identity):
+    if reusable(output, identity, recipe, "mix"):
         mixed = load_stage(output, storage_options=recipe.run.storage_options)
         return _mix_summary(mixed, output, time.perf_counter() - started, stage_extra(output, recipe), reused=True)
 
@@ -428,10 +470,7 @@ def stage_release(recipe: RecipeConfig, *, command: str | None = None) -> StageS
     storage = recipe.run.storage_options
     data_stage = MIXED if recipe.mix is not None else TEMPLIFIED
     data_dir = recipe.run.stage_dir(data_stage)
-    upstream = stage_fingerprint(data_dir, storage)
-    if upstream is None:
-        previous = "mix" if recipe.mix is not None else "templify"
-        raise IncompleteRunError(f"{data_dir} holds no finished output; run `hf-ipt {previous}` first")
+    upstream = finished_upstream(data_dir, recipe, "mix" if recipe.mix is not None else "templify")
     output = recipe.run.stage_dir(RELEASE)
     release_settings = {k: v for k, v in config_to_dict(recipe.release).items() if k != "token"}
     identity = {
@@ -440,11 +479,16 @@ def stage_release(recipe: RecipeConfig, *, command: str | None = None) -> StageS
         "release_to": recipe.release_to,
         "card": config_to_dict(recipe.card),
     }
-    marker = read_stage_marker(output, storage)
-    if marker is not None and marker.get("fingerprint") == fingerprint(identity):
+    if reusable(output, identity, recipe, "release"):
+        marker = read_stage_marker(output, storage) or {}
         summary = StageSummary("release", marker.get("extra", {}).get("url", output), reused=True)
         summary.rows = sum(marker.get("num_rows", {}).values()) or None
         return summary
+    if recipe.release_to == "local":
+        # a version never changes: a local release of this version with other content is replaced only when forced
+        check_local_version(
+            output, identity, recipe.release.version, force=recipe.run.overwrite, storage_options=storage
+        )
 
     clear_release(output, storage)
     data = load_stage(data_dir, storage_options=storage)
@@ -504,6 +548,7 @@ def status(recipe: RecipeConfig) -> dict[str, Any]:
         "synthesis": run_status(recipe.run.stage_dir(SYNTHESIZED), storage),
         "stages": {
             stage: stage_fingerprint(recipe.run.stage_dir(stage), storage) is not None
+            and not stage_damage(recipe.run.stage_dir(stage), storage)
             for stage in (TEMPLIFIED, MIXED, RELEASE)
         },
     }

@@ -56,7 +56,9 @@ from hf_ipt.store import (
     STATE_DIR,
     IncompleteRunError,
     Store,
+    checksum,
     config_to_dict,
+    file_damage,
     fingerprint,
     json_bytes,
 )
@@ -238,19 +240,29 @@ def read_manifest(output_dir: str, storage_options: Mapping[str, Any] | None = N
     return Store(output_dir, storage_options).read_json(MANIFEST_PATH)
 
 
-def _finished(store: Store, shard: Shard, manifest: Mapping[str, Any]) -> dict | None:
-    """The shard's marker if the shard is committed and its file is intact; None otherwise."""
+def shard_state(store: Store, shard: Shard, manifest: Mapping[str, Any]) -> tuple[dict | None, str | None]:
+    """`(marker, damage)` of one shard: the marker when the shard is committed for this run and its file is still
+    what was committed (size and SHA-256, `hf_ipt.store.file_damage`), else None; `damage` says what is wrong with
+    the file of a committed shard ("data/train-00002-of-00005.parquet: missing"), else None.
+
+    Example:
+        >>> shard_state(store, plan_shards(10, 4)[0], manifest)  # doctest: +SKIP
+        (None, 'data/train-00000-of-00003.parquet: its bytes changed since it was committed (SHA-256 differs, ...)')
+    """
     marker = store.read_json(shard.marker_path)
     if marker is None:
-        return None
+        return None, None
     if marker.get("fingerprint") != manifest["fingerprint"] or marker.get("file") != shard.data_path:
-        return None
-    if store.size(shard.data_path) != marker.get("bytes"):
-        logger.warning(
-            "shard %d: %s is missing or changed since it was committed; redoing it", shard.index, shard.data_path
-        )
-        return None
-    return marker
+        return None, None
+    reason = file_damage(store, shard.data_path, marker)
+    if reason is not None:
+        return None, f"{shard.data_path}: {reason}"
+    return marker, None
+
+
+def _finished(store: Store, shard: Shard, manifest: Mapping[str, Any]) -> dict | None:
+    """The shard's marker if the shard is committed and its file is intact; None otherwise."""
+    return shard_state(store, shard, manifest)[0]
 
 
 def run_status(output_dir: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -263,11 +275,13 @@ def run_status(output_dir: str, storage_options: Mapping[str, Any] | None = None
     store = Store(output_dir, storage_options)
     manifest = store.read_json(MANIFEST_PATH)
     if manifest is None:
-        return {"output_dir": output_dir, "started": False, "done": [], "missing": [], "num_shards": 0}
+        return {"output_dir": output_dir, "started": False, "done": [], "missing": [], "damaged": {}, "num_shards": 0}
     shards = plan_shards(manifest["num_input_rows"], manifest["shard_size"], manifest["split"])
-    done, missing, rows_out = [], [], 0
+    done, missing, rows_out, damaged = [], [], 0, {}
     for shard in shards:
-        marker = _finished(store, shard, manifest)
+        marker, damage = shard_state(store, shard, manifest)
+        if damage is not None:
+            damaged[shard.index] = damage
         if marker is None:
             missing.append(shard.index)
         else:
@@ -279,6 +293,7 @@ def run_status(output_dir: str, storage_options: Mapping[str, Any] | None = None
         "num_shards": len(shards),
         "done": done,
         "missing": missing,
+        "damaged": damaged,
         "num_input_rows": manifest["num_input_rows"],
         "rows_done": rows_out,
         "fingerprint": manifest["fingerprint"],
@@ -496,13 +511,18 @@ class ShardedRunner:
         started = time.perf_counter()
         store = Store(self.output_dir, self.storage_options)
         manifest = self._open(store, len(dataset))
+        store.remove_stale_tmp()  # leftovers of killed writes (never those of a live worker)
         shards = plan_shards(len(dataset), self.shard_size, self.split)
         mine = [shards[i] for i in shards_of_worker(len(shards), self.worker_index, self.num_workers)]
         report = ShardRunReport(output_dir=self.output_dir, num_shards=len(shards))
 
         todo = []
         for shard in mine:
-            marker = _finished(store, shard, manifest)
+            marker, damage = shard_state(store, shard, manifest)
+            if damage is not None:
+                logger.warning(
+                    "shard %d of %s is damaged (%s); synthesizing it again", shard.index, self.output_dir, damage
+                )
             if marker is None:
                 todo.append(shard)
                 continue
@@ -576,8 +596,7 @@ class ShardedRunner:
             "stop": shard.stop,
             "num_rows": len(mapped),
             "file": shard.data_path,
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
+            **checksum(data),  # bytes and sha256, checked on every resume and read (`shard_state`)
             "input_sha256": input_sha256(rows),
             "fingerprint": manifest["fingerprint"],
             "attempt": uuid.uuid4().hex,
@@ -621,8 +640,11 @@ def iter_shard_tables(
     if manifest is None:
         raise IncompleteRunError(f"{output_dir} holds no sharded run ({MANIFEST_PATH} not found)")
     for shard in plan_shards(manifest["num_input_rows"], manifest["shard_size"], manifest["split"]):
-        if _finished(store, shard, manifest) is None:
-            raise IncompleteRunError(f"shard {shard.index} of {output_dir} is not finished")
+        marker, damage = shard_state(store, shard, manifest)
+        if marker is None:
+            raise IncompleteRunError(
+                f"shard {shard.index} of {output_dir} is not finished" + (f" (damaged: {damage})" if damage else "")
+            )
         with store.fs.open(store.path(shard.data_path), "rb") as handle:
             parquet = pq.ParquetFile(handle)
             present = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
@@ -639,7 +661,8 @@ def assemble_shards(
 
     Local folders are read memory-mapped through `Dataset.from_parquet`; remote ones are read into memory. Raises
     `IncompleteRunError` listing the unfinished shards (and which worker index takes each) when the run is not done.
-    With `verify_checksums`, every file's SHA-256 is checked against its marker.
+    Every file's size and SHA-256 are checked against its marker (`shard_state`), so a shard damaged since its
+    commit counts as unfinished; `verify_checksums` is kept for callers of older versions and changes nothing.
 
     Example:
         >>> assemble_shards("output/quickstart/synthesized")["train"].num_rows  # doctest: +SKIP
@@ -652,18 +675,18 @@ def assemble_shards(
     if manifest is None:
         raise IncompleteRunError(f"{output_dir} holds no sharded run ({MANIFEST_PATH} not found)")
     shards = plan_shards(manifest["num_input_rows"], manifest["shard_size"], manifest["split"])
-    markers = [_finished(store, s, manifest) for s in shards]
+    states = [shard_state(store, s, manifest) for s in shards]
+    markers = [marker for marker, _ in states]
     missing = [s.index for s, m in zip(shards, markers, strict=True) if m is None]
     if missing:
         shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
+        damaged = [damage for _, damage in states if damage is not None]
         raise IncompleteRunError(
-            f"{len(missing)} of {len(shards)} shards of {output_dir} are not finished (shards {shown}); run the "
-            "missing workers (or a single worker) with the same config to finish them"
+            f"{len(missing)} of {len(shards)} shards of {output_dir} are not finished (shards {shown}"
+            + (f"; damaged since their commit: {'; '.join(damaged[:5])}" if damaged else "")
+            + "); run the missing workers (or a single worker) with the same config to finish them"
+            + (" (damaged shards are synthesized again)" if damaged else "")
         )
-    if verify_checksums:
-        for shard, marker in zip(shards, markers, strict=True):
-            if hashlib.sha256(store.fs.cat_file(store.path(shard.data_path))).hexdigest() != marker["sha256"]:
-                raise IncompleteRunError(f"{shard.data_path} in {output_dir} does not match its completion marker")
 
     # datasets' Parquet reader rejects row-less files; an empty shard adds no rows, so leave it out
     relatives = [s.data_path for s, m in zip(shards, markers, strict=True) if m["num_rows"]]

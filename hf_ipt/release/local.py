@@ -2,7 +2,9 @@
 
 `README.md` (the card, whose `configs` metadata lets `load_dataset(folder)` read it), `data/` (Parquet) and
 `release_info/{config}/` (stats.json, recipe.yaml, plots). The data and its commit marker are written last, so an
-interrupted release is never mistaken for a finished one.
+interrupted release is never mistaken for a finished one. The marker records every file's size and SHA-256, so a
+release damaged afterwards is noticed (`hf_ipt.store.stage_damage`) and written again. A version never changes: a
+folder holding this version with other content is replaced only when forced (`check_local_version`).
 
 Example:
     >>> bundle = build_bundle({"train": ds}, info, config_name="m2", version="v0.1")  # doctest: +SKIP
@@ -11,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +21,71 @@ import datasets
 
 from hf_ipt.release.bundle import ReleaseBundle
 from hf_ipt.release.card import RELEASE_INFO_DIR, CardOptions, render_card
-from hf_ipt.store import Store, clear_stage, save_stage, write_file
+from hf_ipt.store import (
+    Store,
+    checksum,
+    clear_stage,
+    config_to_dict,
+    fingerprint,
+    read_stage_marker,
+    save_stage,
+    write_file,
+)
+from hf_ipt.validation import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class VersionConflictError(ConfigError):
+    """A local release folder already holds this version with other content; versions never change.
+
+    Example:
+        >>> check_local_version("output/run/release", identity, "v0.1")  # doctest: +SKIP
+        Traceback (most recent call last):
+        VersionConflictError: output/run/release already holds version v0.1 of local/x, made from other data ...
+    """
+
+
+def check_local_version(
+    output: str,
+    identity: Mapping[str, Any],
+    version: str,
+    *,
+    force: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Refuse to replace a local release of `version` committed in `output` from another `identity` (other data,
+    release or card settings): like a Hub version, a released version never changes. Passes when the folder holds
+    no release, the same one (a re-run reuses or repairs it), another version (replaced, with a warning), or with
+    `force` (`--overwrite`, i.e. `run.overwrite`).
+
+    Example:
+        >>> check_local_version("memory://doc-release/none", {"data": "x"}, "v0.1")
+    """
+    marker = read_stage_marker(output, storage_options)
+    if marker is None or marker.get("fingerprint") == fingerprint(identity):
+        return
+    config = marker.get("config") or {}
+    old_version = (config.get("release") or {}).get("version")
+    if config.get("release_to") != "local" or old_version != version:
+        if old_version is not None:
+            logger.warning("%s holds version %s; replacing it with version %s", output, old_version, version)
+        return
+    if force:
+        logger.warning("overwrite: replacing version %s in %s with other content", version, output)
+        return
+    changed = sorted(k for k in set(config) | set(identity) if config.get(k) != config_to_dict(identity.get(k)))
+    raise VersionConflictError(
+        f"{output} already holds version {version} of {(config.get('release') or {}).get('repo_id')}, made from "
+        f"other {', '.join(changed) or 'settings'}; a released version never changes. Set release.version to a new "
+        f"version (e.g. --release.version {_next_version(version)}) and run.output_dir to another folder to keep "
+        "both, or pass --overwrite (run.overwrite) to replace it"
+    )
+
+
+def _next_version(version: str) -> str:
+    head, _, last = version.rpartition(".")
+    return f"{head}.{int(last) + 1}" if last.isdigit() and head else f"{version}.1"
 
 
 def clear_release(output: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -54,8 +121,10 @@ def write_to_folder(
         'release_info/m2/stats.json'
     """
     clear_release(output, storage_options)
+    written = {}  # checked with the data on every later run (`hf_ipt.store.stage_damage`)
     for path, content in bundle.files.items():
         write_file(output, path, content, storage_options=storage_options)
+        written[path] = checksum(content)
     text = render_card(
         {bundle.config_name: bundle.report},
         repo_id=repo_id,
@@ -64,12 +133,15 @@ def write_to_folder(
         dataset_info=bundle.dataset_info(),
         options=card,
     )
-    write_file(output, "README.md", str(text).encode("utf-8"), storage_options=storage_options)
+    card_bytes = str(text).encode("utf-8")
+    write_file(output, "README.md", card_bytes, storage_options=storage_options)
+    written["README.md"] = checksum(card_bytes)
     save_stage(
         datasets.DatasetDict(bundle.splits),
         output,
         config=identity,
         storage_options=storage_options,
         extra={"files": bundle.report["files"]},
+        checksums=written,
     )
     return bundle.report
