@@ -516,8 +516,73 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     return merged
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping names one key twice (YAML keeps the last silently; a recipe must not).
+
+    Example:
+        >>> yaml.load("synth:\\n  rounds: 2\\n  rounds: 3\\n", Loader=UniqueKeyLoader)
+        Traceback (most recent call last):
+        ...
+        hf_ipt.config.DuplicateKeyError: key 'synth.rounds' appears twice: on line 2 and on line 3; keep one of them
+    """
+
+    def __str__(self) -> str:  # only the sentence: YAML's own rendering adds the document's text around it
+        return self.problem or ""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping, naming the dotted key and both lines.
+
+    Example:
+        >>> yaml.load("run: {shard_size: 8}", Loader=UniqueKeyLoader)
+        {'run': {'shard_size': 8}}
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges keys that the mapping's own keys may override: not a duplicate
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: the base constructor reports it
+            if first is not None:
+                path = ".".join(str(part) for part in (*self._key_path(node), key))
+                raise DuplicateKeyError(
+                    problem=f"key {path!r} appears twice: on line {first} and on line {line}; keep one of them",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def _key_path(self, node: yaml.Node) -> list[str]:
+        """The keys leading from the document's root to `node` (for the error message)."""
+        path: list[str] = []
+        current = node
+        while True:
+            parent = self._parents.get(id(current))
+            if parent is None:
+                return path
+            path.insert(0, parent[1])
+            current = parent[0]
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        node = super().compose_node(parent, index)
+        if not hasattr(self, "_parents"):
+            self._parents: dict[int, tuple[yaml.Node, str]] = {}
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    self._parents[id(value_node)] = (node, key_node.value)
+        return node
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a recipe file into a mapping, with errors naming the file.
+    """Read a recipe file into a mapping, with errors naming the file (and, for a key given twice, the key and its
+    two lines).
 
     Example:
         >>> read_yaml("recipes/quickstart.yaml")["synth"]["rounds"]  # doctest: +SKIP
@@ -527,7 +592,9 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe file {str(path)!r} does not exist (paths are relative to the current directory)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"recipe {str(path)!r}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
     if data is None:

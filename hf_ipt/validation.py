@@ -12,9 +12,12 @@ allowed. The recipe loader (`hf_ipt.config`) calls `check_value` on every value 
 (`synth.rounds`) before it builds the dataclass, so a recipe error names the key as written in the recipe.
 
 Constraint keys in field metadata (on a list or dict field they apply to every item):
-`min` / `max` (inclusive), `gt` / `lt` (exclusive), `finite` (no inf/nan), `choices` (any container, read when
+`min` / `max` (inclusive), `gt` / `lt` (exclusive), `finite` (no inf/nan; the default for every number field:
+`"finite": False` lets one take inf), `choices` (any container, read when
 checking, so a registry dict that grows stays current), `nonempty` (a string other than ""), and `hint` (the fix,
-appended to the message). Rules between fields stay in `__post_init__`; the two shared by several classes are
+appended to the message). Whatever its range, an integer field never takes a value beyond 64 bits (what Arrow,
+NumPy, JSON readers and the engines hold), so `max_model_len: 100000000000000000000000` is refused with its key.
+Rules between fields stay in `__post_init__`; the two shared by several classes are
 `check_token_budget` and `check_shard_size` below.
 
 This module imports no other hf_ipt module, so every stage module can use it.
@@ -26,6 +29,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -197,6 +201,37 @@ def _fail(key: str, origin: str, hint: Any, meta: Mapping[str, Any], value: Any,
     return (ConfigTypeError if wrong_type else ConfigError)(message)
 
 
+INT64_MAX = 2**63 - 1  # the largest integer a field takes
+
+
+def _absurd(value: int | float, hint: Any, key: str, meta: Mapping[str, Any], origin: str) -> ConfigError | None:
+    """The error for a number no field can mean: beyond 64 bits for an integer, inf/nan (or an integer too large
+    for a float) for a number, unless the field declares `"finite": False`."""
+    if hint is int and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        return ConfigError(
+            f"{key}{origin} must be {requirement(hint, meta)} that fits in 64 bits (at most {INT64_MAX}), got "
+            f"{_big(value)}"
+        )
+    if hint is float:
+        # an integer beyond a float's range is an overflow wherever it is used; inf/nan only where not declared
+        if isinstance(value, int) and abs(value) > _FLOAT_MAX:
+            return ConfigError(f"{key}{origin} must be {requirement(hint, meta)}, got {_big(value)} (beyond a float)")
+        if "finite" not in meta and not math.isfinite(value):
+            return ConfigError(f"{key}{origin} must be {requirement(hint, meta)} and finite, got {value!r}")
+    return None
+
+
+_FLOAT_MAX = int(sys.float_info.max)
+
+
+def _big(value: int) -> str:
+    """A huge integer, short: `1e+23`, or its number of digits where even a float cannot hold it."""
+    try:
+        return f"{value:.4g}"
+    except OverflowError:
+        return f"a {len(str(abs(value)))}-digit integer"
+
+
 def _check_scalar(value: Any, hint: Any, key: str, meta: Mapping[str, Any], origin: str) -> Any:
     """Type and range of one int/float/bool/str/choice value (an integer is a number for a float field)."""
     if hint is bool:
@@ -207,6 +242,8 @@ def _check_scalar(value: Any, hint: Any, key: str, meta: Mapping[str, Any], orig
         kinds = int if hint is int else int | float
         if isinstance(value, bool) or not isinstance(value, kinds):
             raise _fail(key, origin, hint, meta, value, True)
+        if (absurd := _absurd(value, hint, key, meta, origin)) is not None:
+            raise absurd
         if (
             (meta.get("finite") and not math.isfinite(value))
             or ("min" in meta and not value >= meta["min"])

@@ -75,7 +75,18 @@ def test_defaults_then_yaml_then_command_line(tmp_path):
 )
 def test_unknown_keys_name_the_key_and_the_closest_valid_one(tmp_path, yaml_text, expected):
     with pytest.raises(ConfigError, match=expected):
-        load_recipe(write(tmp_path, BASE + yaml_text), [])
+        load_recipe(write(tmp_path, without_section(BASE, yaml_text.split(":")[0]) + yaml_text), [])
+
+
+def without_section(text: str, section: str) -> str:
+    """A recipe text without one top-level section (a recipe may give each section once)."""
+    kept, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if not line.startswith(" "):
+            skipping = line.startswith(f"{section}:")
+        if not skipping:
+            kept.append(line)
+    return "".join(kept)
 
 
 def test_unknown_override_keys_are_errors_too(tmp_path):
@@ -132,7 +143,7 @@ def test_yaml_values_of_the_wrong_type_are_rejected(tmp_path):
             write(tmp_path, BASE.replace('"bundled:quickstart"}', '"bundled:quickstart", revision: 1234}')), []
         )
     with pytest.raises(ConfigError, match=r"run \(in .*\) is a section and needs a mapping of its keys"):
-        load_recipe(write(tmp_path, BASE + "run: out\n"), [])
+        load_recipe(write(tmp_path, BASE.replace("run: {output_dir: out, shard_size: 8}", "run: out")), [])
     with pytest.raises(ConfigError, match=r"missing required section 'run'"):
         load_recipe(write(tmp_path, 'source: {path: "bundled:quickstart"}\n'), [])
     with pytest.raises(ConfigError, match="must be a mapping of sections"):
@@ -141,6 +152,63 @@ def test_yaml_values_of_the_wrong_type_are_rejected(tmp_path):
         load_recipe(write(tmp_path, "source: {path: [\n"), [])
     with pytest.raises(ConfigError, match="recipe file .*missing.yaml' does not exist"):
         load_recipe(tmp_path / "missing.yaml", [])
+
+
+def test_a_key_given_twice_is_an_error_naming_the_key_and_both_lines(tmp_path):
+    # YAML itself keeps the last value silently: rounds 2 would run while the recipe also reads rounds 3
+    with pytest.raises(ConfigError, match=r"recipe .*: key 'synth.rounds' appears twice: on line 5 and on line 9"):
+        load_recipe(write(tmp_path, BASE + "  rounds: 2\n"), [])
+    with pytest.raises(ConfigError, match=r"key 'run' appears twice: on line 3 and on line 9; keep one of them"):
+        load_recipe(write(tmp_path, BASE + "run: {output_dir: other}\n"), [])
+    entry = "mix_sources:\n  general:\n    path: a\n    kind: raw_corpus\n    path: b\n"
+    with pytest.raises(ConfigError, match=r"key 'mix_sources.general.path' appears twice: on line 11 and on line 13"):
+        load_recipe(write(tmp_path, BASE + entry), [])
+    with pytest.raises(ConfigError, match=r"key 'source.path' appears twice: on line 2 and on line 2"):
+        load_recipe(write(tmp_path, BASE.replace('{path: "bundled:quickstart"}', "{path: a, path: b}")), [])
+    # a merge key (`<<: *anchor`) whose keys the mapping overrides is no duplicate
+    merged = BASE.replace("synth:", "defaults: &d {rounds: 2, batch_size: 4}\nsynth:\n  <<: *d")
+    assert "rounds: 3" in merged and read_merged(write(tmp_path, merged)) == {"rounds": 3, "batch_size": 4}
+
+
+def read_merged(path: Path) -> dict:
+    from hf_ipt.config import read_yaml
+
+    synth = read_yaml(path)["synth"]
+    return {k: synth[k] for k in ("rounds", "batch_size")}
+
+
+@pytest.mark.parametrize(
+    ("yaml_value", "override", "expected"),
+    [
+        (None, ["--synth.max_model_len", "100000000000000000000000"], r"synth.max_model_len .* fits in 64 bits"),
+        ("max_model_len: 100000000000000000000000", [], r"synth.max_model_len \(in .*\) .* fits in 64 bits"),
+        ("max_model_len: 1.0e+23", [], r"synth.max_model_len \(in .*\) must be an integer >= 2, got 1e\+23 \(float\)"),
+        ("max_model_len: 4096.0", [], r"synth.max_model_len .* must be an integer >= 2, got 4096.0 \(float\)"),
+        (None, ["--synth.max_model_len=1e23"], r"--synth.max_model_len must be an integer, got '1e23'"),
+        (None, ["--synth.max_model_len=4096.5"], r"--synth.max_model_len must be an integer, got '4096.5'"),
+        (None, ["--run.shard_size", "-" + "9" * 30], r"run.shard_size .* fits in 64 bits"),
+        (None, ["--release.retry_base_delay=inf"], r"release.retry_base_delay .* must be a number >= 0 and finite"),
+        (None, ["--release.retry_base_delay=nan"], r"release.retry_base_delay .* must be a number >= 0"),
+        (None, ["--release.retry_base_delay", "1" + "0" * 400], r"release.retry_base_delay .* finite, got inf"),
+    ],
+)
+def test_absurd_numbers_are_refused_with_the_key(tmp_path, yaml_value, override, expected):
+    text = BASE if yaml_value is None else BASE.replace("max_new_tokens: 64", f"max_new_tokens: 64\n  {yaml_value}")
+    text += "release: {repo_id: me/x, version: v0.1, config_name: c}\n"
+    with pytest.raises(ConfigError, match=expected):
+        load_recipe(write(tmp_path, text), override)
+
+
+def test_absurd_numbers_are_refused_in_python_too():
+    from hf_ipt.release.hub import ReleaseConfig
+    from hf_ipt.synthesis import SynthesisConfig
+
+    with pytest.raises(ConfigError, match=r"synth.max_model_len must be an integer >= 2 that fits in 64 bits"):
+        SynthesisConfig(max_model_len=10**23)
+    with pytest.raises(ConfigError, match=r"retry_max_delay must be a number >= 0 and finite, got inf"):
+        ReleaseConfig(repo_id="me/x", version="v0.1", config_name="c", retry_max_delay=float("inf"))
+    with pytest.raises(ConfigError, match=r"retry_max_delay must be a number >= 0, got a 401-digit integer"):
+        ReleaseConfig(repo_id="me/x", version="v0.1", config_name="c", retry_max_delay=10**400)
 
 
 def test_invalid_values_are_rejected_before_any_model_or_dataset_loads(tmp_path):
