@@ -152,6 +152,73 @@ def test_a_committed_shard_whose_file_is_damaged_is_redone(tmp_path):
     assert assemble_shards(str(out), verify_checksums=True)["train"].num_rows == 16
 
 
+def test_a_same_size_change_in_a_committed_shard_is_found_by_its_checksum_and_redone(tmp_path, caplog):
+    dataset = make_dataset(16)
+    out = tmp_path / "out"
+    ShardedRunner(BatchRecorder(), str(out), shard_size=8, batch_size=4).run(dataset)
+    shard = out / "data/train-00001-of-00002.parquet"
+    original = shard.read_bytes()
+    at = original.index(b"text number 1")
+    shard.write_bytes(original[:at] + b"TEXT" + original[at + 4 :])  # same size, other text
+    status = run_status(str(out))
+    assert status["missing"] == [1] and "SHA-256 differs, same size" in status["damaged"][1]
+    with pytest.raises(IncompleteRunError, match=r"damaged since their commit: data/train-00001-of-00002.parquet"):
+        assemble_shards(str(out))
+    recorder = BatchRecorder()
+    with caplog.at_level("WARNING", logger="hf_ipt"):
+        report = ShardedRunner(recorder, str(out), shard_size=8, batch_size=4).run(dataset)
+    assert "shard 1 of" in caplog.text and "is damaged" in caplog.text
+    assert report.processed == [1] and report.skipped == [0] and recorder.calls == 2
+    assert shard.read_bytes() == original
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from hf_ipt.store import Store
+
+def killed(source, target):  # the process dies between writing the temporary file and renaming it into place
+    os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = killed
+Store(sys.argv[1]).write_atomic(sys.argv[2], b"half a write")
+"""
+
+
+def test_temporary_files_of_killed_writes_are_removed_at_the_next_start_but_not_a_live_writers(tmp_path):
+    from hf_ipt.store import TMP_DIR, Store, save_stage, tmp_owner
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    for relative in ("data/train-00000-of-00002.parquet", ".hf_ipt/done/shard-00000.json"):
+        killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out), relative], env=env)
+        assert killed.returncode == -signal.SIGKILL
+    tmp = out / TMP_DIR
+    leftovers = sorted(p.name for p in tmp.iterdir())
+    assert len(leftovers) == 2 and all(".tmp" in name for name in leftovers)
+    # a live writer's file (this process), another host's fresh file and an old one of an unknown writer
+    live = tmp / f"data__x.parquet.{tmp_owner()}.{'a' * 32}.tmp"
+    other_host = tmp / f"data__y.parquet.otherhost-1.{'b' * 32}.tmp"
+    old_unknown = tmp / "data__z.parquet.0123.tmp"
+    for path in (live, other_host, old_unknown):
+        path.write_bytes(b"partial")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old_unknown, (hours_ago, hours_ago))
+
+    report = ShardedRunner(BatchRecorder(), str(out), shard_size=8, batch_size=4).run(make_dataset(16))
+    assert report.complete
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([live.name, other_host.name])
+    os.utime(other_host, (hours_ago, hours_ago))  # an hour without its rename: that writer is gone
+    assert Store(str(out)).remove_stale_tmp() == [str(other_host)]
+    assert live.exists()
+
+    # a whole-stage output cleans its folder the same way when it is written again
+    stage = tmp_path / "stage"
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(stage), "data/train-00000-of-00001.parquet"], env=env)
+    assert len(list((stage / TMP_DIR).iterdir())) == 1
+    save_stage(make_dataset(4), str(stage), config={"step": 1})
+    assert not list((stage / TMP_DIR).iterdir())
+
+
 def test_a_changed_config_refuses_to_resume_unless_told_to_start_over(tmp_path):
     dataset = make_dataset(16)
     out = str(tmp_path / "out")
