@@ -212,7 +212,8 @@ class RunConfig:
         metadata={
             "help": "Start over when output_dir holds a synthesis made with another configuration: delete it instead "
             "of refusing to resume. A synthesis with the same configuration is always resumed (so every worker of a "
-            "job may pass it); delete the folder to recompute it."
+            "job may pass it); delete the folder to recompute it. Also lets a local release replace the same "
+            "release.version made with other content (refused otherwise: versions never change)."
         },
     )
     resume_ignore: list[str] = field(
