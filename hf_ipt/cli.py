@@ -277,8 +277,12 @@ def _print_status(recipe: RecipeConfig) -> int:
         print(f"  synthesize  {done}/{total} shards finished ({synthesis['rows_done']:,} rows)")
         if synthesis["missing"]:
             print(f"              missing shards: {short_list(synthesis['missing'])}")
+        if synthesis.get("damaged"):
+            print(f"              damaged shards (redone by the next run): {short_list(sorted(synthesis['damaged']))}")
     for stage, finished in found["stages"].items():
-        print(f"  {stage:<11} {'finished' if finished else '-'}")
+        damaged = found.get("damaged", {}).get(stage)
+        shown = f"damaged: {', '.join(damaged)} (redone by the next run)" if damaged else "-"
+        print(f"  {stage:<11} {'finished' if finished else shown}")
     return 0
 
 

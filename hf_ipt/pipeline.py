@@ -536,21 +536,25 @@ def stage_release(recipe: RecipeConfig, *, command: str | None = None) -> StageS
 
 
 def status(recipe: RecipeConfig) -> dict[str, Any]:
-    """Which parts of a run are finished: the synthesis shards (`runner.run_status`) and each later stage.
+    """Which parts of a run are finished: the synthesis shards (`runner.run_status`) and each later stage; a stage
+    whose files are damaged since its commit is not finished, and `damaged` names its files.
 
     Example:
         >>> status(recipe)["stages"]  # doctest: +SKIP
         {'templified': True, 'mixed': False, 'release': False}
     """
     storage = recipe.run.storage_options
+    stages, damaged = {}, {}
+    for stage in (TEMPLIFIED, MIXED, RELEASE):
+        damage = stage_damage(recipe.run.stage_dir(stage), storage)
+        stages[stage] = stage_fingerprint(recipe.run.stage_dir(stage), storage) is not None and not damage
+        if damage:
+            damaged[stage] = sorted(damage)
     return {
         "output_dir": recipe.run.output_dir,
         "synthesis": run_status(recipe.run.stage_dir(SYNTHESIZED), storage),
-        "stages": {
-            stage: stage_fingerprint(recipe.run.stage_dir(stage), storage) is not None
-            and not stage_damage(recipe.run.stage_dir(stage), storage)
-            for stage in (TEMPLIFIED, MIXED, RELEASE)
-        },
+        "stages": stages,
+        "damaged": damaged,
     }
 
 

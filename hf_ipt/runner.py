@@ -57,6 +57,7 @@ from hf_ipt.store import (
     IncompleteRunError,
     Store,
     checksum,
+    config_diff,
     config_to_dict,
     file_damage,
     fingerprint,
@@ -165,14 +166,6 @@ def input_sha256(dataset) -> str:
             json.dumps(column.to_pylist(), ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass")
         )
     return digest.hexdigest()
-
-
-def _config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two plain-data configs."""
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        keys = sorted(set(old) | set(new))
-        return [d for k in keys for d in _config_diff(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def _ignored(key: str, ignore: Sequence[str]) -> bool:
@@ -416,7 +409,7 @@ class ShardedRunner:
         for key in ("num_input_rows", "shard_size", "batch_size", "split"):
             if old.get(key) != new[key]:
                 reasons.append(f"{key}: {old.get(key)!r} -> {new[key]!r}")
-        for key in _config_diff(old.get("config", {}), new["config"]):
+        for key in config_diff(old.get("config", {}), new["config"]):
             if not _ignored(key, self.resume_ignore):
                 reasons.append(f"{key}: {_lookup(old.get('config', {}), key)!r} -> {_lookup(new['config'], key)!r}")
         return reasons

@@ -94,6 +94,19 @@ def config_to_dict(config: Any) -> Any:
     return str(config)
 
 
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain-data configs (what a refusal to resume or replace names).
+
+    Example:
+        >>> config_diff({"synth": {"rounds": 2, "model": "m"}}, {"synth": {"rounds": 3, "model": "m"}})
+        ['synth.rounds']
+    """
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in config_diff(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
 def fingerprint(data: Any) -> str:
     """SHA-256 of a config (dataclass or plain data), stable across processes, machines and key order.
 
@@ -149,7 +162,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def checksum(data: bytes) -> dict[str, Any]:
-    """What a commit marker records of a file's bytes: size and SHA-256 (hashed at ~1.3 GB/s, less than writing them).
+    """What a commit marker records of a file's bytes: size and SHA-256 (cost: `bench/bench_verify.py`).
 
     Example:
         >>> checksum(b"abc")["bytes"], checksum(b"abc")["sha256"][:12]

@@ -212,6 +212,11 @@ def test_a_single_stage_on_damaged_input_stops_with_the_file_and_the_fix(finishe
     release_before = snapshot(out / "release")
 
     capsys.readouterr()
+    assert main(["status", recipe]) == 0
+    shown = capsys.readouterr().out
+    assert "2/3 shards finished" in shown and "damaged shards (redone by the next run): 2" in shown
+    assert "mixed       damaged: data/train-00000-of-00001.parquet (redone by the next run)" in shown
+    assert "release     finished" in shown
     assert main(["templify", recipe, "-q"]) == 2
     err = capsys.readouterr().err
     assert "shard 2 is damaged" in err and "train-00002-of-00003.parquet" in err and "hf-ipt synthesize" in err
@@ -234,6 +239,10 @@ def test_a_local_release_never_changes_a_version_unless_forced(finished, capsys,
     assert main(["run", recipe, "-q", "--templify.seed", "1"]) == 2
     err = capsys.readouterr().err
     assert "already holds version v0.1" in err and "--overwrite" in err and "--release.version v0.2" in err
+    assert "made with other data (the released stage's output" in err
+    assert snapshot(out / "release") == reference["release"]
+    assert main(["run", recipe, "-q", "--card.summary", "Another text."]) == 2  # a card setting: named by its key
+    assert "made with other card.summary; a released version never changes" in capsys.readouterr().err
     assert snapshot(out / "release") == reference["release"]
     assert main(["run", recipe, "-q", "--templify.seed", "1"]) == 2  # the same refusal, every time
 

@@ -25,6 +25,7 @@ from hf_ipt.store import (
     Store,
     checksum,
     clear_stage,
+    config_diff,
     config_to_dict,
     fingerprint,
     read_stage_marker,
@@ -69,14 +70,24 @@ def check_local_version(
     old_version = (config.get("release") or {}).get("version")
     if config.get("release_to") != "local" or old_version != version:
         if old_version is not None:
-            logger.warning("%s holds version %s; replacing it with version %s", output, old_version, version)
+            logger.warning(
+                "%s holds the record of version %s (release_to %s); replacing it with version %s",
+                output,
+                old_version,
+                config.get("release_to"),
+                version,
+            )
         return
     if force:
         logger.warning("overwrite: replacing version %s in %s with other content", version, output)
         return
-    changed = sorted(k for k in set(config) | set(identity) if config.get(k) != config_to_dict(identity.get(k)))
+    # the data is named by its stage (its own settings changed upstream); release and card settings by their keys
+    changed = [
+        "data (the released stage's output: other templify/mix settings or synthesis)" if key == "data" else key
+        for key in config_diff(config, config_to_dict(identity))
+    ]
     raise VersionConflictError(
-        f"{output} already holds version {version} of {(config.get('release') or {}).get('repo_id')}, made from "
+        f"{output} already holds version {version} of {(config.get('release') or {}).get('repo_id')}, made with "
         f"other {', '.join(changed) or 'settings'}; a released version never changes. Set release.version to a new "
         f"version (e.g. --release.version {_next_version(version)}) and run.output_dir to another folder to keep "
         "both, or pass --overwrite (run.overwrite) to replace it"
