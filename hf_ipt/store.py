@@ -451,7 +451,7 @@ def stage_damage(
     """The files of a committed stage output that are damaged since the commit, `{relative path: why}`: every file
     the marker lists (data files, and the card and sidecars of a release) is checked against its recorded size and
     SHA-256. Empty when all are intact or nothing is committed. A marker written before checksums were recorded has
-    its data files checked for presence only.
+    its data files checked for presence and a readable Parquet footer.
 
     Example:
         >>> stage_damage("output/run/templified")  # doctest: +SKIP
@@ -468,9 +468,21 @@ def stage_damage(
     damage = {}
     for relative, expected in sorted(recorded.items()):
         reason = file_damage(store, relative, expected)
+        if reason is None and "sha256" not in expected and relative.endswith(".parquet"):
+            reason = _parquet_footer_damage(store, relative)
         if reason is not None:
             damage[relative] = reason
     return damage
+
+
+def _parquet_footer_damage(store: Store, relative: str) -> str | None:
+    """Why a Parquet file committed without a checksum cannot be read (a truncated file has no footer), or None."""
+    try:
+        with store.fs.open(store.path(relative), "rb") as handle:
+            pq.read_metadata(handle)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        return f"not readable as Parquet ({err})"
+    return None
 
 
 def describe_damage(output_dir: str, damage: Mapping[str, str]) -> str:

@@ -479,3 +479,23 @@ def test_the_store_imports_no_other_hf_ipt_module():
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not [name for name in imported if name.split(".")[0] == "hf_ipt"]
+
+
+def test_a_stage_committed_before_checksums_is_checked_for_a_readable_parquet_file(tmp_path):
+    import json as json_module
+
+    from hf_ipt.store import STAGE_MARKER_PATH, save_stage, stage_damage
+
+    out = tmp_path / "stage"
+    save_stage(make_dataset(8), str(out), config={"step": 1})
+    assert stage_damage(str(out)) == {}
+    marker_path = out / STAGE_MARKER_PATH
+    marker = json_module.loads(marker_path.read_text())
+    del marker["checksums"]  # as written by an hf-ipt that recorded no checksums
+    marker_path.write_text(json_module.dumps(marker))
+    assert stage_damage(str(out)) == {}
+    data = out / "data" / "train-00000-of-00001.parquet"
+    data.write_bytes(data.read_bytes()[:-100])
+    assert "not readable as Parquet" in stage_damage(str(out))["data/train-00000-of-00001.parquet"]
+    data.unlink()
+    assert stage_damage(str(out)) == {"data/train-00000-of-00001.parquet": "missing"}
