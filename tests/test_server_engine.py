@@ -100,7 +100,7 @@ class KillingProxy:
 def server_engine(tiny_model_path, endpoints, **settings):
     return ServerEngine(
         tiny_model_path,
-        engine_kwargs={"endpoints": endpoints, "backoff_seconds": 0.01, "max_retries": 2, **settings},
+        engine_kwargs={"endpoints": endpoints, "max_retries": 2, **settings},
     )
 
 
@@ -242,8 +242,15 @@ def test_urls_settings_and_pickling():
     assert completions_url("https://h/v1/completions/") == "https://h/v1/completions"
     engine = ServerEngine("org/llm", engine_kwargs={"endpoints": "http://h:1", "served_model_name": "synth"})
     assert engine.endpoints == ["http://h:1/v1/completions"] and engine.model == "synth"
-    body = json.loads(engine._body(Request("<s> <CON> x </CON>\n\n", [1, 2, 3]), 7))
-    assert body == {"temperature": 0.0, "model": "synth", "prompt": [1, 2, 3], "max_tokens": 7, "stream": False}
+    arguments = engine._body(Request("<s> <CON> x </CON>\n\n", [1, 2, 3]), 7)
+    assert arguments == {
+        "temperature": 0.0,
+        "model": "synth",
+        "prompt": [1, 2, 3],
+        "max_tokens": 7,
+        "stream": False,
+        "extra_body": {},
+    }
     clone = pickle.loads(pickle.dumps(engine))
     assert clone.endpoints == engine.endpoints and clone.model == "synth" and clone.config == engine.config
     # a copy in another process (spawned map worker, Ray actor) keeps the tokenizer and revision it was given
@@ -261,9 +268,9 @@ def test_text_format_keeps_exactly_one_bos(tiny_model_path, requests_):
     # the tiny tokenizer adds no BOS of its own: the literal one stays, and the text tokenizes to the exact ids
     assert engine._server_adds_bos(requests_[0]) is False
     engine._strip_bos = False
-    assert json.loads(engine._body(requests_[0], 7))["prompt"] == requests_[0].prompt
+    assert engine._body(requests_[0], 7)["prompt"] == requests_[0].prompt
     engine._strip_bos = True  # a tokenizer that adds its BOS gets the prompt without the literal one
-    assert json.loads(engine._body(requests_[0], 7))["prompt"] == requests_[0].prompt.removeprefix("<s>")
+    assert engine._body(requests_[0], 7)["prompt"] == requests_[0].prompt.removeprefix("<s>")
     mismatch = ServerEngine(tiny_model_path, engine_kwargs=settings)
     completion = mismatch.complete_one(Request(requests_[0].prompt, [1, 2, 3]), 7)  # ids that are not the text's
     assert completion.text == "" and "use prompt_format='token_ids'" in completion.error
