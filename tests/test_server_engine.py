@@ -8,14 +8,15 @@ import json
 import pickle
 import socket
 import struct
+import sys
 import threading
 import time
 
 import pytest
 
 from hf_ipt import Synthesizer
-from hf_ipt.engines import Request, VLLMEngine, make_engine
-from hf_ipt.engines.server import ServerEngine, completions_url
+from hf_ipt.engines import Completion, Request, VLLMEngine, make_engine
+from hf_ipt.engines.server import ServerEngine, ServerEngineConfig, completions_url
 from hf_ipt.synthesis.job import BatchJob
 from hf_ipt.testing import corpus_paragraphs, free_port, local_vllm_server
 
@@ -274,3 +275,133 @@ def test_text_format_keeps_exactly_one_bos(tiny_model_path, requests_):
     mismatch = ServerEngine(tiny_model_path, engine_kwargs=settings)
     completion = mismatch.complete_one(Request(requests_[0].prompt, [1, 2, 3]), 7)  # ids that are not the text's
     assert completion.text == "" and "use prompt_format='token_ids'" in completion.error
+
+
+class ScriptedServer:
+    """A local HTTP/1.1 server whose every POST is answered by `answer(n, body)` -> (status, headers, payload bytes),
+    `n` counting the requests from 0; it records each request's arrival time (monotonic) and JSON body."""
+
+    def __init__(self, answer):
+        self.arrivals: list[float] = []
+        self.bodies: list[dict] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                server.arrivals.append(time.monotonic())
+                server.bodies.append(body)
+                status, headers, payload = answer(len(server.bodies) - 1, body)
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def completion_payload(text: str) -> bytes:
+    """An OpenAI completions answer carrying `text` (JSON-escaped: a lone surrogate becomes `\\ud800`)."""
+    answer = {"id": "c", "object": "text_completion", "created": 0, "model": "m"}
+    answer["choices"] = [{"index": 0, "text": text, "finish_reason": "length", "logprobs": None}]
+    return json.dumps(answer).encode("ascii")
+
+
+RATE_LIMITED = (429, {"Retry-After": "1"}, b'{"error": {"message": "slow down", "type": "rate_limit", "code": 429}}')
+
+
+def test_429_with_retry_after_is_waited_out_and_the_row_succeeds():
+    server = ScriptedServer(lambda n, body: RATE_LIMITED if n < 2 else (200, {}, completion_payload(" <QUE> q")))
+    try:
+        engine = ServerEngine("org/llm", engine_kwargs={"endpoints": [server.url], "max_retries": 2})
+        completions = engine.generate([Request("<s> a", [1, 5])], MAX_NEW)
+    finally:
+        server.close()
+    assert completions[0].error is None and completions[0].text == " <QUE> q"
+    assert len(server.arrivals) == 3 and all(body["prompt"] == [1, 5] for body in server.bodies)
+    # the client waited the second the server asked for before each retry (its own back-off would be 0.5 s, 1 s)
+    gaps = [later - earlier for earlier, later in zip(server.arrivals, server.arrivals[1:], strict=False)]
+    assert min(gaps) >= 0.95 and sum(gaps) >= 1.95, gaps
+
+
+def test_a_rate_limited_row_fails_alone_after_its_retries_and_moves_to_another_endpoint():
+    stubborn = json.dumps([1, 7])  # this prompt is refused by the first server whatever happens
+    first = ScriptedServer(
+        lambda n, body: RATE_LIMITED if json.dumps(body["prompt"]) == stubborn else (200, {}, completion_payload("a"))
+    )
+    try:
+        engine = ServerEngine("org/llm", engine_kwargs={"endpoints": [first.url], "max_retries": 1})
+        completions = engine.generate([Request("<s> a", [1, 5]), Request("<s> b", [1, 7])], MAX_NEW)
+        assert completions[0].error is None and completions[0].text == "a"
+        assert completions[1].text == ""
+        assert completions[1].error == f"2 attempts failed; last: {first.url}/v1/completions: HTTP 429: slow down"
+
+        # with a second endpoint, the request moves there once the first one kept refusing it
+        second = ScriptedServer(lambda n, body: (200, {}, completion_payload("b")))
+        try:
+            engine = ServerEngine("org/llm", engine_kwargs={"endpoints": [first.url, second.url], "max_retries": 1})
+            completions = engine.generate([Request("<s> b", [1, 7])] * 2, MAX_NEW)
+        finally:
+            second.close()
+    finally:
+        first.close()
+    assert [c.error for c in completions] == [None, None] and [c.text for c in completions] == ["b", "b"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        completion_payload("x \ud800 y"),  # a lone surrogate, JSON-escaped: valid JSON, not valid Unicode
+        b'{"choices": [{"index": 0, "text": "x \xed\xa0\x80 y", "finish_reason": "length"}]}',  # as raw bytes
+        b'{"choices": []}',
+        b"not json at all",
+    ],
+)
+def test_an_odd_answer_is_that_rows_result_or_error_never_an_exception(payload):
+    server = ScriptedServer(lambda n, body: (200, {}, payload) if body["prompt"] == [1, 5] else (200, {}, b"{}"))
+    try:
+        engine = ServerEngine("org/llm", engine_kwargs={"endpoints": [server.url], "max_retries": 0})
+        requests = [Request("<s> a", [1, 5]), Request("<s> b", [1, 6])]
+        completions = engine.generate(requests, MAX_NEW)
+        streamed = engine.open_stream(MAX_NEW)
+        streamed.submit(0, requests[0])
+        [(key, from_stream)] = streamed.collect()
+    finally:
+        server.close()
+    assert key == 0 and from_stream == completions[0]
+    odd = completions[0]
+    if payload.startswith(b'{"id"'):
+        assert odd == Completion("x \ud800 y")  # returned as the server sent it: synthesis decides what to do
+    else:
+        assert (odd.error is None and odd.text.startswith("x ")) or (odd.text == "" and odd.error), odd
+    assert completions[1].text == "" and "unexpected answer" in completions[1].error
+
+
+def test_missing_openai_names_the_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openai", None)  # what `import openai` meets when it is not installed
+    with pytest.raises(
+        ImportError, match=r"the server engine .* needs the `openai` package.*pip install 'hf-ipt\[server\]'"
+    ):
+        ServerEngine("org/llm", engine_kwargs={"endpoints": ["http://127.0.0.1:9"]})
+    # the settings are still checked without it (recipe preflight)
+    assert ServerEngineConfig(endpoints=["http://h:1"]).max_retries == 4
+
+
+def test_deprecated_backoff_settings_warn_and_are_ignored():
+    with pytest.warns(FutureWarning, match="engine_kwargs.backoff_seconds is ignored"):
+        engine = ServerEngine("org/llm", engine_kwargs={"endpoints": ["http://h:1"], "backoff_seconds": 0.01})
+    assert engine.config.backoff_seconds == 0.01
