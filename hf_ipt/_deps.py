@@ -11,6 +11,7 @@ INSTALL_HINTS: dict[str, str] = {
     "torch": "pip install 'hf-ipt[torch]'",
     "matplotlib": "pip install 'hf-ipt[plots]'",
     "ray": "pip install 'hf-ipt[ray]'",
+    "openai": "pip install 'hf-ipt[server]'",
     "hypothesis": "pip install 'hf-ipt[test]'",
 }
 

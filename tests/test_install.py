@@ -80,7 +80,7 @@ def test_lock_covers_every_dependency_the_cpu_install_asks_for():
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = list(project["dependencies"])
-    for extra in ("cpu", "test", "plots", "ray"):
+    for extra in ("cpu", "test", "plots", "ray", "server"):
         wanted += project["optional-dependencies"][extra]
     locked = {
         re.split(r"[=<>;\[ ]", line, maxsplit=1)[0].lower().replace("_", "-")

@@ -8,14 +8,15 @@ import json
 import pickle
 import socket
 import struct
+import sys
 import threading
 import time
 
 import pytest
 
 from hf_ipt import Synthesizer
-from hf_ipt.engines import Request, VLLMEngine, make_engine
-from hf_ipt.engines.server import ServerEngine, completions_url
+from hf_ipt.engines import Completion, Request, VLLMEngine, make_engine
+from hf_ipt.engines.server import ServerEngine, ServerEngineConfig, completions_url
 from hf_ipt.synthesis.job import BatchJob
 from hf_ipt.testing import corpus_paragraphs, free_port, local_vllm_server
 
@@ -51,7 +52,7 @@ def requests_(tiny_model_path, texts):
 
 class KillingProxy:
     """An HTTP/1.1 proxy in front of a server that kills the connection, without an answer, of every request whose
-    body contains `poison`; it counts the attempts it saw per kind."""
+    body, as `json.dumps` writes it, contains `poison`; it counts the attempts it saw per kind."""
 
     def __init__(self, upstream: str, poison: str | None = None):
         self.upstream = upstream.removeprefix("http://")
@@ -68,7 +69,8 @@ class KillingProxy:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if proxy.poison is not None and proxy.poison in body.decode():
+                # matched in one spelling of the JSON whatever the client's separators
+                if proxy.poison is not None and proxy.poison in json.dumps(json.loads(body)):
                     proxy.killed += 1
                     # reset the connection mid-request: the client sees it die with no answer
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -100,7 +102,7 @@ class KillingProxy:
 def server_engine(tiny_model_path, endpoints, **settings):
     return ServerEngine(
         tiny_model_path,
-        engine_kwargs={"endpoints": endpoints, "backoff_seconds": 0.01, "max_retries": 2, **settings},
+        engine_kwargs={"endpoints": endpoints, "max_retries": 2, **settings},
     )
 
 
@@ -242,8 +244,15 @@ def test_urls_settings_and_pickling():
     assert completions_url("https://h/v1/completions/") == "https://h/v1/completions"
     engine = ServerEngine("org/llm", engine_kwargs={"endpoints": "http://h:1", "served_model_name": "synth"})
     assert engine.endpoints == ["http://h:1/v1/completions"] and engine.model == "synth"
-    body = json.loads(engine._body(Request("<s> <CON> x </CON>\n\n", [1, 2, 3]), 7))
-    assert body == {"temperature": 0.0, "model": "synth", "prompt": [1, 2, 3], "max_tokens": 7, "stream": False}
+    arguments = engine._body(Request("<s> <CON> x </CON>\n\n", [1, 2, 3]), 7)
+    assert arguments == {
+        "temperature": 0.0,
+        "model": "synth",
+        "prompt": "",
+        "max_tokens": 7,
+        "stream": False,
+        "extra_body": {"prompt": [1, 2, 3]},  # the ids as given (see ServerEngine._body)
+    }
     clone = pickle.loads(pickle.dumps(engine))
     assert clone.endpoints == engine.endpoints and clone.model == "synth" and clone.config == engine.config
     # a copy in another process (spawned map worker, Ray actor) keeps the tokenizer and revision it was given
@@ -261,9 +270,139 @@ def test_text_format_keeps_exactly_one_bos(tiny_model_path, requests_):
     # the tiny tokenizer adds no BOS of its own: the literal one stays, and the text tokenizes to the exact ids
     assert engine._server_adds_bos(requests_[0]) is False
     engine._strip_bos = False
-    assert json.loads(engine._body(requests_[0], 7))["prompt"] == requests_[0].prompt
+    assert engine._body(requests_[0], 7)["prompt"] == requests_[0].prompt
     engine._strip_bos = True  # a tokenizer that adds its BOS gets the prompt without the literal one
-    assert json.loads(engine._body(requests_[0], 7))["prompt"] == requests_[0].prompt.removeprefix("<s>")
+    assert engine._body(requests_[0], 7)["prompt"] == requests_[0].prompt.removeprefix("<s>")
     mismatch = ServerEngine(tiny_model_path, engine_kwargs=settings)
     completion = mismatch.complete_one(Request(requests_[0].prompt, [1, 2, 3]), 7)  # ids that are not the text's
     assert completion.text == "" and "use prompt_format='token_ids'" in completion.error
+
+
+class ScriptedServer:
+    """A local HTTP/1.1 server whose every POST is answered by `answer(n, body)` -> (status, headers, payload bytes),
+    `n` counting the requests from 0; it records each request's arrival time (monotonic) and JSON body."""
+
+    def __init__(self, answer):
+        self.arrivals: list[float] = []
+        self.bodies: list[dict] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                server.arrivals.append(time.monotonic())
+                server.bodies.append(body)
+                status, headers, payload = answer(len(server.bodies) - 1, body)
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def completion_payload(text: str) -> bytes:
+    """An OpenAI completions answer carrying `text` (JSON-escaped: a lone surrogate becomes `\\ud800`)."""
+    answer = {"id": "c", "object": "text_completion", "created": 0, "model": "m"}
+    answer["choices"] = [{"index": 0, "text": text, "finish_reason": "length", "logprobs": None}]
+    return json.dumps(answer).encode("ascii")
+
+
+RATE_LIMITED = (429, {"Retry-After": "1"}, b'{"error": {"message": "slow down", "type": "rate_limit", "code": 429}}')
+
+
+def test_429_with_retry_after_is_waited_out_and_the_row_succeeds():
+    server = ScriptedServer(lambda n, body: RATE_LIMITED if n < 2 else (200, {}, completion_payload(" <QUE> q")))
+    try:
+        engine = ServerEngine("org/llm", engine_kwargs={"endpoints": [server.url], "max_retries": 2})
+        completions = engine.generate([Request("<s> a", [1, 5])], MAX_NEW)
+    finally:
+        server.close()
+    assert completions[0].error is None and completions[0].text == " <QUE> q"
+    assert len(server.arrivals) == 3 and all(body["prompt"] == [1, 5] for body in server.bodies)
+    # the client waited the second the server asked for before each retry (its own back-off would be 0.5 s, 1 s)
+    gaps = [later - earlier for earlier, later in zip(server.arrivals, server.arrivals[1:], strict=False)]
+    assert min(gaps) >= 0.95 and sum(gaps) >= 1.95, gaps
+
+
+def test_a_rate_limited_row_fails_alone_after_its_retries_and_moves_to_another_endpoint():
+    stubborn = json.dumps([1, 7])  # this prompt is refused by the first server whatever happens
+    first = ScriptedServer(
+        lambda n, body: RATE_LIMITED if json.dumps(body["prompt"]) == stubborn else (200, {}, completion_payload("a"))
+    )
+    try:
+        engine = ServerEngine("org/llm", engine_kwargs={"endpoints": [first.url], "max_retries": 1})
+        completions = engine.generate([Request("<s> a", [1, 5]), Request("<s> b", [1, 7])], MAX_NEW)
+        assert completions[0].error is None and completions[0].text == "a"
+        assert completions[1].text == ""
+        assert completions[1].error == f"2 attempts failed; last: {first.url}/v1/completions: HTTP 429: slow down"
+
+        # with a second endpoint, the request moves there once the first one kept refusing it
+        second = ScriptedServer(lambda n, body: (200, {}, completion_payload("b")))
+        try:
+            engine = ServerEngine("org/llm", engine_kwargs={"endpoints": [first.url, second.url], "max_retries": 1})
+            completions = engine.generate([Request("<s> b", [1, 7])] * 2, MAX_NEW)
+        finally:
+            second.close()
+    finally:
+        first.close()
+    assert [c.error for c in completions] == [None, None] and [c.text for c in completions] == ["b", "b"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        completion_payload("x \ud800 y"),  # a lone surrogate, JSON-escaped: valid JSON, not valid Unicode
+        b'{"choices": [{"index": 0, "text": "x \xed\xa0\x80 y", "finish_reason": "length"}]}',  # as raw bytes
+        b'{"choices": []}',
+        b"not json at all",
+    ],
+)
+def test_an_odd_answer_is_that_rows_result_or_error_never_an_exception(payload):
+    server = ScriptedServer(lambda n, body: (200, {}, payload) if body["prompt"] == [1, 5] else (200, {}, b"{}"))
+    try:
+        engine = ServerEngine("org/llm", engine_kwargs={"endpoints": [server.url], "max_retries": 0})
+        requests = [Request("<s> a", [1, 5]), Request("<s> b", [1, 6])]
+        completions = engine.generate(requests, MAX_NEW)
+        streamed = engine.open_stream(MAX_NEW)
+        streamed.submit(0, requests[0])
+        [(key, from_stream)] = streamed.collect()
+    finally:
+        server.close()
+    assert key == 0 and from_stream == completions[0]
+    odd = completions[0]
+    if payload.startswith(b'{"id"'):
+        assert odd == Completion("x \ud800 y")  # returned as the server sent it: synthesis decides what to do
+    else:
+        assert (odd.error is None and odd.text.startswith("x ")) or (odd.text == "" and odd.error), odd
+    assert completions[1].text == "" and "unexpected answer" in completions[1].error
+
+
+def test_missing_openai_names_the_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openai", None)  # what `import openai` meets when it is not installed
+    with pytest.raises(
+        ImportError, match=r"the server engine .* needs the `openai` package.*pip install 'hf-ipt\[server\]'"
+    ):
+        ServerEngine("org/llm", engine_kwargs={"endpoints": ["http://127.0.0.1:9"]})
+    # the settings are still checked without it (recipe preflight)
+    assert ServerEngineConfig(endpoints=["http://h:1"]).max_retries == 4
+
+
+def test_deprecated_backoff_settings_warn_and_are_ignored():
+    with pytest.warns(FutureWarning, match="engine_kwargs.backoff_seconds is ignored"):
+        engine = ServerEngine("org/llm", engine_kwargs={"endpoints": ["http://h:1"], "backoff_seconds": 0.01})
+    assert engine.config.backoff_seconds == 0.01

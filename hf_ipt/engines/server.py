@@ -1,13 +1,15 @@
 """An engine that sends raw completion requests to OpenAI-compatible servers: `vllm serve`, SGLang, TGI.
 
-Each prompt goes out as one `POST {endpoint}/v1/completions` request (the completions API, not chat: the synthesizer's
+Requests go through the `openai` Python client (`client.completions.create`, an optional dependency: `pip install
+'hf-ipt[server]'`): one `POST {endpoint}/v1/completions` per prompt (the completions API, not chat: the synthesizer's
 prompt format is raw text), greedy, at most `max_new_tokens` tokens. By default the prompt is sent as its exact token
 ids (vLLM and SGLang accept a list of ids as `prompt`), so the server adds no second BOS. Requests run concurrently
-(at most `max_concurrency` at once, in total), spread over several endpoints (the one with the fewest requests in
-flight gets the next; an endpoint that fails is rested for a moment), retried with exponential back-off on connection
-failures, timeouts and 408/429/5xx answers, each retry preferring another endpoint. A request that still fails, or
-that the server rejects (e.g. a 400 for a prompt that is too long), becomes a per-row error; the other rows of the
-batch are unaffected.
+(at most `max_concurrency` at once, in total, over one pool of kept-alive connections), spread over several endpoints
+(the one with the fewest requests in flight gets the next). The client retries connection failures, timeouts and
+408/409/429/5xx answers on the same endpoint, `max_retries` times, waiting as long as the server's `Retry-After` says
+(else its own exponential back-off); when an endpoint still fails that way the request moves to another endpoint, and
+the failed one is rested for a while. A request that fails everywhere, or that the server rejects (e.g. a 400 for a
+prompt that is too long), becomes a per-row error; the other rows of the batch are unaffected.
 
 With `scheduling="continuous"` (the default), each chain's next round is sent as soon as its previous round answered
 (see `hf_ipt.synthesis.scheduling`), which also lets the server's prefix cache reuse the previous prompt.
@@ -22,19 +24,19 @@ The tokenizer hf-ipt fits prompts with (`model`, or `tokenizer`) must be the ser
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
-import random
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from hf_ipt._deps import require
 from hf_ipt.engines.base import NO_OUTLOOK, ChainOutlook, Completion, Engine, Request, RequestStream, describe_error
 from hf_ipt.markers import BOS
 from hf_ipt.validation import check_fields
@@ -42,8 +44,12 @@ from hf_ipt.validation import check_fields
 logger = logging.getLogger(__name__)
 
 PROMPT_FORMATS = ("token_ids", "text")
-# answers worth trying again: the request may succeed later or on another endpoint
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# answers that say "this endpoint, now" rather than "this request": the openai client retries them, and a request
+# that still gets one moves to another endpoint (the client's own list: 408, 409, 429, 5xx)
+ENDPOINT_FAILURE_STATUS = frozenset({408, 409, 429})
+# how long an endpoint that failed a request through all its retries gets no new requests while others are healthy:
+# long enough that a dead server does not cost every row its retries, short enough that a restarted one is soon used
+ENDPOINT_REST_SECONDS = 10.0
 
 
 @dataclass
@@ -71,18 +77,35 @@ class ServerEngineConfig:
         },
     )
     max_concurrency: int = field(
-        default=64, metadata={"help": "Most requests in flight at once, over all endpoints together.", "min": 1}
+        default=64,
+        metadata={
+            "help": "Most requests in flight at once, over all endpoints together (also the size of the connection "
+            "pool).",
+            "min": 1,
+        },
     )
     max_retries: int = field(
         default=4,
-        metadata={"help": "Further attempts after a failed one (connection error, timeout, 408/429/5xx).", "min": 0},
+        metadata={
+            "help": "Further attempts at one endpoint after a failed one (connection error, timeout, 408/409/429/"
+            "5xx), made by the openai client, which waits as the server's Retry-After says (else 0.5 s "
+            "doubling, at most 8 s); a request that still fails moves to another endpoint, if any.",
+            "min": 0,
+        },
     )
-    backoff_seconds: float = field(
-        default=0.5, metadata={"help": "Wait before the first retry; doubles with each retry (with jitter).", "min": 0}
+    backoff_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "Deprecated and ignored: the openai client spaces retries (the server's Retry-After, else 0.5 s "
+            "doubling, at most 8 s).",
+            "min": 0,
+        },
     )
-    max_backoff_seconds: float = field(default=30.0, metadata={"help": "Longest wait between two attempts.", "min": 0})
+    max_backoff_seconds: float | None = field(
+        default=None, metadata={"help": "Deprecated and ignored, like backoff_seconds.", "min": 0}
+    )
     timeout_seconds: float = field(
-        default=600.0, metadata={"help": "Socket timeout of one attempt (connect, send, and each read).", "gt": 0}
+        default=600.0, metadata={"help": "Timeout of one attempt (connect, send, and each read).", "gt": 0}
     )
     prompt_format: str = field(
         default="token_ids",
@@ -117,6 +140,15 @@ class ServerEngineConfig:
         reserved = {"model", "prompt", "max_tokens", "stream"} & set(self.extra_body)
         if reserved:
             raise ValueError(f"engine_kwargs.extra_body must not set {sorted(reserved)}: hf-ipt sets them per request")
+        for name in ("backoff_seconds", "max_backoff_seconds"):
+            if getattr(self, name) is not None:
+                warnings.warn(
+                    f"engine_kwargs.{name} is ignored and will be removed: the openai client now spaces retries "
+                    "(the server's Retry-After, else 0.5 s doubling, at most 8 s); remove the key, and set "
+                    "max_retries / timeout_seconds to tune retries",
+                    FutureWarning,
+                    stacklevel=3,
+                )
 
 
 def completions_url(url: str) -> str:
@@ -141,31 +173,29 @@ def completions_url(url: str) -> str:
     return base + "/v1/completions"
 
 
-class _AttemptFailed(Exception):
-    """One attempt failed; `retryable` says whether another attempt may succeed."""
+class _EndpointFailed(Exception):
+    """A request failed at one endpoint after the client's retries; `moves_on`: another endpoint may succeed."""
 
-    def __init__(self, message: str, retryable: bool) -> None:
+    def __init__(self, message: str, attempts: int, moves_on: bool) -> None:
         super().__init__(message)
-        self.retryable = retryable
+        self.attempts = attempts
+        self.moves_on = moves_on
 
 
 class _Endpoint:
     def __init__(self, url: str) -> None:
         self.url = url
-        parts = urlsplit(url)
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port
-        self.path = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.base_url = url.removesuffix("/completions")  # the openai client appends it
         self.in_flight = 0
         self.resting_until = 0.0  # monotonic time before which new requests avoid this endpoint
 
 
 class ServerEngine(Engine):
-    """Completions from OpenAI-compatible servers, with bounded concurrency, retries and per-row errors.
+    """Completions from OpenAI-compatible servers through the `openai` client, with bounded concurrency, retries that
+    honour `Retry-After`, load balancing over endpoints and per-row errors.
 
     Constructed by `make_engine("server", model=..., engine_kwargs={...})`; `engine_kwargs` are the fields of
-    `ServerEngineConfig` (`endpoints` is required).
+    `ServerEngineConfig` (`endpoints` is required). Needs the `openai` package (`pip install 'hf-ipt[server]'`).
 
     Example:
         >>> engine = ServerEngine("org/llm", engine_kwargs={"endpoints": ["http://127.0.0.1:8000"]})  # doctest: +SKIP
@@ -198,15 +228,18 @@ class ServerEngine(Engine):
                 f"unknown engine_kwargs for the server engine: {unknown}; the settings are {sorted(known)}"
             )
         self.config = ServerEngineConfig(**kwargs)
+        self._openai = require("openai", "the server engine (engine='server')")
         self.model = self.config.served_model_name or model
         self._tokenizer_name, self._revision = tokenizer or model, (None if tokenizer else revision)
         self._strip_bos: bool | None = None  # text format: decided on the first request
-        self.api_key = self.config.api_key or os.environ.get("OPENAI_API_KEY")
+        # the openai client insists on a key; servers started without --api-key ignore the placeholder
+        self.api_key = self.config.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self._endpoints = [_Endpoint(url) for url in self.config.endpoints]
         self._lock = threading.Lock()
         self._setup_lock = threading.Lock()
         self._turn = 0  # round-robin among equally loaded endpoints
-        self._local = threading.local()
+        self._clients: dict[str, Any] = {}  # endpoint URL -> openai.OpenAI, all on one connection pool
+        self._clients_pid = -1
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = -1
 
@@ -229,29 +262,59 @@ class ServerEngine(Engine):
             self._pool_pid = os.getpid()
             self._lock = threading.Lock()
             self._setup_lock = threading.Lock()
-            self._local = threading.local()
             for endpoint in self._endpoints:
                 endpoint.in_flight = 0
         return self._pool
 
+    def _client(self, endpoint: _Endpoint) -> Any:
+        """The openai client of an endpoint, made on first use in this process; all share one connection pool."""
+        with self._setup_lock:
+            if self._clients_pid != os.getpid():
+                # a forked process must not share its parent's sockets: new clients, new pool
+                self._clients, self._clients_pid = {}, os.getpid()
+            if not self._clients:
+                openai = self._openai
+                # one pool for every endpoint, as large as the concurrency bound, so no request waits for a
+                # connection and every connection is kept alive for the next request
+                limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
+                    max_connections=self.config.max_concurrency,
+                    max_keepalive_connections=self.config.max_concurrency,
+                )
+                http_client = openai.DefaultHttpxClient(limits=limits, timeout=self.config.timeout_seconds)
+                for e in self._endpoints:
+                    self._clients[e.url] = openai.OpenAI(
+                        base_url=e.base_url,
+                        api_key=self.api_key,
+                        max_retries=self.config.max_retries,
+                        timeout=self.config.timeout_seconds,
+                        http_client=http_client,
+                    )
+            return self._clients[endpoint.url]
+
     # --- one request ------------------------------------------------------------------------------------------
 
-    def _body(self, request: Request, max_new_tokens: int) -> bytes:
+    def _body(self, request: Request, max_new_tokens: int) -> dict[str, Any]:
+        """The arguments of `client.completions.create` for one request; `extra_body` is sent as given (over the
+        greedy default temperature)."""
+        extra_body = dict(self.config.extra_body)
         if self.config.prompt_format == "token_ids":
-            prompt: Any = list(request.token_ids)
+            # the ids travel in extra_body, which the client sends as given and which overrides `prompt`: given as
+            # `prompt`, the client walks every id in Python before sending, 5-10x fewer requests/s per process with
+            # 2000-id prompts (bench/bench_server_client.py)
+            prompt: Any = ""
+            extra_body["prompt"] = list(request.token_ids)
         else:
             # a server whose tokenizer adds a BOS gets the prompt without the literal one: exactly one BOS either way
             strip = self._strip_bos and request.prompt.startswith(BOS)
             prompt = request.prompt[len(BOS) :] if strip else request.prompt
-        body = {
-            "temperature": 0.0,
-            **self.config.extra_body,
+        return {
             "model": self.model,
             "prompt": prompt,
             "max_tokens": max_new_tokens,
+            "temperature": 0.0,
             "stream": False,
+            "extra_body": extra_body,
         }
-        return json.dumps(body).encode("utf-8")
 
     def _server_adds_bos(self, request: Request) -> bool:
         """Whether to leave out the literal BOS in the text format: the variant the server's tokenization
@@ -270,45 +333,49 @@ class ServerEngine(Engine):
         )
 
     def complete_one(self, request: Request, max_new_tokens: int) -> Completion:
-        """One request with retries; never raises: a final failure is a Completion with `error` set."""
+        """One request, retried by the client at one endpoint and moved to another when that one keeps failing;
+        never raises: a final failure is a Completion with `error` set."""
         try:
             if self.config.prompt_format == "text" and self._strip_bos is None:
                 with self._setup_lock:  # the first text-format request decides the BOS handling, once
                     if self._strip_bos is None:
                         self._strip_bos = self._server_adds_bos(request)
-            body = self._body(request, max_new_tokens)
+            arguments = self._body(request, max_new_tokens)
         except Exception as error:  # noqa: BLE001 - a request that cannot be encoded is a per-row error
             return Completion("", error=describe_error(error))
         failures: list[str] = []
+        attempts = 0
         tried: set[str] = set()
-        for attempt in range(self.config.max_retries + 1):
-            if attempt:
-                delay = min(self.config.max_backoff_seconds, self.config.backoff_seconds * 2 ** (attempt - 1))
-                time.sleep(delay * random.uniform(0.5, 1.0))  # jitter: retries of many rows do not arrive together
-            endpoint = self._acquire(avoid=tried)
+        failure: _EndpointFailed | None = None
+        while (endpoint := self._acquire(avoid=tried)) is not None:
+            tried.add(endpoint.url)
             try:
-                return self._attempt(endpoint, body)
-            except _AttemptFailed as failure:
+                return self._attempt(endpoint, arguments)
+            except _EndpointFailed as error:
+                failure = error
+                attempts += failure.attempts
                 failures.append(f"{endpoint.url}: {failure}")
-                tried.add(endpoint.url)
-                logger.debug("attempt %d at %s failed: %s", attempt + 1, endpoint.url, failure)
-                if not failure.retryable:
+                logger.debug("%d attempt(s) at %s failed: %s", failure.attempts, endpoint.url, failure)
+                if not failure.moves_on:
                     break
                 self._rest(endpoint)
             finally:
                 self._release(endpoint)
-        else:
-            logger.warning("a request failed %d times; its row gets an error: %s", len(failures), failures[-1])
-        summary = failures[-1] if len(failures) == 1 else f"{len(failures)} attempts failed; last: {failures[-1]}"
+        if failure is not None and failure.moves_on:
+            logger.warning("a request failed %d times; its row gets an error: %s", attempts, failures[-1])
+        summary = failures[-1] if attempts == 1 else f"{attempts} attempts failed; last: {failures[-1]}"
         return Completion("", error=summary[:2000])
 
-    def _acquire(self, avoid: set[str]) -> _Endpoint:
+    def _acquire(self, avoid: set[str]) -> _Endpoint | None:
+        """The endpoint for a request's next try (counted as in flight), or None when it was tried at every one."""
         now = time.monotonic()
         with self._lock:
             self._turn += 1
-            candidates = [e for e in self._endpoints if e.resting_until <= now] or self._endpoints
-            if len(candidates) > 1:
-                candidates = [e for e in candidates if e.url not in avoid] or candidates
+            untried = [e for e in self._endpoints if e.url not in avoid]
+            if not untried:
+                return None
+            # a resting endpoint is the last resort: it failed recently, but the request has nowhere else to go
+            candidates = [e for e in untried if e.resting_until <= now] or untried
             # fewest requests in flight first; among equals, take turns
             order = {id(e): (i - self._turn) % len(self._endpoints) for i, e in enumerate(self._endpoints)}
             endpoint = min(candidates, key=lambda e: (e.in_flight, order[id(e)]))
@@ -321,48 +388,29 @@ class ServerEngine(Engine):
 
     def _rest(self, endpoint: _Endpoint) -> None:
         with self._lock:
-            endpoint.resting_until = time.monotonic() + max(self.config.backoff_seconds, 0.05)
+            endpoint.resting_until = time.monotonic() + ENDPOINT_REST_SECONDS
 
-    def _connection(self, endpoint: _Endpoint) -> http.client.HTTPConnection:
-        connections = self._local.__dict__.setdefault("connections", {})
-        connection = connections.get(endpoint.url)
-        if connection is None:
-            cls = http.client.HTTPSConnection if endpoint.https else http.client.HTTPConnection
-            connection = cls(endpoint.host, endpoint.port, timeout=self.config.timeout_seconds)
-            connections[endpoint.url] = connection
-        return connection
-
-    def _drop_connection(self, endpoint: _Endpoint) -> None:
-        connection = self._local.__dict__.get("connections", {}).pop(endpoint.url, None)
-        if connection is not None:
-            connection.close()
-
-    def _attempt(self, endpoint: _Endpoint, body: bytes) -> Completion:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+    def _attempt(self, endpoint: _Endpoint, arguments: dict[str, Any]) -> Completion:
+        """One request at one endpoint, with the client's retries; a failure raises `_EndpointFailed`."""
+        openai = self._openai
         try:
-            connection = self._connection(endpoint)
-            connection.request("POST", endpoint.path, body=body, headers=headers)
-            response = connection.getresponse()
-            status, payload = response.status, response.read()
-        except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, cut mid-answer
-            self._drop_connection(endpoint)
-            kind = "timed out" if isinstance(error, TimeoutError) else type(error).__name__
-            raise _AttemptFailed(f"{kind}: {error}" if str(error) else kind, retryable=True) from error
-        if response.will_close:
-            self._drop_connection(endpoint)
-        if status != 200:
-            raise _AttemptFailed(f"HTTP {status}: {_server_message(payload)}", retryable=status in RETRYABLE_STATUS)
-        try:
-            answer = json.loads(payload)
-            choice = answer["choices"][0]
-            text = choice["text"]
-        except (ValueError, KeyError, IndexError, TypeError) as error:
-            raise _AttemptFailed(f"unexpected answer ({error!r}): {payload[:300]!r}", retryable=False) from error
+            answer = self._client(endpoint).completions.create(**arguments)
+        except openai.APIStatusError as error:  # the server answered, with an error status, after any retries
+            status = error.status_code
+            raise _EndpointFailed(
+                f"HTTP {status}: {_server_message(error.response.content)}",
+                _attempts_made(error.response.request),
+                moves_on=status in ENDPOINT_FAILURE_STATUS or status >= 500,
+            ) from error
+        except openai.APIConnectionError as error:  # refused, reset, timed out, cut mid-answer, after any retries
+            raise _EndpointFailed(_connection_failure(error), _attempts_made(error.request), moves_on=True) from error
+        except Exception as error:  # noqa: BLE001 - e.g. an answer that is not JSON: this row's error, not a crash
+            raise _EndpointFailed(f"unreadable answer: {describe_error(error)}", 1, moves_on=False) from error
+        choices = getattr(answer, "choices", None)
+        text = getattr(choices[0], "text", None) if isinstance(choices, list) and choices else None
         if not isinstance(text, str):
-            raise _AttemptFailed(f"unexpected answer: choices[0].text is {type(text).__name__}", retryable=False)
-        token_ids = choice.get("token_ids") or []
+            raise _EndpointFailed(f"unexpected answer (no choices[0].text): {str(answer)[:300]!r}", 1, moves_on=False)
+        token_ids = getattr(choices[0], "token_ids", None)  # vLLM's extra field, when the request asks for it
         return Completion(text, list(token_ids) if isinstance(token_ids, list) else [])
 
     # --- Engine interface -------------------------------------------------------------------------------------
@@ -384,10 +432,15 @@ class ServerEngine(Engine):
         return ServerRequestStream(self, max_new_tokens)
 
     def close(self) -> None:
-        """Stop the worker threads (they also stop with the process)."""
+        """Stop the worker threads and close the connections (both also end with the process); a later request
+        opens new ones."""
         if self._pool is not None and self._pool_pid == os.getpid():
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None
+        with self._setup_lock:
+            clients, self._clients = (self._clients if self._clients_pid == os.getpid() else {}), {}
+        if clients:
+            next(iter(clients.values())).close()  # the endpoints' clients share one connection pool
 
 
 class ServerRequestStream(RequestStream):
@@ -442,3 +495,30 @@ def _server_message(payload: bytes) -> str:
         if error is not None:
             return str(error)[:500]
     return str(data)[:500]
+
+
+def _attempts_made(request: Any) -> int:
+    """How many attempts the openai client made, from the retry count it sends with each request."""
+    try:
+        return int(request.headers.get("x-stainless-retry-count", 0)) + 1
+    except (AttributeError, TypeError, ValueError):
+        return 1
+
+
+def _connection_failure(error: BaseException) -> str:
+    """A connection error with its root cause: the client's own message is only 'Connection error.'.
+
+    Example:
+        >>> try:
+        ...     raise RuntimeError("Connection error.") from ConnectionRefusedError(111, "Connection refused")
+        ... except RuntimeError as error:
+        ...     _connection_failure(error)
+        'RuntimeError: Connection error. (ConnectionRefusedError: [Errno 111] Connection refused)'
+    """
+    root, seen = error, {id(error)}
+    while (cause := root.__cause__ or root.__context__) is not None and id(cause) not in seen:
+        root = cause
+        seen.add(id(root))
+    if root is error:
+        return describe_error(error)
+    return f"{describe_error(error)} ({describe_error(root)})"
