@@ -580,6 +580,8 @@ def run(
         raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
     if command is not None and not isinstance(command, str):
         command = "hf-ipt " + " ".join(shlex.quote(a) for a in command) if command else None
+    if "synthesize" in stages:  # before the preflight: a contradiction in the command itself comes first
+        check_workers(recipe.run.executor, recipe.run.num_workers, manual_index=worker_index, manual_count=num_workers)
     if preflight:
         ensure_ready(recipe, stages, worker_index=worker_index, num_workers=num_workers)
     chained = len(stages) > 1
