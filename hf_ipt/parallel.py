@@ -831,9 +831,10 @@ class RayBackend:
         scheduled (Ray would wait forever).
 
         Example:
-            >>> RayBackend(num_gpus_per_worker=None, devices_per_worker=2).gpus_per_worker(8), \
-            ...     RayBackend(num_gpus_per_worker=None).gpus_per_worker(0)
-            (2, 0)
+            >>> RayBackend(num_gpus_per_worker=None, devices_per_worker=2).gpus_per_worker(8)
+            2
+            >>> RayBackend(num_gpus_per_worker=None).gpus_per_worker(0)
+            0
         """
         wanted = self.num_gpus_per_worker
         if wanted is None:
