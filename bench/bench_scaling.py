@@ -28,7 +28,7 @@ one part's engines never compete with the next one for the cores. `bench/gpu_ben
 Run:
     .venv/bin/python bench/bench_scaling.py                      # all three, ~12 minutes on 2 cores
     .venv/bin/python bench/bench_scaling.py --only a --repeats 5
-    .venv/bin/python bench/bench_scaling.py --only d --repeats 1  # Ray vs local processes, ~3 minutes on 2 cores
+    .venv/bin/python bench/bench_scaling.py --only d --repeats 2  # Ray vs local processes, ~5 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -302,6 +302,7 @@ def run_d(model: str, args) -> dict:
             "generated": count(r["synth_output"] or "" for r in result),
         },
         "seconds": {name: statistics.median(t) for name, t in times.items()},
+        "each_run": times,
         "rows": args.executor_rows,
         "rows_per_s": {name: args.executor_rows / statistics.median(t) for name, t in times.items()},
         "same_rows": rows["ray"] == rows["local"],
@@ -412,6 +413,14 @@ def main() -> None:
         print(f"\n(d) synthesis stage, run.executor ray vs local, 2 workers each, {r['rows']} rows, end to end")
         ratio = on_ray / local
         print(f"    local (2 processes): {local:.2f} rows/s, ray (2 tasks): {on_ray:.2f} rows/s -> ratio {ratio:.2f}")
+        runs = r["each_run"]
+        print(
+            "    seconds of each run, in order (Ray keeps its worker processes, so its later runs skip the imports "
+            f"and model loading): local {', '.join(f'{t:.1f}' for t in runs['local'])}; "
+            f"ray {', '.join(f'{t:.1f}' for t in runs['ray'])}"
+        )
+        last = runs["local"][-1] / runs["ray"][-1]
+        print(f"    last run: ray {r['rows'] / runs['ray'][-1]:.2f} rows/s vs local -> ratio {last:.2f}")
         tokens, seconds = r["tokens"], r["seconds"]["local"]
         print(
             f"    tokens: {tokens['raw']} raw, {tokens['prompt']} prompt, {tokens['generated']} generated; local: "
