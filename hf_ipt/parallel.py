@@ -21,7 +21,9 @@ Parquet files.
     ...                 num_actors=16, num_gpus_per_actor=1)  # doctest: +SKIP
 
 **Resumable runs.** The backends of `hf_ipt.runner.ShardedRunner` say where its workers run: `LocalBackend` (this
-process is one worker) or `RayBackend` (n Ray tasks); `make_backend` turns a name into one.
+process is one worker), `ProcessBackend` (n pinned processes on this machine) or `RayBackend` (n Ray tasks, retried
+when their process dies); `make_backend` turns a name into one. A recipe's `run.executor` / `run.num_workers` choose
+among them (`hf_ipt.pipeline.synthesis_backend`).
 
     >>> ShardedRunner(synth, "s3://bucket/run", shard_size=4096, batch_size=1024, num_workers=16,
     ...               backend=RayBackend(num_gpus_per_worker=1)).run(loader)  # doctest: +SKIP

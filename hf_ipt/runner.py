@@ -9,8 +9,9 @@ one in flight. The manifest records the configuration's fingerprint; another con
 
 Worker `w` of `n` takes the shards `i % n == w`, so workers sharing a folder never write the same shard. Where the
 workers run is the runner's `backend` (`hf_ipt.parallel.make_backend`): 'local' runs one worker in this process
-(start the others yourself, e.g. `hf-ipt synthesize --worker-index w --num-workers n`); 'ray' starts all of them as
-Ray tasks. `assemble_shards` reads the finished run in input order.
+(start the others yourself, e.g. `hf-ipt synthesize --worker-index w --num-workers n`); 'processes' starts all of
+them as pinned processes on this machine; 'ray' starts all of them as Ray tasks. `assemble_shards` reads the finished
+run in input order.
 
 Layout of the output folder (loadable as is with `datasets.load_dataset(output_dir)`, which ignores `.hf_ipt/`):
 
@@ -303,8 +304,9 @@ class ShardedRunner:
         worker_index, num_workers: worker `w` of `n` takes the shards `i % n == w`. With the local backend this
             process is worker `worker_index` (start the others yourself); a backend that starts the workers itself
             (Ray) starts `num_workers` of them, and `worker_index` stays 0.
-        backend: where the workers run: 'local' (this process), 'ray' (Ray tasks), or a backend object such as
-            `hf_ipt.parallel.RayBackend(num_gpus_per_worker=1)`; see `hf_ipt.parallel.make_backend`.
+        backend: where the workers run: 'local' (this process), 'processes' (pinned processes here), 'ray' (Ray
+            tasks), or a backend object such as `hf_ipt.parallel.RayBackend(num_gpus_per_worker=1)`; see
+            `hf_ipt.parallel.make_backend`.
         overwrite: when the folder holds a run with another configuration, delete it and start over instead of
             refusing. A run with the same configuration is always resumed (so every worker of a job may pass it).
         resume_ignore: dotted config keys whose change does not block resuming (settings that do not change output).
