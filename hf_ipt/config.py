@@ -47,6 +47,7 @@ from hf_ipt.synthesis.chunking import ChunkSettings
 from hf_ipt.templify import TemplifyConfig
 from hf_ipt.validation import (
     ConfigError,
+    check_executor,
     check_fields,
     check_shard_size,
     check_value,
@@ -234,9 +235,53 @@ class RunConfig:
         default_factory=dict,
         metadata={"help": "fsspec options for a remote output_dir (credentials, endpoint); never written to disk."},
     )
+    executor: Literal["local", "ray"] = field(
+        default="local",
+        metadata={
+            "help": "Where the synthesis shards run. `local`: on this machine, in run.num_workers processes (one "
+            "per GPU, or a share of the cores each); other machines can join by hand with --worker-index / "
+            "--num-workers. `ray`: run.num_workers Ray tasks on the cluster at run.ray_address, each loading the "
+            "input itself and writing its shards to run.output_dir (storage every worker reaches); a task whose "
+            "process dies is retried and its unfinished shard redone. Templify, mix and release run once, here."
+        },
+    )
+    num_workers: int = field(
+        default=1,
+        metadata={
+            "help": "Workers sharing the synthesis shards (worker i takes shards i, i+n, ...). With executor local: "
+            "processes on this machine, each pinned to its GPUs (tensor_parallel_size × pipeline_parallel_size per "
+            "process) or its share of the cores. With executor ray: Ray tasks.",
+            "min": 1,
+        },
+    )
+    gpus_per_worker: float | None = field(
+        default=None,
+        metadata={
+            "help": "GPUs Ray reserves for each worker (executor ray only). Unset: tensor_parallel_size × "
+            "pipeline_parallel_size of synth.engine_kwargs when the cluster has GPUs, 0 on a CPU-only cluster.",
+            "min": 0,
+        },
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata={
+            "help": "Address of the Ray cluster (`auto`, `ray://head:10001`, `head:6379`); executor ray only. Unset: "
+            "the RAY_ADDRESS environment variable, else the Ray instance this process is already connected to, "
+            "else a new local instance."
+        },
+    )
+    max_retries: int = field(
+        default=3,
+        metadata={
+            "help": "Times Ray restarts a worker whose process or node died (executor ray only); the restarted "
+            "worker skips its committed shards and redoes the one that was in flight. Python errors are not retried.",
+            "min": 0,
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "run")
+        check_executor(self.executor, gpus_per_worker=self.gpus_per_worker, ray_address=self.ray_address)
         if not self.output_dir.strip():
             raise ConfigError(
                 f"run.output_dir must be a local path or an fsspec URL, got {self.output_dir!r}; "

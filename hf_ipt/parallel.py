@@ -21,7 +21,9 @@ Parquet files.
     ...                 num_actors=16, num_gpus_per_actor=1)  # doctest: +SKIP
 
 **Resumable runs.** The backends of `hf_ipt.runner.ShardedRunner` say where its workers run: `LocalBackend` (this
-process is one worker) or `RayBackend` (n Ray tasks); `make_backend` turns a name into one.
+process is one worker), `ProcessBackend` (n pinned processes on this machine) or `RayBackend` (n Ray tasks, retried
+when their process dies); `make_backend` turns a name into one. A recipe's `run.executor` / `run.num_workers` choose
+among them (`hf_ipt.pipeline.synthesis_backend`).
 
     >>> ShardedRunner(synth, "s3://bucket/run", shard_size=4096, batch_size=1024, num_workers=16,
     ...               backend=RayBackend(num_gpus_per_worker=1)).run(loader)  # doctest: +SKIP
@@ -35,6 +37,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -669,20 +672,139 @@ class LocalBackend:
         return [runner.run_worker(load_input(dataset))]
 
 
-def _run_ray_worker(runner: ShardWorker, dataset: Any) -> Any:
+def _run_pinned_worker(runner: ShardWorker, dataset: Any, devices: int, results: Any) -> None:
+    """The body of one `ProcessBackend` process: pin to the rank's devices, run the worker, send back its report."""
+    try:
+        pin_rank(runner.worker_index, num_ranks=runner.num_workers, devices_per_rank=devices)
+        results.put((runner.worker_index, runner.run_worker(load_input(dataset)), None))
+    except BaseException as err:  # noqa: BLE001 - whatever stopped the worker goes back to the parent, then raises
+        try:
+            results.put((runner.worker_index, None, err))
+        except Exception:  # noqa: BLE001 - an exception that cannot be pickled: send its text
+            results.put((runner.worker_index, None, RuntimeError(f"{type(err).__name__}: {err}")))
+
+
+@dataclass(frozen=True)
+class ProcessBackend:
+    """Runs `runner.num_workers` workers as processes on this machine, worker i pinned to rank i's devices
+    (`pin_rank`: its GPUs, `devices_per_worker` each, or its share of the cores), so one machine with 8 GPUs needs no
+    Ray. The input is loaded once here and handed to the processes (a forked process shares it; a spawned one gets
+    a memory-mapped dataset as its file paths).
+
+    `start_method` as for `map_on_ranks` ('auto' spawns on GPU machines and where a forked torch would run
+    single-threaded). A process that dies loses only its shard in flight: run the command again to redo it.
+
+    Example:
+        >>> ShardedRunner(synth, "out", shard_size=8, batch_size=4, num_workers=8,
+        ...               backend=ProcessBackend(devices_per_worker=1)).run(dataset)  # doctest: +SKIP
+    """
+
+    name: ClassVar[str] = "processes"
+    devices_per_worker: int = 1
+    start_method: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_positive("devices_per_worker", self.devices_per_worker)
+        if self.start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {START_METHODS}, got {self.start_method!r}")
+
+    def run(self, runner: ShardWorker, dataset: Any) -> list[Any]:
+        """Start one process per worker, wait for all; their reports in worker order (the first error raises)."""
+        import multiprocess
+
+        dataset = load_input(dataset)
+        count = runner.num_workers
+        method = self.start_method
+        if method == "auto":
+            reason = _parent_needs_spawn(count)
+            method = "spawn" if reason else "fork"
+            if reason:
+                logger.info("starting %d worker processes with spawn because %s", count, reason)
+        context = multiprocess.get_context(method)
+        results = context.SimpleQueue()
+        processes = []
+        for index in range(count):
+            worker = copy.copy(runner)
+            worker.worker_index = index
+            process = context.Process(
+                target=_run_pinned_worker, args=(worker, dataset, self.devices_per_worker, results), daemon=False
+            )
+            process.start()
+            processes.append(process)
+        outcomes: dict[int, tuple[Any, BaseException | None]] = {}
+        try:
+            while len(outcomes) < count:
+                if not results.empty():
+                    index, report, error = results.get()
+                    outcomes[index] = (report, error)
+                    continue
+                # a SimpleQueue put is written before its process exits: dead, silent and nothing queued = lost
+                for index, process in enumerate(processes):
+                    if index not in outcomes and not process.is_alive() and results.empty():
+                        outcomes[index] = (
+                            None,
+                            RuntimeError(
+                                f"worker process {index} of {count} died (exit code {process.exitcode}) before it "
+                                "reported; its committed shards are kept: run the same command again to redo the rest"
+                            ),
+                        )
+                time.sleep(0.2)
+        finally:
+            for process in processes:
+                process.join()
+        for index in range(count):
+            error = outcomes[index][1]
+            if error is not None:
+                raise error
+        reports = {index: report for index, (report, _) in outcomes.items()}
+        return [reports[i] for i in range(count)]
+
+
+def connect_ray(address: str | None = None) -> Any:
+    """The `ray` module, connected: to `address` when given, else to `RAY_ADDRESS` when set, else to the instance this
+    process already joined, else to a new local one.
+
+    Example:
+        >>> ray = connect_ray("auto")  # doctest: +SKIP
+        >>> ray.cluster_resources().get("GPU", 0)  # doctest: +SKIP
+        16.0
+    """
+    ray = require("ray", "running on Ray")
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    except ConnectionError as err:
+        raise ConnectionError(
+            f"cannot reach the Ray cluster at {address!r} ({err}); start it with `ray start --head` on the head node "
+            "(and `ray start --address=<head>:6379` on the others), or fix run.ray_address / RAY_ADDRESS"
+        ) from err
+    return ray
+
+
+def _run_ray_worker(runner: ShardWorker, dataset: Any, driver_cwd: str | None) -> Any:
+    # relative paths in a recipe (model, output folder) mean what they mean on the driver: on its machine, or on one
+    # that mounts the same shared folder, run from the same directory
+    if driver_cwd and os.path.isdir(driver_cwd):
+        os.chdir(driver_cwd)
     return runner.run_worker(load_input(dataset))
 
 
 @dataclass(frozen=True)
 class RayBackend:
     """Starts `runner.num_workers` Ray tasks, worker i taking shards i, i+n, ...; each gets `num_gpus_per_worker`
-    GPUs (Ray sets its CUDA_VISIBLE_DEVICES) and `num_cpus_per_worker` CPUs. Uses the Ray instance this process is
-    connected to (`ray.init(...)`), or starts a local one.
+    GPUs (Ray sets its CUDA_VISIBLE_DEVICES) and `num_cpus_per_worker` CPUs. Connects with `connect_ray(address)`:
+    the instance this process already joined, `address`, `RAY_ADDRESS`, or a new local one.
 
     The dataset is shipped to the workers, or, given as a zero-argument loader (e.g.
     `functools.partial(load_dataset, "org/corpus", split="train", revision="<sha>")`), loaded by each worker. The
-    output folder must be storage every worker reaches (a shared folder, or an fsspec URL). A failed run is resumed
-    by running it again: finished shards are skipped.
+    output folder must be storage every worker reaches (a shared folder, or an fsspec URL). A task whose process or
+    node dies is restarted up to `max_retries` times: it skips its committed shards and redoes the one in flight
+    (Python errors are not retried: they would fail again). A failed run is resumed by running it again.
+
+    `num_gpus_per_worker=None` reserves `devices_per_worker` GPUs when the cluster has GPUs, none on a CPU-only
+    cluster.
 
     Example:
         >>> runner = ShardedRunner(synth, "s3://bucket/run", shard_size=4096, batch_size=1024, num_workers=16,
@@ -692,17 +814,45 @@ class RayBackend:
     """
 
     name: ClassVar[str] = "ray"
-    num_gpus_per_worker: float = 0
+    num_gpus_per_worker: float | None = 0
     num_cpus_per_worker: float = 1
+    max_retries: int = 3
+    address: str | None = None
+    devices_per_worker: int = 1
 
     def __post_init__(self) -> None:
-        _check_resource("num_gpus_per_worker", self.num_gpus_per_worker)
+        if self.num_gpus_per_worker is not None:
+            _check_resource("num_gpus_per_worker", self.num_gpus_per_worker)
         _check_resource("num_cpus_per_worker", self.num_cpus_per_worker)
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        _check_positive("devices_per_worker", self.devices_per_worker)
+
+    def gpus_per_worker(self, cluster_gpus: float) -> float:
+        """The GPUs each worker reserves on a cluster with `cluster_gpus` GPUs; refuses what could never be
+        scheduled (Ray would wait forever).
+
+        Example:
+            >>> RayBackend(num_gpus_per_worker=None, devices_per_worker=2).gpus_per_worker(8)
+            2
+            >>> RayBackend(num_gpus_per_worker=None).gpus_per_worker(0)
+            0
+        """
+        wanted = self.num_gpus_per_worker
+        if wanted is None:
+            return self.devices_per_worker if cluster_gpus else 0
+        if wanted > cluster_gpus:
+            raise ValueError(
+                f"run.gpus_per_worker={wanted} but the Ray cluster has {cluster_gpus:g} GPU(s): no worker could "
+                "ever start. Lower run.gpus_per_worker (0 on a CPU-only cluster), or add GPU nodes"
+            )
+        return wanted
 
     def run(self, runner: ShardWorker, dataset: Any) -> list[Any]:
         """Run every worker as a Ray task and wait for them; their reports in worker order."""
-        ray = require("ray", "running on Ray")
-        remote = ray.remote(num_gpus=self.num_gpus_per_worker, num_cpus=self.num_cpus_per_worker, max_retries=0)(
+        ray = connect_ray(self.address)
+        gpus = self.gpus_per_worker(float(ray.cluster_resources().get("GPU", 0)))
+        remote = ray.remote(num_gpus=gpus, num_cpus=self.num_cpus_per_worker, max_retries=self.max_retries)(
             _run_ray_worker
         )
         dataset_ref = ray.put(dataset)
@@ -710,11 +860,17 @@ class RayBackend:
         for index in range(runner.num_workers):
             worker = copy.copy(runner)
             worker.worker_index = index
-            futures.append(remote.remote(worker, dataset_ref))
-        return ray.get(futures)
+            futures.append(remote.remote(worker, dataset_ref, os.getcwd()))
+        try:
+            return ray.get(futures)
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as err:
+            raise RuntimeError(
+                f"a Ray worker died {self.max_retries + 1} time(s) ({type(err).__name__}); its committed shards "
+                "are kept: run the same command again to redo the rest (raise run.max_retries for flaky nodes)"
+            ) from err
 
 
-BACKENDS: dict[str, type] = {"local": LocalBackend, "ray": RayBackend}
+BACKENDS: dict[str, type] = {"local": LocalBackend, "processes": ProcessBackend, "ray": RayBackend}
 
 
 def make_backend(spec: str | Backend = "local", **options: Any) -> Backend:
@@ -724,7 +880,7 @@ def make_backend(spec: str | Backend = "local", **options: Any) -> Backend:
 
     Example:
         >>> make_backend("ray", num_gpus_per_worker=1)
-        RayBackend(num_gpus_per_worker=1, num_cpus_per_worker=1)
+        RayBackend(num_gpus_per_worker=1, num_cpus_per_worker=1, max_retries=3, address=None, devices_per_worker=1)
         >>> make_backend("local")
         LocalBackend()
     """

@@ -13,6 +13,7 @@ marker; the release only reads those reports (plus the figures of the released r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shlex
@@ -25,6 +26,7 @@ import datasets
 
 from hf_ipt.config import AUGMENTED_SOURCE, ConfigError, RecipeConfig, load_recipe
 from hf_ipt.mixing import mix, prepare_source
+from hf_ipt.parallel import Backend, devices_per_rank, make_backend
 from hf_ipt.preflight import STAGES, SYNTHESIZED, ensure_ready, synthesis_runner
 from hf_ipt.release.bundle import build_bundle
 from hf_ipt.release.card import ReleaseInfo, SourceInfo, SynthesizerInfo
@@ -53,6 +55,7 @@ from hf_ipt.store import (
 from hf_ipt.synthesis import ChunkConfig, Chunker, Synthesizer
 from hf_ipt.templify import MODE, templify
 from hf_ipt.testing import build_tiny_synthesizer
+from hf_ipt.validation import check_workers
 
 logger = logging.getLogger("hf_ipt.pipeline")
 
@@ -263,8 +266,34 @@ def synthesis_stage_report(recipe: RecipeConfig) -> dict[str, Any]:
     return report
 
 
+def synthesis_backend(recipe: RecipeConfig) -> Backend:
+    """Where the synthesis workers run, from `run.executor` and `run.num_workers`: this process alone ('local', one
+    worker: as before executors existed), one process per GPU or core share on this machine ('local' with several
+    workers), or Ray tasks ('ray').
+
+    Example:
+        >>> synthesis_backend(load_recipe("recipes/quickstart.yaml", {"run.num_workers": 2})).name  # doctest: +SKIP
+        'processes'
+    """
+    run_config = recipe.run
+    devices = devices_per_rank(recipe.synth.engine_kwargs)
+    if run_config.executor == "ray":
+        return make_backend(
+            "ray",
+            num_gpus_per_worker=run_config.gpus_per_worker,
+            max_retries=run_config.max_retries,
+            address=run_config.ray_address,
+            devices_per_worker=devices,
+        )
+    if run_config.num_workers > 1:
+        return make_backend("processes", devices_per_worker=devices)
+    return make_backend("local")
+
+
 def stage_synthesize(recipe: RecipeConfig, *, worker_index: int = 0, num_workers: int = 1) -> StageSummary:
-    """Run this worker's synthesis shards (resuming), then report; the summary is complete when all shards are.
+    """Run the synthesis shards (resuming) on the recipe's executor, then report; the summary is complete when all
+    shards are. `worker_index` / `num_workers` make this process one of several started by hand (Slurm arrays);
+    `run.executor` / `run.num_workers` make this command start the workers itself (`synthesis_backend`).
 
     Writes `synthesized/` (the synthesis columns, see `hf_ipt.columns`).
 
@@ -273,10 +302,17 @@ def stage_synthesize(recipe: RecipeConfig, *, worker_index: int = 0, num_workers
         False
     """
     started = time.perf_counter()
+    check_workers(recipe.run.executor, recipe.run.num_workers, manual_index=worker_index, manual_count=num_workers)
     output = recipe.run.stage_dir(SYNTHESIZED)
     prepare_model(recipe)
-    dataset = synthesis_input(recipe)
-    runner = synthesis_runner(recipe, Synthesizer(recipe.synth), worker_index=worker_index, num_workers=num_workers)
+    backend = synthesis_backend(recipe)
+    if backend.name != "local":
+        num_workers = recipe.run.num_workers
+    # Ray workers each load (and chunk) the input themselves: nothing but the recipe travels to them
+    dataset = functools.partial(synthesis_input, recipe) if backend.name == "ray" else synthesis_input(recipe)
+    runner = synthesis_runner(
+        recipe, Synthesizer(recipe.synth), worker_index=worker_index, num_workers=num_workers, backend=backend
+    )
     report = runner.run(dataset)
     summary = StageSummary("synthesize", output, seconds=time.perf_counter() - started, complete=report.complete)
     summary.figures["shards"] = (
@@ -593,6 +629,8 @@ def run(
         raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
     if command is not None and not isinstance(command, str):
         command = "hf-ipt " + " ".join(shlex.quote(a) for a in command) if command else None
+    if "synthesize" in stages:  # before the preflight: a contradiction in the command itself comes first
+        check_workers(recipe.run.executor, recipe.run.num_workers, manual_index=worker_index, manual_count=num_workers)
     if preflight:
         ensure_ready(recipe, stages, worker_index=worker_index, num_workers=num_workers)
     chained = len(stages) > 1

@@ -205,7 +205,7 @@ def ensure_ready(
 
 def synthesis_runner(
     recipe: RecipeConfig, map_fn: Callable[[dict[str, list]], dict[str, list]], *, worker_index: int = 0,
-    num_workers: int = 1,
+    num_workers: int = 1, backend: Any = "local",
 ) -> ShardedRunner:  # fmt: skip
     """The synthesis stage's `ShardedRunner`: built here once, for the stage and for its preflight, so both judge a
     resume with the same identity and layout.
@@ -227,6 +227,7 @@ def synthesis_runner(
         verify_inputs=recipe.run.verify_inputs,
         storage_options=recipe.run.storage_options,
         desc="Synthesis",
+        backend=backend,
     )
 
 

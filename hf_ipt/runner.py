@@ -9,8 +9,9 @@ one in flight. The manifest records the configuration's fingerprint; another con
 
 Worker `w` of `n` takes the shards `i % n == w`, so workers sharing a folder never write the same shard. Where the
 workers run is the runner's `backend` (`hf_ipt.parallel.make_backend`): 'local' runs one worker in this process
-(start the others yourself, e.g. `hf-ipt synthesize --worker-index w --num-workers n`); 'ray' starts all of them as
-Ray tasks. `assemble_shards` reads the finished run in input order.
+(start the others yourself, e.g. `hf-ipt synthesize --worker-index w --num-workers n`); 'processes' starts all of
+them as pinned processes on this machine; 'ray' starts all of them as Ray tasks. `assemble_shards` reads the finished
+run in input order.
 
 Layout of the output folder (loadable as is with `datasets.load_dataset(output_dir)`, which ignores `.hf_ipt/`):
 
@@ -311,8 +312,9 @@ class ShardedRunner:
         worker_index, num_workers: worker `w` of `n` takes the shards `i % n == w`. With the local backend this
             process is worker `worker_index` (start the others yourself); a backend that starts the workers itself
             (Ray) starts `num_workers` of them, and `worker_index` stays 0.
-        backend: where the workers run: 'local' (this process), 'ray' (Ray tasks), or a backend object such as
-            `hf_ipt.parallel.RayBackend(num_gpus_per_worker=1)`; see `hf_ipt.parallel.make_backend`.
+        backend: where the workers run: 'local' (this process), 'processes' (pinned processes here), 'ray' (Ray
+            tasks), or a backend object such as `hf_ipt.parallel.RayBackend(num_gpus_per_worker=1)`; see
+            `hf_ipt.parallel.make_backend`.
         overwrite: when the folder holds a run with another configuration, delete it and start over instead of
             refusing. A run with the same configuration is always resumed (so every worker of a job may pass it).
         resume_ignore: dotted config keys whose change does not block resuming (settings that do not change output).
@@ -652,7 +654,8 @@ def assemble_shards(
 ):
     """The finished run as a `DatasetDict` (`{split: Dataset}`), rows in input order.
 
-    Local folders are read memory-mapped through `Dataset.from_parquet`; remote ones are read into memory. Raises
+    Read through `datasets`' Parquet loader (`Store.read_dataset`): memory-mapped, from a local folder or any fsspec
+    URL, never a whole file in memory; the shards' schemas are aligned with explicit features. Raises
     `IncompleteRunError` listing the unfinished shards (and which worker index takes each) when the run is not done.
     Every file's size and SHA-256 are checked against its marker (`shard_state`), so a shard damaged since its
     commit counts as unfinished; `verify_checksums` is kept for callers of older versions and changes nothing.
@@ -686,5 +689,7 @@ def assemble_shards(
     if not relatives:
         dataset = datasets.Dataset(store.read_table(shards[0].data_path))
     else:
-        dataset = store.read_dataset(relatives, split=manifest["split"])
+        # the markers' checksums name the content, so a redone shard is never served from an older cache
+        content = fingerprint([m["sha256"] for m in markers if m["num_rows"]])
+        dataset = store.read_dataset(relatives, split=manifest["split"], content_key=content)
     return datasets.DatasetDict({manifest["split"]: dataset})

@@ -253,6 +253,7 @@ class Store:
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
         self.url = url
+        self.storage_options = dict(storage_options or {})
         self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.root = root.rstrip("/")
         self.is_local = is_local_filesystem(self.fs)
@@ -412,22 +413,86 @@ class Store:
         """A Parquet file read whole into memory as a `pyarrow.Table`."""
         return pq.read_table(io.BytesIO(self.fs.cat_file(self.path(relative))))
 
-    def read_dataset(self, relatives: Sequence[str], *, split: str):
-        """Parquet files (each with rows) as one `datasets.Dataset`, rows in file order.
+    def file_url(self, relative: str) -> str:
+        """The full URL of `relative` (with its protocol; a plain path on the local disk), as `datasets` takes it."""
+        return self.path(relative) if self.is_local else self.fs.unstrip_protocol(self.path(relative))
 
-        Local files are read memory-mapped through `Dataset.from_parquet`; files whose schemas differ (a list column
-        empty in every row of one file gets a null item type there) are read one by one and concatenated. Remote
-        files are read into memory.
+    def read_features(self, relatives: Sequence[str]):
+        """The `datasets.Features` that hold the rows of every file: each file's features (from its Parquet footer
+        alone: a few ranged reads), merged so that a column whose type is null in one file (a list empty in every row
+        of that file) takes the type another file gives it.
+
+        Example:
+            >>> store.read_features(["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"])
+            ... # doctest: +SKIP
+            {'text': Value('string'), 'pairs': List({'instruction': Value('string'), 'response': Value('string')})}
         """
         import datasets
 
-        if not self.is_local:
-            return datasets.concatenate_datasets([datasets.Dataset(self.read_table(r)) for r in relatives])
-        paths = [self.path(r) for r in relatives]
-        schemas = [pq.read_schema(p) for p in paths]
-        if all(s.equals(schemas[0], check_metadata=False) for s in schemas):
-            return datasets.Dataset.from_parquet(paths, split=split)
-        return datasets.concatenate_datasets([datasets.Dataset.from_parquet(p) for p in paths])
+        found = []
+        for relative in relatives:
+            with self.fs.open(self.path(relative), "rb") as handle:
+                found.append(datasets.Features.from_arrow_schema(pq.ParquetFile(handle).schema_arrow))
+        merged = dict(found[0])
+        for features in found[1:]:
+            if list(features) != list(merged):
+                raise IncompleteRunError(
+                    f"the data files of {self.url} have different columns ({list(merged)} vs {list(features)}); "
+                    "they were not written by one hf-ipt run"
+                )
+            for name, feature in features.items():
+                if _has_null_type(datasets.Features({name: merged[name]}).arrow_schema.field(name).type):
+                    merged[name] = feature
+        return datasets.Features(merged)
+
+    def read_dataset(self, relatives: Sequence[str], *, split: str, content_key: str = ""):
+        """Parquet files (each with rows) as one memory-mapped `datasets.Dataset`, rows in file order.
+
+        Read through `datasets`' Parquet loader with explicit features (`read_features`): local files are read in
+        place, remote ones (any fsspec URL, with this store's `storage_options`) are copied block by block into the
+        `datasets` cache first. Either way the rows go batch by batch into an Arrow cache file that is memory-mapped:
+        no file is ever read whole into memory, so a run larger than RAM loads. `content_key` names the content
+        (e.g. the checksums of the files' commit markers): a later read of the same files with the same key reuses
+        the cache, other content never does (object stores without ETags cannot tell).
+
+        Example:
+            >>> Store("s3://bucket/run").read_dataset(["data/train-00000-of-00001.parquet"], split="train")
+            ... # doctest: +SKIP
+        """
+        import datasets
+
+        features = self.read_features(relatives)
+        stamps = []
+        for relative in relatives:
+            info = self.fs.info(self.path(relative))
+            stamps.append(
+                [relative, info.get("size")] + [str(info[k]) for k in ("ETag", "etag", "mtime") if k in info]
+            )
+        name = "hf-ipt-" + fingerprint({"url": self.url, "files": stamps, "content": content_key})[:24]
+        return datasets.load_dataset(
+            "parquet",
+            name=name,
+            data_files={split: [self.file_url(r) for r in relatives]},
+            features=features,
+            split=split,
+            storage_options=self.storage_options or None,
+            # object stores without ETags (and memory://) name a rewritten file like the old one: never reuse a
+            # downloaded copy (the name above already keys the built cache to the content)
+            download_config=datasets.DownloadConfig(force_download=True, storage_options=self.storage_options),
+        )
+
+
+def _has_null_type(data_type) -> bool:
+    """Whether an Arrow type is null or holds null somewhere (list<null>, struct<a: null>)."""
+    import pyarrow as pa
+
+    if pa.types.is_null(data_type):
+        return True
+    if pa.types.is_struct(data_type):
+        return any(_has_null_type(data_type.field(i).type) for i in range(data_type.num_fields))
+    if hasattr(data_type, "value_type"):
+        return _has_null_type(data_type.value_type)
+    return False
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -644,7 +709,9 @@ def load_stage(output_dir: str, *, storage_options: Mapping[str, Any] | None = N
     splits = {}
     for split, relatives in marker["files"].items():
         if marker["num_rows"][split]:
-            splits[split] = store.read_dataset(relatives, split=split)
+            # a commit's fingerprint and time name its content: a re-saved stage is never served from an old cache
+            key = f"{marker.get('fingerprint')}@{marker.get('finished_at')}"
+            splits[split] = store.read_dataset(relatives, split=split, content_key=key)
         else:
             # datasets' Parquet reader rejects row-less files
             splits[split] = datasets.concatenate_datasets([datasets.Dataset(store.read_table(r)) for r in relatives])

@@ -381,6 +381,54 @@ def check_fields(config: Any, section: str) -> None:
             check_value(getattr(config, f.name), hints[f.name], key, f.metadata)
 
 
+def check_executor(executor: str, *, gpus_per_worker: float | None, ray_address: str | None) -> None:
+    """The rules between `run.executor` and the settings only one executor reads: a Ray setting given with the local
+    executor would be silently ignored, so it is an error.
+
+    Example:
+        >>> check_executor("ray", gpus_per_worker=1, ray_address="auto")
+        >>> check_executor("local", gpus_per_worker=1, ray_address=None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        hf_ipt.validation.ConfigError: run.gpus_per_worker=1 is only read with run.executor: ray ...
+    """
+    if executor == "ray":
+        return
+    if gpus_per_worker is not None:
+        raise ConfigError(
+            f"run.gpus_per_worker={gpus_per_worker!r} is only read with run.executor: ray (got executor "
+            f"{executor!r}); local workers get tensor_parallel_size × pipeline_parallel_size GPUs each (set them in "
+            "synth.engine_kwargs), so remove run.gpus_per_worker or set run.executor: ray"
+        )
+    if ray_address is not None:
+        raise ConfigError(
+            f"run.ray_address={ray_address!r} is only read with run.executor: ray (got executor {executor!r}); "
+            "set run.executor: ray (--run.executor ray) or remove run.ray_address"
+        )
+
+
+def check_workers(executor: str, num_workers: int, *, manual_index: int, manual_count: int) -> None:
+    """`run.num_workers` (workers this command starts) against `--worker-index/--num-workers` (this process is one of
+    several started by hand, e.g. a Slurm array): one or the other.
+
+    Example:
+        >>> check_workers("local", 4, manual_index=0, manual_count=1)
+        >>> check_workers("ray", 4, manual_index=1, manual_count=2)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        hf_ipt.validation.ConfigError: --worker-index 1 / --num-workers 2 start one worker of several by hand ...
+    """
+    if manual_count == 1 and manual_index == 0:
+        return
+    if executor == "ray" or num_workers > 1:
+        raise ConfigError(
+            f"--worker-index {manual_index} / --num-workers {manual_count} start one worker of several by hand (a "
+            f"Slurm array job), but run.executor={executor!r} with run.num_workers={num_workers} starts the workers "
+            "itself; use one or the other: drop --worker-index/--num-workers, or set run.executor: local and "
+            "run.num_workers: 1"
+        )
+
+
 def check_token_budget(max_model_len: int, max_new_tokens: int, prefix: str = "") -> None:
     """The one rule between a context window and the answer's length: the answer must leave room for a prompt.
 

@@ -246,7 +246,7 @@ def test_backends_are_chosen_by_name_or_object(tmp_path):
 
     assert make_backend("local") == LocalBackend() and make_backend("ray", num_gpus_per_worker=1).num_gpus_per_worker
     assert make_backend(RayBackend()) == RayBackend()
-    with pytest.raises(ValueError, match=r"unknown backend 'slurm'; choose one of \['local', 'ray'\]"):
+    with pytest.raises(ValueError, match=r"unknown backend 'slurm'; choose one of \['local', 'processes', 'ray'\]"):
         make_backend("slurm")
     with pytest.raises(TypeError, match="only go with a backend name"):
         make_backend(LocalBackend(), num_cpus_per_worker=2)
