@@ -18,6 +18,9 @@ TRUNCATED = "truncated"  # bool, the row's own text was cut to fit max_model_len
 SYNTH_STATUS = "synth_status"  # str, one of SYNTH_STATUSES
 SYNTH_ERROR = "synth_error"  # str, human-readable detail for a non-"ok" status ("" otherwise)
 PARSE_DROPS = "parse_drops"  # dict[str, int], pieces of the output the parser dropped, by reason
+# bool, the prompt's content (the row's text or a demonstration's text/pairs) held a literal special-token string such
+# as `<s>` or `</s>`; it was sent as those characters, never as a control id
+SPECIAL_STRINGS = "special_strings"
 
 SYNTH_COLUMNS = (
     PAIRS,
@@ -30,6 +33,7 @@ SYNTH_COLUMNS = (
     SYNTH_STATUS,
     SYNTH_ERROR,
     PARSE_DROPS,
+    SPECIAL_STRINGS,
 )
 
 # synth_status values

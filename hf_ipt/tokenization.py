@@ -82,7 +82,10 @@ def tokenizer_name(tokenizer: Any) -> str:
 
 
 def _reset_backend(backend: Any) -> None:
-    # transformers leaves the backend truncating/padding after a call that asked for it; ids must be whole
+    # transformers leaves the backend truncating/padding (or splitting special tokens) after a call that asked for it;
+    # ids must be whole, and special-token strings special
+    if getattr(backend, "encode_special_tokens", False):
+        backend.encode_special_tokens = False
     if backend.truncation is not None:
         backend.no_truncation()
     if backend.padding is not None:
@@ -126,10 +129,16 @@ class FastEncoder:
         encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
         return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode(self, texts: Sequence[str], *, split_special_tokens: bool = False) -> list[list[int]]:
+        """Token ids of `texts`, no special tokens added. `split_special_tokens=True` tokenizes special-token strings
+        (`<s>`, `</s>`, `<unk>`) as the text they are, never as control ids: the way to encode content."""
         if not texts:
             return []
         texts = list(texts)
+        if split_special_tokens:
+            return self.tokenizer(
+                texts, add_special_tokens=False, return_attention_mask=False, split_special_tokens=True
+            )["input_ids"]
         if self.uses_backend:
             return self._backend_ids(texts)
         return self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]

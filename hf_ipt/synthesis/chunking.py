@@ -142,7 +142,10 @@ class Chunker:
         limit = fitter.budget - fitter.wrapper_tokens
         if self.config.max_chunk_tokens is not None:
             limit = min(limit, self.config.max_chunk_tokens)
-        encoding = fitter.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        # content is text: a literal `<s>` counts as the tokens synthesis will send for it (`encode_segments`)
+        encoding = fitter.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
+        )
         offsets = encoding["offset_mapping"]
         if len(offsets) <= limit and self._fits(text, limit):
             return [text]
@@ -168,7 +171,7 @@ class Chunker:
 
     def _fits(self, piece: str, limit: int) -> bool:
         fitter = self.fitter
-        ids = fitter.encode([zero_shot_segment(piece)])[0]
+        ids = fitter.encode_segments([zero_shot_segment(piece)])[0]
         return len(ids) <= fitter.budget and len(ids) - fitter.wrapper_tokens <= limit
 
     def __call__(self, batch: dict[str, list], indices: list[int] | None = None, *args: Any) -> dict[str, list]:

@@ -204,6 +204,8 @@ class _NoFitter:
     def encode(self, segments: Sequence[str]) -> list[list[int]]:
         return []
 
+    encode_segments = encode
+
 
 def synthesize_batch(batch: dict[str, list], *args: Any) -> dict[str, list]:
     """`Dataset.map(synthesize_batch, batched=True)` with the paper's defaults: the instruction synthesizer on vLLM,
