@@ -489,3 +489,55 @@ def test_engine_output_that_arrow_cannot_store_is_a_row_status(tiny_model_path, 
     assert out["synth_status"] == ["ok", "engine_error", "ok", "ok"]
     assert "lone surrogate" in out["synth_error"][1] and out["synth_output"][1] == ""
     assert out["num_demonstrations"] == [0, 0, 1, 0]  # the bad entry breaks its chain
+
+
+# --- the prompt tokenizer must tokenize as the model's own tokenizer.json (issue 12, item 6) ---
+
+
+@pytest.fixture(scope="module")
+def mistral_like_model(tmp_path_factory, mistral_tokenizer_dir):
+    """A model folder as on the Hub for Mistral-7B-v0.1 (config.json + the legacy tokenizer.json: Prepend/Replace
+    normalizer, no pre-tokenizer) and a tokenizer-only copy of it without config.json."""
+    import json
+    import shutil
+
+    from tokenizers import normalizers
+    from transformers import AutoTokenizer
+
+    backend = AutoTokenizer.from_pretrained(mistral_tokenizer_dir).backend_tokenizer
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = None
+    model = tmp_path_factory.mktemp("mistral-like-model")
+    backend.save(str(model / "tokenizer.json"))
+    shutil.copy(f"{mistral_tokenizer_dir}/tokenizer_config.json", model / "tokenizer_config.json")
+    (model / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    tokenizer_only = tmp_path_factory.mktemp("tokenizer-only")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(model / name, tokenizer_only / name)
+    return str(model), str(tokenizer_only)
+
+
+def test_a_tokenizer_only_folder_that_tokenizes_differently_is_refused_at_engine_start(mistral_like_model):
+    from transformers import AutoTokenizer
+
+    from hf_ipt.tokenization import TOKENIZER_PROBE, check_prompt_tokenizer
+
+    model, tokenizer_only = mistral_like_model
+    # transformers rebuilds the tokenizer of a folder without config.json: the `▁` after BOS is lost
+    rebuilt = AutoTokenizer.from_pretrained(tokenizer_only)(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    own = AutoTokenizer.from_pretrained(model)(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    assert rebuilt != own
+    check_prompt_tokenizer(model)  # the model's own folder agrees with its tokenizer.json
+    with pytest.raises(EngineStartError) as info:
+        make_engine("transformers", model=model, tokenizer=tokenizer_only)
+    message = str(info.value)
+    assert "synth.tokenizer" in message and tokenizer_only in message and "tokenizer.json" in message
+    assert "at token 1" in message and "▁▁" in message and "unset synth.tokenizer" in message
+
+
+def test_the_tiny_model_passes_the_tokenizer_check(tiny_model_path):
+    from hf_ipt.tokenization import check_prompt_tokenizer, model_tokenizer_file
+
+    assert model_tokenizer_file(tiny_model_path) is not None
+    check_prompt_tokenizer(tiny_model_path)
+    check_prompt_tokenizer(tiny_model_path, tokenizer=tiny_model_path)
