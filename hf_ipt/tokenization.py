@@ -240,3 +240,18 @@ def check_prompt_tokenizer(model: str, revision: str | None = None, tokenizer: s
         "the tokenizer's pre-tokenizer, so copy the model's tokenizer.json, tokenizer_config.json and config.json "
         "together"
     )
+
+
+def invalid_unicode_at(text: str) -> int | None:
+    """The index of the first character of `text` that is not valid Unicode (a lone surrogate such as `"\\ud800"`,
+    which tokenizers and Arrow refuse), None when the whole text is valid.
+
+    Example:
+        >>> invalid_unicode_at("fine"), invalid_unicode_at("bad \\ud800 one")
+        (None, 4)
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return err.start
+    return None

@@ -541,3 +541,17 @@ def test_the_tiny_model_passes_the_tokenizer_check(tiny_model_path):
     assert model_tokenizer_file(tiny_model_path) is not None
     check_prompt_tokenizer(tiny_model_path)
     check_prompt_tokenizer(tiny_model_path, tokenizer=tiny_model_path)
+
+
+@pytest.mark.parametrize("column", ["pairs", "synth_status", "chain_id", "special_strings"])
+def test_input_columns_named_like_synthesis_outputs_are_refused(column):
+    synth = Synthesizer(model="/no/such/model")  # refused before any model loads
+    with pytest.raises(ValueError, match=rf"synthesis would overwrite the input column\(s\) \['{column}'\]"):
+        synth({"text": ["a"], column: ["mine"]})
+
+
+def test_the_text_column_read_by_synthesis_is_not_a_collision(tiny_model_path):
+    synth = Synthesizer(model=tiny_model_path, max_model_len=256, max_new_tokens=MAX_NEW, engine=scripted)
+    assert synth({"text": ["A text."], "id": [3]})["synth_status"] == ["ok"]
+    assert synth({"text": [], "id": []})["synth_status"] == []  # 0 rows: every output column, empty
+    assert set(SYNTH_COLUMNS) <= set(synth({"text": []}))

@@ -24,6 +24,7 @@ from hf_ipt.engines import ChainOutlook, Completion, Engine, Request
 from hf_ipt.synthesis.chains import chain_layout
 from hf_ipt.synthesis.parsing import parse_pairs
 from hf_ipt.synthesis.prompts import PromptFitter, demonstration_segment, zero_shot_segment
+from hf_ipt.tokenization import invalid_unicode_at
 
 
 class PairList(list):
@@ -59,10 +60,9 @@ def _invalid_reason(text: Any) -> tuple[str, str] | None:
         return C.STATUS_INVALID_TEXT, f"text is a {type(text).__name__}, not a string"
     if not text.strip():
         return C.STATUS_EMPTY_TEXT, "text is empty or only whitespace"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        return C.STATUS_INVALID_TEXT, f"text is not valid Unicode (lone surrogate at character {err.start})"
+    at = invalid_unicode_at(text)
+    if at is not None:
+        return C.STATUS_INVALID_TEXT, f"text is not valid Unicode (lone surrogate at character {at})"
     return None
 
 
@@ -74,12 +74,11 @@ def _output_error(text: Any) -> str | None:
     """
     if not isinstance(text, str):
         return f"the engine returned a {type(text).__name__}, not a string"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
+    at = invalid_unicode_at(text)
+    if at is not None:
         return (
-            f"the engine's output is not valid Unicode (lone surrogate {text[err.start]!r} at character {err.start}) "
-            "and cannot be stored; the row's output is left out"
+            f"the engine's output is not valid Unicode (lone surrogate {text[at]!r} at character {at}) and cannot be "
+            "stored; the row's output is left out"
         )
     return None
 
