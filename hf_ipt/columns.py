@@ -7,6 +7,8 @@ columns through this module, never as literals.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 # --- written by synthesis (hf_ipt.synthesis) ---
 PAIRS = "pairs"  # list of {"instruction": str, "response": str}, parsed and deduplicated
 SYNTH_OUTPUT = "synth_output"  # raw text the synthesizer wrote ("" when it was not called)
@@ -18,6 +20,9 @@ TRUNCATED = "truncated"  # bool, the row's own text was cut to fit max_model_len
 SYNTH_STATUS = "synth_status"  # str, one of SYNTH_STATUSES
 SYNTH_ERROR = "synth_error"  # str, human-readable detail for a non-"ok" status ("" otherwise)
 PARSE_DROPS = "parse_drops"  # dict[str, int], pieces of the output the parser dropped, by reason
+# bool, the prompt's content (the row's text or a demonstration's text/pairs) held a literal special-token string such
+# as `<s>` or `</s>`; it was sent as those characters, never as a control id
+SPECIAL_STRINGS = "special_strings"
 
 SYNTH_COLUMNS = (
     PAIRS,
@@ -30,6 +35,7 @@ SYNTH_COLUMNS = (
     SYNTH_STATUS,
     SYNTH_ERROR,
     PARSE_DROPS,
+    SPECIAL_STRINGS,
 )
 
 # synth_status values
@@ -115,3 +121,30 @@ FORMAT_STATUSES = (
     FORMAT_EMPTY_RESPONSE,
     FORMAT_INVALID_RESPONSE,
 )
+
+
+def check_input_columns(
+    columns: Iterable[str], written: Iterable[str], *, step: str, reads: Iterable[str] = ()
+) -> None:
+    """Refuse input columns that `step` would overwrite: every input column is kept, so a column named like one of the
+    step's outputs (`written`) would be silently replaced. `reads` are the step's own declared inputs (e.g. the text
+    column synthesis reads), which are allowed. Raises a ValueError naming the columns and the fix (rename them).
+
+    Example:
+        >>> check_input_columns(["text", "id"], SYNTH_COLUMNS, step="synthesis", reads=["text"])
+        >>> try:
+        ...     check_input_columns(["text", "pairs"], SYNTH_COLUMNS, step="synthesis", reads=["text"])
+        ... except ValueError as err:
+        ...     print(str(err)[:68])
+        synthesis would overwrite the input column(s) ['pairs'] with its own
+    """
+    allowed = set(reads)
+    writes = set(written)
+    clash = [name for name in columns if name in writes and name not in allowed]
+    if clash:
+        first = clash[0]
+        raise ValueError(
+            f"{step} would overwrite the input column(s) {clash} with its own output column(s) of the same name "
+            f"(it writes {sorted(writes)}); rename them before this step, e.g. "
+            f"dataset.rename_column({first!r}, 'input_{first}'), or remove them with dataset.remove_columns({clash})"
+        )

@@ -83,9 +83,10 @@ from hf_ipt.columns import (
     SOURCE,
     SOURCE_INDEX,
     TEXT,
+    check_input_columns,
 )
 from hf_ipt.formatting import NO_FORMAT, TargetFormat
-from hf_ipt.tokenization import FastEncoder, load_tokenizer, tokenizer_name
+from hf_ipt.tokenization import FastEncoder, invalid_unicode_at, load_tokenizer, tokenizer_name
 from hf_ipt.validation import check_fields
 
 logger = logging.getLogger(__name__)
@@ -216,13 +217,31 @@ class GeneralInstructionFormatter:
                 f"TargetFormat.from_tokenizer(tokenizer)), got {type(self.target_format).__name__}"
             )
 
-    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    def check_columns(self, column_names: Sequence[str]) -> None:
+        """Raise a ValueError naming a missing question/response column, or an input column this step would
+        overwrite (`text_column`, `format_status`, `format_error`) and how to rename it."""
         for column, role in ((self.question_column, "question"), (self.response_column, "response")):
-            if column not in batch:
+            if column not in column_names:
                 raise ValueError(
                     f"general instructions need a {role} column {column!r}, but the batch has columns "
-                    f"{sorted(batch.keys())}; set {role}_column= to the column that holds the {role}"
+                    f"{sorted(column_names)}; set {role}_column= to the column that holds the {role}"
                 )
+        check_input_columns(
+            column_names,
+            [self.text_column, FORMAT_STATUS, FORMAT_ERROR],
+            step="formatting general instructions",
+            reads=[self.question_column, self.response_column],
+        )
+
+    def output_features(self, features: Any) -> Any:
+        """The `datasets.Features` of the output for input `features`: the input's plus the three written columns."""
+        from datasets import Features, Value
+
+        written = {name: Value("string") for name in (self.text_column, FORMAT_STATUS, FORMAT_ERROR)}
+        return Features({**features, **written})
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        self.check_columns(list(batch))
         texts: list[str] = []
         statuses: list[str] = []
         errors: list[str] = []
@@ -272,7 +291,8 @@ class TokenCounter:
     its call (checked on probe texts at construction) the backend is called directly (`encode_batch_fast`, no
     offsets), which makes counting as fast as the bare tokenizer; otherwise the tokenizer's call. A null text counts 0.
 
-    Columns read: `text_column`. Written: `count_column` (int). Input columns are kept.
+    Columns read: `text_column`. Written: `count_column` (int). Input columns are kept. A text that is not valid
+    Unicode (a lone surrogate) is a ValueError naming the column and the row.
 
     Example:
         >>> counter = TokenCounter("path/to/target-tokenizer")  # doctest: +SKIP
@@ -306,6 +326,13 @@ class TokenCounter:
                     f"{bad!r:.80}; set text_column= to the column holding the text"
                 )
             texts = ["" if t is None else t for t in texts]
+        for row, text in enumerate(texts):
+            at = invalid_unicode_at(text)
+            if at is not None:
+                raise ValueError(
+                    f"column {self.text_column!r} holds text that is not valid Unicode at row {row} of the batch (a "
+                    f"lone surrogate at character {at}), which no tokenizer accepts; repair or drop that row first"
+                )
         # without the backend (a slow tokenizer, or one whose wrapper pre-processes) the tokenizer's own call counts
         return FastEncoder(self.tokenizer, uses_backend=self.use_backend).lengths(texts)
 
@@ -326,6 +353,20 @@ class TokenCounter:
         return f"TokenCounter({tokenizer_name(self.tokenizer)!r}, {self.text_column!r}, {self.count_column!r})"
 
 
+def empty_dataset(features: Any) -> Any:
+    """A 0-row `Dataset` with `features`: what a step returns over 0 rows, since `Dataset.map` returns an empty dataset
+    unchanged (without the columns the function would have written).
+
+    Example:
+        >>> from datasets import Features, Value
+        >>> empty_dataset(Features({"text": Value("string"), "num_tokens": Value("int64")})).column_names
+        ['text', 'num_tokens']
+    """
+    from datasets import Dataset
+
+    return Dataset.from_dict({name: [] for name in features}, features=features)
+
+
 def _check_text_feature(dataset: Any, text_column: str, what: str) -> None:
     features = getattr(dataset, "features", None)
     if features is None:  # a stream with unknown features: checked row by row by TokenCounter
@@ -336,7 +377,8 @@ def _check_text_feature(dataset: Any, text_column: str, what: str) -> None:
             "column holding the text"
         )
     feature = features[text_column]
-    if getattr(feature, "pa_type", None) not in _TEXT_TYPES:
+    # a null-typed column (e.g. `Dataset.from_dict({"text": []})`, 0 rows) holds no text: counted 0, excluded
+    if getattr(feature, "pa_type", None) not in (*_TEXT_TYPES, pa.null()):
         raise ValueError(
             f"column {text_column!r} of {what} must hold strings, but its feature is {feature}; point the text column "
             "at a string column"
@@ -358,7 +400,7 @@ def count_tokens(
 
     A `Dataset` is counted with a batched `Dataset.map` (parallel with `num_proc`, cached through the usual
     fingerprinting: counting the same data with the same tokenizer again reads the cache); an `IterableDataset`
-    lazily. An existing `count_column` is replaced.
+    lazily. An existing `count_column` is replaced (a recount). Over 0 rows the result still has `count_column`.
 
     Example:
         >>> counted = count_tokens(Dataset.from_dict({"text": ["a b c"]}), "path/to/tokenizer")  # doctest: +SKIP
@@ -380,6 +422,8 @@ def count_tokens(
         )
     _check_text_feature(dataset, counter.text_column, "the dataset")
     features = Features({**dataset.features, counter.count_column: Value("int64")})
+    if dataset.num_rows == 0:
+        return empty_dataset(features)
     return dataset.map(
         counter.count_batch,
         batched=True,
@@ -480,6 +524,10 @@ def prepare_source(
         function: Any = GeneralInstructionFormatter(
             question_column or "question", response_column or "response", text_column, target_format
         )
+        if dataset.column_names is not None:  # a stream of unknown columns is checked batch by batch
+            function.check_columns(dataset.column_names)
+        if not streaming and dataset.num_rows == 0:
+            return empty_dataset(function.output_features(dataset.features))
         input_columns = None
         desc = f"Formatting general instructions of {label}"
     else:
@@ -732,6 +780,8 @@ def _classify_rows(dataset: Any, name: str, text_column: str, config: MixConfig)
             exclude(np.asarray(matches.to_numpy(zero_copy_only=False), dtype=bool), f"{status_column}={value}")
 
     texts = _arrow_column(dataset, text_column)
+    if texts.type == pa.null():  # an all-null (or 0-row) column: every row is a null text
+        texts = texts.cast(pa.string())
     null_mask = np.asarray(texts.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     exclude(null_mask, EXCLUDED_NULL_TEXT)
     blank = pc.or_(pc.equal(pc.utf8_length(texts), 0), pc.utf8_is_space(texts))

@@ -143,16 +143,17 @@ def is_distribution(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- synthesis
-SYNTHESIS_COLUMNS = (C.PAIRS, C.PROMPT_TOKENS, C.TRUNCATED, C.SYNTH_STATUS, C.PARSE_DROPS)
+SYNTHESIS_COLUMNS = (C.PAIRS, C.PROMPT_TOKENS, C.TRUNCATED, C.SYNTH_STATUS, C.PARSE_DROPS, C.SPECIAL_STRINGS)
 
 
 def synthesis_report(tables: Iterable[Any]) -> dict[str, Any]:
     """The synthesis stage's report over its rows given as pyarrow Tables (e.g. `runner.iter_shard_tables`),
     computed column-wise shard by shard so a large run is never loaded whole.
 
-    Columns read, each when present: `pairs`, `prompt_tokens`, `truncated`, `synth_status`, `parse_drops`.
-    Returns rows, pairs (kept), prompt_tokens, truncated, status_counts, parse_drops ({reason: count}) and
-    pairs_per_text ({n pairs: n texts}).
+    Columns read, each when present: `pairs`, `prompt_tokens`, `truncated`, `synth_status`, `parse_drops`,
+    `special_strings`. Returns rows, pairs (kept), prompt_tokens, truncated, status_counts, parse_drops ({reason:
+    count}), pairs_per_text ({n pairs: n texts}) and special_strings (rows whose prompt content held a literal `<s>`,
+    `</s>`, ... sent as text).
 
     Example:
         >>> import pyarrow as pa
@@ -161,7 +162,7 @@ def synthesis_report(tables: Iterable[Any]) -> dict[str, Any]:
     """
     import pyarrow.compute as pc
 
-    rows = prompt_tokens = truncated = 0
+    rows = prompt_tokens = truncated = special_strings = 0
     statuses: Counter[str] = Counter()
     drops: Counter[str] = Counter()
     pairs = Distribution()
@@ -176,6 +177,8 @@ def synthesis_report(tables: Iterable[Any]) -> dict[str, Any]:
             prompt_tokens += int(pc.sum(table[C.PROMPT_TOKENS]).as_py() or 0)
         if C.TRUNCATED in names:
             truncated += int(pc.sum(pc.cast(table[C.TRUNCATED], "int64")).as_py() or 0)
+        if C.SPECIAL_STRINGS in names:
+            special_strings += int(pc.sum(pc.cast(table[C.SPECIAL_STRINGS], "int64")).as_py() or 0)
         if C.SYNTH_STATUS in names:
             for entry in pc.value_counts(table[C.SYNTH_STATUS]).to_pylist():
                 statuses[entry["values"]] += entry["counts"]
@@ -191,6 +194,7 @@ def synthesis_report(tables: Iterable[Any]) -> dict[str, Any]:
         "status_counts": dict(sorted(statuses.items())),
         "parse_drops": dict(drops),
         "pairs_per_text": pairs.value_counts(),
+        "special_strings": special_strings,
     }
 
 
@@ -198,8 +202,9 @@ def synthesis_summary(report: Mapping[str, Any]) -> dict[str, Any]:
     """The figures `hf-ipt synthesize` prints, from a `synthesis_report` (statuses in their pipeline order).
 
     Example:
-        >>> synthesis_summary({"pairs": 5, "prompt_tokens": 22, "status_counts": {"ok": 2}})
-        {'pairs': 5, 'prompt tokens': 22, 'rows by status': 'ok 2', 'truncated texts': 0}
+        >>> summary = synthesis_summary({"pairs": 5, "prompt_tokens": 22, "status_counts": {"ok": 2}})
+        >>> summary["rows by status"], summary["truncated texts"], summary["texts with <s>/</s> sent as text"]
+        ('ok 2', 0, 0)
     """
     statuses = report.get("status_counts") or {}
     ordered = [k for k in C.SYNTH_STATUSES if k in statuses] + sorted(set(statuses) - set(C.SYNTH_STATUSES))
@@ -208,6 +213,7 @@ def synthesis_summary(report: Mapping[str, Any]) -> dict[str, Any]:
         "prompt tokens": report.get("prompt_tokens", 0),
         "rows by status": ", ".join(f"{k} {statuses[k]:,}" for k in ordered),
         "truncated texts": report.get("truncated", 0),
+        "texts with <s>/</s> sent as text": report.get("special_strings", 0),
     }
 
 
@@ -551,6 +557,8 @@ def _synthesis_figures(statuses, drops, kept_pairs, info: Any):
         drops = Counter(report.get("parse_drops") or {}) if report.get("parse_drops") is not None else None
         kept_pairs = report.get("pairs")
     result: dict[str, Any] = {"origin": origin, "status_counts": dict(sorted((statuses or {}).items()))}
+    if "special_strings" in report:  # rows whose content held a literal `<s>`/`</s>`, tokenized as text
+        result["special_strings"] = report["special_strings"]
     if drops is not None:
         total_drops = sum(drops.values())
         # every piece of an output is either kept as a pair or dropped for one reason

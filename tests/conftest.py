@@ -36,3 +36,30 @@ def tiny_tokenizer(tiny_model_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer_dir(tmp_path_factory) -> str:
+    """A tokenizer folder holding the instruction synthesizer's real tokenizer: Mistral-7B-v0.1's SentencePiece model
+    as shipped in the `mistral-common` wheel (`tokenizer.model.v1`), converted by transformers with the legacy
+    settings of Mistral-7B-v0.1's `tokenizer_config.json`; no Hub access."""
+    import json
+    import shutil
+
+    mistral_common = pytest.importorskip("mistral_common")
+    model = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    if not model.is_file():
+        pytest.skip(f"{model} is not installed")
+    folder = tmp_path_factory.mktemp("mistral-tokenizer")
+    shutil.copy(model, folder / "tokenizer.model")
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "legacy": True,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return str(folder)

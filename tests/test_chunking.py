@@ -80,3 +80,46 @@ def test_missing_column_and_bad_config():
         Chunker(tokenizer="unused", text_column="body")({"text": ["a"]})
     with pytest.raises(ValueError, match="max_chunk_tokens"):
         ChunkConfig(max_chunk_tokens=0)
+
+
+# --- bad rows and colliding columns (issue 12, items 5, 7 and 8) ---
+
+
+def test_lone_surrogate_passes_through_as_one_piece_and_synthesis_names_it(tiny_model_path):
+    chunker = Chunker(tokenizer=tiny_model_path, max_model_len=256, max_new_tokens=32)
+    batch = {"text": ["lone \ud800 surrogate " * 40, "fine text", None], "id": [1, 2, 3]}
+    out = chunker(batch)  # was: TypeError: TextEncodeInput must be Union[...]
+    assert out["text"] == batch["text"] and out["id"] == [1, 2, 3] and out["num_chunks"] == [1, 1, 1]
+    synth = Synthesizer(model=tiny_model_path, max_model_len=256, max_new_tokens=32, engine=lambda p: ["" for _ in p])
+    status = synth({"text": out["text"]})
+    assert status["synth_status"][0] == "invalid_text" and "surrogate" in status["synth_error"][0]
+
+
+@pytest.mark.parametrize("column", ["source_id", "chunk_index", "num_chunks"])
+def test_columns_chunking_writes_are_refused_in_its_input(tiny_model_path, column):
+    chunker = Chunker(tokenizer=tiny_model_path, max_model_len=256, max_new_tokens=32)
+    with pytest.raises(ValueError, match=rf"chunking would overwrite the input column\(s\) \['{column}'\].*rename"):
+        chunker({"text": ["a text"], column: [7]})
+
+
+def test_rechunking_chunked_rows_is_a_clear_error_not_an_arrow_crash(tiny_model_path):
+    ds = Dataset.from_dict({"text": ["one text", "another"]})
+    chunker = Chunker(tokenizer=tiny_model_path, max_model_len=256, max_new_tokens=32)
+    chunked = ds.map(chunker, batched=True, with_indices=True)
+    with pytest.raises(ValueError, match=r"\['source_id', 'chunk_index', 'num_chunks', 'source_row'\]"):
+        chunked.map(chunker, batched=True, with_indices=True)
+    # the documented fix works
+    renamed = chunked.remove_columns(["source_id", "chunk_index", "num_chunks", "source_row"])
+    assert renamed.map(chunker, batched=True).num_rows == 2
+
+
+def test_special_strings_are_counted_as_the_text_synthesis_sends(tiny_model_path, tiny_tokenizer):
+    from hf_ipt.synthesis.prompts import PromptFitter
+
+    text = "Price: <s>$40</s> now. " * 60  # the strings cost several tokens each as text, one as control ids
+    chunker = Chunker(tokenizer=tiny_model_path, max_model_len=256, max_new_tokens=32)
+    fitter = PromptFitter(tiny_tokenizer, 256, 32)
+    pieces = chunker.split(text)
+    assert len(pieces) > 1
+    for piece in pieces:
+        assert len(fitter.encode_segments([zero_shot_segment(piece)])[0]) + 32 <= 256

@@ -580,3 +580,50 @@ def test_selection_is_whole_examples_and_never_worse_than_the_plain_prefix(count
     below = running[running <= target].max()
     assert error <= target - below + 1e-9
     assert error <= counts.max() / 2 + 1e-9 or counts[chosen].sum() == running[-1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 0 rows and colliding columns (issue 12, item 8)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _empty(columns):
+    from datasets import Features, Value
+
+    return Dataset.from_dict({c: [] for c in columns}, features=Features({c: Value("string") for c in columns}))
+
+
+def test_count_tokens_over_zero_rows_still_writes_the_count_column(tiny_model_path):
+    assert count_tokens(_empty(["text"]), tiny_model_path).column_names == ["text", "num_tokens"]
+    untyped = Dataset.from_dict({"text": []})  # a null-typed column: no text to count, not a type error
+    assert count_tokens(untyped, tiny_model_path).column_names == ["text", "num_tokens"]
+
+
+@pytest.mark.parametrize("empty_source", [["text"], None])
+def test_mixing_with_an_empty_source_is_the_shortfall_error(augmented, tiny_model_path, empty_source):
+    empty = _empty(empty_source) if empty_source else Dataset.from_dict({"text": []})
+    with pytest.raises(InsufficientTokensError, match=r"no usable tokens in source\(s\) \['empty'\]"):
+        mix({"aug": augmented, "empty": empty}, MixConfig(weights={"aug": 1, "empty": 1}, tokenizer=tiny_model_path))
+
+
+def test_an_empty_openorca_source_is_formatted_and_reported_as_short(augmented, tiny_model_path):
+    orca = _empty(["id", "system_prompt", "question", "response"])
+    prepared = prepare_source(orca, kind="general_instructions", text_column="text", target_format=TargetFormat())
+    assert prepared.column_names[-3:] == ["text", FORMAT_STATUS, FORMAT_ERROR]
+    with pytest.raises(InsufficientTokensError, match="no usable tokens"):  # not "no text column"
+        mix({"aug": augmented, "g": prepared}, MixConfig(weights={"aug": 1, "g": 1}, tokenizer=tiny_model_path))
+
+
+@pytest.mark.parametrize("column", ["text", FORMAT_STATUS, FORMAT_ERROR])
+def test_format_refuses_input_columns_it_would_overwrite(column):
+    batch = {"question": ["q?"], "response": ["a"], column: ["mine"]}
+    with pytest.raises(ValueError, match=rf"would overwrite the input column\(s\) \['{column}'\].*rename_column"):
+        format_general_instructions(batch)
+    ds = Dataset.from_dict(batch)
+    with pytest.raises(ValueError, match=rf"\['{column}'\]"):
+        prepare_source(ds, kind="general_instructions", text_column="text", target_format=TargetFormat())
+
+
+def test_counting_a_lone_surrogate_names_the_column_and_row(tiny_model_path):
+    with pytest.raises(ValueError, match=r"column 'text' holds text that is not valid Unicode at row 1"):
+        TokenCounter(tiny_model_path)({"text": ["fine", "bad \ud800"]})

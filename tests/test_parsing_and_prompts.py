@@ -152,3 +152,67 @@ def test_degenerate_outputs_give_no_pairs(output):
 def test_docstring_examples_run(module):
     results = doctest.testmod(importlib.import_module(module))
     assert results.failed == 0 and results.attempted > 0
+
+
+# --- content is text: literal special-token strings never become control ids (issue 12, item 5) ---
+
+HTML_STRIKE = "Price: <s>$40</s> now."
+
+
+def _fitter(tokenizer):
+    from hf_ipt.synthesis.prompts import PromptFitter
+
+    return PromptFitter(tokenizer, max_model_len=4096, max_new_tokens=400)
+
+
+@pytest.fixture(scope="module")
+def mistral_tokenizer(mistral_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(mistral_tokenizer_dir)
+
+
+@pytest.mark.parametrize("which", ["tiny_tokenizer", "mistral_tokenizer"])
+def test_special_strings_in_content_are_text_not_control_ids(request, which):
+    tokenizer = request.getfixturevalue(which)
+    fitter = _fitter(tokenizer)
+    bos, eos, unk = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id
+    # the bug: tokenizing the prompt string reads the content's <s>/</s> as BOS/EOS
+    naive = tokenizer(zero_shot_segment(HTML_STRIKE), add_special_tokens=False)["input_ids"]
+    assert naive.count(bos) == 2 and naive.count(eos) == 1
+    ids = fitter.encode_segments([zero_shot_segment(HTML_STRIKE)])[0]
+    assert ids.count(bos) == 1 and ids[0] == bos and eos not in ids
+    content = tokenizer(f" <CON> {HTML_STRIKE} </CON>\n\n", add_special_tokens=False, split_special_tokens=True)
+    assert ids == [bos] + content["input_ids"]
+    assert tokenizer.decode(ids[1:]).strip().startswith("<CON> Price: <s>$40</s>")
+    # <unk> in content is the characters, not the unknown id
+    assert unk not in fitter.encode_segments([zero_shot_segment("a literal <unk> here")])[0]
+    # an answer holding </s>: the demonstration has exactly one BOS and one EOS, its own, at its ends
+    demo = demonstration_segment("A text.", [{"instruction": "What?", "response": "It ends</s> here <s>"}])
+    demo_ids = fitter.encode_segments([demo])[0]
+    assert demo_ids.count(bos) == 1 and demo_ids.count(eos) == 1 and demo_ids[0] == bos and demo_ids[-1] == eos
+    assert fitter.escapes_exactly
+
+
+@pytest.mark.parametrize("which", ["tiny_tokenizer", "mistral_tokenizer"])
+def test_ordinary_segments_keep_the_tokenizers_own_ids(request, which):
+    tokenizer = request.getfixturevalue(which)
+    fitter = _fitter(tokenizer)
+    segments = [
+        zero_shot_segment("Cats sleep a lot."),
+        zero_shot_segment("  spaced\ttext\nnaïve 東京 <CON>-like"),
+        demonstration_segment("A.", [{"instruction": "q?", "response": "a."}]),
+    ]
+    expected = tokenizer(segments, add_special_tokens=False)["input_ids"]
+    assert fitter.encode_segments(segments) == expected
+    # mixed batches: the plain segment is untouched by its neighbour's special strings
+    assert fitter.encode_segments([segments[0], zero_shot_segment(HTML_STRIKE)])[0] == expected[0]
+
+
+def test_mistral_tokenizer_reproduces_the_reported_ids(mistral_tokenizer):
+    # the issue's figures with the real tokenizer: [1, ..., 1, 429, 28781, 28734, 2, ...] before the fix
+    naive = mistral_tokenizer(zero_shot_segment(HTML_STRIKE), add_special_tokens=False)["input_ids"]
+    assert naive[7:12] == [1, 429, 28781, 28734, 2]
+    fixed = _fitter(mistral_tokenizer).encode_segments([zero_shot_segment(HTML_STRIKE)])[0]
+    assert fixed.count(1) == 1 and 2 not in fixed
+    assert mistral_tokenizer.convert_ids_to_tokens(fixed)[6:9] == ["▁<", "s", ">"]

@@ -28,6 +28,7 @@ SYNTH_COLUMNS = [
     "synth_status",
     "synth_error",
     "parse_drops",
+    "special_strings",
 ]
 
 
@@ -428,3 +429,129 @@ def test_forking_after_a_vllm_engine_in_the_parent_is_a_clear_error_not_a_hang(v
     ds = Dataset.from_dict({"text": ["One text.", "Another text."]})
     with pytest.raises(RuntimeError, match="forked from one that already holds a vLLM engine"):
         ds.map(synth, batched=True, batch_size=1, num_proc=2, load_from_cache_file=False)
+
+
+# --- content with special-token strings, and engine output Arrow cannot store (issue 12, items 5 and 7) ---
+
+
+@pytest.mark.parametrize("which", ["tiny", "mistral"])
+def test_prompts_carry_one_bos_per_segment_whatever_the_content(request, which, tiny_model_path):
+    from transformers import AutoTokenizer
+
+    folder = tiny_model_path if which == "tiny" else request.getfixturevalue("mistral_tokenizer_dir")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    sent = []
+
+    class Recorder(Engine):
+        name = "recorder"
+
+        def generate(self, requests, max_new_tokens):
+            sent.extend(requests)
+            return [Completion("<QUE> Struck? <ANS> Yes: <s>$40</s> </END>") for _ in requests]
+
+    synth = Synthesizer(model=folder, rounds=2, max_model_len=1024, max_new_tokens=MAX_NEW, engine=Recorder())
+    out = synth({"text": ["Price: <s>$40</s> now.", "Plain text.", "Next <unk> one.", "Last plain one."]})
+    bos, eos, unk = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id
+    assert [len(r.token_ids) for r in sent] == out["prompt_tokens"]
+    for request in sent:
+        segments = request.prompt.count("<CON> ")  # a text's own "<CON>" appears once per segment here
+        assert request.token_ids.count(bos) == segments and request.token_ids[0] == bos
+        assert request.token_ids.count(eos) == segments - 1  # one per demonstration, none from content
+        assert unk not in request.token_ids
+    assert out["num_demonstrations"] == [0, 0, 1, 1]
+    # the row with special strings, and both second-round rows (whose demonstration holds them), are counted
+    assert out["special_strings"] == [True, False, True, True]
+    # ordinary prompts are exactly the tokenizer's own ids
+    plain = sent[1]
+    assert plain.token_ids == tokenizer(plain.prompt, add_special_tokens=False)["input_ids"]
+
+
+def test_special_strings_are_counted_in_the_synthesis_report(tiny_model_path):
+    import pyarrow as pa
+
+    from hf_ipt.stats import synthesis_report, synthesis_summary
+
+    synth = Synthesizer(model=tiny_model_path, max_model_len=512, max_new_tokens=MAX_NEW, engine=scripted)
+    out = synth({"text": ["<s> at the start", "none here", "an </s> inside"]})
+    report = synthesis_report([pa.table({k: v for k, v in out.items() if k != "pairs"})])
+    assert report["special_strings"] == 2
+    assert synthesis_summary(report)["texts with <s>/</s> sent as text"] == 2
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "ok \udfff tail", "<QUE> q? <ANS> a\ud83d </END>"])
+def test_engine_output_that_arrow_cannot_store_is_a_row_status(tiny_model_path, bad):
+    def engine(prompts):
+        return [bad if "Two" in p else scripted([p])[0] for p in prompts]
+
+    ds = Dataset.from_dict({"text": ["One.", "Two.", "Three.", "Four."]})
+    synth = Synthesizer(model=tiny_model_path, rounds=2, max_model_len=512, max_new_tokens=MAX_NEW, engine=engine)
+    out = ds.map(synth, batched=True, load_from_cache_file=False)  # Arrow writes the batch: no UnicodeEncodeError
+    assert out["synth_status"] == ["ok", "engine_error", "ok", "ok"]
+    assert "lone surrogate" in out["synth_error"][1] and out["synth_output"][1] == ""
+    assert out["num_demonstrations"] == [0, 0, 1, 0]  # the bad entry breaks its chain
+
+
+# --- the prompt tokenizer must tokenize as the model's own tokenizer.json (issue 12, item 6) ---
+
+
+@pytest.fixture(scope="module")
+def mistral_like_model(tmp_path_factory, mistral_tokenizer_dir):
+    """A model folder as on the Hub for Mistral-7B-v0.1 (config.json + the legacy tokenizer.json: Prepend/Replace
+    normalizer, no pre-tokenizer) and a tokenizer-only copy of it without config.json."""
+    import json
+    import shutil
+
+    from tokenizers import normalizers
+    from transformers import AutoTokenizer
+
+    backend = AutoTokenizer.from_pretrained(mistral_tokenizer_dir).backend_tokenizer
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = None
+    model = tmp_path_factory.mktemp("mistral-like-model")
+    backend.save(str(model / "tokenizer.json"))
+    shutil.copy(f"{mistral_tokenizer_dir}/tokenizer_config.json", model / "tokenizer_config.json")
+    (model / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    tokenizer_only = tmp_path_factory.mktemp("tokenizer-only")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(model / name, tokenizer_only / name)
+    return str(model), str(tokenizer_only)
+
+
+def test_a_tokenizer_only_folder_that_tokenizes_differently_is_refused_at_engine_start(mistral_like_model):
+    from transformers import AutoTokenizer
+
+    from hf_ipt.tokenization import TOKENIZER_PROBE, check_prompt_tokenizer
+
+    model, tokenizer_only = mistral_like_model
+    # transformers rebuilds the tokenizer of a folder without config.json: the `▁` after BOS is lost
+    rebuilt = AutoTokenizer.from_pretrained(tokenizer_only)(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    own = AutoTokenizer.from_pretrained(model)(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    assert rebuilt != own
+    check_prompt_tokenizer(model)  # the model's own folder agrees with its tokenizer.json
+    with pytest.raises(EngineStartError) as info:
+        make_engine("transformers", model=model, tokenizer=tokenizer_only)
+    message = str(info.value)
+    assert "synth.tokenizer" in message and tokenizer_only in message and "tokenizer.json" in message
+    assert "at token 1" in message and "▁▁" in message and "unset synth.tokenizer" in message
+
+
+def test_the_tiny_model_passes_the_tokenizer_check(tiny_model_path):
+    from hf_ipt.tokenization import check_prompt_tokenizer, model_tokenizer_file
+
+    assert model_tokenizer_file(tiny_model_path) is not None
+    check_prompt_tokenizer(tiny_model_path)
+    check_prompt_tokenizer(tiny_model_path, tokenizer=tiny_model_path)
+
+
+@pytest.mark.parametrize("column", ["pairs", "synth_status", "chain_id", "special_strings"])
+def test_input_columns_named_like_synthesis_outputs_are_refused(column):
+    synth = Synthesizer(model="/no/such/model")  # refused before any model loads
+    with pytest.raises(ValueError, match=rf"synthesis would overwrite the input column\(s\) \['{column}'\]"):
+        synth({"text": ["a"], column: ["mine"]})
+
+
+def test_the_text_column_read_by_synthesis_is_not_a_collision(tiny_model_path):
+    synth = Synthesizer(model=tiny_model_path, max_model_len=256, max_new_tokens=MAX_NEW, engine=scripted)
+    assert synth({"text": ["A text."], "id": [3]})["synth_status"] == ["ok"]
+    assert synth({"text": [], "id": []})["synth_status"] == []  # 0 rows: every output column, empty
+    assert set(SYNTH_COLUMNS) <= set(synth({"text": []}))

@@ -22,6 +22,7 @@ from hf_ipt.engines.base import CallableEngine, Engine, EngineStartError
 from hf_ipt.engines.server import ServerEngine
 from hf_ipt.engines.transformers import TransformersEngine
 from hf_ipt.engines.vllm import VLLMEngine
+from hf_ipt.tokenization import check_prompt_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,11 @@ def make_engine(
         key = (spec, model, revision, tokenizer, max_model_len, repr(sorted((engine_kwargs or {}).items())))
         if key not in _ENGINE_CACHE:
             logger.info("creating the %s engine for %s in process %d", spec, model, os.getpid())
+            try:
+                # once per engine, before it loads: prompts must be the ids the model's own tokenizer.json gives
+                check_prompt_tokenizer(model, revision, tokenizer)
+            except ValueError as error:
+                raise EngineStartError(f"the {spec} engine did not start: {error}") from error
             try:
                 _ENGINE_CACHE[key] = ENGINES[spec](
                     model,

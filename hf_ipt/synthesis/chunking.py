@@ -13,7 +13,9 @@ Pieces end at paragraph breaks where possible, else at sentence ends, else at wh
 fits when its zero-shot prompt plus `max_new_tokens` fits `max_model_len` (or when it holds at most
 `max_chunk_tokens` text tokens as counted inside that prompt, if set — leave room for demonstrations in multi-round
 synthesis that way).
-Rows whose text is not a non-empty string pass through as one piece; synthesis gives them their status.
+Rows whose text is not a non-empty, valid Unicode string (None, a number, "", a lone surrogate) pass through as one
+piece; synthesis gives them their status. Input columns named like the columns chunking writes (re-chunking chunked
+rows) are refused with a ValueError naming them: rename or remove them first.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_ipt import columns as C
+from hf_ipt.columns import check_input_columns
 from hf_ipt.synthesis.prompts import PromptFitter, zero_shot_segment
-from hf_ipt.tokenization import load_fast_tokenizer
+from hf_ipt.tokenization import invalid_unicode_at, load_fast_tokenizer
 from hf_ipt.validation import check_fields, check_token_budget
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
@@ -142,7 +145,10 @@ class Chunker:
         limit = fitter.budget - fitter.wrapper_tokens
         if self.config.max_chunk_tokens is not None:
             limit = min(limit, self.config.max_chunk_tokens)
-        encoding = fitter.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        # content is text: a literal `<s>` counts as the tokens synthesis will send for it (`encode_segments`)
+        encoding = fitter.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
+        )
         offsets = encoding["offset_mapping"]
         if len(offsets) <= limit and self._fits(text, limit):
             return [text]
@@ -168,7 +174,7 @@ class Chunker:
 
     def _fits(self, piece: str, limit: int) -> bool:
         fitter = self.fitter
-        ids = fitter.encode([zero_shot_segment(piece)])[0]
+        ids = fitter.encode_segments([zero_shot_segment(piece)])[0]
         return len(ids) <= fitter.budget and len(ids) - fitter.wrapper_tokens <= limit
 
     def __call__(self, batch: dict[str, list], indices: list[int] | None = None, *args: Any) -> dict[str, list]:
@@ -179,12 +185,14 @@ class Chunker:
             )
         if indices is not None and not isinstance(indices, list):
             indices = None  # with_rank alone passes the rank here
+        written = [C.SOURCE_ID, C.CHUNK_INDEX, C.NUM_CHUNKS] + ([C.SOURCE_ROW] if indices is not None else [])
+        check_input_columns(batch, written, step="chunking", reads=[column])
         out: dict[str, list] = {key: [] for key in batch}
         out.update({C.SOURCE_ID: [], C.CHUNK_INDEX: [], C.NUM_CHUNKS: []})
         if indices is not None:
             out[C.SOURCE_ROW] = []
         for row, text in enumerate(batch[column]):
-            valid = isinstance(text, str) and text.strip()
+            valid = isinstance(text, str) and text.strip() and invalid_unicode_at(text) is None
             pieces = self.split(text) if valid else [text]
             source_id = hashlib.blake2b(
                 (text if isinstance(text, str) else repr(text)).encode("utf-8", "surrogatepass"), digest_size=8

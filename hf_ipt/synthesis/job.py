@@ -24,6 +24,7 @@ from hf_ipt.engines import ChainOutlook, Completion, Engine, Request
 from hf_ipt.synthesis.chains import chain_layout
 from hf_ipt.synthesis.parsing import parse_pairs
 from hf_ipt.synthesis.prompts import PromptFitter, demonstration_segment, zero_shot_segment
+from hf_ipt.tokenization import invalid_unicode_at
 
 
 class PairList(list):
@@ -59,10 +60,26 @@ def _invalid_reason(text: Any) -> tuple[str, str] | None:
         return C.STATUS_INVALID_TEXT, f"text is a {type(text).__name__}, not a string"
     if not text.strip():
         return C.STATUS_EMPTY_TEXT, "text is empty or only whitespace"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        return C.STATUS_INVALID_TEXT, f"text is not valid Unicode (lone surrogate at character {err.start})"
+    at = invalid_unicode_at(text)
+    if at is not None:
+        return C.STATUS_INVALID_TEXT, f"text is not valid Unicode (lone surrogate at character {at})"
+    return None
+
+
+def _output_error(text: Any) -> str | None:
+    """Why an engine's answer cannot be stored (then the row is an `engine_error`), None for a good one.
+
+    Checked here, once for every engine (a callable, vLLM, a server answering `"\\ud800"` in JSON): a lone surrogate
+    would make Arrow refuse the whole batch when it is written.
+    """
+    if not isinstance(text, str):
+        return f"the engine returned a {type(text).__name__}, not a string"
+    at = invalid_unicode_at(text)
+    if at is not None:
+        return (
+            f"the engine's output is not valid Unicode (lone surrogate {text[at]!r} at character {at}) and cannot be "
+            "stored; the row's output is left out"
+        )
     return None
 
 
@@ -92,6 +109,7 @@ class BatchJob:
         self.prompt_tokens = [0] * n
         self.num_demos = [0] * n
         self.truncated = [False] * n
+        self.escaped = [False] * n
         self.chain_of = [0] * n
         self.position = [0] * n
         for c, chain in enumerate(self.layout):
@@ -105,14 +123,25 @@ class BatchJob:
 
         valid_rows = []
         for row, text in enumerate(self.texts):
-            reason = _invalid_reason(text)
+            reason = _invalid_reason(text) or self._unencodable(text)
             if reason:
                 self.status[row], self.error[row] = reason
             else:
                 valid_rows.append(row)
         self.valid = set(valid_rows)
-        zero_shot = fitter.encode([zero_shot_segment(self.texts[r]) for r in valid_rows])
+        zero_shot = fitter.encode_segments([zero_shot_segment(self.texts[r]) for r in valid_rows])
         self.zero_shot_ids = dict(zip(valid_rows, zero_shot, strict=True))
+
+    def _unencodable(self, text: str) -> tuple[str, str] | None:
+        """(status, detail) for a text with a special-token string that this tokenizer cannot encode as text exactly
+        (`PromptFitter.escapes_exactly` is False): sending it would turn `<s>` into a control id."""
+        if self.fitter.escapes_exactly or not self.fitter.has_special_strings(text):
+            return None
+        found = [token for token in self.fitter.special_strings if token in text]
+        return C.STATUS_INVALID_TEXT, (
+            f"text holds the special-token string(s) {found}, and this tokenizer cannot encode them as plain text "
+            "exactly; remove or escape them in the source text"
+        )
 
     def _chain_ids(self) -> list[str]:
         digest = hashlib.blake2b(digest_size=16)
@@ -147,6 +176,7 @@ class BatchJob:
             self.prompt_tokens[row] = len(fitted.token_ids)
             self.num_demos[row] = fitted.num_demonstrations
             self.truncated[row] = fitted.truncated
+            self.escaped[row] = fitted.escaped
             return row, Request(fitted.prompt, fitted.token_ids)
         return None
 
@@ -161,8 +191,9 @@ class BatchJob:
         new_segments: list[tuple[int, str]] = []
         for row, completion in results:
             chain = self.chain_of[row]
-            if completion.error is not None:
-                self.status[row], self.error[row] = C.STATUS_ENGINE_ERROR, completion.error
+            error = completion.error if completion.error is not None else _output_error(completion.text)
+            if error is not None:
+                self.status[row], self.error[row] = C.STATUS_ENGINE_ERROR, error
                 self.linked[chain] = []
                 continue
             parsed = parse_pairs(completion.text)
@@ -170,10 +201,14 @@ class BatchJob:
             if parsed.pairs:
                 self.status[row] = C.STATUS_OK
                 if self.cursor[chain] < len(self.layout[chain]):  # only an entry with a successor is ever shown
-                    new_segments.append((row, demonstration_segment(self.sent_text[row], parsed.pairs)))
+                    segment = demonstration_segment(self.sent_text[row], parsed.pairs)
+                    if self.fitter.escapes_exactly or not self.fitter.segment_has_special_strings(segment):
+                        new_segments.append((row, segment))
+                    else:  # its special strings could not be sent as text: the next entry runs without it
+                        self.linked[chain] = []
             else:
                 self.linked[chain] = []
-        ids = self.fitter.encode([seg for _, seg in new_segments])
+        ids = self.fitter.encode_segments([seg for _, seg in new_segments])
         for (row, segment), segment_ids in zip(new_segments, ids, strict=True):
             self.linked[self.chain_of[row]] = self.linked[self.chain_of[row]] + [(segment, segment_ids)]
 
@@ -196,6 +231,7 @@ class BatchJob:
             C.SYNTH_STATUS: self.status,
             C.SYNTH_ERROR: self.error,
             C.PARSE_DROPS: self.drops,
+            C.SPECIAL_STRINGS: self.escaped,
         }
 
 

@@ -8,6 +8,10 @@ A prompt is a sequence of *segments*, each opening with the literal BOS `<s>`:
 The full prompt is the demonstrations (oldest first) followed by the current text's zero-shot segment. The literal
 `<s>` is the tokenizer's BOS token, so tokenizing with `add_special_tokens=False` yields exactly one BOS per segment;
 engines receive these token ids and must not add another BOS. The markers themselves are in `hf_ipt.markers`.
+
+Only the skeleton's `<s>`/`</s>` are control tokens: content (texts, questions, answers) is tokenized as text, so a
+web page's `<s>$40</s>` (HTML strikethrough) or a literal `<unk>` never becomes a BOS, EOS or unknown id
+(`PromptFitter.encode_segments`).
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class FittedPrompt:
     token_ids: list[int]
     num_demonstrations: int
     truncated: bool
+    # the content (text or a kept demonstration) held a special-token string, tokenized as text (`encode_segments`)
+    escaped: bool = False
 
 
 class PromptFitter:
@@ -91,6 +97,13 @@ class PromptFitter:
         if bos_id is None or bos_id == getattr(tokenizer, "unk_token_id", None):
             raise ValueError(f"the synthesizer's tokenizer has no {BOS!r} token; is this the right tokenizer?")
         self.bos_id = bos_id
+        self.eos_id = tokenizer.convert_tokens_to_ids(EOS)
+        self.special_strings = special_token_strings(tokenizer)
+        # content holding a special-token string is encoded as BOS + the rest split as text (+ EOS); that equals the
+        # tokenizer's own ids on ordinary segments for every tokenizer checked so far, and is verified here
+        probes = [zero_shot_segment("Cats sleep a lot."), zero_shot_segment("  two  spaces,\ttab\nnaïve 東京 ")]
+        probes.append(demonstration_segment("A text.", [{INSTRUCTION: "Why?", RESPONSE: "Because."}]))
+        self.escapes_exactly = self.encode(probes) == self._encode_as_text(probes)
         # tokens of the zero-shot wrapper around an empty text: the minimum any prompt costs
         self.wrapper_tokens = len(self.encode([zero_shot_segment("")])[0])
         if self.wrapper_tokens + 1 > self.budget:
@@ -100,8 +113,56 @@ class PromptFitter:
             )
 
     def encode(self, segments: Sequence[str]) -> list[list[int]]:
-        """Token ids of each segment (batched, no special tokens added)."""
+        """Token ids of each segment (batched, no special tokens added), special-token strings anywhere special."""
         return self.encoder.encode(segments)
+
+    def has_special_strings(self, content: str) -> bool:
+        """Whether `content` (a text, question or answer, or a segment's content) holds a special-token string.
+
+        Example:
+            >>> fitter.has_special_strings("Price: <s>$40</s> now.")  # doctest: +SKIP
+            True
+        """
+        return any(token in content for token in self.special_strings)
+
+    def segment_has_special_strings(self, segment: str) -> bool:
+        """Whether the content of a segment (everything but its own leading `<s>` and trailing `</s>`) holds a
+        special-token string."""
+        return self.has_special_strings(_segment_content(segment))
+
+    def encode_segments(self, segments: Sequence[str]) -> list[list[int]]:
+        """Token ids of each segment with its content tokenized as text: the leading `<s>` (and a demonstration's
+        trailing `</s>`) are the BOS/EOS ids, a `<s>` inside the content is the characters `<`, `s`, `>`.
+
+        Equals `encode` (the tokenizer's own ids) for every segment whose content holds no special-token string.
+
+        Example:
+            >>> ids = fitter.encode_segments([zero_shot_segment("Price: <s>$40</s> now.")])[0]  # doctest: +SKIP
+            >>> ids.count(fitter.bos_id), ids.count(fitter.eos_id)  # doctest: +SKIP
+            (1, 0)
+        """
+        segments = list(segments)
+        special = [i for i, segment in enumerate(segments) if self.segment_has_special_strings(segment)]
+        if not special:
+            return self.encode(segments)
+        special_set = set(special)
+        plain = [i for i in range(len(segments)) if i not in special_set]
+        result: list[list[int]] = [[] for _ in segments]
+        for i, ids in zip(plain, self.encode([segments[i] for i in plain]), strict=True):
+            result[i] = ids
+        for i, ids in zip(special, self._encode_as_text([segments[i] for i in special]), strict=True):
+            result[i] = ids
+        return result
+
+    def _encode_as_text(self, segments: list[str]) -> list[list[int]]:
+        contents = [_segment_content(segment) for segment in segments]
+        encoded = self.encoder.encode(contents, split_special_tokens=True)
+        return [
+            ([self.bos_id] if segment.startswith(BOS) else [])
+            + list(ids)
+            + ([self.eos_id] if segment.endswith(EOS) and segment.startswith(BOS) else [])
+            for segment, ids in zip(segments, encoded, strict=True)
+        ]
 
     def fit(
         self,
@@ -125,13 +186,15 @@ class PromptFitter:
         used = demonstrations[len(demonstrations) - kept :]
         prompt = "".join(seg for seg, _ in used) + zero_shot_segment(text)
         token_ids = [tok for _, ids in used for tok in ids] + list(zero_shot_ids)
-        if kept and not self._concatenation_is_exact(prompt, token_ids):
+        escaped = self.has_special_strings(text) or any(self.segment_has_special_strings(seg) for seg, _ in used)
+        # the whole-prompt fallback would read content special strings as control ids: keep the segments' ids then
+        if kept and not escaped and not self._concatenation_is_exact(prompt, token_ids):
             token_ids = self.encode([prompt])[0]
             while len(token_ids) > self.budget and used:
                 used = used[1:]
                 prompt = "".join(seg for seg, _ in used) + zero_shot_segment(text)
                 token_ids = self.encode([prompt])[0]
-        return FittedPrompt(text, prompt, token_ids, len(used), truncated=False)
+        return FittedPrompt(text, prompt, token_ids, len(used), truncated=False, escaped=escaped)
 
     def _concatenation_is_exact(self, prompt: str, token_ids: list[int]) -> bool:
         if self._segments_concatenate_exactly is None:
@@ -140,16 +203,41 @@ class PromptFitter:
 
     def _truncate(self, text: str) -> FittedPrompt:
         """Keep the beginning of `text` so that its zero-shot prompt fits the budget exactly or just under."""
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        encoding = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
+        )
         offsets = encoding["offset_mapping"]
         keep = self.budget - self.wrapper_tokens
         # re-tokenizing a cut text can merge differently at the edges: shrink until the real count fits
         while keep > 0:
             cut = offsets[min(keep, len(offsets)) - 1][1]
             short = text[:cut].rstrip()
-            ids = self.encode([zero_shot_segment(short)])[0]
+            ids = self.encode_segments([zero_shot_segment(short)])[0]
             if len(ids) <= self.budget:
-                return FittedPrompt(short, zero_shot_segment(short), ids, 0, truncated=True)
+                return FittedPrompt(short, zero_shot_segment(short), ids, 0, True, self.has_special_strings(short))
             keep -= max(1, len(ids) - self.budget)
         short = ""
         return FittedPrompt(short, zero_shot_segment(short), self.encode([zero_shot_segment(short)])[0], 0, True)
+
+
+def special_token_strings(tokenizer: Any) -> tuple[str, ...]:
+    """The strings a tokenizer turns into special (control) ids wherever they appear in its input: `<s>`, `</s>`,
+    `<unk>`, `<pad>`, ... (its special tokens and added tokens marked special).
+
+    Example:
+        >>> sorted(special_token_strings(tokenizer))  # doctest: +SKIP
+        ['</s>', '<pad>', '<s>', '<unk>']
+    """
+    strings = {str(token) for token in getattr(tokenizer, "all_special_tokens", ()) or ()}
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            strings.add(str(getattr(added, "content", added)))
+    return tuple(sorted(s for s in strings if s))
+
+
+def _segment_content(segment: str) -> str:
+    """A segment without its own leading BOS and, for a demonstration, its trailing EOS."""
+    if not segment.startswith(BOS):
+        return segment
+    end = len(segment) - len(EOS) if segment.endswith(EOS) and len(segment) >= len(BOS) + len(EOS) else len(segment)
+    return segment[len(BOS) : end]

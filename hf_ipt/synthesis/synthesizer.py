@@ -11,7 +11,8 @@ Example:
 
 Columns read: the text column (`text` by default). Columns written (all input columns are kept, one row out per row
 in): see `hf_ipt.columns.SYNTH_COLUMNS` — `pairs`, `synth_output`, `chain_id`, `chain_position`,
-`num_demonstrations`, `prompt_tokens`, `truncated`, `synth_status`, `synth_error`, `parse_drops`.
+`num_demonstrations`, `prompt_tokens`, `truncated`, `synth_status`, `synth_error`, `parse_drops`, `special_strings`.
+An input column with one of these names (other than the text column) is refused with a ValueError: rename it first.
 
 With `rounds=M > 1`, the rows of each batch form M-round chains (see `hf_ipt.synthesis.chains`): a row is prompted
 with the previous entries of its chain as demonstrations (`hf_ipt.synthesis.job.BatchJob` holds that state). Chains
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hf_ipt.columns import SYNTH_COLUMNS, check_input_columns
 from hf_ipt.engines import ENGINES, Engine, make_engine
 from hf_ipt.parallel import devices_per_rank, pin_rank, rank_from_args
 from hf_ipt.synthesis.job import BatchJob
@@ -175,12 +177,15 @@ class Synthesizer:
         )
 
     def check_columns(self, column_names: Sequence[str]) -> None:
-        """Raise a KeyError naming the missing text column and the available ones."""
+        """Raise a KeyError naming the missing text column and the available ones, or a ValueError naming input
+        columns that synthesis would overwrite (`hf_ipt.columns.SYNTH_COLUMNS`, e.g. `pairs`) and how to rename them.
+        """
         if self.config.text_column not in column_names:
             raise KeyError(
                 f"text column {self.config.text_column!r} not found; the columns are {list(column_names)}. "
                 f"Pass text_column=<name> (or synth.text_column in a recipe)."
             )
+        check_input_columns(column_names, SYNTH_COLUMNS, step="synthesis", reads=[self.config.text_column])
 
     def __call__(self, batch: dict[str, list], *args: Any) -> dict[str, list]:
         """Synthesize pairs for one batch. Extra positional arguments (indices, rank from `with_indices` /
@@ -203,6 +208,8 @@ class _NoFitter:
 
     def encode(self, segments: Sequence[str]) -> list[list[int]]:
         return []
+
+    encode_segments = encode
 
 
 def synthesize_batch(batch: dict[str, list], *args: Any) -> dict[str, list]:
