@@ -63,6 +63,7 @@ def write_to_folder(
         hub_configs=bundle.hub_configs(),
         dataset_info=bundle.dataset_info(),
         options=card,
+        local_path=output,
     )
     write_file(output, "README.md", str(text).encode("utf-8"), storage_options=storage_options)
     save_stage(
