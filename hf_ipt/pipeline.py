@@ -25,7 +25,7 @@ import datasets
 from hf_ipt.config import AUGMENTED_SOURCE, ConfigError, RecipeConfig, load_recipe
 from hf_ipt.mixing import mix, prepare_source
 from hf_ipt.preflight import STAGES, SYNTHESIZED, ensure_ready, synthesis_runner
-from hf_ipt.redaction import register_secrets, scrub_command, secret_values
+from hf_ipt.redaction import redact, register_secrets, scrub_command, secret_values
 from hf_ipt.release.bundle import build_bundle
 from hf_ipt.release.card import ReleaseInfo, SourceInfo, SynthesizerInfo
 from hf_ipt.release.hub import publish_release
@@ -435,12 +435,15 @@ def stage_release(recipe: RecipeConfig, *, command: str | None = None) -> StageS
         raise IncompleteRunError(f"{data_dir} holds no finished output; run `hf-ipt {previous}` first")
     output = recipe.run.stage_dir(RELEASE)
     release_settings = {k: v for k, v in config_to_dict(recipe.release).items() if k != "token"}
-    identity = {
-        "data": upstream,
-        "release": release_settings,
-        "release_to": recipe.release_to,
-        "card": config_to_dict(recipe.card),
-    }
+    # recorded in the release's marker: no secret (a credential in a card text) may reach it
+    identity = redact(
+        {
+            "data": upstream,
+            "release": release_settings,
+            "release_to": recipe.release_to,
+            "card": config_to_dict(recipe.card),
+        }
+    )
     marker = read_stage_marker(output, storage)
     if marker is not None and marker.get("fingerprint") == fingerprint(identity):
         summary = StageSummary("release", marker.get("extra", {}).get("url", output), reused=True)

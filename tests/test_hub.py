@@ -457,7 +457,9 @@ def test_statistics_from_reports_when_columns_are_gone(tmp_path):
         synthesis_stats={"status_counts": {"ok": 1, "no_pairs": 1}, "parse_drops": {"malformed": 1}, "pairs": 2},
     )
     stats = compute_statistics({"train": mixed}, info)
-    assert stats["text"]["tokens"]["total"] == 6 and stats["text"]["tokens"]["tokenizer"] == "column 'num_tokens'"
+    tokens = stats["text"]["tokens"]
+    # the counts come from the mix's column; no tokenizer was named, so the card names none (never the column)
+    assert tokens["total"] == 6 and tokens["tokenizer"] is None and tokens["counted_by"] == "column 'num_tokens'"
     assert stats["sources"]["per_source"] == {
         "aug": {"rows": 2, "characters": 20, "tokens": 5},
         "orca": {"rows": 1, "characters": 5, "tokens": 1},
