@@ -709,3 +709,66 @@ def test_content_fingerprint_ignores_file_times_and_chunking(tmp_path):
     chunked = concatenate_datasets([rows.select(range(11)).flatten_indices(), rows.select(range(11, 30))])
     assert content_fingerprint(first) == content_fingerprint(second) == content_fingerprint(chunked)
     assert content_fingerprint(rows.select(range(29))) != content_fingerprint(rows)
+
+
+def test_two_uninterrupted_runs_give_byte_identical_release_folders(tmp_path, tiny_model_path, monkeypatch):
+    """A small quickstart-like pipeline run twice, into the same (relative) folder as a user re-running it: card,
+    stats.json, recipe, plots and data are byte-identical; and the card's loading snippet works as printed."""
+    import re
+
+    import yaml
+
+    from hf_ipt.cli import main
+
+    recipe = {
+        "source": {"path": "bundled:quickstart", "max_rows": 12, "license": "psf-2.0"},
+        "chunk": {"enabled": False},
+        "synth": {
+            "model": tiny_model_path,
+            "engine": "transformers",
+            "rounds": 2,
+            "max_model_len": 512,
+            "max_new_tokens": 32,
+            "batch_size": 6,
+            "engine_kwargs": {"batch_size": 6, "dtype": "float32"},
+        },
+        "templify": {"seed": 0, "target_tokenizer": tiny_model_path},
+        "mix": {"weights": {"augmented": 1, "general": 1}, "tokenizer": tiny_model_path, "tolerance": 0.3},
+        "mix_sources": {"general": {"path": "bundled:quickstart_general", "kind": "general_instructions"}},
+        "release": {"repo_id": "local/repro", "version": "v0.1", "config_name": "continual-m2"},
+        "release_to": "local",
+        "run": {"output_dir": "output/repro", "shard_size": 6},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(tmp_path)
+    releases = []
+    for attempt in range(2):
+        assert main(["run", "r.yaml", "-q"]) == 0
+        kept = tmp_path / f"run{attempt}"
+        shutil.move("output/repro", kept)
+        releases.append(kept / "release")
+
+    def files(root: Path) -> dict[str, bytes]:
+        # .hf_ipt/ holds the run's own bookkeeping (when each stage finished), not the release
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and ".hf_ipt" not in p.parts
+        }
+
+    first, second = (files(r) for r in releases)
+    assert first.keys() == second.keys()
+    kinds = {Path(name).suffix for name in first}
+    assert {".md", ".json", ".yaml", ".png", ".parquet"} <= kinds, kinds
+    different = [name for name in first if first[name] != second[name]]
+    assert different == []
+
+    # the card's snippet, run as printed from the folder the release was made in
+    Path("output/repro").mkdir(parents=True)
+    shutil.move(releases[1], "output/repro/release")
+    card = Path("output/repro/release/README.md").read_text()
+    calls = re.findall(r"^(\w+) = (load_dataset\(.*\))$", card, re.MULTILINE)
+    assert calls == [("continual_m2", 'load_dataset("output/repro/release", "continual-m2")')]
+    loaded = eval(calls[0][1], {"load_dataset": load_dataset})  # noqa: S307 - the card's own line, as a user runs it
+    stats = json.loads(Path("output/repro/release/release_info/continual-m2/stats.json").read_text())
+    assert loaded["train"].num_rows == stats["statistics"]["rows"] > 0
