@@ -252,7 +252,7 @@ def _print_summary(command: str, summaries: list[StageSummary], seconds: float) 
     print(f"\nhf-ipt {command}: finished in {duration(seconds)}")
     for summary in summaries:
         for line in summary.lines():
-            print(f"  {line}")
+            print(f"  {scrub(line)}")  # an output URL may carry credentials (s3://KEY:SECRET@...)
 
 
 def _print_check(recipe: RecipeConfig, args: argparse.Namespace) -> int:
@@ -262,8 +262,8 @@ def _print_check(recipe: RecipeConfig, args: argparse.Namespace) -> int:
         state = f"skipped ({result.skipped})" if result.skipped else "ok" if result.ok else "PROBLEM"
         print(f"{state:<8} {result.name}" if not result.skipped else f"{'-':<8} {result.name}: {state}")
         for problem in result.problems:
-            print(f"         {problem.key}: {problem.found}")
-            print(f"           fix: {problem.fix}")
+            print(f"         {problem.key}: {scrub(str(problem.found))}")
+            print(f"           fix: {scrub(str(problem.fix))}")
     problems = sum(len(r.problems) for r in results)
     print(f"\nhf-ipt check: {'ready to run' if not problems else f'{problems} problem(s) found'}")
     return 0 if not problems else 2
@@ -272,7 +272,7 @@ def _print_check(recipe: RecipeConfig, args: argparse.Namespace) -> int:
 def _print_status(recipe: RecipeConfig) -> int:
     found = status(recipe)
     synthesis = found["synthesis"]
-    print(f"run {found['output_dir']}")
+    print(f"run {scrub(str(found['output_dir']))}")
     if not synthesis["started"]:
         print("  synthesize  not started")
     else:

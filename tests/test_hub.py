@@ -645,6 +645,9 @@ def test_a_license_the_hub_does_not_know_is_declared_as_other_and_the_push_lands
     options = CardOptions(license="psf-2.0", license_link="https://docs.python.org/3/license.html")
     card = render_card({"m": None}, repo_id="me/x", version="v1.0", options=options)
     assert card.data.to_dict()["license_link"] == "https://docs.python.org/3/license.html"
+    # metadata the Hub would refuse is refused when the recipe is read, naming the key
+    with pytest.raises(ValueError, match=r"card\.language .* got \['English'\]"):
+        CardOptions(language=["English"])
 
 
 def mixed_release_rows() -> Dataset:

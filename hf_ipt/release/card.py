@@ -54,6 +54,7 @@ HUB_LICENSE_IDS = frozenset(
 # where `license_link` points for a license that is not a Hub id when card.license_link is not set: the card's own
 # "Licenses" section, which names every source's license
 DEFAULT_LICENSE_LINK = "README.md#licenses"
+_LANGUAGE_RE = re.compile(r"^([a-z]{2,3}(-[A-Za-z0-9]{2,8})*|code|multilingual)$")  # what the Hub validates
 _HF_SIZE_CATEGORIES = (
     (1_000, "n<1K"),
     (10_000, "1K<n<10K"),
@@ -277,6 +278,19 @@ class CardOptions:
         if not all(isinstance(k, str) for k in self.extra_sections):
             raise TypeError("card.extra_sections must map section titles (str) to markdown (str)")
         self.extra_sections = dict(self.extra_sections)
+        # the Hub refuses a card whose metadata it cannot validate: refuse here, before any upload
+        bad = [code for code in self.language if not isinstance(code, str) or not _LANGUAGE_RE.match(code)]
+        if bad:
+            raise ValueError(
+                f"card.language must hold ISO 639 codes such as 'en' or 'fr' (or 'code', 'multilingual'), got {bad}"
+            )
+        for key in ("license", "license_link"):
+            value = getattr(self, key)
+            values = [value] if isinstance(value, str) or value is None else list(value)
+            if any(not isinstance(v, str) or not v.strip() for v in values if v is not None):
+                raise ValueError(
+                    f"card.{key} must be a non-empty string (or a list of them for license), got {value!r}"
+                )
 
 
 # --------------------------------------------------------------------------------------------------- templates
