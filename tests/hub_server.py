@@ -12,7 +12,8 @@ files and points to its parent; branches and tags point to commits.
 
 Failures can be injected per endpoint (`hub.inject_failure("commit", status=500, skip=2)` fails the third commit),
 including dropped connections before or after the request took effect, so retry logic and "no tag on failure" are
-exercised over real HTTP.
+exercised over real HTTP. `hub.freeze_after_commits(n)` makes it stop answering once n more commits landed (every
+later request is read and left hanging, as a Hub that stops answering does) until `hub.unfreeze()`.
 
 Example:
     >>> hub = LocalHub(root=tmp_path, token="hf_secret")  # doctest: +SKIP

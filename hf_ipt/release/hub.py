@@ -15,6 +15,12 @@ Guarantees:
 - An existing version is refused (`VersionExistsError`) before anything is uploaded, unless `force=True`.
 - Transient Hub errors (429, 5xx, 408, 409 and 412 commit conflicts, dropped connections) are retried with
   exponential back-off; a permanent error raises `ReleaseError` saying which step failed and what was already done.
+- Every HTTP call of a release (hf-ipt's, huggingface_hub's and `datasets`' own) waits at most `release.timeout`
+  seconds, and once the Hub has given no usable answer for `release.retry_budget` seconds the release stops with a
+  `ReleaseError` (no tag made, what was uploaded, the command that resumes it) instead of hanging (`HubCallGuard`).
+  Transfers that go through Xet storage (`hf_xet`) follow that library's own timeouts.
+- The card's metadata is valid for the Hub before anything is uploaded: a license that is not a Hub id becomes
+  `license: other` with `license_name` / `license_link`, and `source_datasets` lists only Hub dataset ids.
 - The token never appears in the card, the uploaded recipe/statistics, log lines or error messages; `private` is
   honoured when the repo is created, and a release into an existing repo of the other visibility is refused.
 
