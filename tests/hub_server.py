@@ -595,10 +595,10 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         authenticated = bool(self.headers.get("Authorization"))
         if hub.frozen:
             # a Hub that stopped answering: hold the request (bounded, so a forgotten freeze cannot hang the suite)
+            with hub._lock:  # recorded when it starts hanging (status -2), so a test sees it while frozen
+                hub.requests.append(RequestRecord(method, endpoint, split.path, -2, True, authenticated))
             hub._thawed.wait(timeout=600)
             self.close_connection = True
-            with hub._lock:
-                hub.requests.append(RequestRecord(method, endpoint, split.path, -2, True, authenticated))
             return
         fault = self._take_fault(endpoint, method)
         status = 0

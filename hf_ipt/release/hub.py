@@ -515,11 +515,13 @@ class _Progress:
         done = "; ".join(self.completed) if self.completed else "nothing"
         tagged = "The tag was not created or moved."
         stalled = next((e for e in _exception_chain(err) if isinstance(e, HubStalledError)), None)
-        cause = (
-            f"{stalled} (each request waits at most {config.timeout:g}s, release.timeout)"
-            if stalled is not None
-            else f"{type(err).__name__}: {err}"
-        )
+        if stalled is None and self.guard is not None and self.guard.remaining() <= 0:
+            # a transient error (a timeout) met the end of the budget: the Hub stalled all the same
+            stalled = HubStalledError(self.guard.retry_budget)
+        cause = f"{type(err).__name__}: {err}"
+        if stalled is not None:
+            last = "" if isinstance(err, HubStalledError) else f"; last error {cause}"
+            cause = f"{stalled} (each request waits at most {config.timeout:g}s, release.timeout{last})"
         resume = (
             f"Resume with the same command: {self.resume}"
             if self.resume
