@@ -677,8 +677,8 @@ def test_card_sources_are_counted_by_mix_name_and_the_tokenizer_is_named():
     card = str(render_card({"m": report}, repo_id="me/x", version="v1.0"))
     sources = card.split("### Sources")[1].split("###")[0]
     assert "not described" not in card and "license unknown" not in card
-    assert "| `bundled:quickstart` | raw_corpus | — | — | psf-2.0 | 2 | 5 |" in sources
-    assert "| `Open-Orca/OpenOrca` | general_instructions | — | — | mit | 2 | 5 |" in sources
+    assert "| `bundled:quickstart` as `augmented` | raw_corpus | — | — | psf-2.0 | 2 | 5 |" in sources
+    assert "| `Open-Orca/OpenOrca` as `general` | general_instructions | — | — | mit | 2 | 5 |" in sources
     assert "Tokens (tokenizer `my-org/my-tokenizer`, counted by column 'num_tokens')" in card
     assert "tokenizer `column" not in card
     # modes and families in separate tables

@@ -550,7 +550,9 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
             {
                 "name": _code(path)
                 + (f" / {subset}" if subset else "")
-                + (f" ({source['split']})" if source.get("split") else ""),
+                + (f" ({source['split']})" if source.get("split") else "")
+                # the name the mix ratio table and the rows' source column use
+                + (" as " + ", ".join(_code(n) for n in source["mix_names"]) if source.get("mix_names") else ""),
                 "kind": source.get("kind") or "—",
                 "revision": _code(source.get("revision")),
                 "fingerprint": _code(source.get("fingerprint")),
