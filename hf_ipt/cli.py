@@ -32,6 +32,7 @@ from hf_ipt.engines import EngineStartError
 from hf_ipt.pipeline import STAGES, StageSummary, duration, run, short_list, status
 from hf_ipt.preflight import run_checks
 from hf_ipt.quiet import quiet_third_party
+from hf_ipt.redaction import install_log_scrubbing, redact, register_secrets, scrub, secret_values
 from hf_ipt.release.hub import ReleaseError
 from hf_ipt.runner import ResumeConflictError
 from hf_ipt.store import IncompleteRunError, config_to_dict
@@ -176,10 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "overwrite", False):
             overrides["run.overwrite"] = True
         recipe = load_recipe(positionals[0] if positionals else None, overrides)
+        register_secrets(secret_values(config_to_dict(recipe)))  # scrubbed from every line printed from now on
         return _dispatch(args, recipe)
     except (ConfigError, ResumeConflictError, IncompleteRunError, ReleaseError, ValueError) as err:
         # the stages' errors name the setting or column at fault and how to fix it: show them, not a traceback
-        print(f"hf-ipt {args.command}: error: {err}", file=sys.stderr)
+        print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)
         return 2
     except (EngineStartError, OSError, ImportError) as err:
         return _report_environment_error(args, err)
@@ -195,10 +197,10 @@ def _report_environment_error(args: argparse.Namespace, err: BaseException) -> i
     """One line for what the user's machine or settings caused (an engine that does not start, a file or model that
     cannot be read, a missing package); the traceback only with --verbose."""
     if args.verbose:
-        traceback.print_exception(err)
+        print(scrub("".join(traceback.format_exception(err))), end="", file=sys.stderr)
     shown = str(err) if isinstance(err, EngineStartError) else f"{type(err).__name__}: {err}"
     hint = "" if args.verbose else " (--verbose shows the traceback)"
-    print(f"hf-ipt {args.command}: error: {shown}{hint}", file=sys.stderr)
+    print(f"hf-ipt {args.command}: error: {scrub(shown)}{hint}", file=sys.stderr)
     return 2
 
 
@@ -219,6 +221,7 @@ def _configure_output(quiet: bool, verbose: bool = False) -> None:
         handler._hf_ipt_cli = True  # type: ignore[attr-defined]
         log.addHandler(handler)
     log.setLevel(logging.WARNING if quiet else logging.INFO)
+    install_log_scrubbing("hf_ipt", "huggingface_hub", "datasets", logging.getLogger())
     if quiet:
         datasets.disable_progress_bars()
     else:
@@ -227,7 +230,7 @@ def _configure_output(quiet: bool, verbose: bool = False) -> None:
 
 def _dispatch(args: argparse.Namespace, recipe: RecipeConfig) -> int:
     if args.command == "config":
-        print(yaml.safe_dump(config_to_dict(recipe), sort_keys=False, allow_unicode=True), end="")
+        print(yaml.safe_dump(redact(config_to_dict(recipe)), sort_keys=False, allow_unicode=True), end="")
         return 0
     if args.command == "status":
         return _print_status(recipe)
@@ -249,7 +252,7 @@ def _print_summary(command: str, summaries: list[StageSummary], seconds: float) 
     print(f"\nhf-ipt {command}: finished in {duration(seconds)}")
     for summary in summaries:
         for line in summary.lines():
-            print(f"  {line}")
+            print(f"  {scrub(line)}")  # an output URL may carry credentials (s3://KEY:SECRET@...)
 
 
 def _print_check(recipe: RecipeConfig, args: argparse.Namespace) -> int:
@@ -259,8 +262,8 @@ def _print_check(recipe: RecipeConfig, args: argparse.Namespace) -> int:
         state = f"skipped ({result.skipped})" if result.skipped else "ok" if result.ok else "PROBLEM"
         print(f"{state:<8} {result.name}" if not result.skipped else f"{'-':<8} {result.name}: {state}")
         for problem in result.problems:
-            print(f"         {problem.key}: {problem.found}")
-            print(f"           fix: {problem.fix}")
+            print(f"         {problem.key}: {scrub(str(problem.found))}")
+            print(f"           fix: {scrub(str(problem.fix))}")
     problems = sum(len(r.problems) for r in results)
     print(f"\nhf-ipt check: {'ready to run' if not problems else f'{problems} problem(s) found'}")
     return 0 if not problems else 2
@@ -269,7 +272,7 @@ def _print_check(recipe: RecipeConfig, args: argparse.Namespace) -> int:
 def _print_status(recipe: RecipeConfig) -> int:
     found = status(recipe)
     synthesis = found["synthesis"]
-    print(f"run {found['output_dir']}")
+    print(f"run {scrub(str(found['output_dir']))}")
     if not synthesis["started"]:
         print("  synthesize  not started")
     else:

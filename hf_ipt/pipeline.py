@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import logging
 import os
-import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from hf_ipt.config import AUGMENTED_SOURCE, ConfigError, RecipeConfig, load_reci
 from hf_ipt.mixing import mix, prepare_source
 from hf_ipt.parallel import Backend, devices_per_rank, make_backend
 from hf_ipt.preflight import STAGES, SYNTHESIZED, ensure_ready, synthesis_runner
+from hf_ipt.redaction import redact, register_secrets, scrub_command, secret_values
 from hf_ipt.release.bundle import build_bundle
 from hf_ipt.release.card import ReleaseInfo, SourceInfo, SynthesizerInfo
 from hf_ipt.release.hub import publish_release
@@ -452,12 +452,13 @@ def release_info(recipe: RecipeConfig, *, command: str | None = None) -> Release
         sampling={"temperature": 0, "max_new_tokens": synth.max_new_tokens},
     )
     sources: dict[str, SourceInfo] = {}
-    entries = [("raw_corpus", recipe.source)] + [
-        ("general_instructions" if s.kind == "general_instructions" else "raw_corpus", s)
-        for s in recipe.mix_sources.values()
+    entries = [("raw_corpus", AUGMENTED_SOURCE, recipe.source)] + [
+        ("general_instructions" if s.kind == "general_instructions" else "raw_corpus", mix_name, s)
+        for mix_name, s in recipe.mix_sources.items()
     ]
-    for kind, source in entries:
-        # one dataset can feed two roles (from scratch: augmented part and raw part): the card lists it once
+    for kind, mix_name, source in entries:
+        # one dataset can feed two roles (from scratch: augmented part and raw part): the card lists it once, with
+        # the mix names its rows carry in the source column
         sources.setdefault(
             source.path,
             SourceInfo(
@@ -468,7 +469,7 @@ def release_info(recipe: RecipeConfig, *, command: str | None = None) -> Release
                 name=source.name,
                 split=source.split,
             ),
-        )
+        ).mix_names.append(mix_name)
     split = recipe.source.output_split
     templified_dir = recipe.run.stage_dir(TEMPLIFIED)
     templify_reports = stage_extra(templified_dir, recipe).get("statistics") or {
@@ -509,12 +510,15 @@ def stage_release(recipe: RecipeConfig, *, command: str | None = None) -> StageS
     upstream = finished_upstream(data_dir, recipe, "mix" if recipe.mix is not None else "templify")
     output = recipe.run.stage_dir(RELEASE)
     release_settings = {k: v for k, v in config_to_dict(recipe.release).items() if k != "token"}
-    identity = {
-        "data": upstream,
-        "release": release_settings,
-        "release_to": recipe.release_to,
-        "card": config_to_dict(recipe.card),
-    }
+    # recorded in the release's marker: no secret (a credential in a card text) may reach it
+    identity = redact(
+        {
+            "data": upstream,
+            "release": release_settings,
+            "release_to": recipe.release_to,
+            "card": config_to_dict(recipe.card),
+        }
+    )
     if reusable(output, identity, recipe, "release"):
         marker = read_stage_marker(output, storage) or {}
         summary = StageSummary("release", marker.get("extra", {}).get("url", output), reused=True)
@@ -627,8 +631,9 @@ def run(
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
-    if command is not None and not isinstance(command, str):
-        command = "hf-ipt " + " ".join(shlex.quote(a) for a in command) if command else None
+    # the recipe's token and storage credentials are scrubbed from every later card, report and log line
+    register_secrets(secret_values(config_to_dict(recipe)))
+    command = scrub_command(command)
     if "synthesize" in stages:  # before the preflight: a contradiction in the command itself comes first
         check_workers(recipe.run.executor, recipe.run.num_workers, manual_index=worker_index, manual_count=num_workers)
     if preflight:

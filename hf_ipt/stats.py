@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -338,6 +339,34 @@ def templify_summary(report: Mapping[str, Any], prefix: str = "") -> dict[str, A
 
 
 # ---------------------------------------------------------------------------------------------------- release data
+def content_fingerprint(dataset: Any, batch_size: int = 10_000) -> str:
+    """16 hex digits of a sha256 over a dataset's features and rows: the same rows give the same value whatever the
+    files' names, modification times or Arrow chunking (`Dataset._fingerprint` of data read from Parquet depends
+    on the files' mtime, so stats.json would differ between two identical runs).
+
+    Example:
+        >>> from datasets import Dataset
+        >>> a = Dataset.from_dict({"text": ["x", "y"]})
+        >>> content_fingerprint(a) == content_fingerprint(Dataset.from_dict({"text": ["x", "y"]}))
+        True
+    """
+    import hashlib
+    import json
+
+    import pyarrow as pa
+
+    digest = hashlib.sha256(json.dumps(dataset.features.to_dict(), sort_keys=True).encode())
+    for table in dataset.with_format("arrow").iter(batch_size=batch_size):
+        # take() rebuilds every buffer from offset 0, so slices and chunk boundaries serialize alike
+        table = table.replace_schema_metadata(None)
+        table = table.take(pa.array(range(table.num_rows), pa.int64())).combine_chunks()
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        digest.update(sink.getvalue().to_pybytes())
+    return digest.hexdigest()[:16]
+
+
 def compute_statistics(splits: Mapping[str, Any], info: Any, batch_size: int = 1000) -> dict[str, Any]:
     """Figures of one release config, computed from its rows (every split) plus the stage reports in `info`.
 
@@ -363,7 +392,8 @@ def compute_statistics(splits: Mapping[str, Any], info: Any, batch_size: int = 1
     drops: Counter[str] = Counter()
     modes: Counter[str] = Counter()
     seen = {"pairs": False, "drops": False, "status": False, "template": False, "source": False, "tokens": False}
-    token_origin: str | None = None
+    token_origin: str | None = None  # the tokenizer's name
+    counted_by: str | None = None  # where the counts come from when they were not counted here
     split_stats: dict[str, Any] = {}
 
     for split_name, dataset in splits.items():
@@ -388,7 +418,7 @@ def compute_statistics(splits: Mapping[str, Any], info: Any, batch_size: int = 1
             )
             if c is not None and c in names
         ]
-        split_stats[split_name] = {"rows": dataset.num_rows, "fingerprint": getattr(dataset, "_fingerprint", None)}
+        split_stats[split_name] = {"rows": dataset.num_rows, "fingerprint": content_fingerprint(dataset)}
         if not wanted:
             continue
         for batch in dataset.select_columns(list(dict.fromkeys(wanted))).iter(batch_size=batch_size):
@@ -401,13 +431,13 @@ def compute_statistics(splits: Mapping[str, Any], info: Any, batch_size: int = 1
             token_lengths = None
             if count_column is not None:
                 token_lengths = [int(n) if n is not None else 0 for n in batch[count_column]]
-                token_origin = f"column {count_column!r}"
+                counted_by = f"column {count_column!r}"
             elif info.tokenizer is not None and texts is not None:
                 if tokenizer is None:
                     tokenizer = load_tokenizer(info.tokenizer, key="ReleaseInfo.tokenizer")
                 encoded = tokenizer([t if isinstance(t, str) else "" for t in texts], add_special_tokens=False)
                 token_lengths = [len(ids) for ids in encoded["input_ids"]]
-                token_origin = f"tokenizer {tokenizer_name(tokenizer)!r}"
+                token_origin = tokenizer_name(tokenizer)
             if token_lengths is not None:
                 seen["tokens"] = True
                 tokens.add(token_lengths)
@@ -443,7 +473,13 @@ def compute_statistics(splits: Mapping[str, Any], info: Any, batch_size: int = 1
             "column": info.text_column,
             "null_texts": null_texts,
             "characters": chars.to_dict(),
-            "tokens": {**tokens.to_dict(), "tokenizer": token_origin} if seen["tokens"] else None,
+            "tokens": {
+                **tokens.to_dict(),
+                "tokenizer": token_origin or _tokenizer_label(info.tokenizer),
+                "counted_by": counted_by,
+            }
+            if seen["tokens"]
+            else None,
         }
     stats["sources"] = _source_stats(per_source if seen["source"] else None, info, seen["tokens"])
     stats["pairs"] = _pair_stats(pairs_per_text if seen["pairs"] else None, info)
@@ -455,6 +491,13 @@ def compute_statistics(splits: Mapping[str, Any], info: Any, batch_size: int = 1
     )
     stats["template_modes"] = _template_stats(modes if seen["template"] else None, info)
     return stats
+
+
+def _tokenizer_label(tokenizer: Any) -> str | None:
+    """The name a report gives the tokenizer of `ReleaseInfo.tokenizer` (a name, a path or an object), unloaded."""
+    if tokenizer is None:
+        return None
+    return str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer_name(tokenizer)
 
 
 def _shares(weights: Mapping[str, Any] | None) -> dict[str, float] | None:

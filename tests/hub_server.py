@@ -12,7 +12,8 @@ files and points to its parent; branches and tags point to commits.
 
 Failures can be injected per endpoint (`hub.inject_failure("commit", status=500, skip=2)` fails the third commit),
 including dropped connections before or after the request took effect, so retry logic and "no tag on failure" are
-exercised over real HTTP.
+exercised over real HTTP. `hub.freeze_after_commits(n)` makes it stop answering once n more commits landed (every
+later request is read and left hanging, as a Hub that stops answering does) until `hub.unfreeze()`.
 
 Example:
     >>> hub = LocalHub(root=tmp_path, token="hf_secret")  # doctest: +SKIP
@@ -47,6 +48,8 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 import pytest
 import yaml
 
+from hf_ipt.release.card import HUB_LICENSE_IDS
+
 DEFAULT_USER = "hf-ipt-tester"
 DEFAULT_ORGS = ("hf-ipt-org",)
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
@@ -74,20 +77,9 @@ INITIAL_GITATTRIBUTES = (
     + "\n"
 )
 
-# License identifiers accepted in the `license` metadata field (https://huggingface.co/docs/hub/repositories-licenses).
-HUB_LICENSES = frozenset(
-    """
-    apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
-    afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0
-    cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0
-    cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0
-    cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0
-    gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl
-    apple-amlr mpl-2.0 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
-    deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma
-    unknown other
-    """.split()
-)
+# License identifiers accepted in the `license` metadata field (https://huggingface.co/docs/hub/repositories-licenses):
+# the one list hf-ipt keeps, so the double refuses exactly what hf-ipt's cards must avoid.
+HUB_LICENSES = HUB_LICENSE_IDS
 HUB_SIZE_CATEGORIES = frozenset(
     [
         "n<1K",
@@ -230,6 +222,10 @@ class LocalHub:
         self._lock = threading.RLock()
         self._signing_key = secrets.token_bytes(16)
         self._commit_counter = 0
+        # freezing: after `_freeze_after` more successful commits the server stops answering (until `unfreeze`)
+        self._freeze_after: int | None = None
+        self._thawed = threading.Event()
+        self._thawed.set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -287,6 +283,35 @@ class LocalHub:
     def clear_failures(self) -> None:
         with self._lock:
             self.faults.clear()
+
+    def freeze_after_commits(self, commits: int = 0) -> None:
+        """Stop answering once `commits` more commits have succeeded: every later request (of any endpoint) is read
+        and then left waiting, as a Hub that hangs does, until `unfreeze()` (its connection is then dropped).
+
+        Example:
+            >>> hub.freeze_after_commits(1)  # doctest: +SKIP  (the data commit lands, the card commit hangs)
+        """
+        with self._lock:
+            self._freeze_after = commits
+            if commits <= 0:
+                self._thawed.clear()
+
+    def unfreeze(self) -> None:
+        """Answer again; requests left waiting by a freeze are dropped (their clients gave up long ago)."""
+        with self._lock:
+            self._freeze_after = None
+            self._thawed.set()
+
+    @property
+    def frozen(self) -> bool:
+        return not self._thawed.is_set()
+
+    def _count_commit(self) -> None:
+        with self._lock:
+            if self._freeze_after is not None:
+                self._freeze_after -= 1
+                if self._freeze_after <= 0:
+                    self._thawed.clear()
 
     def reset_log(self) -> None:
         with self._lock:
@@ -568,6 +593,13 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         self.body = body
         endpoint, handler, args = self._route(method, split.path)
         authenticated = bool(self.headers.get("Authorization"))
+        if hub.frozen:
+            # a Hub that stopped answering: hold the request (bounded, so a forgotten freeze cannot hang the suite)
+            with hub._lock:  # recorded when it starts hanging (status -2), so a test sees it while frozen
+                hub.requests.append(RequestRecord(method, endpoint, split.path, -2, True, authenticated))
+            hub._thawed.wait(timeout=600)
+            self.close_connection = True
+            return
         fault = self._take_fault(endpoint, method)
         status = 0
         try:
@@ -1107,6 +1139,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
                 pr_url = f"{hub.url}/{URL_PREFIXES[repo_type]}{repo_id}/discussions/{number}"
             else:
                 repo.branches[ref] = commit.oid
+        hub._count_commit()
         payload = {
             "success": True,
             "commitOid": commit.oid,
@@ -1392,6 +1425,7 @@ def local_hub(_local_hub_server: LocalHub, tmp_path_factory: pytest.TempPathFact
             yield hub
         finally:
             hub.clear_failures()
+            hub.unfreeze()
             from huggingface_hub import HfFileSystem
 
             HfFileSystem.clear_instance_cache()

@@ -457,7 +457,9 @@ def test_statistics_from_reports_when_columns_are_gone(tmp_path):
         synthesis_stats={"status_counts": {"ok": 1, "no_pairs": 1}, "parse_drops": {"malformed": 1}, "pairs": 2},
     )
     stats = compute_statistics({"train": mixed}, info)
-    assert stats["text"]["tokens"]["total"] == 6 and stats["text"]["tokens"]["tokenizer"] == "column 'num_tokens'"
+    tokens = stats["text"]["tokens"]
+    # the counts come from the mix's column; no tokenizer was named, so the card names none (never the column)
+    assert tokens["total"] == 6 and tokens["tokenizer"] is None and tokens["counted_by"] == "column 'num_tokens'"
     assert stats["sources"]["per_source"] == {
         "aug": {"rows": 2, "characters": 20, "tokens": 5},
         "orca": {"rows": 1, "characters": 5, "tokens": 1},
@@ -584,3 +586,192 @@ def test_wheel_ships_the_card_templates(tmp_path):
     )
     assert found.returncode == 0, found.stderr[-2000:]
     assert found.stdout.strip() == str(tmp_path / "site" / "hf_ipt" / "dataset_cards" / "hf_ipt_dataset_card.md")
+
+
+# ------------------------------------------------------------------------------------------------ issue 12
+def test_a_push_to_a_hub_that_stops_answering_ends_in_bounded_time_then_completes(local_hub):
+    """The Hub freezes after the data commit (the card commit would hang forever without timeouts): the push stops
+    within its retry budget with an error that says what was uploaded, that no tag was made and how to resume."""
+    import time
+
+    repo = new_repo("frozen")
+    data = synthesized_rows(12, seed=21, tag="f")
+    local_hub.freeze_after_commits(1)
+    started = time.monotonic()
+    with pytest.raises(ReleaseError) as failure:
+        push_release(data, repo, version="v1.0", plots=False, timeout=0.5, retry_budget=2, max_retries=1000, **FAST)
+    elapsed = time.monotonic() - started
+    message = str(failure.value)
+    assert local_hub.frozen and any(r.status == -2 for r in local_hub.requests)  # requests did hang there
+    assert "no usable answer for 2s (release.retry_budget)" in message and "release.timeout" in message
+    assert "data of config 'default' committed" in message and "tag was not created" in message
+    assert "Re-running the same release completes it" in message
+    # bounded: the budget, plus one request timeout, plus at most one of huggingface_hub's own back-off sleeps (8 s)
+    assert elapsed < 2 + 0.5 + 8 + 20, elapsed
+    local_hub.unfreeze()
+    assert list_versions(repo) == {}
+    result = push_release(data, repo, version="v1.0", plots=False, timeout=5, retry_budget=30, **FAST)
+    assert list_versions(repo) == {"v1.0": result.commit}
+    verify_release(data, repo, "v1.0", "default")
+
+
+def test_a_license_the_hub_does_not_know_is_declared_as_other_and_the_push_lands(local_hub):
+    """The quickstart's `psf-2.0` is not a Hub license id: the card says `other` + `license_name` + `license_link`
+    (the Hub double refuses unknown ids as the Hub does), and `source_datasets` gets no local path."""
+    import hub_server
+
+    repo = new_repo("license")
+    info = ReleaseInfo(
+        sources=[
+            SourceInfo("bundled:quickstart", license="psf-2.0", mix_names=["augmented"]),
+            SourceInfo("/data/corpus.jsonl", license="mit", mix_names=["raw"]),
+            SourceInfo("Open-Orca/OpenOrca", kind="general_instructions", license="mit", mix_names=["general"]),
+        ]
+    )
+    data = synthesized_rows(10, seed=22, tag="l")
+    result = push_release(data, repo, version="v1.0", info=info, plots=False, **FAST)
+    assert list_versions(repo) == {"v1.0": result.commit}
+    card_text = local_hub.read_file(repo, "README.md", "v1.0").decode()
+    assert hub_server.validate_card_metadata(card_text) == ([], [])
+    metadata = DatasetCard(card_text).data.to_dict()
+    assert metadata["license"] == ["mit", "other"] and metadata["license_name"] == "psf-2.0"
+    assert metadata["license_link"] == "README.md#licenses"
+    assert metadata["source_datasets"] == ["Open-Orca/OpenOrca"]
+    assert "`psf-2.0` is not a license id the Hub knows" in card_text
+    # the double refuses what the Hub refuses, with the one list hf-ipt keeps
+    errors, _ = hub_server.validate_card_metadata("---\nlicense: psf-2.0\n---\n# x\n")
+    assert errors == ["\"license\" 'psf-2.0' is not a license identifier known to the Hub"]
+    # an explicit card.license_link is used
+    options = CardOptions(license="psf-2.0", license_link="https://docs.python.org/3/license.html")
+    card = render_card({"m": None}, repo_id="me/x", version="v1.0", options=options)
+    assert card.data.to_dict()["license_link"] == "https://docs.python.org/3/license.html"
+    # metadata the Hub would refuse is refused when the recipe is read, naming the key
+    with pytest.raises(ValueError, match=r"card\.language .* got \['English'\]"):
+        CardOptions(language=["English"])
+
+
+def mixed_release_rows() -> Dataset:
+    """Rows as the mix writes them: the source column holds mix names, token counts in `num_tokens`."""
+    return Dataset.from_dict(
+        {
+            "text": ["one two three", "four five", "six", "seven eight nine ten"],
+            "source": ["augmented", "augmented", "general", "general"],
+            "num_tokens": [3, 2, 1, 4],
+            "mode": ["classic", "dialog", None, None],
+        }
+    )
+
+
+def test_card_sources_are_counted_by_mix_name_and_the_tokenizer_is_named():
+    info = ReleaseInfo(
+        sources=[
+            SourceInfo("bundled:quickstart", license="psf-2.0", mix_names=["augmented"]),
+            SourceInfo("Open-Orca/OpenOrca", kind="general_instructions", license="mit", mix_names=["general"]),
+        ],
+        mixing_report={"requested_ratio": {"augmented": 1, "general": 1}},
+        templify_stats={"families": {"qa": 3, "options": 1}},
+        tokenizer="my-org/my-tokenizer",
+    )
+    stats = compute_statistics({"train": mixed_release_rows()}, info)
+    report = {"statistics": stats, "provenance": {"sources": [redact(vars(s)) for s in info.sources]}, "files": {}}
+    card = str(render_card({"m": report}, repo_id="me/x", version="v1.0"))
+    sources = card.split("### Sources")[1].split("###")[0]
+    assert "not described" not in card and "license unknown" not in card
+    assert "| `bundled:quickstart` as `augmented` | raw_corpus | — | — | psf-2.0 | 2 | 5 |" in sources
+    assert "| `Open-Orca/OpenOrca` as `general` | general_instructions | — | — | mit | 2 | 5 |" in sources
+    assert "Tokens (tokenizer `my-org/my-tokenizer`, counted by column 'num_tokens')" in card
+    assert "tokenizer `column" not in card
+    # modes and families in separate tables
+    modes = card.split("### Template modes")[1].split("###")[0]
+    mode_table, family_table = modes.split("| Family | Count |")
+    assert "family" not in mode_table.lower() and "| `classic` | 1 |" in mode_table
+    assert "| `qa` | 3 |" in family_table and "| `options` | 1 |" in family_table
+
+
+def test_source_mix_plot_shows_requested_and_achieved(tmp_path):
+    base = {"sources": {"ratio_unit": "tokens", "achieved_ratio": {"a": 0.8, "b": 0.2}}}
+    as_asked = render_plots({"sources": {**base["sources"], "requested_ratio": {"a": 0.8, "b": 0.2}}}, tmp_path / "x")
+    off = render_plots({"sources": {**base["sources"], "requested_ratio": {"a": 0.5, "b": 0.5}}}, tmp_path / "y")
+    # the same achieved shares drawn against another request give another picture
+    assert as_asked["source_mix"].read_bytes() != off["source_mix"].read_bytes()
+    again = render_plots({"sources": {**base["sources"], "requested_ratio": {"a": 0.5, "b": 0.5}}}, tmp_path / "z")
+    assert again["source_mix"].read_bytes() == off["source_mix"].read_bytes()
+
+
+def test_content_fingerprint_ignores_file_times_and_chunking(tmp_path):
+    from datasets import concatenate_datasets
+
+    from hf_ipt.stats import content_fingerprint
+
+    rows = synthesized_rows(30, seed=23, tag="c")
+    rows.to_parquet(tmp_path / "a.parquet")
+    first = Dataset.from_parquet(str(tmp_path / "a.parquet"), cache_dir=str(tmp_path / "c1"))
+    os.utime(tmp_path / "a.parquet", (1, 1))  # same bytes, another mtime
+    second = Dataset.from_parquet(str(tmp_path / "a.parquet"), cache_dir=str(tmp_path / "c2"))
+    assert first._fingerprint != second._fingerprint  # what stats.json recorded before
+    chunked = concatenate_datasets([rows.select(range(11)).flatten_indices(), rows.select(range(11, 30))])
+    assert content_fingerprint(first) == content_fingerprint(second) == content_fingerprint(chunked)
+    assert content_fingerprint(rows.select(range(29))) != content_fingerprint(rows)
+
+
+def test_two_uninterrupted_runs_give_byte_identical_release_folders(tmp_path, tiny_model_path, monkeypatch):
+    """A small quickstart-like pipeline run twice, into the same (relative) folder as a user re-running it: card,
+    stats.json, recipe, plots and data are byte-identical; and the card's loading snippet works as printed."""
+    import re
+
+    import yaml
+
+    from hf_ipt.cli import main
+
+    recipe = {
+        "source": {"path": "bundled:quickstart", "max_rows": 12, "license": "psf-2.0"},
+        "chunk": {"enabled": False},
+        "synth": {
+            "model": tiny_model_path,
+            "engine": "transformers",
+            "rounds": 2,
+            "max_model_len": 512,
+            "max_new_tokens": 32,
+            "batch_size": 6,
+            "engine_kwargs": {"batch_size": 6, "dtype": "float32"},
+        },
+        "templify": {"seed": 0, "target_tokenizer": tiny_model_path},
+        "mix": {"weights": {"augmented": 1, "general": 1}, "tokenizer": tiny_model_path, "tolerance": 0.3},
+        "mix_sources": {"general": {"path": "bundled:quickstart_general", "kind": "general_instructions"}},
+        "release": {"repo_id": "local/repro", "version": "v0.1", "config_name": "continual-m2"},
+        "release_to": "local",
+        "run": {"output_dir": "output/repro", "shard_size": 6},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(tmp_path)
+    releases = []
+    for attempt in range(2):
+        assert main(["run", "r.yaml", "-q"]) == 0
+        kept = tmp_path / f"run{attempt}"
+        shutil.move("output/repro", kept)
+        releases.append(kept / "release")
+
+    def files(root: Path) -> dict[str, bytes]:
+        # .hf_ipt/ holds the run's own bookkeeping (when each stage finished), not the release
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and ".hf_ipt" not in p.parts
+        }
+
+    first, second = (files(r) for r in releases)
+    assert first.keys() == second.keys()
+    kinds = {Path(name).suffix for name in first}
+    assert {".md", ".json", ".yaml", ".png", ".parquet"} <= kinds, kinds
+    different = [name for name in first if first[name] != second[name]]
+    assert different == []
+
+    # the card's snippet, run as printed from the folder the release was made in
+    Path("output/repro").mkdir(parents=True)
+    shutil.move(releases[1], "output/repro/release")
+    card = Path("output/repro/release/README.md").read_text()
+    calls = re.findall(r"^(\w+) = (load_dataset\(.*\))$", card, re.MULTILINE)
+    assert calls == [("continual_m2", 'load_dataset("output/repro/release", "continual-m2")')]
+    loaded = eval(calls[0][1], {"load_dataset": load_dataset})  # noqa: S307 - the card's own line, as a user runs it
+    stats = json.loads(Path("output/repro/release/release_info/continual-m2/stats.json").read_text())
+    assert loaded["train"].num_rows == stats["statistics"]["rows"] > 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,58 +26,15 @@ from typing import Any
 
 import yaml
 
+# secrets are removed by hf_ipt.redaction, the one scrubbing place of every writer (REDACTED re-exported)
+from hf_ipt.redaction import REDACTED as REDACTED
+from hf_ipt.redaction import redact, scrub, secret_values
 from hf_ipt.release.card import ReleaseInfo, sidecar_dir
 from hf_ipt.release.plots import render_plots
 from hf_ipt.stats import compute_statistics
 from hf_ipt.store import json_bytes
 
 REPORT_FORMAT = 1
-REDACTED = "<redacted>"
-_SECRET_KEY_RE = re.compile(
-    r"(^|[_\-.])(hf_?)?(token|secret|password|passwd|api[_\-]?key|auth|authorization|credentials?)$", re.IGNORECASE
-)
-_HF_TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
-_SECRET_FLAG_RE = re.compile(
-    r"(--(?:[\w-]*[-_])?(?:token|secret|password|passwd|api[_-]?key))(=|\s+)(\"[^\"]*\"|'[^']*'|[^\s`'\"]+)",
-    re.IGNORECASE,
-)
-
-
-# --------------------------------------------------------------------------------------------------- secrets
-def redact(value: Any, secrets: Sequence[str] = ()) -> Any:
-    """Copy of `value` with secrets removed: values of secret-named keys, the given secret strings, Hub tokens.
-
-    Example:
-        >>> redact({"hub_token": "abc", "tokenizer": "gpt2", "note": "uses xyz"}, ["xyz"])
-        {'hub_token': '<redacted>', 'tokenizer': 'gpt2', 'note': 'uses <redacted>'}
-    """
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if _SECRET_KEY_RE.search(str(key)) and isinstance(item, (str, int, float)) and item not in ("", None):
-                out[key] = REDACTED
-            else:
-                out[key] = redact(item, secrets)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [redact(item, secrets) for item in value]
-    if isinstance(value, str):
-        return scrub(value, secrets)
-    return value
-
-
-def scrub(text: str, secrets: Sequence[str] = ()) -> str:
-    """`text` with each secret string, anything shaped like a Hub token and `--token VALUE` flags redacted.
-
-    Example:
-        >>> scrub("hf-ipt push r.yaml --token abc")
-        'hf-ipt push r.yaml --token <redacted>'
-    """
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    text = _SECRET_FLAG_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    return _HF_TOKEN_RE.sub(REDACTED, text)
 
 
 # --------------------------------------------------------------------------------------------------- contents
@@ -250,6 +206,9 @@ def build_bundle(
         'release_info/continual-m3/stats.json'
     """
     splits = dict(splits)
+    # what the recipe holds under secret names is hidden everywhere else too (a description, the command line)
+    recipe_mapping = info.recipe if isinstance(info.recipe, Mapping) else None
+    secrets = [*secrets, *secret_values(recipe_mapping)]
     report = config_report(splits, info, config_name=config_name, version=version, hf_ipt_version=hf_ipt_version())
     report = redact(report, secrets)
     folder = sidecar_dir(config_name)

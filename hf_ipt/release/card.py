@@ -25,6 +25,7 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from hf_ipt import columns as C
+from hf_ipt.redaction import scrub
 from hf_ipt.release.plots import PLOT_FILES
 from hf_ipt.validation import check_fields
 
@@ -34,6 +35,26 @@ PROJECT_URL = "https://github.com/hf-ipt/hf-ipt"
 RELEASE_INFO_DIR = "release_info"
 REPORT_FORMAT = 1
 SOURCE_KINDS = ("raw_corpus", "general_instructions", "other")
+# The license ids the Hub accepts in a card's `license` field (https://huggingface.co/docs/hub/repositories-licenses);
+# the Hub refuses a card commit with any other id, so a card maps other licenses to `other` + `license_name`.
+# tests/hub_server.py refuses what the Hub refuses with this same list.
+HUB_LICENSE_IDS = frozenset(
+    """
+    apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+    afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0
+    cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0
+    cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0
+    cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0
+    gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl
+    apple-amlr mpl-2.0 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
+    deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma
+    unknown other
+    """.split()
+)
+# where `license_link` points for a license that is not a Hub id when card.license_link is not set: the card's own
+# "Licenses" section, which names every source's license
+DEFAULT_LICENSE_LINK = "README.md#licenses"
+_LANGUAGE_RE = re.compile(r"^([a-z]{2,3}(-[A-Za-z0-9]{2,8})*|code|multilingual)$")  # what the Hub validates
 _HF_SIZE_CATEGORIES = (
     (1_000, "n<1K"),
     (10_000, "1K<n<10K"),
@@ -102,8 +123,16 @@ class SourceInfo:
     fingerprint: str | None = field(default=None, metadata=_help("`datasets` fingerprint of the source as read."))
     name: str | None = field(default=None, metadata=_help("Config (subset) of the source (source.name), if any."))
     split: str | None = field(default=None, metadata=_help("Split of the source dataset that was read."))
+    mix_names: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "Values of the source column on this source's rows: its names in mix.weights (e.g. 'augmented', "
+            "'general'); the card counts those rows for this source."
+        ),
+    )
 
     def __post_init__(self) -> None:
+        self.mix_names = [self.mix_names] if isinstance(self.mix_names, str) else list(self.mix_names)
         check_fields(self, f"SourceInfo({self.path!r})")
         if not self.path.strip():
             raise ValueError(f"SourceInfo.path must be a non-empty string, got {self.path!r}")
@@ -224,6 +253,13 @@ class CardOptions:
         default=None,
         metadata=_help("Explicit license(s), replacing the combination of the sources' licenses. You vouch for it."),
     )
+    license_link: str | None = field(
+        default=None,
+        metadata=_help(
+            "URL (or repo file) of the license text, for a license that is not a Hub license id (the card then "
+            "says `license: other` with `license_name`); defaults to the card's Licenses section."
+        ),
+    )
     template: str | os.PathLike | None = field(
         default=None, metadata=_help("Path of a Jinja card template, or the template text itself.")
     )
@@ -242,6 +278,19 @@ class CardOptions:
         if not all(isinstance(k, str) for k in self.extra_sections):
             raise TypeError("card.extra_sections must map section titles (str) to markdown (str)")
         self.extra_sections = dict(self.extra_sections)
+        # the Hub refuses a card whose metadata it cannot validate: refuse here, before any upload
+        bad = [code for code in self.language if not isinstance(code, str) or not _LANGUAGE_RE.match(code)]
+        if bad:
+            raise ValueError(
+                f"card.language must hold ISO 639 codes such as 'en' or 'fr' (or 'code', 'multilingual'), got {bad}"
+            )
+        for key in ("license", "license_link"):
+            value = getattr(self, key)
+            values = [value] if isinstance(value, str) or value is None else list(value)
+            if any(not isinstance(v, str) or not v.strip() for v in values if v is not None):
+                raise ValueError(
+                    f"card.{key} must be a non-empty string (or a list of them for license), got {value!r}"
+                )
 
 
 # --------------------------------------------------------------------------------------------------- templates
@@ -345,6 +394,50 @@ def combine_licenses(sources: Sequence[Mapping[str, Any] | SourceInfo]) -> list[
     return licenses
 
 
+def license_metadata(licenses: Sequence[str], link: str | None = None) -> dict[str, Any]:
+    """The card's license fields for `licenses`: Hub license ids as they are; any other id becomes `other`, named in
+    `license_name` and linked by `license_link` (the Hub refuses a card with an unknown id, so a push would land its
+    data and then fail on the card).
+
+    Example:
+        >>> license_metadata(["odc-by"])
+        {'license': 'odc-by'}
+        >>> license_metadata(["odc-by", "psf-2.0"])
+        {'license': ['odc-by', 'other'], 'license_name': 'psf-2.0', 'license_link': 'README.md#licenses'}
+    """
+    known = [lic for lic in dict.fromkeys(licenses) if lic.lower() in HUB_LICENSE_IDS]
+    others = [lic for lic in dict.fromkeys(licenses) if lic.lower() not in HUB_LICENSE_IDS]
+    chosen = [lic.lower() for lic in known] + (["other"] if others and "other" not in known else [])
+    if not chosen:
+        return {}
+    found: dict[str, Any] = {"license": chosen[0] if len(chosen) == 1 else chosen}
+    if others:
+        found["license_name"] = ", ".join(others)
+        found["license_link"] = link or DEFAULT_LICENSE_LINK
+    return found
+
+
+def is_hub_dataset_id(path: str) -> bool:
+    """Whether a source path names a Hub dataset (`source_datasets` takes only those): not a local file or folder,
+    not a URL, not hf-ipt's `bundled:` data.
+
+    Example:
+        >>> [is_hub_dataset_id(p) for p in ("allenai/c4", "wikitext", "bundled:quickstart", "/data/x.jsonl", "a.csv")]
+        [True, True, False, False, False]
+    """
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(path, str) or ":" in path or path.startswith((".", "/", "~")) or os.path.exists(path):
+        return False
+    if re.search(r"\.(jsonl?|csv|tsv|parquet|arrow|txt|gz|zst)$", path, re.IGNORECASE):
+        return False
+    try:
+        validate_repo_id(path)
+    except ValueError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------------- rendering
 def source_id(source: Mapping[str, Any]) -> tuple[str, str | None]:
     """(path, subset) of a source as stats.json records it: {"path", "name"} (the recipe's names), or
@@ -357,6 +450,17 @@ def source_id(source: Mapping[str, Any]) -> tuple[str, str | None]:
     if "path" in source:
         return source["path"], source.get("name")
     return source["name"], source.get("subset")
+
+
+def _sum_entries(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per-key sums of number entries ({} for none); a key missing from one entry is None (unknown)."""
+    if not entries:
+        return {}
+    keys = set().union(*entries)
+    return {
+        key: sum(e[key] for e in entries) if all(isinstance(e.get(key), (int, float)) for e in entries) else None
+        for key in keys
+    }
 
 
 def _fmt_int(value: Any) -> str:
@@ -423,12 +527,15 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
     per_source = source_stats.get("per_source") or {}
     reported = source_stats.get("reported") or {}
     view["size_unit_title"] = "Tokens" if unit in (None, "tokens") else "Characters"
-    listed = [source_id(s)[0] for s in provenance.get("sources") or []]
+    # the source column names a row's source by its mix name ('augmented', 'general'); a described source
+    # claims the rows of its mix names (or of its path, for data not made by the mix)
+    listed = {n for s in provenance.get("sources") or [] for n in (s.get("mix_names") or [source_id(s)[0]])}
     view["sources"] = []
     for source in provenance.get("sources") or []:
         path, subset = source_id(source)
-        counted = per_source.get(path) or {}
-        from_report = reported.get(path) or {}
+        names = source.get("mix_names") or [path]
+        counted = _sum_entries([per_source[n] for n in names if n in per_source])
+        from_report = _sum_entries([reported[n] for n in names if n in reported])
         size_key = "tokens" if unit in (None, "tokens") else "characters"
         size = counted.get(size_key)
         size_text = _fmt_int(size)
@@ -443,7 +550,9 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
             {
                 "name": _code(path)
                 + (f" / {subset}" if subset else "")
-                + (f" ({source['split']})" if source.get("split") else ""),
+                + (f" ({source['split']})" if source.get("split") else "")
+                # the name the mix ratio table and the rows' source column use
+                + (" as " + ", ".join(_code(n) for n in source["mix_names"]) if source.get("mix_names") else ""),
                 "kind": source.get("kind") or "—",
                 "revision": _code(source.get("revision")),
                 "fingerprint": _code(source.get("fingerprint")),
@@ -452,7 +561,7 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
                 "size": size_text,
             }
         )
-    for name in sorted(set(per_source) - set(listed)):
+    for name in sorted(set(per_source) - listed):
         counted = per_source[name]
         view["sources"].append(
             {
@@ -489,9 +598,10 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
             # a Distribution's "count" ("texts" in stats.json of releases made before)
             count = (lengths or {}).get("count", (lengths or {}).get("texts"))
             if count:
-                tokenizer = (
-                    f" (tokenizer `{lengths['tokenizer']}`)" if key == "tokens" and lengths.get("tokenizer") else ""
-                )
+                tokenizer = ""
+                if key == "tokens" and lengths.get("tokenizer"):
+                    counted_by = f", counted by {lengths['counted_by']}" if lengths.get("counted_by") else ""
+                    tokenizer = f" (tokenizer `{lengths['tokenizer']}`{counted_by})"
                 lines.append(
                     f"{label.capitalize()}{tokenizer}: {_fmt_int(lengths['total'])} in total over "
                     f"{_fmt_int(count)} texts; mean {_fmt_number(lengths['mean'], 1)}, "
@@ -542,7 +652,7 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
         else:
             view["template_modes_origin"] = "As reported by the templify step."
         if modes.get("families"):
-            view["template_modes"] += [(f"family {_code(k)}", _fmt_int(v)) for k, v in modes["families"].items()]
+            view["template_families"] = [(_code(k), _fmt_int(v)) for k, v in modes["families"].items()]
 
     plots = (report.get("files") or {}).get("plots") or {}
     view["plots"] = [
@@ -630,11 +740,15 @@ def render_card(
     hub_configs: Sequence[Mapping[str, Any]] | None = None,
     dataset_info: Any = None,
     options: CardOptions | None = None,
+    local_path: str | None = None,
 ) -> IptDatasetCard:
     """Render the card of a revision from the reports of its configs ({config: stats.json content or None}).
 
     `hub_configs` and `dataset_info` are the `configs` / `dataset_info` metadata `push_to_hub` wrote; they are kept
-    verbatim so `load_dataset` finds every config's files.
+    verbatim so `load_dataset` finds every config's files. `local_path`: the folder of a local release, which the
+    card's loading snippet then reads (`load_dataset(folder, config)`) instead of the Hub repo at the version tag.
+    The metadata is valid for the Hub whatever the destination (`license_metadata`, `is_hub_dataset_id`), so a
+    local release and its later push carry the same card.
 
     Example:
         >>> card = render_card({"augmented": None}, repo_id="me/ipt", version="v1.0.0")
@@ -663,11 +777,12 @@ def render_card(
         (reports[n].get("statistics") or {}).get("rows") if reports.get(n) else sum(hub_splits.get(n, {}).values())
         for n in names
     ]
-    source_names = list(dict.fromkeys(source_id(s)[0] for s in sources))
+    source_names = [n for n in dict.fromkeys(source_id(s)[0] for s in sources) if is_hub_dataset_id(n)]
+    license_fields = license_metadata(licenses, options.license_link)
 
     card_data = DatasetCardData(
         language=list(options.language) or None,
-        license=(licenses[0] if len(licenses) == 1 else licenses) if licenses else None,
+        license=license_fields.pop("license", None),
         size_categories=sorted({size_category(r) for r in rows_per_config if isinstance(r, int)}) or None,
         source_datasets=source_names or None,
         task_categories=list(options.task_categories) or None,
@@ -675,6 +790,7 @@ def render_card(
         tags=list(options.tags) or None,
         configs=hub_configs or None,
         dataset_info=dataset_info or None,
+        **license_fields,
     )
     context = {
         "title": options.pretty_name or repo_id.split("/")[-1],
@@ -683,11 +799,13 @@ def render_card(
         "version": version,
         "configs": views,
         "license_rows": license_rows,
+        "license_name": card_data.to_dict().get("license_name"),
         "project_url": PROJECT_URL,
+        "local_path": local_path,
     }
     card = IptDatasetCard.from_template(card_data, **template_arguments(options.template), **context)
     text = str(card)
     if options.extra_sections:
         text = replace_sections(text, options.extra_sections)
-    # sections that render empty leave runs of blank lines behind
-    return IptDatasetCard(re.sub(r"\n{3,}", "\n\n", text))
+    # sections that render empty leave runs of blank lines behind; no secret reaches a card, whoever writes it
+    return IptDatasetCard(scrub(re.sub(r"\n{3,}", "\n\n", text)))

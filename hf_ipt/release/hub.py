@@ -15,6 +15,12 @@ Guarantees:
 - An existing version is refused (`VersionExistsError`) before anything is uploaded, unless `force=True`.
 - Transient Hub errors (429, 5xx, 408, 409 and 412 commit conflicts, dropped connections) are retried with
   exponential back-off; a permanent error raises `ReleaseError` saying which step failed and what was already done.
+- Every HTTP call of a release (hf-ipt's, huggingface_hub's and `datasets`' own) waits at most `release.timeout`
+  seconds, and once the Hub has given no usable answer for `release.retry_budget` seconds the release stops with a
+  `ReleaseError` (no tag made, what was uploaded, the command that resumes it) instead of hanging (`HubCallGuard`).
+  Transfers that go through Xet storage (`hf_xet`) follow that library's own timeouts.
+- The card's metadata is valid for the Hub before anything is uploaded: a license that is not a Hub id becomes
+  `license: other` with `license_name` / `license_link`, and `source_datasets` lists only Hub dataset ids.
 - The token never appears in the card, the uploaded recipe/statistics, log lines or error messages; `private` is
   honoured when the repo is created, and a release into an existing repo of the other visibility is refused.
 
@@ -26,14 +32,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +59,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import validate_repo_id
 
-from hf_ipt.release.bundle import ReleaseBundle, build_bundle, hf_ipt_version, scrub
+from hf_ipt.redaction import scrub
+from hf_ipt.release.bundle import ReleaseBundle, build_bundle, hf_ipt_version
 from hf_ipt.release.card import RELEASE_INFO_DIR, CardOptions, ReleaseInfo, render_card, sidecar_dir
 from hf_ipt.validation import check_fields
 
@@ -107,6 +117,22 @@ class ReleaseConfig:
     )
     retry_max_delay: float = field(
         default=60.0, metadata={"help": "Longest wait between two retries, in seconds.", "min": 0}
+    )
+    timeout: float = field(
+        default=60.0,
+        metadata={
+            "help": "Seconds a Hub request may wait for the server (to connect, and for each read or write); a "
+            "request past it fails and is retried.",
+            "min": 0.001,
+        },
+    )
+    retry_budget: float = field(
+        default=900.0,
+        metadata={
+            "help": "Seconds a release keeps retrying once the Hub stops answering or keeps failing; then it stops "
+            "with an error saying what was uploaded (no tag is made) and how to resume.",
+            "min": 0,
+        },
     )
     token: str | None = field(
         default=None, repr=False, metadata=_help("Hub token; defaults to HF_TOKEN or the saved login. Never logged.")
@@ -379,23 +405,133 @@ def retry_delay_for(err: BaseException) -> float | None:
     return None
 
 
+class HubStalledError(RuntimeError):
+    """The Hub gave no usable answer for longer than `release.retry_budget` seconds: the release stops retrying.
+
+    Raised from inside an HTTP call (so no library retries it further) and turned into a `ReleaseError`.
+
+    Example:
+        >>> str(HubStalledError(3.0))
+        'the Hub gave no usable answer for 3s (release.retry_budget)'
+    """
+
+    def __init__(self, budget: float):
+        super().__init__(f"the Hub gave no usable answer for {budget:g}s (release.retry_budget)")
+        self.budget = budget
+
+
+class HubCallGuard:
+    """Bounds every HTTP call a release makes (huggingface_hub's and `datasets`' alike, through their shared
+    client): each request gets `timeout` seconds (connect, read, write), and once no request has been answered for
+    `retry_budget` seconds (a frozen server, a run of 5xx/429) every new request fails at once with
+    `HubStalledError`, so no retry loop, ours or a library's, runs on.
+
+    Example:
+        >>> guard = HubCallGuard(timeout=30, retry_budget=600)
+        >>> with guard.installed():  # doctest: +SKIP
+        ...     HfApi().repo_info("me/x", repo_type="dataset")
+    """
+
+    def __init__(self, timeout: float, retry_budget: float, clock: Callable[[], float] = time.monotonic):
+        self.timeout = float(timeout)
+        self.retry_budget = float(retry_budget)
+        self.clock = clock
+        self.last_answer = clock()
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        """Seconds left before the budget is spent (counted from the last answered request)."""
+        with self._lock:
+            return self.retry_budget - (self.clock() - self.last_answer)
+
+    def check(self) -> None:
+        """Raise `HubStalledError` when the budget is spent."""
+        if self.remaining() <= 0:
+            raise HubStalledError(self.retry_budget)
+
+    def answered(self) -> None:
+        with self._lock:
+            self.last_answer = self.clock()
+
+    def on_request(self, request: Any) -> None:
+        """httpx request hook: refuse once the budget is spent, else cap the request's timeouts."""
+        remaining = self.remaining()
+        if remaining <= 0:
+            raise HubStalledError(self.retry_budget)
+        cap = max(0.001, min(self.timeout, remaining))
+        timeouts = dict(request.extensions.get("timeout") or {})
+        for kind in ("connect", "read", "write", "pool"):
+            value = timeouts.get(kind)
+            timeouts[kind] = cap if value is None else min(float(value), cap)
+        request.extensions = {**request.extensions, "timeout": timeouts}
+
+    def on_response(self, response: Any) -> None:
+        """httpx response hook: an answer that is not a transient error restarts the budget."""
+        if response.status_code not in TRANSIENT_STATUS_CODES:
+            self.answered()
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Route huggingface_hub's shared HTTP client through this guard for the duration of the block."""
+        from huggingface_hub.utils import _http as hf_http
+
+        previous = getattr(hf_http, "_GLOBAL_CLIENT_FACTORY", None) or hf_http.default_client_factory
+
+        def factory():
+            client = previous()
+            hooks = client.event_hooks
+            client.event_hooks = {
+                "request": [*hooks.get("request", []), self.on_request],
+                "response": [*hooks.get("response", []), self.on_response],
+            }
+            client.timeout = self.timeout
+            return client
+
+        hf_http.set_client_factory(factory)
+        try:
+            yield self
+        finally:
+            hf_http.set_client_factory(previous)
+
+
 class _Progress:
     """What the release already did on the Hub, for error messages that tell what a re-run will complete."""
 
-    def __init__(self, config: ReleaseConfig, secrets: Sequence[str]):
+    def __init__(
+        self,
+        config: ReleaseConfig,
+        secrets: Sequence[str],
+        guard: HubCallGuard | None = None,
+        resume: str | None = None,
+    ):
         self.config = config
         self.secrets = list(secrets)
         self.completed: list[str] = []
+        self.guard = guard
+        self.resume = resume
 
     def fail(self, step: str, err: BaseException, attempts: int, cls: type[ReleaseError] = ReleaseError):
         config = self.config
         done = "; ".join(self.completed) if self.completed else "nothing"
         tagged = "The tag was not created or moved."
+        stalled = next((e for e in _exception_chain(err) if isinstance(e, HubStalledError)), None)
+        if stalled is None and self.guard is not None and self.guard.remaining() <= 0:
+            # a transient error (a timeout) met the end of the budget: the Hub stalled all the same
+            stalled = HubStalledError(self.guard.retry_budget)
+        cause = f"{type(err).__name__}: {err}"
+        if stalled is not None:
+            last = "" if isinstance(err, HubStalledError) else f"; last error {cause}"
+            cause = f"{stalled} (each request waits at most {config.timeout:g}s, release.timeout{last})"
+        resume = (
+            f"Resume with the same command: {self.resume}"
+            if self.resume
+            else "Re-running the same release completes it"
+        )
         message = (
             f"release {config.version} of dataset {config.repo_id} failed while trying to {step} "
-            f"(after {attempts} attempt{'s' if attempts > 1 else ''}): {type(err).__name__}: {err}\n"
+            f"(after {attempts} attempt{'s' if attempts > 1 else ''}): {cause}\n"
             f"Already done on branch {config.revision!r}: {done}. {tagged} "
-            "Re-running the same release completes it without uploading unchanged files again."
+            f"{resume} (unchanged files are not uploaded again)."
         )
         return cls(
             scrub(message, self.secrets),
@@ -415,10 +551,12 @@ class _Progress:
                 raise
             except Exception as err:
                 delay = retry_delay_for(err)
-                if delay is None or attempt >= config.max_retries:
+                left = self.guard.remaining() if self.guard is not None else math.inf
+                if delay is None or attempt >= config.max_retries or left <= 0:
                     raise self.fail(step, err, attempt + 1) from err
                 backoff = min(config.retry_max_delay, config.retry_base_delay * 2**attempt)
                 wait = min(config.retry_max_delay, max(delay, backoff * (0.5 + random.random() / 2)))
+                wait = min(wait, left)  # waking after the budget is spent would only fail later
                 attempt += 1
                 logger.warning(
                     "%s",
@@ -667,9 +805,25 @@ def write_to_hub(
             "no Hub token: pass token=..., set HF_TOKEN, or log in with `hf auth login` (a write token is needed)"
         )
     secrets = [token]
+    # every HTTP call of the release (ours, huggingface_hub's, datasets') waits at most release.timeout, and the
+    # retries stop once the Hub has not answered for release.retry_budget seconds
+    guard = HubCallGuard(config.timeout, config.retry_budget)
+    with guard.installed():
+        return _write_to_hub(bundles, config, card, token, secrets, guard)
+
+
+def _write_to_hub(
+    bundles: Sequence[ReleaseBundle],
+    config: ReleaseConfig,
+    card: CardOptions | None,
+    token: str,
+    secrets: Sequence[str],
+    guard: HubCallGuard,
+) -> ReleaseResult:
     configs = {bundle.config_name: bundle.splits for bundle in bundles}
     api = HfApi(token=token, library_name="hf-ipt", library_version=hf_ipt_version())
-    progress = _Progress(config, secrets)
+    commands = [bundle.report.get("command") for bundle in bundles if bundle.report.get("command")]
+    progress = _Progress(config, secrets, guard=guard, resume=commands[0] if commands else None)
     private_now = progress.run("read the repository", functools.partial(_repo_visibility, api, config.repo_id))
     if private_now is not None:
         tags = progress.run("list the released versions", functools.partial(_tags, api, config.repo_id))

@@ -143,6 +143,7 @@ def write_to_folder(
         hub_configs=bundle.hub_configs(),
         dataset_info=bundle.dataset_info(),
         options=card,
+        local_path=output,
     )
     card_bytes = str(text).encode("utf-8")
     write_file(output, "README.md", card_bytes, storage_options=storage_options)

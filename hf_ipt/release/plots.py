@@ -78,8 +78,8 @@ def render_plots(statistics: Mapping[str, Any], out_dir: str | os.PathLike) -> d
     """Draw every plot the statistics have data for into `out_dir`; returns {plot name: file path}.
 
     Reads the keys `pairs.per_text` (or `pairs.histogram`), `text.tokens.histogram` (or
-    `text.characters.histogram`), `template_modes.counts` and `sources.per_source` of a statistics dict. A plot
-    without data is skipped, never drawn empty.
+    `text.characters.histogram`), `template_modes.counts` and `sources.requested_ratio` / `sources.achieved_ratio`
+    (drawn side by side) of a statistics dict. A plot without data is skipped, never drawn empty.
 
     Example:
         >>> render_plots({"template_modes": {"counts": {"classic": 3}}}, "/tmp/plots")  # doctest: +SKIP
@@ -116,18 +116,38 @@ def render_plots(statistics: Mapping[str, Any], out_dir: str | os.PathLike) -> d
         plots["template_modes"] = _bar(out / file_name, names, [int(modes[n]) for n in names], title, "mode", "texts")
 
     sources = statistics.get("sources") or {}
-    per_source = sources.get("per_source") or {}
-    unit = sources.get("ratio_unit")
-    if per_source and unit:
+    achieved = sources.get("achieved_ratio") or {}
+    requested = sources.get("requested_ratio") or {}
+    unit = sources.get("ratio_unit") or "tokens"
+    if achieved or requested:
         file_name, title = PLOT_FILES["source_mix"]
-        names = sorted(per_source)
-        total = sum(float(per_source[n].get(unit) or 0) for n in names) or 1.0
-        plots["source_mix"] = _bar(
-            out / file_name,
-            names,
-            [100.0 * float(per_source[n].get(unit) or 0) / total for n in names],
-            f"{title} (by {unit})",
-            "source",
-            f"% of {unit}",
+        names = sorted(set(achieved) | set(requested))
+        series = {"achieved": [100.0 * float(achieved.get(n) or 0) for n in names]}
+        if requested:
+            series = {"requested": [100.0 * float(requested.get(n) or 0) for n in names], **series}
+        plots["source_mix"] = _grouped_bars(
+            out / file_name, names, series, f"{title}: requested vs achieved (by {unit})", "source", f"% of {unit}"
         )
     return plots
+
+
+def _grouped_bars(
+    path: Path, labels: list[str], series: Mapping[str, list[float]], title: str, xlabel: str, ylabel: str
+) -> Path:
+    """Bars of several series side by side per label (e.g. requested and achieved share of each source)."""
+    figure = _figure()
+    axes = figure.add_subplot(1, 1, 1)
+    width = 0.8 / max(len(series), 1)
+    colors = ("#DD8452", "#4C72B0", "#55A868")
+    for i, (name, values) in enumerate(series.items()):
+        positions = [x - 0.4 + width * (i + 0.5) for x in range(len(labels))]
+        bars = axes.bar(positions, values, width=width, label=name, color=colors[i % len(colors)])
+        axes.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7)
+    axes.set_xticks(list(range(len(labels))))
+    rotate = max((len(label) for label in labels), default=0) > 6 or len(labels) > 12
+    axes.set_xticklabels(labels, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
