@@ -1196,3 +1196,24 @@ def quality_of_splits(splits: Mapping[str, Any]) -> dict[str, Any] | None:
     names = list(splits)
     rows = splits[names[0]] if len(names) == 1 else datasets.concatenate_datasets([splits[n] for n in names])
     return quality_report(rows)
+
+
+def quality_summary(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """The figures `hf-ipt templify` prints of the quality reports ({split: report}).
+
+    Example:
+        >>> quality_summary({"train": {"grounding": {"rate": 0.5}, "duplicates": {"rate": 0.1}}})
+        {'grounded answers': '50.00%', 'repeated questions': '10.00%'}
+    """
+    out: dict[str, str] = {}
+    for split, report in reports.items():
+        prefix = f"{split}: " if len(reports) > 1 else ""
+        out[f"{prefix}grounded answers"] = format_value((report.get("grounding") or {}).get("rate"), "share")
+        out[f"{prefix}repeated questions"] = format_value((report.get("duplicates") or {}).get("rate"), "share")
+        filters = report.get("filters")
+        if filters:
+            out[f"{prefix}quality filters"] = (
+                f"{filters['pairs_dropped_ungrounded']:,} ungrounded and {filters['pairs_dropped_duplicate']:,} "
+                f"repeated pairs dropped, {filters['rows_dropped_min_pairs']:,} texts dropped"
+            )
+    return out
