@@ -1031,7 +1031,13 @@ def load_report(source: str | os.PathLike, *, config: str | None = None, split: 
         try:
             loaded = datasets.load_from_disk(text)
         except FileNotFoundError:
-            loaded = datasets.load_dataset(text)
+            try:
+                loaded = datasets.load_dataset(text)
+            except Exception as err:  # any reader's failure: the folder is not something a report is made from
+                raise ValueError(
+                    f"{text} is neither a release folder (no release_info/*/stats.json), nor a run's output folder "
+                    f"(no templified/), nor a dataset `datasets` can read ({type(err).__name__}: {err})"
+                ) from err
         if isinstance(loaded, datasets.DatasetDict):
             loaded = _pick(dict(loaded), split, "split", text)
         if C.PAIRS not in loaded.column_names:
