@@ -29,6 +29,8 @@ from hf_ipt.quality import (
     report_and_filter,
 )
 
+# tests/hub_server.py: the local Hub double and its `local_hub` fixture, registered as tests/test_hub.py does
+pytest_plugins = ["hub_server"]
 NO_DROPS = {"unterminated": 0, "malformed": 0, "empty_answer": 0, "duplicate": 0}
 
 
@@ -426,3 +428,26 @@ def test_filters_in_the_recipe_reach_templify_and_the_card(runs, tiny_model_path
     assert f"| Filter: texts dropped (too few pairs) | {filters['rows_dropped_min_pairs']:,} |" in card
     templified = read_stage_marker(str(runs[2] / "templified"))
     assert templified["extra"]["quality"]["reports"]["train"]["filters"] == filters
+
+
+def test_report_of_a_hub_release_at_a_revision(local_hub, capsys):
+    """Released rows that still carry `pairs` get their report in stats.json; `hf-ipt report owner/name@rev` reads
+    it back from the (local test) Hub."""
+    import uuid
+
+    from hf_ipt.quality import load_report
+    from hf_ipt.release.hub import push_release
+
+    repo = f"hf-ipt-tester/quality-{uuid.uuid4().hex[:8]}"
+    rows = Dataset.from_dict(ROWS)
+    fast = {"retry_base_delay": 0.01, "retry_max_delay": 0.05}
+    push_release(rows, repo, version="v1", config_name="c", **fast)
+    push_release(rows.select(range(1)), repo, version="v2", config_name="c", **fast)
+    assert load_report(f"{repo}@v1") == json.loads(json.dumps(quality_report(rows)))
+    assert load_report(f"{repo}@v2")["pairs"] == 5
+    assert main(["report", f"{repo}@v1", "--against", f"{repo}@v2"]) == 0
+    out = capsys.readouterr().out
+    assert f"Pairs: 7 in {repo}@v1 vs 5 in {repo}@v2 (+2): better" in out
+    card = local_hub.read_file(repo, "README.md", "v1").decode()
+    assert "### Quality" in card and "| Grounded answers (share of checkable pairs) | 80.00% |" in card
+    assert main(["report", f"{repo}@v9"]) == 2 and "hf-ipt report: error:" in capsys.readouterr().err
