@@ -53,6 +53,7 @@ import json
 import math
 import os
 import re
+from array import array
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -547,7 +548,7 @@ def quality_report(
     grounded: Counter[str] = Counter()
     by_type: dict[str, Counter[str]] = {kind: Counter() for kind in TASK_TYPES}
     causes: Counter[str] = Counter()
-    hash_chunks: list[Any] = []
+    hash_values = array("q")  # 8 bytes per pair: the only figure kept per pair until the end
     worst = {
         "ungrounded": _Worst(examples),
         "longest_questions": _Worst(examples),
@@ -589,7 +590,7 @@ def quality_report(
             grounded.update(values)
             for kind, value in zip(kinds, values, strict=True):
                 by_type[kind][value] += 1
-            hash_chunks.append(np.asarray(batch[QUESTION_HASHES][offset], dtype=np.int64))
+            hash_values.extend(batch[QUESTION_HASHES][offset])
 
             def pair_entry(p: int, i: int = index, ps: list = pairs, row_kinds: list = kinds, **extra: Any):
                 pair = ps[p] if isinstance(ps[p], Mapping) else {}
@@ -621,7 +622,7 @@ def quality_report(
                     )
         start += len(counts)
 
-    hashes = np.concatenate(hash_chunks) if hash_chunks else np.zeros(0, dtype=np.int64)
+    hashes = np.frombuffer(hash_values, dtype=np.int64) if hash_values else np.zeros(0, dtype=np.int64)
     unique, first_index, counts_per_hash = np.unique(hashes, return_index=True, return_counts=True)
     repeated = counts_per_hash > 1
     total_pairs = int(hashes.size)
@@ -745,8 +746,8 @@ def apply_filters(dataset: Any, config: QualityConfig, figures: Any) -> tuple[An
         firsts[first] = True
         keep[positions[~firsts]] = False
         dropped_duplicate = int((~firsts).sum())
-    kept_per_row = np.add.reduceat(keep.astype(np.int64), offsets[:-1]) if keep.size else np.zeros_like(counts)
-    kept_per_row = np.where(counts > 0, kept_per_row, 0)  # reduceat gives the next row's value for an empty row
+    kept_so_far = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
+    kept_per_row = kept_so_far[offsets[1:]] - kept_so_far[offsets[:-1]]
     rows_keep = kept_per_row >= config.min_pairs_per_text
     result = {
         "drop_ungrounded": config.drop_ungrounded,

@@ -223,6 +223,11 @@ def test_filters_drop_and_count_ungrounded_repeated_and_sparse_rows_whatever_the
     kept, report = report_and_filter(rows, QualityConfig(drop_duplicate_questions=True))
     assert report["filters"]["pairs_dropped_duplicate"] == 24 and len(kept) == 23
     assert sum(len(p) for p in kept["pairs"]) == 28
+    # rows without pairs (last ones included) fall below one pair per text
+    config = QualityConfig(drop_ungrounded=True, min_pairs_per_text=1)
+    kept, report = report_and_filter(Dataset.from_dict(ROWS), config)
+    assert (report["filters"]["rows_dropped_min_pairs"], report["filters"]["pairs_dropped_ungrounded"]) == (4, 1)
+    assert kept["synth_status"] == ["ok", "ok"] and [len(p) for p in kept["pairs"]] == [4, 2]
     # no filter: same rows, report without filter counts
     same, report = report_and_filter(rows, QualityConfig())
     assert same is rows and report["filters"] is None
