@@ -863,8 +863,12 @@ def figures(report: Mapping[str, Any]) -> list[Figure]:
         Figure("answer_tokens.p50", f"Answer length, median ({unit})",
                ((report.get("answer_tokens") or {}).get("quantiles") or {}).get("p50"), "number"),
     ]  # fmt: skip
-    for kind, count in (report.get("task_types") or {}).items():
-        out.append(Figure(f"task_types.{kind}", f"Task type `{kind}` (share of pairs)", _share(count, pairs), "share"))
+    # JSON writers may sort keys (stats.json does): the order shown is fixed here
+    kinds = report.get("task_types") or {}
+    for kind in [k for k in TASK_TYPES if k in kinds] + sorted(set(kinds) - set(TASK_TYPES)):
+        out.append(
+            Figure(f"task_types.{kind}", f"Task type `{kind}` (share of pairs)", _share(kinds[kind], pairs), "share")
+        )
     out += [
         Figure("grounding.rate", "Grounded answers (share of checkable pairs)", grounding_figures.get("rate"), "share",
                "higher"),
@@ -878,8 +882,9 @@ def figures(report: Mapping[str, Any]) -> list[Figure]:
                duplicates.get("pairs_with_repeated_question"), better="lower"),
         Figure("no_pairs.rows", "Texts without pairs", no_pairs.get("rows"), better="lower"),
     ]  # fmt: skip
-    for cause, count in (no_pairs.get("by_cause") or {}).items():
-        out.append(Figure(f"no_pairs.{cause}", f"Texts without pairs: `{cause}`", count, better="lower"))
+    causes = no_pairs.get("by_cause") or {}
+    for cause in sorted(causes, key=lambda name: (-causes[name], name)):
+        out.append(Figure(f"no_pairs.{cause}", f"Texts without pairs: `{cause}`", causes[cause], better="lower"))
     filters = report.get("filters")
     if filters:
         for key, label in (
