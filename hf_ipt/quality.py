@@ -874,17 +874,18 @@ def figures(report: Mapping[str, Any]) -> list[Figure]:
                "higher"),
         Figure("grounding.exact", "Answers found verbatim in their text", _share(counts.get(EXACT, 0), pairs),
                "share", "higher"),
-        Figure("grounding.ungrounded", "Ungrounded pairs", counts.get(UNGROUNDED), better="lower"),
+        # counts of bad pairs or texts are not judged: they follow the number of pairs; their shares are judged
+        Figure("grounding.ungrounded", "Ungrounded pairs", counts.get(UNGROUNDED)),
         Figure("grounding.not_applicable", "Pairs with a yes/no answer (not checkable)", counts.get(NOT_APPLICABLE)),
         Figure("duplicates.rate", "Repeated questions (extra copies, share of pairs)", duplicates.get("rate"),
                "share", "lower"),
         Figure("duplicates.pairs_with_repeated_question", "Pairs whose question occurs more than once",
-               duplicates.get("pairs_with_repeated_question"), better="lower"),
-        Figure("no_pairs.rows", "Texts without pairs", no_pairs.get("rows"), better="lower"),
+               duplicates.get("pairs_with_repeated_question")),
+        Figure("no_pairs.rows", "Texts without pairs", no_pairs.get("rows")),
     ]  # fmt: skip
     causes = no_pairs.get("by_cause") or {}
     for cause in sorted(causes, key=lambda name: (-causes[name], name)):
-        out.append(Figure(f"no_pairs.{cause}", f"Texts without pairs: `{cause}`", causes[cause], better="lower"))
+        out.append(Figure(f"no_pairs.{cause}", f"Texts without pairs: `{cause}`", causes[cause]))
     filters = report.get("filters")
     if filters:
         for key, label in (
