@@ -18,6 +18,7 @@ continues where it stopped. This module only parses, dispatches and prints: the 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 import textwrap
@@ -31,6 +32,7 @@ from hf_ipt.config import ConfigError, RecipeConfig, describe_fields, load_recip
 from hf_ipt.engines import EngineStartError
 from hf_ipt.pipeline import STAGES, StageSummary, duration, run, short_list, status
 from hf_ipt.preflight import run_checks
+from hf_ipt.quality import compare, format_comparison, format_report, load_report, write_report
 from hf_ipt.quiet import quiet_third_party
 from hf_ipt.redaction import install_log_scrubbing, redact, register_secrets, scrub, secret_values
 from hf_ipt.release.hub import ReleaseError
@@ -45,12 +47,13 @@ COMMAND_STAGES = {"run": STAGES, "synthesize": ("synthesize",), "templify": ("te
 COMMAND_SECTIONS: dict[str, tuple[str, ...] | None] = {
     "run": None,
     "synthesize": ("source", "chunk", "synth", "run", "build_tiny_model"),
-    "templify": ("templify", "run"),
+    "templify": ("templify", "quality", "run"),
     "mix": ("mix", "mix_sources", "templify", "run"),
-    "push": ("release", "release_to", "card", "run"),
+    "push": ("release", "release_to", "card", "quality", "run"),
     "status": ("source", "chunk", "synth", "run", "templify", "mix", "release"),
     "config": None,
     "check": None,
+    "report": (),
 }
 
 COMMANDS = {
@@ -63,6 +66,8 @@ COMMANDS = {
     "config": "print the resolved configuration (YAML) after validating it; loads nothing",
     "check": "check every input of the whole run (sources, tokenizers, output folder, Hub access, engine_kwargs, "
     "resume) in seconds, loading no model; exit 0 when all is ready, 2 otherwise",
+    "report": "quality of the synthesized pairs of a release or run (RELEASE: a release folder, a run's output folder "
+    "or owner/name@revision on the Hub), or two side by side with --against OTHER",
 }
 
 
@@ -144,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                 dest="num_workers",
                 help="number of workers sharing the synthesis shards (default 1)",
             )
+        if name == "report":
+            add_report_arguments(sub)
         if name in ("run", "synthesize", "templify", "mix", "push", "check"):
             sub.add_argument(
                 "--overwrite",
@@ -169,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "keys", False):
         print(keys_help())
         return 0
+    if args.command == "report":
+        return _print_report(args, extras)
     try:
         positionals: list[str] = []
         overrides = parse_overrides(extras, RecipeConfig, positionals=positionals)
@@ -267,6 +276,38 @@ def _print_check(recipe: RecipeConfig, args: argparse.Namespace) -> int:
     problems = sum(len(r.problems) for r in results)
     print(f"\nhf-ipt check: {'ready to run' if not problems else f'{problems} problem(s) found'}")
     return 0 if not problems else 2
+
+
+def add_report_arguments(sub: argparse.ArgumentParser) -> None:
+    """The options of `hf-ipt report` (it reads no recipe)."""
+    sub.epilog = None  # it reads no recipe keys
+    sub.usage = "hf-ipt report RELEASE [--against OTHER] [--config NAME] [--split NAME] [--output DIR]"
+    sub.add_argument("release", metavar="RELEASE", help="release folder, run output folder, or owner/name@revision")
+    sub.add_argument("--against", metavar="OTHER", help="a second release or run: both side by side, with verdicts")
+    sub.add_argument("--config", help="the release config to read when a release has several")
+    sub.add_argument("--split", help="the split to read when a run has several")
+    sub.add_argument("--output", metavar="DIR", help="also write quality.json and the PNG plots of RELEASE to DIR")
+
+
+def _print_report(args: argparse.Namespace, extras: Sequence[str]) -> int:
+    """`hf-ipt report`: one quality report, or two side by side (`hf_ipt.quality.compare`)."""
+    if extras:
+        print(f"hf-ipt report: error: unexpected argument(s) {list(extras)}", file=sys.stderr)
+        return 2
+    try:
+        report = load_report(args.release, config=args.config, split=args.split)
+        if args.output:
+            written = write_report(report, args.output, plots=importlib.util.find_spec("matplotlib") is not None)
+            print(f"wrote {', '.join(str(p) for p in written.values())}\n")
+        if args.against is None:
+            print(format_report(report, args.release))
+            return 0
+        baseline = load_report(args.against, config=args.config, split=args.split)
+        print(format_comparison(compare(report, baseline), args.release, args.against))
+        return 0
+    except (ValueError, OSError, ImportError) as err:
+        print(f"hf-ipt report: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _print_status(recipe: RecipeConfig) -> int:

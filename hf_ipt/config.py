@@ -39,6 +39,7 @@ from typing import Any, Literal
 import yaml
 
 from hf_ipt.mixing import MixConfig
+from hf_ipt.quality import QualityConfig
 from hf_ipt.release.card import CardOptions
 from hf_ipt.release.hub import ReleaseConfig
 from hf_ipt.store import config_to_dict
@@ -741,6 +742,13 @@ class RecipeConfig:
     chunk: ChunkSettings = field(default_factory=ChunkSettings, metadata={"help": "Splitting over-long texts."})
     templify: TemplifyConfig = field(
         default_factory=TemplifyConfig, metadata={"help": "Turning synthesized rows into pre-training texts."}
+    )
+    quality: QualityConfig = field(
+        default_factory=QualityConfig,
+        metadata={
+            "help": "Quality report of the synthesized pairs (card section Quality) and optional filters applied "
+            "before templify (all off by default)."
+        },
     )
     mix: MixConfig | None = field(
         default=None,

@@ -27,6 +27,7 @@ from hf_ipt.config import AUGMENTED_SOURCE, ConfigError, RecipeConfig, load_reci
 from hf_ipt.mixing import mix, prepare_source
 from hf_ipt.parallel import Backend, devices_per_rank, make_backend
 from hf_ipt.preflight import STAGES, SYNTHESIZED, ensure_ready, synthesis_runner
+from hf_ipt.quality import QualityConfig, quality_summary, report_and_filter
 from hf_ipt.redaction import redact, register_secrets, scrub_command, secret_values
 from hf_ipt.release.bundle import build_bundle
 from hf_ipt.release.card import ReleaseInfo, SourceInfo, SynthesizerInfo
@@ -351,24 +352,60 @@ def stage_templify(recipe: RecipeConfig) -> StageSummary:
     storage = recipe.run.storage_options
     output = recipe.run.stage_dir(TEMPLIFIED)
     identity = {"synthesized": synthesis_fingerprint(recipe), "templify": config_to_dict(recipe.templify)}
+    if recipe.quality.filters_enabled:  # filters change the rows; without them older outputs stay reusable
+        identity["quality"] = config_to_dict(recipe.quality)
     reused = reusable(output, identity, recipe, "templify")
     reports = stage_extra(output, recipe).get("statistics") if reused else None
     if reused:
         templified = load_stage(output, storage_options=storage)
+        quality = templify_quality(recipe)
     else:
-        synthesized = assemble_shards(recipe.run.stage_dir(SYNTHESIZED), storage_options=storage)
+        synthesized, quality = quality_stage_report(recipe)
         templified = datasets.DatasetDict(
             {split: templify(dataset, recipe.templify) for split, dataset in synthesized.items()}
         )
     if reports is None:  # a new output, or one committed before the stage committed its report
         reports = {split: templify_report(dataset) for split, dataset in templified.items()}
     if not reused:
-        save_stage(templified, output, config=identity, storage_options=storage, extra={"statistics": reports})
+        extra = {"statistics": reports, "quality": quality}
+        save_stage(templified, output, config=identity, storage_options=storage, extra=extra)
     summary = StageSummary("templify", output, seconds=time.perf_counter() - started, reused=reused)
     summary.rows = sum(len(d) for d in templified.values())
+    summary.figures.update(quality_summary(quality["reports"]))
     for split, report in reports.items():
         summary.figures.update(templify_summary(report, f"{split}: " if len(reports) > 1 else ""))
     return summary
+
+
+def templify_quality(recipe: RecipeConfig) -> dict[str, Any]:
+    """The quality reports committed with `templified/` when made with the recipe's `quality` section; else
+    (an output made before, or other report settings: tokenizer, threshold, examples) measured again now.
+
+    Example:
+        >>> templify_quality(recipe)["reports"]["train"]["pairs"]  # doctest: +SKIP
+        612
+    """
+    stored = stage_extra(recipe.run.stage_dir(TEMPLIFIED), recipe).get("quality")
+    if stored and stored.get("config") == config_to_dict(recipe.quality):
+        return stored
+    return quality_stage_report(recipe)[1]
+
+
+def quality_stage_report(recipe: RecipeConfig) -> tuple[datasets.DatasetDict, dict[str, Any]]:
+    """The synthesized rows after the recipe's `quality.*` filters, and the quality report of each split (measured
+    before the filters, with their counts), as committed with `templified/`: {"config": the quality section,
+    "reports": {split: report}}.
+
+    Example:
+        >>> rows, quality = quality_stage_report(recipe)  # doctest: +SKIP
+        >>> quality["reports"]["train"]["grounding"]["rate"]  # doctest: +SKIP
+        0.42
+    """
+    synthesized = assemble_shards(recipe.run.stage_dir(SYNTHESIZED), storage_options=recipe.run.storage_options)
+    kept, reports = {}, {}
+    for split, dataset in synthesized.items():
+        kept[split], reports[split] = report_and_filter(dataset, recipe.quality, text_column=recipe.source.text_column)
+    return datasets.DatasetDict(kept), {"config": config_to_dict(recipe.quality), "reports": reports}
 
 
 def stage_mix(recipe: RecipeConfig) -> StageSummary:
@@ -482,6 +519,7 @@ def release_info(recipe: RecipeConfig, *, command: str | None = None) -> Release
         mixing_report=stage_extra(recipe.run.stage_dir(MIXED), recipe) if recipe.mix is not None else None,
         templify_stats=templify_reports[split],
         synthesis_stats=synthesis_stage_report(recipe),
+        quality=templify_quality(recipe)["reports"].get(split),
         recipe=recipe.recorded(),
         command=command,
         template_column=MODE,
@@ -510,15 +548,16 @@ def stage_release(recipe: RecipeConfig, *, command: str | None = None) -> StageS
     upstream = finished_upstream(data_dir, recipe, "mix" if recipe.mix is not None else "templify")
     output = recipe.run.stage_dir(RELEASE)
     release_settings = {k: v for k, v in config_to_dict(recipe.release).items() if k != "token"}
+    identity = {
+        "data": upstream,
+        "release": release_settings,
+        "release_to": recipe.release_to,
+        "card": config_to_dict(recipe.card),
+    }
+    if config_to_dict(recipe.quality) != config_to_dict(QualityConfig()):  # the card's Quality section changes
+        identity["quality"] = config_to_dict(recipe.quality)
     # recorded in the release's marker: no secret (a credential in a card text) may reach it
-    identity = redact(
-        {
-            "data": upstream,
-            "release": release_settings,
-            "release_to": recipe.release_to,
-            "card": config_to_dict(recipe.card),
-        }
-    )
+    identity = redact(identity)
     if reusable(output, identity, recipe, "release"):
         marker = read_stage_marker(output, storage) or {}
         summary = StageSummary("release", marker.get("extra", {}).get("url", output), reused=True)

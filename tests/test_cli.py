@@ -93,9 +93,9 @@ def test_help_lists_every_command_and_every_recipe_key(capsys):
     ("command", "sections"),
     [
         ("synthesize", {"source", "chunk", "synth", "run", "build_tiny_model"}),
-        ("templify", {"templify", "run"}),
+        ("templify", {"templify", "quality", "run"}),
         ("mix", {"mix", "mix_sources", "templify", "run"}),
-        ("push", {"release", "release_to", "card", "run"}),
+        ("push", {"release", "release_to", "card", "quality", "run"}),
     ],
 )
 def test_each_command_help_lists_only_the_recipe_sections_it_reads(capsys, command, sections):

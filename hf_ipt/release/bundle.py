@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from hf_ipt.quality import quality_of_splits, render_quality_plots
+
 # secrets are removed by hf_ipt.redaction, the one scrubbing place of every writer (REDACTED re-exported)
 from hf_ipt.redaction import REDACTED as REDACTED
 from hf_ipt.redaction import redact, scrub, secret_values
@@ -99,6 +101,7 @@ def config_report(
             "synthesis_stats": plain(info.synthesis_stats),
         },
         "statistics": dict(statistics) if statistics is not None else compute_statistics(splits, info),
+        "quality": plain(info.quality) if info.quality is not None else quality_of_splits(splits),
         "files": {},
     }
 
@@ -223,6 +226,12 @@ def build_bundle(
             for key, path in render_plots(report["statistics"], Path(workdir)).items():
                 listed["plots"][key] = f"{folder}/plots/{path.name}"
                 files[listed["plots"][key]] = path.read_bytes()
+    if plots and report.get("quality"):
+        listed["quality_plots"] = {}
+        with tempfile.TemporaryDirectory(prefix="hf-ipt-quality-") as workdir:
+            for key, path in render_quality_plots(report["quality"], Path(workdir)).items():
+                listed["quality_plots"][key] = f"{folder}/plots/{path.name}"
+                files[listed["quality_plots"][key]] = path.read_bytes()
     report["files"] = listed
     files[listed["stats"]] = json_bytes(report)
     return ReleaseBundle(config_name=config_name, splits=splits, report=report, files=files)

@@ -25,6 +25,7 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from hf_ipt import columns as C
+from hf_ipt.quality import card_view as quality_card_view
 from hf_ipt.redaction import scrub
 from hf_ipt.release.plots import PLOT_FILES
 from hf_ipt.validation import check_fields
@@ -180,6 +181,10 @@ class ReleaseInfo:
     )
     synthesis_stats: Mapping[str, Any] | None = field(
         default=None, metadata=_help("Synthesis statistics, for data that no longer carries the synthesis columns.")
+    )
+    quality: Mapping[str, Any] | None = field(
+        default=None,
+        metadata=_help("Quality report of the synthesized pairs (hf_ipt.quality.quality_report): the card's Quality."),
     )
     recipe: Mapping[str, Any] | str | os.PathLike | None = field(
         default=None, metadata=_help("Resolved recipe: a dict, or the path of a YAML/JSON file. Uploaded redacted.")
@@ -653,6 +658,8 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
             view["template_modes_origin"] = "As reported by the templify step."
         if modes.get("families"):
             view["template_families"] = [(_code(k), _fmt_int(v)) for k, v in modes["families"].items()]
+
+    view["quality"] = quality_card_view(report.get("quality"), (report.get("files") or {}).get("quality_plots"))
 
     plots = (report.get("files") or {}).get("plots") or {}
     view["plots"] = [
