@@ -278,6 +278,21 @@ def test_text_format_keeps_exactly_one_bos(tiny_model_path, requests_):
     assert completion.text == "" and "use prompt_format='token_ids'" in completion.error
 
 
+def test_text_format_refuses_content_with_a_literal_control_string(tiny_model_path, tiny_tokenizer, requests_):
+    # hf-ipt fits "<s>" inside a text as text (split special tokens); sent as a string, the server would read it
+    # as a second BOS: such a row fails alone, with the fix, and never reaches the server
+    engine = ServerEngine(tiny_model_path, engine_kwargs={"endpoints": "http://127.0.0.1:9", "prompt_format": "text"})
+    engine._strip_bos = engine._server_adds_bos(requests_[0])
+    engine._body(requests_[0], 7)  # an ordinary prompt passes the check
+    content = " <CON> Price: <s>$40</s> now. </CON>"
+    ids = [tiny_tokenizer.bos_token_id] + tiny_tokenizer(content, add_special_tokens=False, split_special_tokens=True)[
+        "input_ids"
+    ]
+    completion = engine.complete_one(Request("<s>" + content, ids), 7)
+    assert completion.text == "" and "control string '<s>'" in completion.error
+    assert "prompt_format='token_ids'" in completion.error
+
+
 class ScriptedServer:
     """A local HTTP/1.1 server whose every POST is answered by `answer(n, body)` -> (status, headers, payload bytes),
     `n` counting the requests from 0; it records each request's arrival time (monotonic) and JSON body."""

@@ -232,6 +232,7 @@ class ServerEngine(Engine):
         self.model = self.config.served_model_name or model
         self._tokenizer_name, self._revision = tokenizer or model, (None if tokenizer else revision)
         self._strip_bos: bool | None = None  # text format: decided on the first request
+        self._special_ids: dict[str, int] = {}  # text format: the tokenizer's control strings and their ids
         # the openai client insists on a key; servers started without --api-key ignore the placeholder
         self.api_key = self.config.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self._endpoints = [_Endpoint(url) for url in self.config.endpoints]
@@ -304,6 +305,7 @@ class ServerEngine(Engine):
             prompt: Any = ""
             extra_body["prompt"] = list(request.token_ids)
         else:
+            self.check_text_prompt(request)
             # a server whose tokenizer adds a BOS gets the prompt without the literal one: exactly one BOS either way
             strip = self._strip_bos and request.prompt.startswith(BOS)
             prompt = request.prompt[len(BOS) :] if strip else request.prompt
@@ -316,12 +318,36 @@ class ServerEngine(Engine):
             "extra_body": extra_body,
         }
 
+    def check_text_prompt(self, request: Request) -> None:
+        """Refuse (as this row's error) a text prompt whose content holds a control string such as a literal `<s>`
+        or `</s>` (HTML strikethrough in web text): hf-ipt fitted it as text, but the server would read it as a
+        control token. Counted by occurrences: the prompt string may hold each control string only as often as the
+        fitted ids hold its id.
+
+        Example:
+            >>> engine.check_text_prompt(Request("<s> <CON> Price: <s>$40</s> </CON>", ids))  # doctest: +SKIP
+            ValueError: ... holds the control string '<s>' as text ...
+        """
+        for text, token_id in self._special_ids.items():
+            in_text = request.prompt.count(text)
+            if in_text and in_text > request.token_ids.count(token_id):
+                raise ValueError(
+                    f"prompt_format='text': this row's content holds the control string {text!r} as text, which the "
+                    "server would read as a control token; use prompt_format='token_ids' (vLLM, SGLang) to send "
+                    "the exact ids"
+                )
+
     def _server_adds_bos(self, request: Request) -> bool:
         """Whether to leave out the literal BOS in the text format: the variant the server's tokenization
         (`add_special_tokens=True`, like the completions API) turns into exactly the ids hf-ipt fitted."""
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_name, revision=self._revision)
+        self._special_ids = {
+            text: token_id
+            for text, token_id in zip(tokenizer.all_special_tokens, tokenizer.all_special_ids, strict=True)
+            if text
+        }
         for strip in (True, False):
             text = request.prompt[len(BOS) :] if strip and request.prompt.startswith(BOS) else request.prompt
             if tokenizer(text, add_special_tokens=True)["input_ids"] == list(request.token_ids):
