@@ -454,7 +454,12 @@ def test_statistics_from_reports_when_columns_are_gone(tmp_path):
                 "orca": {"rows_selected": 1, "tokens_selected": 1},
             },
         },
-        synthesis_stats={"status_counts": {"ok": 1, "no_pairs": 1}, "parse_drops": {"malformed": 1}, "pairs": 2},
+        synthesis_stats={
+            "status_counts": {"ok": 1, "no_pairs": 1},
+            "parse_drops": {"malformed": 1},
+            "pairs": 2,
+            "special_strings": 1,
+        },
     )
     stats = compute_statistics({"train": mixed}, info)
     tokens = stats["text"]["tokens"]
@@ -475,6 +480,7 @@ def test_statistics_from_reports_when_columns_are_gone(tmp_path):
     )
     assert "Pairs (as reported by the templify report): 5 over 2 texts, 2.50 per text" in card
     assert "| `aug` | 50.00% | 83.33% |" in card
+    assert "given to the\nsynthesizer as text rather than as control tokens: 1." in card
     first = render_plots(stats, tmp_path / "a")
     second = render_plots(stats, tmp_path / "b")
     assert sorted(first) == ["pairs_per_text", "source_mix", "template_modes", "text_length"]

@@ -635,6 +635,8 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
     synthesis = stats.get("synthesis")
     if synthesis:
         view["statuses"] = [(_code(k), _fmt_int(v)) for k, v in (synthesis.get("status_counts") or {}).items()]
+        if synthesis.get("special_strings") is not None:
+            view["special_strings"] = _fmt_int(synthesis["special_strings"])
         if synthesis.get("parse_drops") is not None:
             rates = synthesis.get("drop_rates") or {}
             view["parse_drops"] = [
