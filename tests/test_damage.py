@@ -5,7 +5,6 @@ Never a corrupted release with exit 0. Also: a local release never changes a ver
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -65,22 +64,10 @@ def write_recipe(folder: Path, model: str) -> str:
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under a stage folder (commit markers and temporary files aside), by relative path."""
     return {
-        str(p.relative_to(folder)): _comparable(p)
+        str(p.relative_to(folder)): p.read_bytes()
         for p in sorted(folder.rglob("*"))
         if p.is_file() and ".hf_ipt" not in p.parts
     }
-
-
-def _comparable(path: Path) -> bytes:
-    """A file's bytes; for stats.json without the splits' `datasets` fingerprints, which depend on the released
-    Parquet file's modification time until issue 12 item 9 is fixed (h12-release's branch)."""
-    data = path.read_bytes()
-    if path.name != "stats.json":
-        return data
-    stats = json.loads(data)
-    for split in stats.get("statistics", {}).get("splits", {}).values():
-        split.pop("fingerprint", None)
-    return json.dumps(stats, sort_keys=True).encode()
 
 
 def stamps(folder: Path) -> dict[str, int]:
