@@ -8,7 +8,8 @@ import pytest
 from hf_ipt import Synthesizer
 from hf_ipt.config import load_recipe
 from hf_ipt.engines import make_engine
-from hf_ipt.stats import speculative_stats, speculative_summary
+from hf_ipt.engines.vllm import speculative_counters_in_process
+from hf_ipt.stats import compute_statistics, speculative_stats, speculative_summary
 from hf_ipt.synthesis import SynthesisConfig
 from hf_ipt.synthesis.speculative import SpeculativeConfig
 from hf_ipt.testing import corpus_paragraphs
@@ -134,9 +135,30 @@ def test_rows_are_those_of_plain_decoding(tiny_model_path, rounds):
         # it really ran: drafts were proposed and some accepted (the tiny model copies spans of its text)
         assert after["draft_tokens"] > before["draft_tokens"]
         assert after["accepted_tokens"] > before["accepted_tokens"]
+        # what the run summary reads (hf_ipt.pipeline.run_speculative_stats): every engine of this process
+        assert speculative_counters_in_process()["accepted_tokens"] >= after["accepted_tokens"]
     assert (
         make_engine(
             "vllm", model=tiny_model_path, max_model_len=1024, engine_kwargs={"dtype": "float32"}
         ).speculative_counters()
         is None
     )
+
+
+def test_card_line_only_when_on():
+    from datasets import Dataset
+
+    from hf_ipt.release.card import ReleaseInfo, render_card
+
+    line = speculative_summary(speculative_stats({"drafts": 4, "draft_tokens": 16, "accepted_tokens": 6}, SPEC))
+    report = {"status_counts": {"ok": 1}, "parse_drops": {"malformed": 0}, "pairs": 1}
+    cards = {}
+    for name, extra in (("on", {"speculative": {**SPEC, "line": line}}), ("off", {})):
+        info = ReleaseInfo(synthesis_stats={**report, **extra})
+        stats = compute_statistics({"train": Dataset.from_dict({"text": ["a b"]})}, info)
+        reports = {"c": {"statistics": stats, "provenance": {}, "files": {}}}
+        cards[name] = str(render_card(reports, repo_id="me/x", version="v1"))
+    assert (
+        f"Speculative decoding (n-gram prompt lookup; greedy, so the same rows as without it): {line}." in cards["on"]
+    )
+    assert "Speculative decoding" not in cards["off"]
