@@ -5,21 +5,21 @@
     alternated: from process start to a ready engine (imports included), and the constructor alone (target <= 1.2x);
 (2) copyable share: over the tiny model's outputs (greedy, M = 3, real texts), the share of output tokens that lie
     inside an n-gram also found in the prompt: an upper bound for what prompt lookup can draft, for any model;
-(3) speculative vs plain: wall time of the same synthesis (M = 3, continuous scheduler, fp32, natural end of answer)
-    for each setting swept (num_speculative_tokens, lookup window), alternated with plain runs on a second engine,
-    with vLLM's acceptance statistics and a check that the rows are identical (target <= 0.8x where the copyable
-    share allows it);
+(3) speculative vs plain: wall time of the same synthesis (continuous scheduler, fp32, the model's natural end of
+    answer) for each setting swept (num_speculative_tokens, lookup window; M = 1, one pair each) and for the key
+    setting at M = 3 (--repeats pairs), each speculative run next to a plain run on a second engine, with vLLM's
+    acceptance statistics and a check that the rows are identical (target <= 0.8x where the copyable share allows);
 (4) `Dataset.map(Synthesizer)` against a bare engine call on the same requests, M = 1 and M = 3
     (`bench_synthesis.map_vs_bare`, target <= 1.03).
 
 Usage:
     nice python bench/bench_speculative.py [--rows 512] [--repeats 2] [--settings 2:2-4,4:2-4,8:2-4,4:1-3]
+                                           [--key-settings 4:2-4] [--skip start,map]
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import statistics
 import subprocess
@@ -42,9 +42,11 @@ START_SCRIPT = """
 import time; T0 = time.perf_counter()
 import os, sys
 which, model, kv = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if which == "bare":
-    from vllm import LLM
+if which in ("bare", "bare-frozen"):
+        from vllm import LLM
     t = time.perf_counter()
+    if which == "bare-frozen":  # what VLLMEngine does: vLLM's start-up gc.collect() calls skip the imported objects
+        gc.freeze()
     LLM(model=model, revision=None, tokenizer=model, max_model_len={max_len}, enforce_eager=True, seed=0,
         kv_cache_memory_bytes=kv, dtype="float32")
 else:
@@ -76,9 +78,10 @@ def parse_settings(text: str) -> list[dict]:
 
 def engine_start(model: str, repeats: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    times: dict[str, list[tuple[float, float]]] = {"hf-ipt VLLMEngine": [], "bare vllm.LLM": []}
+    variants = (("hf-ipt VLLMEngine", "hf"), ("bare vllm.LLM", "bare"), ("bare + gc.freeze()", "bare-frozen"))
+    times: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in variants}
     for _ in range(repeats):
-        for label, which in (("hf-ipt VLLMEngine", "hf"), ("bare vllm.LLM", "bare")):
+        for label, which in variants:
             out = subprocess.run(
                 [sys.executable, "-c", START_SCRIPT, which, model, str(KV_BYTES)],
                 capture_output=True,
@@ -118,8 +121,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2, help="alternated plain/speculative runs per setting")
-    parser.add_argument("--settings", default="2:2-4,4:2-4,8:2-4,4:1-3", help="k:min-max, comma-separated")
+    parser.add_argument("--repeats", type=int, default=2, help="alternated plain/speculative runs, key comparisons")
+    parser.add_argument("--settings", default="2:2-4,4:2-4,8:2-4,4:1-3", help="swept, k:min-max, comma-separated")
+    parser.add_argument("--sweep-rounds", type=int, default=1, help="M of the sweep (one plain/speculative pair each)")
+    parser.add_argument("--key-settings", default="4:2-4", help="compared at --rounds, --repeats times, alternated")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--start-repeats", type=int, default=2)
     parser.add_argument("--skip", default="", help="parts to skip, e.g. 'start,map'")
@@ -152,20 +157,20 @@ def main() -> None:
     kwargs = {"dtype": "float32", "kv_cache_memory_bytes": KV_BYTES}
     plain = VLLMEngine(model, max_model_len=MAX_MODEL_LEN, engine_kwargs=kwargs)
 
-    def synthesize(engine: Engine) -> tuple[float, dict]:
+    def synthesize(engine: Engine, rounds: int, rows: list[str] = texts) -> tuple[float, dict]:
         synth = Synthesizer(
             model=model,
-            rounds=args.rounds,
+            rounds=rounds,
             max_model_len=MAX_MODEL_LEN,
             max_new_tokens=args.max_new_tokens,
-            batch_size=len(texts),
+            batch_size=len(rows),
             scheduling="continuous",
             engine=engine,
         )
         engine.llm.reset_prefix_cache()  # every run starts cold
         start = time.perf_counter()
-        rows = synth({"text": texts})
-        return time.perf_counter() - start, rows
+        out = synth({"text": rows})
+        return time.perf_counter() - start, out
 
     # ---------------- (2) copyable share of the model's outputs ----------------
     class Recorder(Engine):
@@ -200,39 +205,45 @@ def main() -> None:
     )
 
     # ---------------- (3) speculative vs plain, alternated ----------------
-    reference = None
-    rows_print = []
-    for setting in parse_settings(args.settings):
-        spec = VLLMEngine(
-            model, max_model_len=MAX_MODEL_LEN, engine_kwargs={**kwargs, "speculative_config": dict(setting)}
-        )
-        synthesize(spec)  # warm-up
+    # engines are kept to the end: shutting one in-process vLLM engine down tears down the parallel state the
+    # others use
+    engines = {}
+    references: dict[int, dict] = {}
+
+    def compare(setting: dict, rounds: int, repeats: int) -> None:
+        key = repr(sorted(setting.items()))
+        if key not in engines:
+            engines[key] = VLLMEngine(
+                model, max_model_len=MAX_MODEL_LEN, engine_kwargs={**kwargs, "speculative_config": dict(setting)}
+            )
+            synthesize(engines[key], rounds, texts[:16])  # warm-up
+        spec = engines[key]
         plain_times, spec_times, same = [], [], True
         before = spec.speculative_counters() or {}
-        for _ in range(args.repeats):
-            seconds, rows_plain = synthesize(plain)
+        for _ in range(repeats):
+            seconds, rows_plain = synthesize(plain, rounds)
             plain_times.append(seconds)
-            seconds, rows_spec = synthesize(spec)
+            seconds, rows_spec = synthesize(spec, rounds)
             spec_times.append(seconds)
-            same = same and rows_spec == rows_plain
-            reference = reference or rows_plain
-            same = same and rows_plain == reference
+            references.setdefault(rounds, rows_plain)
+            same = same and rows_spec == rows_plain == references[rounds]
         after = spec.speculative_counters() or {}
-        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        stats = speculative_stats(delta, setting)
+        stats = speculative_stats({k: after.get(k, 0) - before.get(k, 0) for k in after}, setting)
         p, s = statistics.median(plain_times), statistics.median(spec_times)
-        line = (
-            f"(3) k={setting['num_speculative_tokens']} lookup {setting['prompt_lookup_min']}-"
+        print(
+            f"(3) M={rounds} k={setting['num_speculative_tokens']} lookup {setting['prompt_lookup_min']}-"
             f"{setting['prompt_lookup_max']}: plain {p:6.2f} s | speculative {s:6.2f} s | ratio {s / p:.3f} "
             f"(target <= 0.8) | acceptance {100 * (stats['acceptance_rate'] or 0):5.1f} % of "
             f"{stats['draft_tokens']:,} draft tokens | mean accepted length {stats['mean_accepted_length'] or 1:.2f} "
-            f"| rows identical: {'yes' if same else 'NO'} | runs plain {', '.join(f'{t:.2f}' for t in plain_times)} "
-            f"spec {', '.join(f'{t:.2f}' for t in spec_times)}"
+            f"| rows identical: {'yes' if same else 'NO'} | runs plain {', '.join(f'{t:.2f}' for t in plain_times)}"
+            f" spec {', '.join(f'{t:.2f}' for t in spec_times)}",
+            flush=True,
         )
-        print(line, flush=True)
-        rows_print.append(line)
-        del spec
-        gc.collect()
+
+    for setting in parse_settings(args.settings):
+        compare(setting, args.sweep_rounds, 1)
+    for setting in parse_settings(args.key_settings):
+        compare(setting, args.rounds, args.repeats)
 
     # ---------------- (4) map vs bare ----------------
     if "map" not in skip:
