@@ -43,7 +43,8 @@ import time; T0 = time.perf_counter()
 import os, sys
 which, model, kv = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if which in ("bare", "bare-frozen"):
-        from vllm import LLM
+    import gc
+    from vllm import LLM
     t = time.perf_counter()
     if which == "bare-frozen":  # what VLLMEngine does: vLLM's start-up gc.collect() calls skip the imported objects
         gc.freeze()
