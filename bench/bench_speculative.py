@@ -6,7 +6,7 @@
 (2) copyable share: over the tiny model's outputs (greedy, M = 3, real texts), the share of output tokens that lie
     inside an n-gram also found in the prompt: an upper bound for what prompt lookup can draft, for any model;
 (3) speculative vs plain: wall time of the same synthesis (continuous scheduler, fp32, the model's natural end of
-    answer) for each setting swept (num_speculative_tokens, lookup window; M = 1, one pair each) and for the key
+    answer) for each setting swept (num_speculative_tokens, lookup window; M = 1, --sweep-repeats pairs) and the key
     setting at M = 3 (--repeats pairs), each speculative run next to a plain run on a second engine, with vLLM's
     acceptance statistics and a check that the rows are identical (target <= 0.8x where the copyable share allows);
 (4) `Dataset.map(Synthesizer)` against a bare engine call on the same requests, M = 1 and M = 3
@@ -165,7 +165,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="alternated plain/speculative runs, key comparisons")
     parser.add_argument("--settings", default="2:2-4,4:2-4,8:2-4,4:1-3", help="swept, k:min-max, comma-separated")
-    parser.add_argument("--sweep-rounds", type=int, default=1, help="M of the sweep (one plain/speculative pair each)")
+    parser.add_argument("--sweep-rounds", type=int, default=1, help="M of the sweep")
+    parser.add_argument("--sweep-repeats", type=int, default=2, help="alternated pairs per swept setting")
     parser.add_argument("--key-settings", default="4:2-4", help="compared at --rounds, --repeats times, alternated")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--start-repeats", type=int, default=2)
@@ -257,7 +258,7 @@ def main() -> None:
     for setting in parse_settings(args.key_settings):
         compare(setting, args.rounds, args.repeats)
     for setting in parse_settings(args.settings):
-        compare(setting, args.sweep_rounds, 1)
+        compare(setting, args.sweep_rounds, args.sweep_repeats)
 
     # ---------------- (4) map vs bare ----------------
     if "map" not in skip:
