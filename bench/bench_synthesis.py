@@ -42,6 +42,60 @@ def instant_engine(prompts: list[str]) -> list[str]:
     return [realistic_output(p.rsplit("<CON> ", 1)[1]) for p in prompts]
 
 
+def map_vs_bare(
+    engine, model: str, texts: list[str], max_model_len: int, max_new_tokens: int, repeats: int, rounds_list=(1, 3)
+) -> dict[int, tuple[float, float]]:
+    """(a): `Dataset.map(Synthesizer)` against bare engine calls on the identical requests, same engine, alternated;
+    prints one line per M and returns {M: (bare seconds, map seconds)} (medians). Also used by bench_speculative."""
+    from datasets import Dataset
+
+    from hf_ipt import Synthesizer
+    from hf_ipt.engines import Engine
+
+    class Recorder(Engine):
+        name = "recorder"
+
+        def __init__(self):
+            self.calls = []
+
+        def generate(self, requests, max_new_tokens):
+            self.calls.append(list(requests))
+            return engine.generate(requests, max_new_tokens)
+
+    results = {}
+    for rounds in rounds_list:
+        recorder = Recorder()
+        # one engine call per round on both sides: the bare calls replay exactly what the map sends
+        common = dict(
+            model=model,
+            rounds=rounds,
+            max_model_len=max_model_len,
+            max_new_tokens=max_new_tokens,
+            batch_size=len(texts),
+            scheduling="rounds",
+        )
+        Synthesizer(engine=recorder, **common)({"text": texts})  # the exact requests, round by round; warms up
+        synth = Synthesizer(engine=engine, **common)
+        ds = Dataset.from_dict({"text": texts})
+        map_times, bare_times = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for call in recorder.calls:  # the same engine calls, with nothing around them
+                engine.generate(call, max_new_tokens)
+            bare_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            ds.map(synth, batched=True, batch_size=len(texts), load_from_cache_file=False, keep_in_memory=True)
+            map_times.append(time.perf_counter() - start)
+        bare, mapped = statistics.median(bare_times), statistics.median(map_times)
+        results[rounds] = (bare, mapped)
+        print(
+            f"(a) M={rounds}: bare engine {bare:.3f} s ({len(recorder.calls)} calls) | Dataset.map {mapped:.3f} s "
+            f"| ratio {mapped / bare:.3f}  (target <= 1.03)",
+            flush=True,
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=512)
@@ -57,10 +111,10 @@ def main() -> None:
     parser.add_argument("--cpu-rows", type=int, default=20000, help="rows for the non-engine throughput (b)")
     args = parser.parse_args()
 
-    from datasets import Dataset, disable_progress_bars
+    from datasets import disable_progress_bars
 
     from hf_ipt import Synthesizer
-    from hf_ipt.engines import Engine, make_engine
+    from hf_ipt.engines import make_engine
     from hf_ipt.testing import build_tiny_synthesizer, corpus_paragraphs
 
     disable_progress_bars()
@@ -82,44 +136,7 @@ def main() -> None:
 
         engine.sampling_params = lambda n: SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
 
-    class Recorder(Engine):
-        name = "recorder"
-
-        def __init__(self):
-            self.calls = []
-
-        def generate(self, requests, max_new_tokens):
-            self.calls.append(list(requests))
-            return engine.generate(requests, max_new_tokens)
-
-    for rounds in (1, 3):
-        recorder = Recorder()
-        # one engine call per round on both sides: the bare calls replay exactly what the map sends
-        common = dict(
-            model=model,
-            rounds=rounds,
-            max_model_len=max_model_len,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=len(texts),
-            scheduling="rounds",
-        )
-        Synthesizer(engine=recorder, **common)({"text": texts})  # the exact requests, round by round; warms up
-        synth = Synthesizer(engine=engine, **common)
-        ds = Dataset.from_dict({"text": texts})
-        map_times, bare_times = [], []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            for call in recorder.calls:  # the same engine calls, with nothing around them
-                engine.generate(call, args.max_new_tokens)
-            bare_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            ds.map(synth, batched=True, batch_size=len(texts), load_from_cache_file=False, keep_in_memory=True)
-            map_times.append(time.perf_counter() - start)
-        bare, mapped = statistics.median(bare_times), statistics.median(map_times)
-        print(
-            f"(a) M={rounds}: bare engine {bare:.3f} s ({len(recorder.calls)} calls) | Dataset.map {mapped:.3f} s "
-            f"| ratio {mapped / bare:.3f}  (target <= 1.03)"
-        )
+    map_vs_bare(engine, model, texts, max_model_len, args.max_new_tokens, args.repeats)
 
     # ---------------- (b) everything but the engine, one core ----------------
     # (a) leaves the tokenizer its default threads, as a user's map has them; (b) pins the process to one core

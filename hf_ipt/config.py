@@ -845,8 +845,8 @@ class RecipeConfig:
         return {
             "source": config_to_dict(self.source),
             "chunk": {k: v for k, v in config_to_dict(self.chunk).items() if k != "num_proc"},
-            # the scheduler never changes a row (continuous and round by round give identical rows)
-            "synth": {k: v for k, v in config_to_dict(self.synth).items() if k != "scheduling"},
+            # neither the scheduler nor speculative decoding changes a row (greedy: identical rows either way)
+            "synth": {k: v for k, v in config_to_dict(self.synth).items() if k not in ("scheduling", "speculative")},
         }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import datasets
 
 from hf_ipt.config import AUGMENTED_SOURCE, ConfigError, RecipeConfig, load_recipe
+from hf_ipt.engines.vllm import speculative_counters_in_process
 from hf_ipt.mixing import mix, prepare_source
 from hf_ipt.parallel import Backend, devices_per_rank, make_backend
 from hf_ipt.preflight import STAGES, SYNTHESIZED, ensure_ready, synthesis_runner
@@ -36,6 +37,8 @@ from hf_ipt.release.local import check_local_version, clear_release, write_to_fo
 from hf_ipt.runner import assemble_shards, iter_shard_tables, read_manifest, run_status
 from hf_ipt.stats import (
     SYNTHESIS_COLUMNS,
+    speculative_stats,
+    speculative_summary,
     synthesis_report,
     synthesis_summary,
     templify_report,
@@ -243,9 +246,10 @@ def synthesis_fingerprint(recipe: RecipeConfig) -> str:
     return manifest["fingerprint"]
 
 
-def synthesis_stage_report(recipe: RecipeConfig) -> dict[str, Any]:
+def synthesis_stage_report(recipe: RecipeConfig, speculative: dict[str, Any] | None = None) -> dict[str, Any]:
     """The finished synthesis' report (`hf_ipt.stats.synthesis_report`), computed once over the shards and
-    committed with a stage marker in `synthesized/`; later calls read it back.
+    committed with a stage marker in `synthesized/`; later calls read it back. `speculative`
+    (`hf_ipt.stats.speculative_stats` of this run) is recorded with it when it is computed.
 
     Example:
         >>> synthesis_stage_report(recipe)["pairs"]  # doctest: +SKIP
@@ -257,6 +261,8 @@ def synthesis_stage_report(recipe: RecipeConfig) -> dict[str, Any]:
     if marker is not None and marker.get("fingerprint") == fingerprint(identity) and "extra" in marker:
         return marker["extra"]
     report = synthesis_report(iter_shard_tables(output, columns=SYNTHESIS_COLUMNS, storage_options=storage))
+    if speculative:
+        report["speculative"] = speculative
     commit_stage(
         output,
         config=identity,
@@ -291,6 +297,20 @@ def synthesis_backend(recipe: RecipeConfig) -> Backend:
     return make_backend("local")
 
 
+def run_speculative_stats(recipe: RecipeConfig) -> dict[str, Any] | None:
+    """Speculative decoding's figures for this process's synthesis (`hf_ipt.stats.speculative_stats`, with its
+    summary `line`); None when `synth.speculative` is off. Counted by this process's vLLM engines only.
+
+    Example:
+        >>> run_speculative_stats(recipe)["line"]  # doctest: +SKIP
+        'ngram, 4 draft tokens: 37.5 % of 3,248 draft tokens accepted, 2.50 tokens per verification step'
+    """
+    if recipe.synth.speculative is None:
+        return None
+    stats = speculative_stats(speculative_counters_in_process(), dataclasses.asdict(recipe.synth.speculative))
+    return {**stats, "line": speculative_summary(stats)}
+
+
 def stage_synthesize(recipe: RecipeConfig, *, worker_index: int = 0, num_workers: int = 1) -> StageSummary:
     """Run the synthesis shards (resuming) on the recipe's executor, then report; the summary is complete when all
     shards are. `worker_index` / `num_workers` make this process one of several started by hand (Slurm arrays);
@@ -315,14 +335,17 @@ def stage_synthesize(recipe: RecipeConfig, *, worker_index: int = 0, num_workers
         recipe, Synthesizer(recipe.synth), worker_index=worker_index, num_workers=num_workers, backend=backend
     )
     report = runner.run(dataset)
+    speculative = run_speculative_stats(recipe)
     summary = StageSummary("synthesize", output, seconds=time.perf_counter() - started, complete=report.complete)
     summary.figures["shards"] = (
         f"{report.num_shards} ({len(report.processed)} computed now, {len(report.skipped)} reused"
         + (f", {len(report.missing)} left to other workers" if report.missing else "")
         + ")"
     )
+    if speculative:
+        summary.figures["speculative decoding"] = speculative["line"]
     if report.complete:
-        figures = synthesis_stage_report(recipe)
+        figures = synthesis_stage_report(recipe, speculative)
         summary.rows = figures["rows"]
         summary.figures.update(synthesis_summary(figures))
         summary.reused = not report.processed and bool(report.skipped)

@@ -218,6 +218,59 @@ def synthesis_summary(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------------------------- speculative
+def speculative_stats(counters: Mapping[str, int] | None, settings: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Speculative decoding's figures from the engine's counters (`VLLMEngine.speculative_counters`)
+    and the `synth.speculative` settings; None when speculative decoding was off.
+
+    `acceptance_rate`: accepted draft tokens / draft tokens proposed. `mean_accepted_length`: tokens the model emits
+    per verification step, 1 + accepted draft tokens per draft (vLLM's convention, the bonus token counted), so
+    1.0 means no draft was ever accepted. Counters None (the engines ran in other processes, or kept no statistics)
+    gives the settings with `measured: False`.
+
+    Example:
+        >>> speculative_stats({"drafts": 10, "draft_tokens": 40, "accepted_tokens": 15}, {"method": "ngram"})
+        {'method': 'ngram', 'measured': True, 'drafts': 10, 'draft_tokens': 40, 'accepted_tokens': 15, \
+'acceptance_rate': 0.375, 'mean_accepted_length': 2.5}
+    """
+    if not settings:
+        return None
+    result: dict[str, Any] = {**settings, "measured": counters is not None}
+    if counters is not None:
+        drafts, proposed, accepted = (int(counters.get(k, 0)) for k in ("drafts", "draft_tokens", "accepted_tokens"))
+        result.update(
+            drafts=drafts,
+            draft_tokens=proposed,
+            accepted_tokens=accepted,
+            acceptance_rate=accepted / proposed if proposed else None,
+            mean_accepted_length=1 + accepted / drafts if drafts else None,
+        )
+    return result
+
+
+def speculative_summary(stats: Mapping[str, Any] | None) -> str | None:
+    """The one line the run summary and the card show for speculative decoding; None when it was off.
+
+    Example:
+        >>> speculative_summary({"method": "ngram", "num_speculative_tokens": 4, "measured": True, "drafts": 10,
+        ...                      "draft_tokens": 40, "accepted_tokens": 15, "acceptance_rate": 0.375,
+        ...                      "mean_accepted_length": 2.5})
+        'ngram, 4 draft tokens: 37.5 % of 40 draft tokens accepted, 2.50 tokens per verification step'
+    """
+    if not stats:
+        return None
+    head = f"{stats.get('method', '?')}, {stats.get('num_speculative_tokens', '?')} draft tokens"
+    if not stats.get("measured"):
+        return f"{head} (acceptance not measured: the engines ran in other processes)"
+    rate, length = stats.get("acceptance_rate"), stats.get("mean_accepted_length")
+    if rate is None or length is None:
+        return f"{head}: no draft proposed"
+    return (
+        f"{head}: {100 * rate:.1f} % of {stats['draft_tokens']:,} draft tokens accepted, "
+        f"{length:.2f} tokens per verification step"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------- templify
 _TEMPLIFY_COLUMNS = [TEXT, CHAIN_POSITIONS, MODE, INVERTED, FAMILIES_COLUMN, NUM_PAIRS, DROPPED_PAIRS, TEMPLIFY_STATUS]
 
@@ -616,6 +669,8 @@ def _synthesis_figures(statuses, drops, kept_pairs, info: Any):
             else None
         )
         result["total_drop_rate"] = (total_drops / pieces if pieces else 0.0) if pieces is not None else None
+    if report.get("speculative"):
+        result["speculative"] = dict(report["speculative"])
     return result
 
 

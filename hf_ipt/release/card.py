@@ -650,6 +650,7 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
                 }
             ]
             view["pieces_text"] = _fmt_int(synthesis.get("pieces"))
+        view["speculative"] = (synthesis.get("speculative") or {}).get("line")  # shown only when it was on
 
     modes = stats.get("template_modes")
     if modes and modes.get("counts"):

@@ -32,6 +32,12 @@ from hf_ipt.parallel import devices_per_rank, pin_rank, rank_from_args
 from hf_ipt.synthesis.job import BatchJob
 from hf_ipt.synthesis.prompts import PromptFitter
 from hf_ipt.synthesis.scheduling import SCHEDULING_MODES, run_scheduled
+from hf_ipt.synthesis.speculative import (
+    SpeculativeConfig,
+    as_speculative_config,
+    check_speculative_engine,
+    speculative_config,
+)
 from hf_ipt.tokenization import load_fast_tokenizer
 from hf_ipt.validation import check_fields, check_token_budget
 
@@ -104,9 +110,20 @@ class SynthesisConfig:
             "'batch_size'/'device')."
         },
     )
+    speculative: SpeculativeConfig | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt-lookup speculative decoding on the vllm engine, e.g. {method: ngram, "
+            "num_speculative_tokens: 4, prompt_lookup_max: 4, prompt_lookup_min: 2}; same rows (greedy), fewer "
+            "engine steps. Off (null) by default until a GPU figure exists (docs/scaling.md). For the server "
+            "engine set it on the server: vllm serve --speculative-config '{...}'."
+        },
+    )
 
     def __post_init__(self) -> None:
+        self.speculative = as_speculative_config(self.speculative)
         check_fields(self, "synth")
+        check_speculative_engine(self.speculative, self.engine, self.engine_kwargs)
         check_token_budget(self.max_model_len, self.max_new_tokens, "synth.")
 
 
@@ -139,6 +156,12 @@ class Synthesizer:
         if isinstance(engine, str):
             config = SynthesisConfig(**{**asdict(config), "engine": engine})
             engine = None
+        if engine is not None and config.speculative is not None:
+            raise ValueError(
+                "synth.speculative applies to the engine hf-ipt starts (synth.engine: vllm), not to an engine object "
+                "or callable passed in: start that engine with vLLM's speculative_config yourself, or remove "
+                "speculative"
+            )
         self.config = config
         self.custom_engine = engine
 
@@ -173,7 +196,9 @@ class Synthesizer:
             revision=cfg.revision,
             tokenizer=cfg.tokenizer,
             max_model_len=cfg.max_model_len,
-            engine_kwargs=cfg.engine_kwargs,
+            engine_kwargs=cfg.engine_kwargs
+            if cfg.speculative is None
+            else {**cfg.engine_kwargs, "speculative_config": speculative_config(cfg.speculative)},
         )
 
     def check_columns(self, column_names: Sequence[str]) -> None:
