@@ -26,9 +26,18 @@ from hf_ipt.mixing import (
     mix_with_raw_corpus,
     prepare_source,
 )
+from hf_ipt.quality import QualityConfig, QualityFigures, compare, quality_report
 from hf_ipt.release.hub import ReleaseConfig, load_release, publish_release, push_release, verify_release
 from hf_ipt.stats import templify_stats
-from hf_ipt.synthesis import ChunkConfig, Chunker, SynthesisConfig, Synthesizer, parse_pairs, synthesize_batch
+from hf_ipt.synthesis import (
+    ChunkConfig,
+    Chunker,
+    SpeculativeConfig,
+    SynthesisConfig,
+    Synthesizer,
+    parse_pairs,
+    synthesize_batch,
+)
 from hf_ipt.templify import Templifier, TemplifyConfig, templify_batch
 
 # `templify` (the function) is not re-exported: it would shadow the submodule hf_ipt.templify
@@ -51,6 +60,11 @@ __all__ = [
     "mix_with_general_instructions",
     "mix_with_raw_corpus",
     "prepare_source",
+    "QualityConfig",
+    "QualityFigures",
+    "compare",
+    "quality_report",
+    "SpeculativeConfig",
     "publish_release",
     "push_release",
     "templify_batch",

@@ -12,12 +12,14 @@ Example:
 
 from hf_ipt.synthesis.chunking import ChunkConfig, Chunker
 from hf_ipt.synthesis.parsing import parse_pairs
+from hf_ipt.synthesis.speculative import SpeculativeConfig
 from hf_ipt.synthesis.synthesizer import DEFAULT_MODEL, SynthesisConfig, Synthesizer, synthesize_batch
 
 __all__ = [
     "DEFAULT_MODEL",
     "ChunkConfig",
     "Chunker",
+    "SpeculativeConfig",
     "SynthesisConfig",
     "Synthesizer",
     "parse_pairs",
