@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from hf_ipt._deps import require
 
@@ -53,6 +54,56 @@ def corpus_paragraphs(limit: int | None = None, min_chars: int = 200) -> list[st
                 if limit is not None and len(paragraphs) >= limit:
                     return paragraphs
     return paragraphs
+
+
+def tiny_recipe(
+    model: str,
+    output_dir: str | os.PathLike,
+    *,
+    rows: int,
+    batch_size: int,
+    shard_size: int | None = None,
+    max_new_tokens: int = 32,
+    engine: str = "transformers",
+    release: str | None = None,
+    changes: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A recipe (the YAML mapping) that synthesizes `rows` bundled paragraphs with the tiny model, M = 2, fp32, no
+    chunking; with `release` (a name) also templify, a 1:1 mix with the bundled general instructions and a local
+    release `local/<release>` v0.1. `changes` are dotted keys set on top ({"synth.engine": "vllm"}).
+
+    Example:
+        >>> recipe = tiny_recipe("tiny", "out", rows=8, batch_size=4, changes={"synth.rounds": 3})
+        >>> recipe["synth"]["rounds"], recipe["run"]["shard_size"], "mix" in recipe
+        (3, 4, False)
+    """
+    recipe: dict[str, Any] = {
+        "source": {"path": "bundled:quickstart", "max_rows": rows},
+        "chunk": {"enabled": False},
+        "synth": {
+            "model": model,
+            "engine": engine,
+            "rounds": 2,
+            "max_model_len": 512,
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "engine_kwargs": {"batch_size": batch_size, "dtype": "float32"},
+        },
+        "run": {"output_dir": str(output_dir), "shard_size": shard_size or batch_size},
+    }
+    if release is not None:
+        recipe["templify"] = {"target_tokenizer": model}
+        recipe["mix"] = {"weights": {"augmented": 1, "general": 1}, "tokenizer": model, "tolerance": 0.2}
+        recipe["mix_sources"] = {"general": {"path": "bundled:quickstart_general", "kind": "general_instructions"}}
+        recipe["release"] = {"repo_id": f"local/{release}", "version": "v0.1", "config_name": "m2"}
+        recipe["release_to"] = "local"
+    for dotted, value in (changes or {}).items():
+        target = recipe
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    return recipe
 
 
 def _synthetic_pairs(text: str, rng: random.Random) -> str:

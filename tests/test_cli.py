@@ -20,6 +20,7 @@ from hf_ipt.cli import main
 from hf_ipt.config import RecipeConfig, dotted_keys
 from hf_ipt.quiet import LIBRARY_ENVIRONMENT
 from hf_ipt.runner import assemble_shards, plan_shards
+from hf_ipt.testing import tiny_recipe
 
 # tests/hub_server.py: the local Hub double and its `local_hub` fixture, registered as tests/test_hub.py does
 pytest_plugins = ["hub_server"]
@@ -29,21 +30,7 @@ NUM_ROWS, SHARD = 40, 8
 
 def small_recipe(tmp_path: Path, model: str, output: Path) -> Path:
     """A synthesis on 40 bundled paragraphs with the tiny model: 5 shards of one batch each."""
-    recipe = {
-        "build_tiny_model": True,
-        "source": {"path": "bundled:quickstart", "max_rows": NUM_ROWS},
-        "chunk": {"enabled": False},
-        "synth": {
-            "model": model,
-            "engine": "transformers",
-            "rounds": 2,
-            "max_model_len": 512,
-            "max_new_tokens": 32,
-            "batch_size": SHARD,
-            "engine_kwargs": {"batch_size": SHARD, "dtype": "float32"},
-        },
-        "run": {"output_dir": str(output), "shard_size": SHARD},
-    }
+    recipe = tiny_recipe(model, output, rows=NUM_ROWS, batch_size=SHARD, changes={"build_tiny_model": True})
     path = tmp_path / f"{output.name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

@@ -15,6 +15,7 @@ import yaml
 
 from hf_ipt.cli import main
 from hf_ipt.engines import ENGINES, CallableEngine
+from hf_ipt.testing import tiny_recipe
 
 ROWS, SHARD = 24, 8  # 3 synthesis shards
 PROMPTS: list[str] = []  # every prompt the counting engine answered
@@ -38,24 +39,10 @@ def counting_engine():
 
 
 def write_recipe(folder: Path, model: str) -> str:
-    recipe = {
-        "source": {"path": "bundled:quickstart", "max_rows": ROWS},
-        "chunk": {"enabled": False},
-        "synth": {
-            "model": model,
-            "engine": "counting",
-            "rounds": 2,
-            "max_model_len": 512,
-            "max_new_tokens": 32,
-            "batch_size": SHARD,
-        },
-        "templify": {"target_tokenizer": model},
-        "mix": {"weights": {"augmented": 1, "general": 1}, "tokenizer": model, "tolerance": 0.2},
-        "mix_sources": {"general": {"path": "bundled:quickstart_general", "kind": "general_instructions"}},
-        "release": {"repo_id": "local/damage-test", "version": "v0.1", "config_name": "m2", "plots": False},
-        "release_to": "local",
-        "run": {"output_dir": str(folder / "out"), "shard_size": SHARD},
-    }
+    changes = {"synth.engine_kwargs": {}, "release.repo_id": "local/damage-test", "release.plots": False}
+    recipe = tiny_recipe(
+        model, folder / "out", rows=ROWS, batch_size=SHARD, engine="counting", release="damage-test", changes=changes
+    )
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return str(path)

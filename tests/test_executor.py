@@ -23,26 +23,14 @@ from hf_ipt.parallel import LocalBackend, ProcessBackend, RayBackend, make_backe
 from hf_ipt.pipeline import synthesis_backend
 from hf_ipt.runner import MARKER_DIR, ShardedRunner, assemble_shards, plan_shards, run_status
 from hf_ipt.store import TMP_DIR, Store, load_stage, save_stage
+from hf_ipt.testing import tiny_recipe
 
 NUM_ROWS, SHARD, BATCH = 24, 8, 4
 
 
 def recipe_file(tmp_path: Path, model: str, output: Path) -> Path:
     """A synthesis of 24 bundled paragraphs with the tiny model: 3 shards of two 4-row batches (M = 2 chains)."""
-    recipe = {
-        "source": {"path": "bundled:quickstart", "max_rows": NUM_ROWS},
-        "chunk": {"enabled": False},
-        "synth": {
-            "model": model,
-            "engine": "transformers",
-            "rounds": 2,
-            "max_model_len": 512,
-            "max_new_tokens": 16,
-            "batch_size": BATCH,
-            "engine_kwargs": {"batch_size": BATCH, "dtype": "float32"},
-        },
-        "run": {"output_dir": str(output), "shard_size": SHARD},
-    }
+    recipe = tiny_recipe(model, output, rows=NUM_ROWS, batch_size=BATCH, shard_size=SHARD, max_new_tokens=16)
     path = tmp_path / f"{output.name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

@@ -14,6 +14,7 @@ from hf_ipt import pipeline
 from hf_ipt.cli import main
 from hf_ipt.config import load_recipe
 from hf_ipt.preflight import PreflightError, check, synthesis_runner, vllm_arguments
+from hf_ipt.testing import tiny_recipe
 
 # tests/hub_server.py: the local Hub double and its `local_hub` fixture
 pytest_plugins = ["hub_server"]
@@ -50,32 +51,11 @@ def write_recipe(tmp_path: Path, **changes) -> Path:
     """A quickstart-like recipe (tiny model built into tmp_path, bundled corpora, local release); `changes` are
     dotted keys set on top ({"synth.engine": "vllm"})."""
     model = str(tmp_path / "tiny-synthesizer")
-    recipe = {
-        "build_tiny_model": True,
-        "source": {"path": "bundled:quickstart", "max_rows": 16},
-        "chunk": {"enabled": False},
-        "synth": {
-            "model": model,
-            "engine": "transformers",
-            "rounds": 2,
-            "max_model_len": 512,
-            "max_new_tokens": 32,
-            "batch_size": 8,
-            "engine_kwargs": {"batch_size": 8, "dtype": "float32"},
-        },
-        "templify": {"target_tokenizer": model},
-        "mix": {"weights": {"augmented": 1, "general": 1}, "tokenizer": model, "tolerance": 0.05},
-        "mix_sources": {"general": {"path": "bundled:quickstart_general", "kind": "general_instructions"}},
-        "release": {"repo_id": "local/preflight-test", "version": "v0.1", "config_name": "default"},
-        "release_to": "local",
-        "run": {"output_dir": str(tmp_path / "out"), "shard_size": 8},
-    }
-    for dotted, value in changes.items():
-        target = recipe
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = value
+    defaults = {"build_tiny_model": True, "mix.tolerance": 0.05, "release.config_name": "default"}
+    defaults["release.repo_id"] = "local/preflight-test"
+    recipe = tiny_recipe(
+        model, tmp_path / "out", rows=16, batch_size=8, release="preflight-test", changes={**defaults, **changes}
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

@@ -18,6 +18,7 @@ import yaml
 
 from hf_ipt.cli import main
 from hf_ipt.redaction import REDACTED, redact, scrub, scrub_command, secret_values
+from hf_ipt.testing import tiny_recipe
 
 pytest_plugins = ["hub_server"]
 
@@ -39,27 +40,15 @@ ALL_CANARIES = [*TOKENS.values(), *(v for pair in STORAGE.values() for v in pair
 def recipe_file(
     tmp_path: Path, model: str, output: Path, *, token: str | None, storage: tuple[str, str] | None, name: str
 ) -> Path:
-    recipe = {
-        "source": {"path": "bundled:quickstart", "max_rows": 12, "license": "psf-2.0"},
-        "chunk": {"enabled": False},
-        "synth": {
-            "model": model,
-            "engine": "transformers",
-            "rounds": 2,
-            "max_model_len": 512,
-            "max_new_tokens": 32,
-            "batch_size": 6,
-            "engine_kwargs": {"batch_size": 6, "dtype": "float32"},
-        },
-        "templify": {"seed": 0, "target_tokenizer": model},
-        "mix": {"weights": {"augmented": 1, "general": 1}, "tokenizer": model, "tolerance": 0.3, "seed": 0},
-        "mix_sources": {"general": {"path": "bundled:quickstart_general", "kind": "general_instructions"}},
-        "release": {"repo_id": "local/secrets", "version": "v0.1", "config_name": "m2"},
-        "release_to": "local",
+    changes = {
+        "source.license": "psf-2.0",
+        "templify.seed": 0,
+        "mix.tolerance": 0.3,
+        "mix.seed": 0,
         # a credential inside a URL, written into the card's summary
-        "card": {"summary": f"Mirrored at https://mirror-user:{URL_PASSWORD}@data.example.org/ipt."},
-        "run": {"output_dir": str(output), "shard_size": 6},
+        "card.summary": f"Mirrored at https://mirror-user:{URL_PASSWORD}@data.example.org/ipt.",
     }
+    recipe = tiny_recipe(model, output, rows=12, batch_size=6, release="secrets", changes=changes)
     if token is not None:
         recipe["release"]["token"] = token
     if storage is not None:
