@@ -469,17 +469,24 @@ class Store:
                 [relative, info.get("size")] + [str(info[k]) for k in ("ETag", "etag", "mtime") if k in info]
             )
         name = "hf-ipt-" + fingerprint({"url": self.url, "files": stamps, "content": content_key})[:24]
-        return datasets.load_dataset(
-            "parquet",
-            name=name,
-            data_files={split: [self.file_url(r) for r in relatives]},
-            features=features,
-            split=split,
-            storage_options=self.storage_options or None,
-            # object stores without ETags (and memory://) name a rewritten file like the old one: never reuse a
-            # downloaded copy (the name above already keys the built cache to the content)
-            download_config=datasets.DownloadConfig(force_download=True, storage_options=self.storage_options),
-        )
+        # reading back our own files is bookkeeping, not a step: no "Generating train split" bar between the stages'
+        bars_were_on = not datasets.utils.are_progress_bars_disabled()
+        datasets.disable_progress_bars()
+        try:
+            return datasets.load_dataset(
+                "parquet",
+                name=name,
+                data_files={split: [self.file_url(r) for r in relatives]},
+                features=features,
+                split=split,
+                storage_options=self.storage_options or None,
+                # object stores without ETags (and memory://) name a rewritten file like the old one: never reuse a
+                # downloaded copy (the name above already keys the built cache to the content)
+                download_config=datasets.DownloadConfig(force_download=True, storage_options=self.storage_options),
+            )
+        finally:
+            if bars_were_on:
+                datasets.enable_progress_bars()
 
 
 def _has_null_type(data_type) -> bool:
