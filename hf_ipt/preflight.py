@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hf_ipt._deps import INSTALL_HINTS
 from hf_ipt.config import BUNDLED_PREFIX, RecipeConfig, SourceConfig
 from hf_ipt.engines import ServerEngineConfig
 from hf_ipt.release.card import template_arguments
@@ -151,6 +152,7 @@ def run_checks(
         results.append(
             _guarded(f"synth.engine_kwargs for the {synth.engine} engine", lambda: check_engine_kwargs(recipe))
         )
+        results.append(_guarded(f"packages for executor {recipe.run.executor!r}", lambda: check_packages(recipe)))
         results.append(
             _guarded(
                 f"synthesis shards in {recipe.run.stage_dir(SYNTHESIZED)} (worker {worker_index} of {num_workers})",
@@ -396,6 +398,26 @@ def check_engine_kwargs(recipe: RecipeConfig) -> list[Problem]:
     elif engine == "server":
         problems += _server_kwargs_problems(kwargs)
     return problems
+
+
+def check_packages(recipe: RecipeConfig) -> list[Problem]:
+    """The optional packages the synthesis stage will import are installed: `ray` for `run.executor: ray`, `openai`
+    for `synth.engine: server` (found without importing them, so the check stays fast).
+
+    Example:
+        >>> check_packages(load_recipe("recipes/quickstart.yaml", {"run.executor": "ray"}))  # doctest: +SKIP
+        []
+    """
+    needed = []
+    if recipe.run.executor == "ray":
+        needed.append(("run.executor", "ray", "the ray executor"))
+    if recipe.synth.engine == "server":
+        needed.append(("synth.engine", "openai", "the server engine"))
+    return [
+        Problem(key, f"{purpose} needs the `{module}` package, which is not installed", INSTALL_HINTS[module])
+        for key, module, purpose in needed
+        if importlib.util.find_spec(module) is None
+    ]
 
 
 def check_synthesis_resume(recipe: RecipeConfig, *, worker_index: int = 0, num_workers: int = 1) -> list[Problem]:

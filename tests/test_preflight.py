@@ -131,6 +131,20 @@ def test_wrong_engine_kwargs_for_vllm_fail_before_the_model(tmp_path, capsys):
     assert problem_keys(recipe) == ["synth.engine_kwargs.max_model_len", "synth.engine_kwargs.gpu_memory_utilisation"]
 
 
+def test_a_missing_ray_or_openai_is_found_before_the_model(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("ray", "openai") else real_find_spec(name, *a)
+    )
+    changes = {"run.executor": "ray", "synth.engine": "server", "synth.engine_kwargs": {"endpoints": "http://x:1"}}
+    problems = {p.key: p for p in check(load_recipe(write_recipe(tmp_path, **changes)), ["synthesize"])}
+    assert "`ray` package, which is not installed" in problems["run.executor"].found
+    assert problems["run.executor"].fix == "pip install 'hf-ipt[ray]'"
+    assert problems["synth.engine"].fix == "pip install 'hf-ipt[server]'"
+
+
 def test_wrong_engine_kwargs_for_transformers_and_server(tmp_path):
     recipe = write_recipe(tmp_path, **{"synth.engine_kwargs": {"batch_size": 0, "max_num_seqs": 8}})
     assert problem_keys(recipe) == ["synth.engine_kwargs.batch_size"]  # the model's config is not there to ask yet
