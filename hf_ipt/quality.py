@@ -128,6 +128,8 @@ class _SpaceNonAlnum(dict):
 
 
 _SPACE_NON_ALNUM = _SpaceNonAlnum()
+# the same table for ASCII text as bytes.translate does it (in C, ~5x faster than str.translate with a dict)
+_ASCII_SPACE_NON_ALNUM = bytes(code if chr(code).isalnum() else 32 for code in range(128)) + bytes(range(128, 256))
 _YES_NO_FIRST = frozenset("YyNn")
 _OPTIONS = re.compile(r"(?im)^[ \t]*options:[ \t]*\r?\n(?:[ \t]*- [^\n]*(?:\n|$)){2,}")
 _YES_NO = re.compile(r"(?i)(?:yes|no)(?:[,.;:!]|$)")
@@ -204,9 +206,22 @@ def normalize(text: str) -> str:
         >>> normalize("  What's *the* capital—of France?? ")
         'what s the capital of france'
     """
+    return " ".join(normalized_words(text))
+
+
+def normalized_words(text: str) -> list[str]:
+    """The words of `normalize(text)`: lower-cased runs of alphanumeric characters.
+
+    Example:
+        >>> normalized_words("It's 4 o'clock—GO!")
+        ['it', 's', '4', 'o', 'clock', 'go']
+    """
+    lowered = text.lower()
+    if lowered.isascii():  # most text: bytes.translate in C
+        return lowered.encode("ascii").translate(_ASCII_SPACE_NON_ALNUM).decode("ascii").split()
     # str.translate with a table filled on first sight of each character: about 1.4x faster than a regex
     # substitution over long texts (bench/bench_quality.py); `[\W_]` in `re` is exactly `not str.isalnum()`
-    return " ".join(text.lower().translate(_SPACE_NON_ALNUM).split())
+    return lowered.translate(_SPACE_NON_ALNUM).split()
 
 
 def question_hash(question: str) -> int:
@@ -268,7 +283,7 @@ class _Context:
         self._words: frozenset[str] | None = None
 
     def _split(self) -> None:
-        words = self.text.lower().translate(_SPACE_NON_ALNUM).split()  # normalize(), keeping the words
+        words = normalized_words(self.text)
         self._normalized = f" {' '.join(words)} "
         self._words = frozenset(words)
 
