@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_ipt import columns as C
-from hf_ipt._deps import require
+from hf_ipt.release.plots import bar_chart, histogram_bars
 from hf_ipt.stats import Distribution
 from hf_ipt.tokenization import FastEncoder, load_tokenizer, tokenizer_name
 from hf_ipt.validation import check_fields
@@ -1131,25 +1131,6 @@ QUALITY_PLOTS: dict[str, tuple[str, str]] = {
 }
 
 
-def _bar_chart(path: Path, labels: list[str], values: list[float], title: str, xlabel: str, ylabel: str) -> Path:
-    require("matplotlib", "rendering the quality plots")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure as MplFigure
-
-    figure = MplFigure(figsize=(6.4, 3.6), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    axes.bar(range(len(labels)), values, color="#55A868")
-    axes.set_xticks(range(len(labels)))
-    axes.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-    axes.set_title(title)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    figure.tight_layout()
-    figure.savefig(path, format="png", metadata={"Software": None})  # no metadata: same report, same bytes
-    return path
-
-
 def render_quality_plots(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
     """PNG plots of a quality report (`QUALITY_PLOTS`) into `out_dir`; a plot without data is skipped.
     Needs matplotlib (`pip install 'hf-ipt[plots]'`).
@@ -1158,8 +1139,6 @@ def render_quality_plots(report: Mapping[str, Any], out_dir: str | os.PathLike) 
         >>> sorted(render_quality_plots(report, "/tmp/q"))  # doctest: +SKIP
         ['quality_answer_length', 'quality_grounding', 'quality_question_length', 'quality_task_types']
     """
-    from hf_ipt.release.plots import histogram_bars
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots: dict[str, Path] = {}
@@ -1167,7 +1146,7 @@ def render_quality_plots(report: Mapping[str, Any], out_dir: str | os.PathLike) 
     def draw(name: str, labels: list[str], values: list[float], xlabel: str, ylabel: str) -> None:
         if labels and any(values):
             file_name, title = QUALITY_PLOTS[name]
-            plots[name] = _bar_chart(out / file_name, labels, values, title, xlabel, ylabel)
+            plots[name] = bar_chart(out / file_name, labels, values, title, xlabel, ylabel, color="#55A868")
 
     kinds = report.get("task_types") or {}
     draw("quality_task_types", list(kinds), [kinds[k] for k in kinds], "task type", "pairs")
