@@ -50,7 +50,38 @@ def requests_(tiny_model_path, texts):
     return [job.next_request(chain)[1] for chain in range(len(texts))]
 
 
-class KillingProxy:
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 request handler that logs nothing and answers JSON with `reply`."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+class LocalServer:
+    """A threaded HTTP server on a free local port, serving `handler` in the background until `close()`."""
+
+    def serve(self, handler: type[QuietHandler]) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class KillingProxy(LocalServer):
     """An HTTP/1.1 proxy in front of a server that kills the connection, without an answer, of every request whose
     body, as `json.dumps` writes it, contains `poison`; it counts the attempts it saw per kind."""
 
@@ -61,12 +92,7 @@ class KillingProxy:
         self.killed = 0
         proxy = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 # matched in one spelling of the JSON whatever the client's separators
@@ -83,20 +109,9 @@ class KillingProxy:
                 answer = upstream.getresponse()
                 payload = answer.read()
                 upstream.close()
-                self.send_response(answer.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.reply(answer.status, payload)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 def server_engine(tiny_model_path, endpoints, **settings):
@@ -293,7 +308,7 @@ def test_text_format_refuses_content_with_a_literal_control_string(tiny_model_pa
     assert "prompt_format='token_ids'" in completion.error
 
 
-class ScriptedServer:
+class ScriptedServer(LocalServer):
     """A local HTTP/1.1 server whose every POST is answered by `answer(n, body)` -> (status, headers, payload bytes),
     `n` counting the requests from 0; it records each request's arrival time (monotonic) and JSON body."""
 
@@ -302,32 +317,15 @@ class ScriptedServer:
         self.bodies: list[dict] = []
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 server.arrivals.append(time.monotonic())
                 server.bodies.append(body)
                 status, headers, payload = answer(len(server.bodies) - 1, body)
-                self.send_response(status)
-                for name, value in {"Content-Type": "application/json", **headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.reply(status, payload, headers)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 def completion_payload(text: str) -> bytes:
