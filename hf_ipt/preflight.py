@@ -43,6 +43,7 @@ from hf_ipt.engines import ServerEngineConfig
 from hf_ipt.release.card import template_arguments
 from hf_ipt.runner import ShardedRunner
 from hf_ipt.store import Store
+from hf_ipt.validation import PreflightError, Problem
 
 STAGES = ("synthesize", "templify", "mix", "release")
 SYNTHESIZED = "synthesized"
@@ -62,40 +63,6 @@ ENGINE_ARGS_FROM_SYNTH = {
 VLLM_EQUIVALENTS = {"batch_size": "max_num_seqs", "device": None}
 
 T = TypeVar("T")
-
-
-class PreflightError(ValueError):
-    """The recipe cannot run: every problem the preflight found, one per line, each with its fix.
-
-    Example:
-        >>> print(PreflightError([Problem("source.path", "no such file 'x.jsonl'", "fix the path")]))
-        the recipe cannot run, 1 problem found before any model was loaded:
-          - source.path: no such file 'x.jsonl'; fix the path
-    """
-
-    def __init__(self, problems: Sequence[Problem]):
-        self.problems = list(problems)
-        count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
-        lines = [f"the recipe cannot run, {count} found before any model was loaded:"]
-        lines += [f"  - {problem}" for problem in self.problems]
-        super().__init__("\n".join(lines))
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing that would make a stage fail: the recipe key at fault, what was found, and how to fix it.
-
-    Example:
-        >>> str(Problem("synth.engine_kwargs.batch_size", "vLLM has no argument 'batch_size'", "use max_num_seqs"))
-        "synth.engine_kwargs.batch_size: vLLM has no argument 'batch_size'; use max_num_seqs"
-    """
-
-    key: str
-    found: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.found}; {self.fix}"
 
 
 @dataclass

@@ -33,6 +33,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 
@@ -478,3 +479,42 @@ __all__ = [
     "requirement",
     "type_name",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Problems found before a run: the key at fault, what was found, the fix
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class PreflightError(ValueError):
+    """The recipe cannot run: every problem the preflight found, one per line, each with its fix.
+
+    Example:
+        >>> print(PreflightError([Problem("source.path", "no such file 'x.jsonl'", "fix the path")]))
+        the recipe cannot run, 1 problem found before any model was loaded:
+          - source.path: no such file 'x.jsonl'; fix the path
+    """
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
+        lines = [f"the recipe cannot run, {count} found before any model was loaded:"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing that would make a stage fail: the recipe key at fault, what was found, and how to fix it.
+
+    Example:
+        >>> str(Problem("synth.engine_kwargs.batch_size", "vLLM has no argument 'batch_size'", "use max_num_seqs"))
+        "synth.engine_kwargs.batch_size: vLLM has no argument 'batch_size'; use max_num_seqs"
+    """
+
+    key: str
+    found: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.found}; {self.fix}"
