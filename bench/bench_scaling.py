@@ -184,7 +184,7 @@ def run_b(model: str, texts: list[str], args) -> dict:
     from datasets import Dataset, disable_progress_bars
 
     from hf_ipt import Synthesizer
-    from hf_ipt.parallel import map_on_ranks
+    from hf_ipt.execution import map_on_ranks
 
     disable_progress_bars()
     synth = Synthesizer(
@@ -258,7 +258,7 @@ def run_d(model: str, args) -> dict:
 
     from hf_ipt.config import load_recipe
     from hf_ipt.pipeline import run
-    from hf_ipt.runner import assemble_shards
+    from hf_ipt.execution.runner import assemble_shards
 
     disable_progress_bars()
     settings = {

@@ -19,13 +19,18 @@ from fsspec.implementations.local import LocalFileOpener, LocalFileSystem
 
 from hf_ipt.cli import main
 from hf_ipt.config import ConfigError, load_recipe
-from hf_ipt.parallel import LocalBackend, ProcessBackend, RayBackend, make_backend
-from hf_ipt.pipeline import synthesis_backend
-from hf_ipt.runner import MARKER_DIR, ShardedRunner, assemble_shards, plan_shards, run_status
-from hf_ipt.store import TMP_DIR, Store, load_stage, save_stage
+from hf_ipt.execution import LocalExecutor, ProcessExecutor, RayExecutor, make_executor
+from hf_ipt.execution.runner import MARKER_DIR, ShardedRunner, assemble_shards, plan_shards, run_status
+from hf_ipt.stages import SynthesizeStage
+from hf_ipt.store import TMP_DIR, StageFolder, Store
 from hf_ipt.testing import tiny_recipe
 
 NUM_ROWS, SHARD, BATCH = 24, 8, 4
+
+
+def synthesis_backend(recipe):
+    """The executor the synthesize stage of `recipe` runs its workers on."""
+    return SynthesizeStage.from_recipe(recipe).executor(recipe.run)
 
 
 def recipe_file(tmp_path: Path, model: str, output: Path) -> Path:
@@ -49,10 +54,10 @@ def test_executor_keys_are_validated_with_the_recipe_key_names(tmp_path):
     recipe = load_recipe(None, base + ray_args)
     assert (recipe.run.executor, recipe.run.num_workers, recipe.run.gpus_per_worker) == ("ray", 2, 1)
     backend = synthesis_backend(recipe)
-    assert isinstance(backend, RayBackend) and backend.num_gpus_per_worker == 1 and backend.max_retries == 3
-    assert isinstance(synthesis_backend(load_recipe(None, base)), LocalBackend)
+    assert isinstance(backend, RayExecutor) and backend.num_gpus_per_worker == 1 and backend.max_retries == 3
+    assert isinstance(synthesis_backend(load_recipe(None, base)), LocalExecutor)
     two_local = synthesis_backend(load_recipe(None, base + ["--run.num_workers", "2"]))
-    assert isinstance(two_local, ProcessBackend) and two_local.devices_per_worker == 1
+    assert isinstance(two_local, ProcessExecutor) and two_local.devices_per_worker == 1
     parallel = ["--run.num_workers", "2", "--synth.engine_kwargs", "{tensor_parallel_size: 2}"]
     tensor_parallel = load_recipe(None, base + parallel)
     assert synthesis_backend(tensor_parallel).devices_per_worker == 2
@@ -68,9 +73,9 @@ def test_executor_keys_are_validated_with_the_recipe_key_names(tmp_path):
             load_recipe(None, base + list(args))
     # a cluster without GPUs could never schedule a worker that asks for one: said at once, not a silent hang
     with pytest.raises(ValueError, match=r"run.gpus_per_worker=1 but the Ray cluster has 0 GPU\(s\)"):
-        RayBackend(num_gpus_per_worker=1).gpus_per_worker(0)
-    assert RayBackend(num_gpus_per_worker=None, devices_per_worker=2).gpus_per_worker(8) == 2
-    assert make_backend("processes", devices_per_worker=2) == ProcessBackend(devices_per_worker=2)
+        RayExecutor(num_gpus_per_worker=1).gpus_per_worker(0)
+    assert RayExecutor(num_gpus_per_worker=None, devices_per_worker=2).gpus_per_worker(8) == 2
+    assert make_executor("processes", devices_per_worker=2) == ProcessExecutor(devices_per_worker=2)
 
 
 def test_workers_started_by_hand_and_by_the_executor_do_not_mix(tmp_path, capsys):
@@ -97,7 +102,7 @@ def test_local_executor_with_two_workers_runs_two_pinned_processes(tmp_path):
     texts = [f"text {i} " * (i % 5 + 1) for i in range(20)]
     dataset = Dataset.from_dict({"text": texts})
     runner = ShardedRunner(
-        where_it_ran, str(tmp_path / "run"), shard_size=4, batch_size=2, num_workers=2, backend=ProcessBackend()
+        where_it_ran, str(tmp_path / "run"), shard_size=4, batch_size=2, num_workers=2, executor=ProcessExecutor()
     )
     report = runner.run(dataset)
     assert report.complete and [w.processed for w in report.workers] == [[0, 2, 4], [1, 3]]
@@ -125,7 +130,7 @@ def test_a_worker_process_that_dies_fails_the_run_and_a_rerun_finishes_it(tmp_pa
     dataset = Dataset.from_dict({"text": [f"row {i}" for i in range(12)]})
     make = lambda: ShardedRunner(  # noqa: E731
         dies_once_on_shard_1, str(tmp_path / "run"), shard_size=4, batch_size=2, num_workers=2,
-        backend=ProcessBackend(start_method="fork"),
+        executor=ProcessExecutor(start_method="fork"),
     )  # fmt: skip
     with pytest.raises(RuntimeError, match="worker process 1 of 2 died .* run the same command again"):
         make().run(dataset)
@@ -313,8 +318,8 @@ def test_a_finished_run_is_read_back_without_reading_any_file_whole(streaming_on
     assert assembled.features["pairs"].feature["instruction"].dtype == "string"
 
     # a stage output reads back the same way
-    save_stage(assembled, f"{streaming_only_url}-stage", config={"step": 1}, rows_per_file=5)
-    loaded = load_stage(f"{streaming_only_url}-stage")["train"]
+    StageFolder(f"{streaming_only_url}-stage").save(assembled, config={"step": 1}, rows_per_file=5)
+    loaded = StageFolder(f"{streaming_only_url}-stage").load()["train"]
     assert loaded.cache_files and loaded.to_list() == assembled.to_list()
 
     # a redone shard with new content is read anew, never served from the cache of the old one

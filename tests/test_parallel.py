@@ -11,18 +11,8 @@ import pytest
 from datasets import Dataset
 
 from hf_ipt import Synthesizer
-from hf_ipt.parallel import (
-    LocalBackend,
-    Placement,
-    RayBackend,
-    devices_per_rank,
-    make_backend,
-    map_on_ranks,
-    plan_placement,
-    rank_from_args,
-    ray_map_parquet,
-    run_sharded_on_ray,
-)
+from hf_ipt.execution import LocalExecutor, RayExecutor, make_executor, map_on_ranks, ray_map_parquet
+from hf_ipt.placement import Placement, devices_per_rank, plan_placement, rank_from_args
 from hf_ipt.testing import corpus_paragraphs
 
 MAX_NEW = 24
@@ -66,7 +56,7 @@ def test_rank_arguments_and_parallel_settings():
 
 PIN_SCRIPT = """
 import json, os, sys
-from hf_ipt.parallel import pin_rank
+from hf_ipt.placement import pin_rank
 placement = pin_rank(int(sys.argv[1]), devices_per_rank=int(sys.argv[2]))
 print(json.dumps({"gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "cores": sorted(os.sched_getaffinity(0)),
                   "bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"), "again": pin_rank(5) == placement}))
@@ -157,7 +147,7 @@ def test_vllm_num_proc_2_with_ranks_equals_num_proc_1(tiny_model_path, texts):
 def test_arrow_batch_mapper_keeps_input_types_and_checks_row_counts(tiny_model_path):
     import pyarrow as pa
 
-    from hf_ipt.parallel import ArrowBatchMapper
+    from hf_ipt.execution import ArrowBatchMapper
 
     table = pa.table({"text": ["one text.", "two texts."], "id": pa.array([7, 9], type=pa.int8())})
     synth = Synthesizer(model=tiny_model_path, engine=reporting_engine, max_model_len=512)
@@ -209,7 +199,7 @@ def test_ray_data_with_two_actors_equals_a_plain_map(local_ray, tmp_path, tiny_m
 
 
 def test_sharded_runner_on_ray_workers(local_ray, tmp_path, tiny_model_path):
-    from hf_ipt.runner import ShardedRunner, assemble_shards
+    from hf_ipt.execution.runner import ShardedRunner, assemble_shards
 
     texts = [f"text number {i} about {w}" for i, w in enumerate(["cats", "dogs", "owls"] * 6)]
     dataset = Dataset.from_dict({"text": texts})
@@ -221,7 +211,7 @@ def test_sharded_runner_on_ray_workers(local_ray, tmp_path, tiny_model_path):
         batch_size=2,
         config={"test": 1},
         num_workers=2,
-        backend=RayBackend(num_cpus_per_worker=1),
+        executor=RayExecutor(num_cpus_per_worker=1),
     )
     report = runner.run(dataset)
     reports = report.workers
@@ -234,27 +224,33 @@ def test_sharded_runner_on_ray_workers(local_ray, tmp_path, tiny_model_path):
         assemble_shards(str(tmp_path / "run"))["train"].remove_columns(drop).to_list()
         == expected.remove_columns(drop).to_list()
     )
-    # the old entry point still works (deprecated); resumed: nothing left to do
-    plain = ShardedRunner(synth, str(tmp_path / "run"), shard_size=4, batch_size=2, config={"test": 1})
-    with pytest.warns(DeprecationWarning, match="run_sharded_on_ray is deprecated"):
-        again = run_sharded_on_ray(plain, dataset, num_workers=2)
+    # run again on Ray: resumed, nothing left to do
+    again = (
+        ShardedRunner(
+            synth, str(tmp_path / "run"), shard_size=4, batch_size=2, config={"test": 1}, num_workers=2, executor="ray"
+        )
+        .run(dataset)
+        .workers
+    )
     assert [r.processed for r in again] == [[], []] and sorted(i for r in again for i in r.skipped) == list(range(5))
 
 
-def test_backends_are_chosen_by_name_or_object(tmp_path):
-    from hf_ipt.runner import ShardedRunner
+def test_executors_are_chosen_by_name_or_object(tmp_path):
+    from hf_ipt.execution.runner import ShardedRunner
 
-    assert make_backend("local") == LocalBackend() and make_backend("ray", num_gpus_per_worker=1).num_gpus_per_worker
-    assert make_backend(RayBackend()) == RayBackend()
-    with pytest.raises(ValueError, match=r"unknown backend 'slurm'; choose one of \['local', 'processes', 'ray'\]"):
-        make_backend("slurm")
-    with pytest.raises(TypeError, match="only go with a backend name"):
-        make_backend(LocalBackend(), num_cpus_per_worker=2)
+    assert (
+        make_executor("local") == LocalExecutor() and make_executor("ray", num_gpus_per_worker=1).num_gpus_per_worker
+    )
+    assert make_executor(RayExecutor()) == RayExecutor()
+    with pytest.raises(ValueError, match=r"unknown executor 'slurm'; choose one of \['local', 'processes', 'ray'\]"):
+        make_executor("slurm")
+    with pytest.raises(TypeError, match="only go with an executor name"):
+        make_executor(LocalExecutor(), num_cpus_per_worker=2)
     with pytest.raises(ValueError, match="num_gpus_per_worker must be a number >= 0, got -1"):
-        RayBackend(num_gpus_per_worker=-1)
-    with pytest.raises(ValueError, match="worker_index=1 with the ray backend, which starts all 2 workers itself"):
-        ShardedRunner(len, str(tmp_path), shard_size=4, batch_size=2, worker_index=1, num_workers=2, backend="ray")
-    # the local backend: this process is one worker; a zero-argument loader is called to get the input
+        RayExecutor(num_gpus_per_worker=-1)
+    with pytest.raises(ValueError, match="worker_index=1 with the ray executor, which starts all 2 workers itself"):
+        ShardedRunner(len, str(tmp_path), shard_size=4, batch_size=2, worker_index=1, num_workers=2, executor="ray")
+    # the local executor: this process is one worker; a zero-argument loader is called to get the input
     runner = ShardedRunner(
         lambda batch: {"n": [len(t) for t in batch["text"]]},
         str(tmp_path / "local"),

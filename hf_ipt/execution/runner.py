@@ -8,12 +8,12 @@ one in flight. The manifest records the configuration's fingerprint; another con
 `overwrite=True`.
 
 Worker `w` of `n` takes the shards `i % n == w`, so workers sharing a folder never write the same shard. Where the
-workers run is the runner's `backend` (`hf_ipt.parallel.make_backend`): 'local' runs one worker in this process
+workers run is the runner's `executor` (`hf_ipt.execution.make_executor`): 'local' runs one worker in this process
 (start the others yourself, e.g. `hf-ipt synthesize --worker-index w --num-workers n`); 'processes' starts all of
 them as pinned processes on this machine; 'ray' starts all of them as Ray tasks. `assemble_shards` reads the finished
 run in input order.
 
-Layout of the output folder (loadable as is with `datasets.load_dataset(output_dir)`, which ignores `.hf_ipt/`):
+Layout of the output folder (loadable as is with `datasets.load_dataset(folder)`, which ignores `.hf_ipt/`):
 
 ```
 data/train-00000-of-00012.parquet      one file per shard, Hub naming
@@ -27,8 +27,8 @@ Example:
     ...                        config=recipe_dict)  # doctest: +SKIP
     >>> report = runner.run(dataset)  # doctest: +SKIP
     >>> synthesized = assemble_shards("output/synthesized")["train"]  # doctest: +SKIP
-    >>> on_ray = ShardedRunner(synthesizer, "s3://bucket/run", shard_size=1024, batch_size=256, num_workers=16,
-    ...                        backend=RayBackend(num_gpus_per_worker=1))  # doctest: +SKIP
+    >>> on_ray = ShardedRunner(synthesizer, Store("s3://bucket/run", {"profile": "ipt"}), shard_size=1024,
+    ...     batch_size=256, num_workers=16, executor=RayExecutor(num_gpus_per_worker=1))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from hf_ipt.parallel import Backend, LocalBackend, make_backend
+from hf_ipt.execution import Executor, LocalExecutor, make_executor
 from hf_ipt.store import (
     DATA_DIR,
     FORMAT_NAME,
@@ -221,7 +221,18 @@ class ShardRunReport:
         )
 
 
-def read_manifest(output_dir: str, storage_options: Mapping[str, Any] | None = None) -> dict | None:
+def as_store(output: str | Store) -> Store:
+    """The `Store` of an output folder given as a local path, or the store itself (a remote folder comes as a store,
+    with its storage options).
+
+    Example:
+        >>> as_store("memory://doc-runner/x").url
+        'memory://doc-runner/x'
+    """
+    return output if isinstance(output, Store) else Store(output)
+
+
+def read_manifest(output: str | Store) -> dict | None:
     """The manifest of a sharded run folder, or None when the folder holds no run.
 
     Example:
@@ -231,7 +242,7 @@ def read_manifest(output_dir: str, storage_options: Mapping[str, Any] | None = N
         >>> read_manifest("an/empty/folder") is None  # doctest: +SKIP
         True
     """
-    return Store(output_dir, storage_options).read_json(MANIFEST_PATH)
+    return as_store(output).read_json(MANIFEST_PATH)
 
 
 def shard_state(store: Store, shard: Shard, manifest: Mapping[str, Any]) -> tuple[dict | None, str | None]:
@@ -259,17 +270,17 @@ def _finished(store: Store, shard: Shard, manifest: Mapping[str, Any]) -> dict |
     return shard_state(store, shard, manifest)[0]
 
 
-def run_status(output_dir: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run_status(output: str | Store) -> dict[str, Any]:
     """Progress of a sharded run folder: shards finished and missing, rows, and who should take the missing ones.
 
     Example:
         >>> run_status("output/quickstart/synthesized")["missing"]  # doctest: +SKIP
         [3, 7]
     """
-    store = Store(output_dir, storage_options)
+    store = as_store(output)
     manifest = store.read_json(MANIFEST_PATH)
     if manifest is None:
-        return {"output_dir": output_dir, "started": False, "done": [], "missing": [], "damaged": {}, "num_shards": 0}
+        return {"output_dir": store.url, "started": False, "done": [], "missing": [], "damaged": {}, "num_shards": 0}
     shards = plan_shards(manifest["num_input_rows"], manifest["shard_size"], manifest["split"])
     done, missing, rows_out, damaged = [], [], 0, {}
     for shard in shards:
@@ -282,7 +293,7 @@ def run_status(output_dir: str, storage_options: Mapping[str, Any] | None = None
             done.append(shard.index)
             rows_out += marker["num_rows"]
     return {
-        "output_dir": output_dir,
+        "output_dir": store.url,
         "started": True,
         "num_shards": len(shards),
         "done": done,
@@ -302,24 +313,23 @@ class ShardedRunner:
         map_fn: a batched map function (dict of lists in, dict of lists out, one output row per input row), e.g. an
             `hf_ipt.synthesis.Synthesizer`. It is called exactly as `Dataset.map(map_fn, batched=True,
             batch_size=batch_size)` would call it on each shard.
-        output_dir: local path or fsspec URL of the run folder.
+        output: the output folder: a local path, or a `hf_ipt.store.Store` (a remote folder with its storage options).
         shard_size: input rows per shard; a multiple of `batch_size`, so that a sharded run feeds `map_fn` the very
             batches an unsharded `map` would (batch boundaries decide which rows form M-shot chains).
         batch_size: rows per call of `map_fn`.
         config: plain data describing everything that determines the output (source, model, settings). Its
             fingerprint is stored in the manifest; resuming with a different one is refused.
         split: split name of the assembled `DatasetDict` and of the data files.
-        worker_index, num_workers: worker `w` of `n` takes the shards `i % n == w`. With the local backend this
-            process is worker `worker_index` (start the others yourself); a backend that starts the workers itself
+        worker_index, num_workers: worker `w` of `n` takes the shards `i % n == w`. With the local executor this
+            process is worker `worker_index` (start the others yourself); an executor that starts the workers itself
             (Ray) starts `num_workers` of them, and `worker_index` stays 0.
-        backend: where the workers run: 'local' (this process), 'processes' (pinned processes here), 'ray' (Ray
-            tasks), or a backend object such as `hf_ipt.parallel.RayBackend(num_gpus_per_worker=1)`; see
-            `hf_ipt.parallel.make_backend`.
+        executor: where the workers run: 'local' (this process), 'processes' (pinned processes here), 'ray' (Ray
+            tasks), or an executor object such as `hf_ipt.execution.RayExecutor(num_gpus_per_worker=1)`; see
+            `hf_ipt.execution.make_executor`.
         overwrite: when the folder holds a run with another configuration, delete it and start over instead of
             refusing. A run with the same configuration is always resumed (so every worker of a job may pass it).
         resume_ignore: dotted config keys whose change does not block resuming (settings that do not change output).
         verify_inputs: re-hash the input rows of finished shards on resume and refuse if they changed.
-        storage_options: fsspec options for a remote `output_dir`.
         desc: label of the progress bars.
 
     Reads: the columns `map_fn` reads. Writes: the input columns plus those `map_fn` returns, one row per input row.
@@ -340,7 +350,7 @@ class ShardedRunner:
     def __init__(
         self,
         map_fn: Callable[[dict[str, list]], dict[str, list]],
-        output_dir: str,
+        output: str | Store,
         *,
         shard_size: int,
         batch_size: int,
@@ -351,9 +361,8 @@ class ShardedRunner:
         overwrite: bool = False,
         resume_ignore: Sequence[str] = (),
         verify_inputs: bool = True,
-        storage_options: Mapping[str, Any] | None = None,
         desc: str = "shards",
-        backend: str | Backend = "local",
+        executor: str | Executor = "local",
     ):
         if not callable(map_fn):
             raise TypeError(f"map_fn must be a batched map function (callable), got {type(map_fn).__name__}")
@@ -365,15 +374,16 @@ class ShardedRunner:
         if not isinstance(split, str) or not re.fullmatch(r"\w+(\.\w+)*", split):
             raise ValueError(f"split must be a plain split name such as 'train', got {split!r}")
         _check_worker(worker_index, num_workers)
-        backend = make_backend(backend)
-        if worker_index and not isinstance(backend, LocalBackend):
+        executor = make_executor(executor)
+        if worker_index and not isinstance(executor, LocalExecutor):
             raise ValueError(
-                f"worker_index={worker_index} with the {backend.name} backend, which starts all {num_workers} workers "
-                "itself; leave worker_index at 0"
+                f"worker_index={worker_index} with the {executor.name} executor, which starts all {num_workers} "
+                "workers itself; leave worker_index at 0"
             )
-        self.backend = backend
+        self.executor = executor
         self.map_fn = map_fn
-        self.output_dir = output_dir
+        self.store = as_store(output)
+        self.output_dir = self.store.url
         self.shard_size = shard_size
         self.batch_size = batch_size
         self.config = config_to_dict(config) if config is not None else {}
@@ -383,7 +393,6 @@ class ShardedRunner:
         self.overwrite = overwrite
         self.resume_ignore = list(resume_ignore)
         self.verify_inputs = verify_inputs
-        self.storage_options = dict(storage_options or {})
         self.desc = desc
 
     # --- manifest ---------------------------------------------------------------------------------------------
@@ -426,7 +435,7 @@ class ShardedRunner:
             >>> ShardedRunner(synth, "out", shard_size=8, batch_size=4).resume_conflict()  # doctest: +SKIP
             'out holds a run with another configuration, refusing to resume into it: ...'
         """
-        store = Store(self.output_dir, self.storage_options)
+        store = self.store
         existing = store.read_json(MANIFEST_PATH)
         if existing is None:
             orphans = self._orphan_data_files(store)
@@ -480,7 +489,7 @@ class ShardedRunner:
     # --- running ----------------------------------------------------------------------------------------------
 
     def run(self, dataset) -> ShardRunReport:
-        """Map and commit the unfinished shards of `dataset` on the runner's backend; returns what was done and what
+        """Map and commit the unfinished shards of `dataset` on the runner's executor; returns what was done and what
         is missing (each worker's own report in `report.workers`).
 
         `dataset` is a `datasets.Dataset`, or a zero-argument function that loads it (in each worker, with Ray).
@@ -490,11 +499,11 @@ class ShardedRunner:
             True
         """
         started = time.perf_counter()
-        reports = self.backend.run(self, dataset)
+        reports = self.executor.run(self, dataset)
         return ShardRunReport.combine(reports, seconds=time.perf_counter() - started)
 
     def run_worker(self, dataset) -> ShardRunReport:
-        """Map and commit the unfinished shards of worker `worker_index` in this process (what a backend calls)."""
+        """Map and commit the unfinished shards of worker `worker_index` in this process (what an executor calls)."""
         import datasets
         from datasets.utils import tqdm as hf_tqdm
 
@@ -504,7 +513,7 @@ class ShardedRunner:
                 f"{type(dataset).__name__}; load the source without streaming=True"
             )
         started = time.perf_counter()
-        store = Store(self.output_dir, self.storage_options)
+        store = self.store
         manifest = self._open(store, len(dataset))
         store.remove_stale_tmp()  # leftovers of killed writes (never those of a live worker)
         shards = plan_shards(len(dataset), self.shard_size, self.split)
@@ -565,6 +574,7 @@ class ShardedRunner:
         store.remove_tmp(shard.data_path.replace("/", "__"))
         store.remove_tmp(shard.marker_path.replace("/", "__"))
         rows = dataset.select(range(shard.start, shard.stop))
+        counted_before = map_fn_counters(self.map_fn)
         mapped = rows.map(
             self.map_fn,
             batched=True,
@@ -585,6 +595,7 @@ class ShardedRunner:
         pq.write_table(mapped.data.table, buffer)
         data = buffer.getvalue()
         store.write_atomic(shard.data_path, data)
+        counted = map_fn_counters(self.map_fn)
         marker = {
             "shard": shard.index,
             "start": shard.start,
@@ -604,11 +615,27 @@ class ShardedRunner:
             "seconds": round(time.perf_counter() - started, 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if counted is not None:
+            # what the map function counted for this shard alone (its counters run for the life of the process), kept
+            # with the shard so a report adds up every worker's counts, in any process or machine, across resumes
+            marker["counters"] = {k: v - (counted_before or {}).get(k, 0) for k, v in sorted(counted.items())}
         store.write_atomic(shard.marker_path, json_bytes(marker))  # the commit point: written last
 
-    def assemble(self, **kwargs):
-        """Shortcut for `assemble_shards(self.output_dir, ...)`."""
-        return assemble_shards(self.output_dir, storage_options=self.storage_options, **kwargs)
+    def assemble(self):
+        """Shortcut for `assemble_shards(self.store)`."""
+        return assemble_shards(self.store)
+
+
+def map_fn_counters(map_fn: Any) -> dict[str, int] | None:
+    """What a map function has counted so far in this process (its `counters()`, e.g. an engine's speculative-decoding
+    counts through `Synthesizer.counters`), None when it counts nothing. The runner records each shard's share.
+
+    Example:
+        >>> map_fn_counters(lambda batch: batch) is None
+        True
+    """
+    counters = getattr(map_fn, "counters", None)
+    return counters() if callable(counters) else None
 
 
 def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
@@ -620,9 +647,36 @@ def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
     return current
 
 
-def iter_shard_tables(
-    output_dir: str, *, columns: Sequence[str] | None = None, storage_options: Mapping[str, Any] | None = None
-):
+def finished_shards(output: str | Store) -> tuple[dict[str, Any], list[Shard], list[dict[str, Any]]]:
+    """`(manifest, shards, markers)` of a finished run: every shard committed and its file intact (`shard_state`);
+    IncompleteRunError listing the unfinished and damaged shards otherwise.
+
+    Example:
+        >>> manifest, shards, markers = finished_shards("output/quickstart/synthesized")  # doctest: +SKIP
+        >>> sum(m["num_rows"] for m in markers) == manifest["num_input_rows"]  # doctest: +SKIP
+        True
+    """
+    store = as_store(output)
+    manifest = store.read_json(MANIFEST_PATH)
+    if manifest is None:
+        raise IncompleteRunError(f"{store.url} holds no sharded run ({MANIFEST_PATH} not found)")
+    shards = plan_shards(manifest["num_input_rows"], manifest["shard_size"], manifest["split"])
+    states = [shard_state(store, s, manifest) for s in shards]
+    missing = [s.index for s, (marker, _) in zip(shards, states, strict=True) if marker is None]
+    if missing:
+        damaged = [damage for _, damage in states if damage is not None]
+        raise IncompleteRunError(
+            f"{len(missing)} of {len(shards)} shards of {store.url} are not finished (shards "
+            + ", ".join(map(str, missing[:20]))
+            + (", ..." if len(missing) > 20 else "")
+            + (f"; damaged since their commit: {'; '.join(damaged[:5])}" if damaged else "")
+            + "); run the missing workers (or a single worker) with the same config to finish them"
+            + (" (damaged shards are synthesized again)" if damaged else "")
+        )
+    return manifest, shards, [marker for marker, _ in states]
+
+
+def iter_shard_tables(output: str | Store, *, columns: Sequence[str] | None = None):
     """The finished shards' rows as pyarrow Tables, in input order, reading only `columns` (those present) — for
     statistics over a large run without assembling (and caching a copy of) the whole dataset.
 
@@ -630,15 +684,15 @@ def iter_shard_tables(
         >>> [t.column("pairs").length() for t in iter_shard_tables(out, columns=["pairs"])]  # doctest: +SKIP
         [60, 60, 60, 60, 60]
     """
-    store = Store(output_dir, storage_options)
+    store = as_store(output)
     manifest = store.read_json(MANIFEST_PATH)
     if manifest is None:
-        raise IncompleteRunError(f"{output_dir} holds no sharded run ({MANIFEST_PATH} not found)")
+        raise IncompleteRunError(f"{store.url} holds no sharded run ({MANIFEST_PATH} not found)")
     for shard in plan_shards(manifest["num_input_rows"], manifest["shard_size"], manifest["split"]):
         marker, damage = shard_state(store, shard, manifest)
         if marker is None:
             raise IncompleteRunError(
-                f"shard {shard.index} of {output_dir} is not finished" + (f" (damaged: {damage})" if damage else "")
+                f"shard {shard.index} of {store.url} is not finished" + (f" (damaged: {damage})" if damage else "")
             )
         with store.fs.open(store.path(shard.data_path), "rb") as handle:
             parquet = pq.ParquetFile(handle)
@@ -646,19 +700,13 @@ def iter_shard_tables(
             yield parquet.read(columns=present)
 
 
-def assemble_shards(
-    output_dir: str,
-    *,
-    storage_options: Mapping[str, Any] | None = None,
-    verify_checksums: bool = False,
-):
+def assemble_shards(output: str | Store):
     """The finished run as a `DatasetDict` (`{split: Dataset}`), rows in input order.
 
     Read through `datasets`' Parquet loader (`Store.read_dataset`): memory-mapped, from a local folder or any fsspec
-    URL, never a whole file in memory; the shards' schemas are aligned with explicit features. Raises
-    `IncompleteRunError` listing the unfinished shards (and which worker index takes each) when the run is not done.
-    Every file's size and SHA-256 are checked against its marker (`shard_state`), so a shard damaged since its
-    commit counts as unfinished; `verify_checksums` is kept for callers of older versions and changes nothing.
+    URL, never a whole file in memory; the shards' schemas are aligned with explicit features. Every file's size and
+    SHA-256 are checked against its marker first (`finished_shards`), so a shard damaged since its commit counts as
+    unfinished: `IncompleteRunError` lists the unfinished shards.
 
     Example:
         >>> assemble_shards("output/quickstart/synthesized")["train"].num_rows  # doctest: +SKIP
@@ -666,24 +714,8 @@ def assemble_shards(
     """
     import datasets
 
-    store = Store(output_dir, storage_options)
-    manifest = store.read_json(MANIFEST_PATH)
-    if manifest is None:
-        raise IncompleteRunError(f"{output_dir} holds no sharded run ({MANIFEST_PATH} not found)")
-    shards = plan_shards(manifest["num_input_rows"], manifest["shard_size"], manifest["split"])
-    states = [shard_state(store, s, manifest) for s in shards]
-    markers = [marker for marker, _ in states]
-    missing = [s.index for s, m in zip(shards, markers, strict=True) if m is None]
-    if missing:
-        shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
-        damaged = [damage for _, damage in states if damage is not None]
-        raise IncompleteRunError(
-            f"{len(missing)} of {len(shards)} shards of {output_dir} are not finished (shards {shown}"
-            + (f"; damaged since their commit: {'; '.join(damaged[:5])}" if damaged else "")
-            + "); run the missing workers (or a single worker) with the same config to finish them"
-            + (" (damaged shards are synthesized again)" if damaged else "")
-        )
-
+    store = as_store(output)
+    manifest, shards, markers = finished_shards(store)
     # datasets' Parquet reader rejects row-less files; an empty shard adds no rows, so leave it out
     relatives = [s.data_path for s, m in zip(shards, markers, strict=True) if m["num_rows"]]
     if not relatives:

@@ -1,0 +1,126 @@
+"""The Ray executor: every worker of the sharded runner as a Ray task, retried when its process or node dies.
+
+Example:
+    >>> RayExecutor(num_gpus_per_worker=None, devices_per_worker=2).gpus_per_worker(8)
+    2
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from hf_ipt._deps import require
+from hf_ipt.execution.base import ShardWorker, check_positive, check_resource, load_input
+
+
+def connect_ray(address: str | None = None) -> Any:
+    """The `ray` module, connected: to `address` when given, else to `RAY_ADDRESS` when set, else to the instance this
+    process already joined, else to a new local one.
+
+    Example:
+        >>> ray = connect_ray("auto")  # doctest: +SKIP
+        >>> ray.cluster_resources().get("GPU", 0)  # doctest: +SKIP
+        16.0
+    """
+    ray = require("ray", "running on Ray")
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    except ConnectionError as err:
+        raise ConnectionError(
+            f"cannot reach the Ray cluster at {address!r} ({err}); start it with `ray start --head` on the head node "
+            "(and `ray start --address=<head>:6379` on the others), or fix run.ray_address / RAY_ADDRESS"
+        ) from err
+    return ray
+
+
+def _run_ray_worker(runner: ShardWorker, dataset: Any, driver_cwd: str | None) -> Any:
+    # relative paths in a recipe (model, output folder) mean what they mean on the driver: on its machine, or on one
+    # that mounts the same shared folder, run from the same directory
+    if driver_cwd and os.path.isdir(driver_cwd):
+        os.chdir(driver_cwd)
+    return runner.run_worker(load_input(dataset))
+
+
+@dataclass(frozen=True)
+class RayExecutor:
+    """Starts `runner.num_workers` Ray tasks, worker i taking shards i, i+n, ...; each gets `num_gpus_per_worker`
+    GPUs (Ray sets its CUDA_VISIBLE_DEVICES) and `num_cpus_per_worker` CPUs. Connects with `connect_ray(address)`:
+    the instance this process already joined, `address`, `RAY_ADDRESS`, or a new local one.
+
+    The dataset is shipped to the workers, or, given as a zero-argument loader (e.g.
+    `functools.partial(load_dataset, "org/corpus", split="train", revision="<sha>")`), loaded by each worker. The
+    output folder must be storage every worker reaches (a shared folder, or an fsspec URL). A task whose process or
+    node dies is restarted up to `max_retries` times: it skips its committed shards and redoes the one in flight
+    (Python errors are not retried: they would fail again). A failed run is resumed by running it again.
+
+    `num_gpus_per_worker=None` reserves `devices_per_worker` GPUs when the cluster has GPUs, none on a CPU-only
+    cluster.
+
+    Example:
+        >>> runner = ShardedRunner(synth, "s3://bucket/run", shard_size=4096, batch_size=1024, num_workers=16,
+        ...                        executor=RayExecutor(num_gpus_per_worker=1))  # doctest: +SKIP
+        >>> runner.run(loader).complete  # doctest: +SKIP
+        True
+    """
+
+    name: ClassVar[str] = "ray"
+    num_gpus_per_worker: float | None = 0
+    num_cpus_per_worker: float = 1
+    max_retries: int = 3
+    address: str | None = None
+    devices_per_worker: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_gpus_per_worker is not None:
+            check_resource("num_gpus_per_worker", self.num_gpus_per_worker)
+        check_resource("num_cpus_per_worker", self.num_cpus_per_worker)
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        check_positive("devices_per_worker", self.devices_per_worker)
+
+    def gpus_per_worker(self, cluster_gpus: float) -> float:
+        """The GPUs each worker reserves on a cluster with `cluster_gpus` GPUs; refuses what could never be
+        scheduled (Ray would wait forever).
+
+        Example:
+            >>> RayExecutor(num_gpus_per_worker=None, devices_per_worker=2).gpus_per_worker(8)
+            2
+            >>> RayExecutor(num_gpus_per_worker=None).gpus_per_worker(0)
+            0
+        """
+        wanted = self.num_gpus_per_worker
+        if wanted is None:
+            return self.devices_per_worker if cluster_gpus else 0
+        if wanted > cluster_gpus:
+            raise ValueError(
+                f"run.gpus_per_worker={wanted} but the Ray cluster has {cluster_gpus:g} GPU(s): no worker could "
+                "ever start. Lower run.gpus_per_worker (0 on a CPU-only cluster), or add GPU nodes"
+            )
+        return wanted
+
+    def run(self, runner: ShardWorker, dataset: Any) -> list[Any]:
+        """Run every worker as a Ray task and wait for them; their reports in worker order."""
+        ray = connect_ray(self.address)
+        gpus = self.gpus_per_worker(float(ray.cluster_resources().get("GPU", 0)))
+        remote = ray.remote(num_gpus=gpus, num_cpus=self.num_cpus_per_worker, max_retries=self.max_retries)(
+            _run_ray_worker
+        )
+        dataset_ref = ray.put(dataset)
+        futures = []
+        for index in range(runner.num_workers):
+            worker = copy.copy(runner)
+            worker.worker_index = index
+            futures.append(remote.remote(worker, dataset_ref, os.getcwd()))
+        try:
+            return ray.get(futures)
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as err:
+            raise RuntimeError(
+                f"a Ray worker died {self.max_retries + 1} time(s) ({type(err).__name__}); its committed shards "
+                "are kept: run the same command again to redo the rest (raise run.max_retries for flaky nodes)"
+            ) from err
