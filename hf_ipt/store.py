@@ -57,7 +57,7 @@ class IncompleteRunError(RuntimeError):
     """An output was asked for that is not finished (no commit marker, unfinished shards); the message says which.
 
     Example:
-        >>> from hf_ipt.runner import assemble_shards
+        >>> from hf_ipt.execution.runner import assemble_shards
         >>> assemble_shards("output/quickstart/synthesized")  # doctest: +SKIP
         Traceback (most recent call last):
         IncompleteRunError: 2 of 5 shards of output/quickstart/synthesized are not finished (shards 1, 3); ...
@@ -503,223 +503,240 @@ def _has_null_type(data_type) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Whole-stage outputs (templify, mix, release): written once, committed by a marker, skipped when already current
+# Whole-stage outputs: written once, committed by a marker, skipped when already current
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def read_stage_marker(output_dir: str, storage_options: Mapping[str, Any] | None = None) -> dict | None:
-    """The commit marker of a stage output written by `save_stage` (fingerprint, config, files, rows, report).
+class StageFolder(Store):
+    """The output folder of one stage: its rows as Hub-layout Parquet files, other files it wrote (a release's card),
+    and the commit marker written last (`.hf_ipt/stage.json`: fingerprint, settings, files with their size and
+    SHA-256, rows, report). A stage counts as finished only when its marker is there and every file it lists is
+    still what was committed (`damage`).
 
     Example:
-        >>> read_stage_marker("output/run/templified")["num_rows"]  # doctest: +SKIP
-        {'train': 300}
+        >>> folder = StageFolder("memory://doc-store/stage")
+        >>> _ = folder.commit(config={"step": 1}, extra={"rows": 0})
+        >>> folder.fingerprint() == fingerprint({"step": 1}), folder.report()
+        (True, {'rows': 0})
     """
-    return Store(output_dir, storage_options).read_json(STAGE_MARKER_PATH)
+
+    def marker(self) -> dict | None:
+        """The commit marker (fingerprint, config, settings, files, rows, checksums, report), None before a commit.
+
+        Example:
+            >>> StageFolder("memory://doc-store/none").marker() is None
+            True
+        """
+        return self.read_json(STAGE_MARKER_PATH)
+
+    def fingerprint(self) -> str | None:
+        """The fingerprint of the committed output, None when nothing is committed."""
+        marker = self.marker()
+        return None if marker is None else marker.get("fingerprint")
+
+    def report(self) -> dict[str, Any]:
+        """The report committed with the output (its marker's `extra`), {} when there is none."""
+        return dict((self.marker() or {}).get("extra") or {})
+
+    def damage(self, marker: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """The files of the committed output that are damaged since the commit, `{relative path: why}`: every file
+        the marker lists is checked against its recorded size and SHA-256 (a listed file without a checksum counts
+        as damaged: it cannot be vouched for). Empty when all are intact or nothing is committed.
+
+        Example:
+            >>> StageFolder("memory://doc-store/nothing").damage()
+            {}
+        """
+        marker = self.marker() if marker is None else marker
+        if marker is None:
+            return {}
+        recorded = dict(marker.get("checksums") or {})
+        listed = [r for relatives in (marker.get("files") or {}).values() for r in relatives]
+        damage = {relative: "committed without a checksum" for relative in listed if relative not in recorded}
+        for relative, expected in sorted(recorded.items()):
+            reason = file_damage(self, relative, expected)
+            if reason is not None:
+                damage[relative] = reason
+        return dict(sorted(damage.items()))
+
+    def describe_damage(self, damage: Mapping[str, str]) -> str:
+        """One line naming each damaged file of `damage` and why.
+
+        Example:
+            >>> StageFolder("out/mixed").describe_damage({"data/train-00000-of-00001.parquet": "missing"})
+            'out/mixed/data/train-00000-of-00001.parquet is damaged (missing)'
+        """
+        return "; ".join(f"{self.url.rstrip('/')}/{relative} is damaged ({why})" for relative, why in damage.items())
+
+    def clear(self) -> None:
+        """Un-commit the output (marker first, so a crash in between leaves it uncommitted) and delete its data.
+
+        Example:
+            >>> StageFolder("memory://doc-store/cleared").clear()
+        """
+        self.remove(STAGE_MARKER_PATH)
+        self.remove_data_files()
+        if self.exists(TMP_DIR):
+            self.remove_stale_tmp()
+
+    def commit(
+        self,
+        *,
+        config: Mapping[str, Any] | Any,
+        files: Mapping[str, list[str]] | None = None,
+        num_rows: Mapping[str, int] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        checksums: Mapping[str, Mapping[str, Any]] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write the marker that makes the output count as finished (`fingerprint()` then returns the fingerprint of
+        `config`); call it after everything else of the stage is written. `checksums` (`{relative:
+        checksum(bytes)}`) are the files `damage` checks later; `settings` what the stage records of itself
+        (already free of secrets); `extra` its report. Returns the marker.
+
+        Example:
+            >>> StageFolder("memory://doc-store/stage2").commit(config={"step": 1})["num_rows"]
+            {}
+        """
+        marker = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "fingerprint": fingerprint(config),
+            "config": config_to_dict(config),
+            **({"settings": config_to_dict(settings)} if settings else {}),
+            "files": dict(files or {}),
+            "num_rows": dict(num_rows or {}),
+            **({"checksums": {k: dict(v) for k, v in sorted(checksums.items())}} if checksums else {}),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **({"extra": config_to_dict(extra)} if extra else {}),
+        }
+        previous = self.marker()
+        if previous is not None and {**previous, "finished_at": None} == {**marker, "finished_at": None}:
+            return previous  # committed again as it was (an output redone to the same bytes): nothing changes
+        self.write_atomic(STAGE_MARKER_PATH, json_bytes(marker))
+        return marker
+
+    def save(
+        self,
+        dataset_dict,
+        *,
+        config: Mapping[str, Any] | Any,
+        rows_per_file: int = 100_000,
+        extra: Mapping[str, Any] | None = None,
+        checksums: Mapping[str, Mapping[str, Any]] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write a `DatasetDict` (or {split: Dataset}, or a `Dataset`, saved as split `train`) as Hub-layout Parquet
+        files, then commit
+        it (`commit`) with each data file's size and SHA-256 plus `checksums` of other files already written in the
+        folder (e.g. a release's card). Data files of an earlier output are removed first (marker first).
+        `load_dataset(folder)` reads the result. Reads and writes every column; returns the marker.
+
+        Example:
+            >>> from datasets import Dataset
+            >>> folder = StageFolder("memory://doc-store/saved")
+            >>> folder.save(Dataset.from_dict({"text": ["a"]}), config={"x": 1})["files"]
+            {'train': ['data/train-00000-of-00001.parquet']}
+        """
+        import datasets
+
+        if isinstance(dataset_dict, datasets.Dataset):
+            dataset_dict = datasets.DatasetDict({"train": dataset_dict})
+        elif isinstance(dataset_dict, Mapping):
+            dataset_dict = datasets.DatasetDict(dataset_dict)
+        if not isinstance(dataset_dict, datasets.DatasetDict):
+            raise TypeError(f"a stage saves a Dataset or DatasetDict, got {type(dataset_dict).__name__}")
+        self.clear()  # marker first, then the old rows and the temporary files of killed writes
+        files: dict[str, list[str]] = {}
+        recorded = dict(checksums or {})
+        for split, dataset in dataset_dict.items():
+            count = max(1, math.ceil(len(dataset) / rows_per_file))
+            files[split] = []
+            for index in range(count):
+                part = dataset.select(range(index * rows_per_file, min(len(dataset), (index + 1) * rows_per_file)))
+                buffer = io.BytesIO()
+                part.to_parquet(buffer)
+                relative = f"{DATA_DIR}/{split}-{index:05d}-of-{count:05d}.parquet"
+                self.write_atomic(relative, buffer.getvalue())
+                recorded[relative] = checksum(buffer.getvalue())
+                files[split].append(relative)
+        num_rows = {split: len(dataset) for split, dataset in dataset_dict.items()}
+        return self.commit(
+            config=config, files=files, num_rows=num_rows, extra=extra, checksums=recorded, settings=settings
+        )
+
+    def write_output(
+        self,
+        *,
+        config: Mapping[str, Any] | Any,
+        data: Any = None,
+        files: Mapping[str, bytes] | None = None,
+        num_rows: Mapping[str, int] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Replace whatever output the folder holds by a new one and commit it: the old marker goes first (a crash
+        from here on leaves nothing that looks finished), then every file the old output listed; `files` (e.g. a
+        release's card and sidecars) are written, then the rows `data` (a `Dataset` or `DatasetDict`, optional),
+        then the marker with every file's checksum. `num_rows` are recorded when no rows are saved here (a Hub
+        release). Returns the marker.
+
+        Example:
+            >>> folder = StageFolder("memory://doc-store/replaced")
+            >>> sorted(folder.write_output(config={"v": 1}, files={"README.md": b"# card"})["checksums"])
+            ['README.md']
+        """
+        previous = self.marker() or {}
+        self.clear()
+        for relative in sorted(previous.get("checksums") or {}):
+            if relative not in (files or {}):
+                self.remove(relative)
+        written = {}
+        for relative, content in (files or {}).items():
+            self.write_atomic(relative, content)
+            written[relative] = checksum(content)
+        if data is not None:
+            return self.save(data, config=config, extra=extra, checksums=written, settings=settings)
+        return self.commit(config=config, num_rows=num_rows, extra=extra, checksums=written, settings=settings)
+
+    def load(self):
+        """The committed rows as a `DatasetDict`, memory-mapped (`Store.read_dataset`); IncompleteRunError when
+        nothing is committed.
+
+        Example:
+            >>> StageFolder("output/run/templified").load()["train"]  # doctest: +SKIP
+        """
+        import datasets
+
+        marker = self.marker()
+        if marker is None:
+            raise IncompleteRunError(f"{self.url} holds no finished stage output ({STAGE_MARKER_PATH} not found)")
+        splits = {}
+        for split, relatives in marker["files"].items():
+            if marker["num_rows"][split]:
+                # the files' checksums name the content: a re-saved stage is never served from an old cache
+                key = fingerprint([(marker.get("checksums") or {}).get(r) for r in relatives])
+                splits[split] = self.read_dataset(relatives, split=split, content_key=key)
+            else:
+                # datasets' Parquet reader rejects row-less files
+                splits[split] = datasets.Dataset(self.read_table(relatives[0]))
+        return datasets.DatasetDict(splits)
 
 
-def stage_damage(
-    output_dir: str, storage_options: Mapping[str, Any] | None = None, *, marker: Mapping[str, Any] | None = None
-) -> dict[str, str]:
-    """The files of a committed stage output that are damaged since the commit, `{relative path: why}`: every file
-    the marker lists (data files, and the card and sidecars of a release) is checked against its recorded size and
-    SHA-256. Empty when all are intact or nothing is committed. A marker written before checksums were recorded has
-    its data files checked for presence and a readable Parquet footer.
+class RunFolder(Store):
+    """The root of a run (`run.output_dir`: a local path or an fsspec URL, with its storage options), and the output
+    folder of each stage under it. The one object that carries a run's location: pass it, not the URL and its
+    options apart.
 
     Example:
-        >>> stage_damage("output/run/templified")  # doctest: +SKIP
-        {'data/train-00000-of-00001.parquet': '1024 bytes instead of the 40960 committed (truncated or rewritten)'}
+        >>> run = RunFolder("memory://doc-store/run")
+        >>> run.stage("templified").url
+        'memory://doc-store/run/templified'
     """
-    store = Store(output_dir, storage_options)
-    marker = store.read_json(STAGE_MARKER_PATH) if marker is None else marker
-    if marker is None:
-        return {}
-    recorded = dict(marker.get("checksums") or {})
-    for relatives in (marker.get("files") or {}).values():
-        for relative in relatives if isinstance(relatives, list) else ():
-            recorded.setdefault(relative, {})
-    damage = {}
-    for relative, expected in sorted(recorded.items()):
-        reason = file_damage(store, relative, expected)
-        if reason is None and "sha256" not in expected and relative.endswith(".parquet"):
-            reason = _parquet_footer_damage(store, relative)
-        if reason is not None:
-            damage[relative] = reason
-    return damage
 
+    def __repr__(self) -> str:
+        return f"RunFolder({self.url!r})"
 
-def _parquet_footer_damage(store: Store, relative: str) -> str | None:
-    """Why a Parquet file committed without a checksum cannot be read (a truncated file has no footer), or None."""
-    try:
-        with store.fs.open(store.path(relative), "rb") as handle:
-            pq.read_metadata(handle)
-    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        return f"not readable as Parquet ({err})"
-    return None
-
-
-def describe_damage(output_dir: str, damage: Mapping[str, str]) -> str:
-    """One line naming each damaged file of `stage_damage` and why.
-
-    Example:
-        >>> describe_damage("out/mixed", {"data/train-00000-of-00001.parquet": "missing"})
-        'out/mixed/data/train-00000-of-00001.parquet is damaged (missing)'
-    """
-    return "; ".join(f"{output_dir.rstrip('/')}/{relative} is damaged ({why})" for relative, why in damage.items())
-
-
-def remove_stale_tmp(output_dir: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """Delete the temporary files killed writes left in `output_dir` (see `Store.remove_stale_tmp`); a folder that
-    does not exist yet has none.
-
-    Example:
-        >>> remove_stale_tmp("memory://doc-store/none-yet")
-        []
-    """
-    store = Store(output_dir, storage_options)
-    if not store.exists(TMP_DIR):
-        return []
-    return store.remove_stale_tmp()
-
-
-def stage_fingerprint(output_dir: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
-    """Fingerprint of the committed stage output in `output_dir`, or None when there is none (or it is unfinished).
-
-    Example:
-        >>> stage_fingerprint("memory://doc-store/nothing-here") is None
-        True
-    """
-    marker = read_stage_marker(output_dir, storage_options)
-    return None if marker is None else marker.get("fingerprint")
-
-
-def save_stage(
-    dataset_dict,
-    output_dir: str,
-    *,
-    config: Mapping[str, Any] | Any,
-    storage_options: Mapping[str, Any] | None = None,
-    rows_per_file: int = 100_000,
-    extra: Mapping[str, Any] | None = None,
-    checksums: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Write a `DatasetDict` (or a `Dataset`, saved as split `train`) as Hub-layout Parquet files in `output_dir`,
-    then commit it with a marker holding the fingerprint of `config`; returns the marker.
-
-    Previous contents written by hf-ipt are removed first; the marker is written last, so an interrupted save is
-    never mistaken for a finished one. The marker records each data file's size and SHA-256, plus `checksums` of
-    other files already written in the folder (`{relative: checksum(bytes)}`, e.g. a release's card), so that
-    `stage_damage` can check them all. `load_dataset(output_dir)` reads the result. Reads and writes every column.
-
-    Example:
-        >>> save_stage(templified, "output/run/templified", config={"templify": {...}})  # doctest: +SKIP
-    """
-    import datasets
-
-    if isinstance(dataset_dict, datasets.Dataset):
-        dataset_dict = datasets.DatasetDict({"train": dataset_dict})
-    if not isinstance(dataset_dict, datasets.DatasetDict):
-        raise TypeError(f"save_stage needs a Dataset or DatasetDict, got {type(dataset_dict).__name__}")
-    store = Store(output_dir, storage_options)
-    clear_stage(output_dir, storage_options=storage_options)
-    files: dict[str, list[str]] = {}
-    recorded = dict(checksums or {})
-    for split, dataset in dataset_dict.items():
-        count = max(1, math.ceil(len(dataset) / rows_per_file))
-        files[split] = []
-        for index in range(count):
-            part = dataset.select(range(index * rows_per_file, min(len(dataset), (index + 1) * rows_per_file)))
-            buffer = io.BytesIO()
-            part.to_parquet(buffer)
-            relative = f"{DATA_DIR}/{split}-{index:05d}-of-{count:05d}.parquet"
-            store.write_atomic(relative, buffer.getvalue())
-            recorded[relative] = checksum(buffer.getvalue())
-            files[split].append(relative)
-    num_rows = {split: len(dataset) for split, dataset in dataset_dict.items()}
-    return commit_stage(
-        output_dir,
-        config=config,
-        files=files,
-        num_rows=num_rows,
-        extra=extra,
-        checksums=recorded,
-        storage_options=storage_options,
-    )
-
-
-def clear_stage(output_dir: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Un-commit a stage output (marker first, so a crash in between leaves it uncommitted) and delete its data.
-
-    Example:
-        >>> clear_stage("output/run/templified")  # doctest: +SKIP
-    """
-    store = Store(output_dir, storage_options)
-    store.remove(STAGE_MARKER_PATH)
-    store.remove_data_files()
-    if store.exists(TMP_DIR):
-        store.remove_stale_tmp()
-
-
-def commit_stage(
-    output_dir: str,
-    *,
-    config: Mapping[str, Any] | Any,
-    files: Mapping[str, list[str]] | None = None,
-    num_rows: Mapping[str, int] | None = None,
-    extra: Mapping[str, Any] | None = None,
-    checksums: Mapping[str, Mapping[str, Any]] | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write the marker that makes a stage output count as finished (`stage_fingerprint` then returns the
-    fingerprint of `config`); call it after everything else of the stage is written. Returns the marker.
-    `checksums` (`{relative: checksum(bytes)}`) are the files `stage_damage` checks later.
-
-    Example:
-        >>> commit_stage("memory://doc-store/stage", config={"step": 1})["fingerprint"] == fingerprint({"step": 1})
-        True
-    """
-    marker = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "fingerprint": fingerprint(config),
-        "config": config_to_dict(config),
-        "files": dict(files or {}),
-        "num_rows": dict(num_rows or {}),
-        **({"checksums": {k: dict(v) for k, v in sorted(checksums.items())}} if checksums else {}),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **({"extra": config_to_dict(extra)} if extra else {}),
-    }
-    Store(output_dir, storage_options).write_atomic(STAGE_MARKER_PATH, json_bytes(marker))
-    return marker
-
-
-def write_file(output_dir: str, relative: str, data: bytes, *, storage_options: Mapping[str, Any] | None = None):
-    """Write one file under `output_dir` (local path or fsspec URL) atomically: temporary name, then rename.
-
-    Example:
-        >>> write_file("memory://doc-store/release", "README.md", b"# card\\n")
-    """
-    Store(output_dir, storage_options).write_atomic(relative, data)
-
-
-def load_stage(output_dir: str, *, storage_options: Mapping[str, Any] | None = None):
-    """The `DatasetDict` committed by `save_stage` in `output_dir`; IncompleteRunError if there is none.
-
-    Example:
-        >>> load_stage("output/run/templified")["train"]  # doctest: +SKIP
-    """
-    import datasets
-
-    store = Store(output_dir, storage_options)
-    marker = store.read_json(STAGE_MARKER_PATH)
-    if marker is None:
-        raise IncompleteRunError(f"{output_dir} holds no finished stage output ({STAGE_MARKER_PATH} not found)")
-    splits = {}
-    for split, relatives in marker["files"].items():
-        if marker["num_rows"][split]:
-            # a commit's fingerprint and time name its content: a re-saved stage is never served from an old cache
-            key = f"{marker.get('fingerprint')}@{marker.get('finished_at')}"
-            splits[split] = store.read_dataset(relatives, split=split, content_key=key)
-        else:
-            # datasets' Parquet reader rejects row-less files
-            splits[split] = datasets.concatenate_datasets([datasets.Dataset(store.read_table(r)) for r in relatives])
-    return datasets.DatasetDict(splits)
+    def stage(self, folder: str) -> StageFolder:
+        """The output folder of one stage (e.g. "synthesized")."""
+        return StageFolder(f"{self.url.rstrip('/')}/{folder}", self.storage_options)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, IterableDataset, concatenate_datasets
 
-from hf_ipt.runner import (
+from hf_ipt.execution.runner import (
     MANIFEST_PATH,
     IncompleteRunError,
     ResumeConflictError,
@@ -116,7 +116,7 @@ def test_resume_after_a_crash_skips_committed_shards_and_gives_identical_rows(tm
 
 
 def test_a_crash_before_the_marker_never_leaves_a_shard_that_looks_finished(tmp_path, monkeypatch):
-    from hf_ipt.runner import MARKER_DIR
+    from hf_ipt.execution.runner import MARKER_DIR
     from hf_ipt.store import Store
 
     dataset = make_dataset(16)
@@ -149,7 +149,7 @@ def test_a_committed_shard_whose_file_is_damaged_is_redone(tmp_path):
     (out / "data/train-00000-of-00002.parquet").write_bytes(b"truncated")
     report = ShardedRunner(BatchRecorder(), str(out), shard_size=8, batch_size=4).run(dataset)
     assert report.processed == [0] and report.skipped == [1]
-    assert assemble_shards(str(out), verify_checksums=True)["train"].num_rows == 16
+    assert assemble_shards(str(out))["train"].num_rows == 16
 
 
 def test_a_same_size_change_in_a_committed_shard_is_found_by_its_checksum_and_redone(tmp_path, caplog):
@@ -185,7 +185,7 @@ Store(sys.argv[1]).write_atomic(sys.argv[2], b"half a write")
 
 
 def test_temporary_files_of_killed_writes_are_removed_at_the_next_start_but_not_a_live_writers(tmp_path):
-    from hf_ipt.store import TMP_DIR, Store, save_stage, tmp_owner
+    from hf_ipt.store import TMP_DIR, StageFolder, Store, tmp_owner
 
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
@@ -215,7 +215,7 @@ def test_temporary_files_of_killed_writes_are_removed_at_the_next_start_but_not_
     stage = tmp_path / "stage"
     subprocess.run([sys.executable, "-c", KILLED_WRITER, str(stage), "data/train-00000-of-00001.parquet"], env=env)
     assert len(list((stage / TMP_DIR).iterdir())) == 1
-    save_stage(make_dataset(4), str(stage), config={"step": 1})
+    StageFolder(str(stage)).save(make_dataset(4), config={"step": 1})
     assert not list((stage / TMP_DIR).iterdir())
 
 
@@ -327,7 +327,7 @@ WORKER_SCRIPT = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {tests_dir!r})
     from test_runner import BatchRecorder, make_dataset
-    from hf_ipt.runner import ShardedRunner
+    from hf_ipt.execution.runner import ShardedRunner
 
     class Slow(BatchRecorder):
         def __call__(self, batch):
@@ -424,37 +424,25 @@ def test_two_concurrent_workers_fill_one_output_like_a_single_worker(tmp_path):
 def test_a_stage_output_is_saved_committed_loaded_and_cleared(tmp_path, where):
     from datasets import DatasetDict
 
-    from hf_ipt.store import (
-        STAGE_MARKER_PATH,
-        clear_stage,
-        fingerprint,
-        load_stage,
-        read_stage_marker,
-        save_stage,
-        stage_fingerprint,
-        write_file,
-    )
+    from hf_ipt.store import STAGE_MARKER_PATH, StageFolder, fingerprint
 
-    out = str(tmp_path / "stage") if where == "local" else "memory://hf-ipt-tests/stage"
-    assert stage_fingerprint(out) is None
+    out = StageFolder(str(tmp_path / "stage") if where == "local" else "memory://hf-ipt-tests/stage")
+    assert out.fingerprint() is None
     with pytest.raises(IncompleteRunError, match=f"no finished stage output .*{STAGE_MARKER_PATH}"):
-        load_stage(out)
+        out.load()
     data = DatasetDict({"train": make_dataset(25), "test": make_dataset(0)})
-    marker = save_stage(data, out, config={"step": {"seed": 1}}, rows_per_file=10, extra={"report": {"rows": 25}})
+    marker = out.save(data, config={"step": {"seed": 1}}, rows_per_file=10, extra={"report": {"rows": 25}})
     assert marker["files"]["train"] == [f"data/train-0000{i}-of-00003.parquet" for i in range(3)]
     assert marker["num_rows"] == {"train": 25, "test": 0} and marker["extra"] == {"report": {"rows": 25}}
-    assert stage_fingerprint(out) == fingerprint({"step": {"seed": 1}}) == read_stage_marker(out)["fingerprint"]
-    loaded = load_stage(out)
+    assert out.fingerprint() == fingerprint({"step": {"seed": 1}}) == out.marker()["fingerprint"]
+    loaded = out.load()
     assert table_of(loaded["train"]).equals(table_of(data["train"])) and loaded["test"].num_rows == 0
-    write_file(out, "notes/readme.txt", b"kept")
-    clear_stage(out)
-    assert stage_fingerprint(out) is None and read_stage_marker(out) is None
+    out.write_atomic("notes/readme.txt", b"kept")
+    out.clear()
+    assert out.fingerprint() is None and out.marker() is None
     with pytest.raises(IncompleteRunError):
-        load_stage(out)
-    from hf_ipt.store import Store
-
-    store = Store(out)
-    assert store.fs.glob(store.path("data/*.parquet")) == [] and store.exists("notes/readme.txt")
+        out.load()
+    assert out.fs.glob(out.path("data/*.parquet")) == [] and out.exists("notes/readme.txt")
 
 
 def test_exclusive_atomic_writes_never_replace_a_file(tmp_path):
@@ -481,21 +469,16 @@ def test_the_store_imports_no_other_hf_ipt_module():
     assert not [name for name in imported if name.split(".")[0] == "hf_ipt"]
 
 
-def test_a_stage_committed_before_checksums_is_checked_for_a_readable_parquet_file(tmp_path):
+def test_a_stage_file_without_a_recorded_checksum_cannot_be_vouched_for(tmp_path):
     import json as json_module
 
-    from hf_ipt.store import STAGE_MARKER_PATH, save_stage, stage_damage
+    from hf_ipt.store import STAGE_MARKER_PATH, StageFolder
 
-    out = tmp_path / "stage"
-    save_stage(make_dataset(8), str(out), config={"step": 1})
-    assert stage_damage(str(out)) == {}
-    marker_path = out / STAGE_MARKER_PATH
+    out = StageFolder(str(tmp_path / "stage"))
+    out.save(make_dataset(8), config={"step": 1})
+    assert out.damage() == {}
+    marker_path = tmp_path / "stage" / STAGE_MARKER_PATH
     marker = json_module.loads(marker_path.read_text())
-    del marker["checksums"]  # as written by an hf-ipt that recorded no checksums
+    del marker["checksums"]  # a hand-made marker: its files are listed, their bytes are not
     marker_path.write_text(json_module.dumps(marker))
-    assert stage_damage(str(out)) == {}
-    data = out / "data" / "train-00000-of-00001.parquet"
-    data.write_bytes(data.read_bytes()[:-100])
-    assert "not readable as Parquet" in stage_damage(str(out))["data/train-00000-of-00001.parquet"]
-    data.unlink()
-    assert stage_damage(str(out)) == {"data/train-00000-of-00001.parquet": "missing"}
+    assert out.damage() == {"data/train-00000-of-00001.parquet": "committed without a checksum"}
