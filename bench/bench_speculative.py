@@ -178,7 +178,7 @@ def main() -> None:
 
     from hf_ipt import Synthesizer
     from hf_ipt.engines import Engine, VLLMEngine
-    from hf_ipt.stats import speculative_stats
+    from hf_ipt.synthesis.report import speculative_stats
     from hf_ipt.testing import build_tiny_synthesizer, corpus_paragraphs
 
     disable_progress_bars()

@@ -313,7 +313,7 @@ def speculative_run(engine, args, model_dir: str, synthesizer, texts: list[str],
     engines do not fit one GPU at --gpu-memory-utilization 0.9)."""
     import gc
 
-    from hf_ipt.stats import speculative_stats, speculative_summary
+    from hf_ipt.synthesis.report import speculative_stats, speculative_summary
     from hf_ipt.synthesis.speculative import SpeculativeConfig, speculative_config
 
     setting = speculative_config(SpeculativeConfig(**json.loads(args.speculative)))  # validated as a recipe would be

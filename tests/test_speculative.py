@@ -9,8 +9,10 @@ from hf_ipt import Synthesizer
 from hf_ipt.config import load_recipe
 from hf_ipt.engines import make_engine
 from hf_ipt.engines.vllm import speculative_counters_in_process
-from hf_ipt.stats import compute_statistics, speculative_stats, speculative_summary
+from hf_ipt.release.statistics import compute_statistics
+from hf_ipt.stages import SynthesizeStage
 from hf_ipt.synthesis import SynthesisConfig
+from hf_ipt.synthesis.report import speculative_stats, speculative_summary
 from hf_ipt.synthesis.speculative import SpeculativeConfig
 from hf_ipt.testing import corpus_paragraphs
 from hf_ipt.validation import ConfigError
@@ -73,7 +75,8 @@ def test_recipe_key_and_identity():
     assert recipe.synth.speculative == SpeculativeConfig(num_speculative_tokens=3)
     plain = load_recipe(None, {"source.path": "bundled:quickstart", "run.output_dir": "out"})
     # the rows are the same with it on: a finished synthesis is reused when it is switched
-    assert recipe.synthesis_identity() == plain.synthesis_identity()
+    identity = SynthesizeStage.from_recipe(recipe).identity()
+    assert identity == SynthesizeStage.from_recipe(plain).identity()
     with pytest.raises(
         ConfigError,
         match=r"synth.speculative.prompt_lookup_max \(in command-line overrides\) must be an integer between 1 and 16",

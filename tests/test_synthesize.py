@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -469,7 +470,7 @@ def test_prompts_carry_one_bos_per_segment_whatever_the_content(request, which, 
 def test_special_strings_are_counted_in_the_synthesis_report(tiny_model_path):
     import pyarrow as pa
 
-    from hf_ipt.stats import synthesis_report, synthesis_summary
+    from hf_ipt.synthesis.report import synthesis_report, synthesis_summary
 
     synth = Synthesizer(model=tiny_model_path, max_model_len=512, max_new_tokens=MAX_NEW, engine=scripted)
     out = synth({"text": ["<s> at the start", "none here", "an </s> inside"]})
@@ -555,3 +556,45 @@ def test_the_text_column_read_by_synthesis_is_not_a_collision(tiny_model_path):
     assert synth({"text": ["A text."], "id": [3]})["synth_status"] == ["ok"]
     assert synth({"text": [], "id": []})["synth_status"] == []  # 0 rows: every output column, empty
     assert set(SYNTH_COLUMNS) <= set(synth({"text": []}))
+
+
+# --- a plain `Dataset.map` forms the chains `hf-ipt run` forms ------------------------------------------------------
+
+
+def answering_engine(prompts: list[str]) -> list[str]:
+    """One pair per prompt, naming how many texts the prompt holds (so a chain's demonstrations show in the output)."""
+    return [f"<QUE> Which texts? <ANS> {prompt.count('<CON>')} of them </END>" for prompt in prompts]
+
+
+def chains_of(rows) -> list[tuple]:
+    columns = ("chain_id", "chain_position", "num_demonstrations", "synth_output")
+    return list(zip(*(rows[c] for c in columns), strict=True))
+
+
+def test_a_map_without_batch_size_forms_the_chains_the_sharded_run_forms(tiny_model_path, tmp_path):
+    """datasets maps 1000 rows a batch by default; the synthesis blocks are 1000 rows by default, so a plain
+    `ds.map(synth, batched=True)` chains exactly the rows `hf-ipt run` chains (its shards are whole blocks)."""
+    from hf_ipt.execution.runner import ShardedRunner, assemble_shards
+    from hf_ipt.synthesis.synthesizer import MAP_BATCH_SIZE
+
+    defaults = inspect.signature(Dataset.map).parameters["batch_size"].default
+    assert SynthesisConfig().batch_size == MAP_BATCH_SIZE == defaults  # one fact: datasets' own default
+    texts = [f"Text {i} says that {'cats' if i % 3 else 'owls'} sleep {i % 7} hours." for i in range(2300)]
+    dataset = Dataset.from_dict({"text": texts})
+    synth = Synthesizer(model=tiny_model_path, engine=answering_engine, rounds=3, max_model_len=512, max_new_tokens=16)
+    run = ShardedRunner(synth, str(tmp_path / "run"), shard_size=2 * synth.config.batch_size,
+                        batch_size=synth.config.batch_size)  # fmt: skip
+    assert run.run(dataset).complete
+    expected = chains_of(assemble_shards(str(tmp_path / "run"))["train"])
+    assert chains_of(dataset.map(synth, batched=True, load_from_cache_file=False)) == expected
+    # a map batch of several blocks is cut into them
+    assert chains_of(dataset.map(synth, batched=True, batch_size=2000, load_from_cache_file=False)) == expected
+    assert max(row[2] for row in expected) == 2  # three-round chains, each entry conditioned on the ones before
+
+
+def test_a_map_batch_that_starts_inside_a_block_is_refused_when_its_rows_are_known(tiny_model_path):
+    synth = Synthesizer(model=tiny_model_path, engine=answering_engine, rounds=2, batch_size=4, max_model_len=512)
+    dataset = Dataset.from_dict({"text": [f"text {i}" for i in range(12)]})
+    assert dataset.map(synth, batched=True, batch_size=8, with_indices=True).num_rows == 12  # whole blocks: fine
+    with pytest.raises(ValueError, match=r"starts at row 6, inside a block of chains \(rows 4-7"):
+        dataset.map(synth, batched=True, batch_size=6, with_indices=True, load_from_cache_file=False)

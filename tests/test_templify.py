@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 import hf_ipt.templify as templify_module
 from hf_ipt import columns as C
 from hf_ipt.formatting import TargetFormat
-from hf_ipt.stats import templify_stats
 from hf_ipt.synthesis.chains import chain_layout
 from hf_ipt.templify import (
     CLASSIC,
@@ -37,6 +36,7 @@ from hf_ipt.templify import (
     plan_chain_batches,
     templify,
     templify_batch,
+    templify_stats,
 )
 from hf_ipt.templify.templates import TEMPLATES, TemplateError, _strings, normalize_answer
 from hf_ipt.testing import corpus_paragraphs
@@ -660,9 +660,9 @@ def test_empty_dataset():
 def test_docstring_examples():
     import hf_ipt.templify.templates as templates_module
     from hf_ipt import stats
-    from hf_ipt.templify import batching, config, dataset, templifier
+    from hf_ipt.templify import batching, config, dataset, report, templifier
 
-    modules = (templify_module, config, templifier, batching, dataset, stats)
+    modules = (templify_module, config, templifier, batching, dataset, report, stats)
     results = [doctest.testmod(module) for module in modules]
     assert sum(r.failed for r in results) == 0 and sum(r.attempted for r in results) > 10
     results = doctest.testmod(templates_module)
@@ -705,3 +705,22 @@ def test_iterable_dataset_of_unknown_columns():
     out = list(templify(streamed, TemplifyConfig(seed=0, batch_size=3)))
     assert [o["chain_positions"] for o in out] == [[0, 1], [0]] and "extra" not in out[0]
     assert out == rows_of(templify(Dataset.from_dict(rows), TemplifyConfig(seed=0)).to_dict())
+
+
+def test_templify_finds_the_text_column_synthesis_read():
+    """A corpus whose texts are in `content`: synthesis reads it, and templify finds it without being told again."""
+    pair = {"instruction": "What sleeps?", "response": "Cats."}
+    rows = {
+        "content": ["Cats sleep a lot.", "Dogs bark."],
+        "url": [1, 2],  # not text: never mistaken for it
+        C.PAIRS: [[pair], []],
+        C.CHAIN_ID: ["a", "b"],
+        C.CHAIN_POSITION: [0, 0],
+        C.NUM_DEMONSTRATIONS: [0, 0],
+        C.SYNTH_OUTPUT: ["<QUE> What sleeps? <ANS> Cats. </END>", ""],
+    }
+    out = templify(Dataset.from_dict(rows), TemplifyConfig(seed=0))
+    assert out[1]["text"] == "Dogs bark." and "Cats sleep a lot." in out[0]["text"]
+    # two text columns besides synthesis': it cannot tell which one synthesis read, and says how to choose
+    with pytest.raises(ValueError, match="set TemplifyConfig.text_column to the column synthesis read"):
+        templify(Dataset.from_dict({**rows, "title": ["a", "b"]}), TemplifyConfig(seed=0))

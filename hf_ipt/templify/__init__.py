@@ -5,8 +5,8 @@ natural-language templates) and the entries are joined by a separator chosen per
 `hf_ipt/templify/templates/*.yaml`; see `hf_ipt.templify.templates`.
 
 Modules: `config` (TemplifyConfig, the modes), `templifier` (Templifier, pair classification, output features),
-`batching` (plan_chain_batches), `dataset` (templify), `templates` (the template data). Its statistics are
-`hf_ipt.stats.templify_stats`.
+`batching` (plan_chain_batches), `dataset` (templify), `templates` (the template data), `report` (its statistics,
+`templify_stats`, and the templify stage's report).
 
 Two entry points:
 
@@ -95,6 +95,7 @@ from hf_ipt.templify.config import (
     TemplifyConfig,
 )
 from hf_ipt.templify.dataset import templify
+from hf_ipt.templify.report import templify_stats
 from hf_ipt.templify.templifier import (
     COT_CUE,
     COT_FINAL,
@@ -157,4 +158,5 @@ __all__ = [
     "plan_chain_batches",
     "templify",
     "templify_batch",
+    "templify_stats",
 ]
