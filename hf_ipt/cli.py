@@ -28,40 +28,22 @@ from collections.abc import Sequence
 
 import yaml
 
+from hf_ipt import stages as registry
 from hf_ipt.config import ConfigError, RecipeConfig, describe_fields, load_recipe, parse_overrides
 from hf_ipt.engines import EngineStartError
-from hf_ipt.pipeline import STAGES, StageSummary, duration, run, short_list, status
+from hf_ipt.execution.runner import ResumeConflictError
+from hf_ipt.pipeline import run, stage_names, stages_of, status
 from hf_ipt.preflight import run_checks
-from hf_ipt.quality import compare, format_comparison, format_report, load_report, write_report
+from hf_ipt.quality import compare, format_comparison, format_report, write_report
 from hf_ipt.quiet import quiet_third_party
 from hf_ipt.redaction import install_log_scrubbing, redact, register_secrets, scrub, secret_values
 from hf_ipt.release.hub import ReleaseError
-from hf_ipt.runner import ResumeConflictError
+from hf_ipt.reports import load_report
+from hf_ipt.stages import CommandOptions, StageSummary
+from hf_ipt.stages.base import duration
 from hf_ipt.store import IncompleteRunError, config_to_dict
 
-# command -> the pipeline stages it runs
-COMMAND_STAGES = {"run": STAGES, "synthesize": ("synthesize",), "templify": ("templify",), "mix": ("mix",),
-                  "push": ("release",)}  # fmt: skip
-
-# command -> the recipe sections it reads (the keys its --help lists); None: all of them
-COMMAND_SECTIONS: dict[str, tuple[str, ...] | None] = {
-    "run": None,
-    "synthesize": ("source", "chunk", "synth", "run", "build_tiny_model"),
-    "templify": ("templify", "quality", "run"),
-    "mix": ("mix", "mix_sources", "templify", "run"),
-    "push": ("release", "release_to", "card", "quality", "run"),
-    "status": ("source", "chunk", "synth", "run", "templify", "mix", "release"),
-    "config": None,
-    "check": None,
-    "report": (),
-}
-
-COMMANDS = {
-    "run": "the whole pipeline: synthesize -> templify -> mix -> release",
-    "synthesize": "synthesize instruction-response pairs, in resumable shards (several workers may share them)",
-    "templify": "turn synthesized rows into pre-training texts",
-    "mix": "mix the templified texts with other corpora by token ratio",
-    "push": "write the release (dataset, card, plots) to the Hub or to a local folder",
+OTHER_COMMANDS = {
     "status": "show which shards and stages of a run are finished",
     "config": "print the resolved configuration (YAML) after validating it; loads nothing",
     "check": "check every input of the whole run (sources, tokenizers, output folder, Hub access, engine_kwargs, "
@@ -69,6 +51,28 @@ COMMANDS = {
     "report": "quality of the synthesized pairs of a release or run (RELEASE: a release folder, a run's output folder "
     "or owner/name@revision on the Hub), or two side by side with --against OTHER",
 }
+# the recipe sections a command reads (the keys its --help lists); None: all of them
+OTHER_SECTIONS: dict[str, tuple[str, ...] | None] = {
+    "status": ("source", "chunk", "synth", "run", "templify", "mix", "release"),
+    "config": None,
+    "check": None,
+    "report": (),
+}
+
+
+def commands() -> dict[str, tuple[str, tuple[str, ...] | None, tuple[str, ...]]]:
+    """Every command: {name: (help, recipe sections read, stages run)}. `run` and one command per stage come from
+    the stages themselves (`hf_ipt.stages.STAGES`, read when called), so a new stage is a new command.
+
+    Example:
+        >>> list(commands())[:3]
+        ['run', 'synthesize', 'templify']
+    """
+    found = {"run": ("the whole pipeline: " + " -> ".join(stage_names()), None, stage_names())}
+    for stage in registry.STAGES:
+        found[stage.command_name or stage.name] = (stage.description, stage.sections, (stage.name,))
+    found.update({name: (text, OTHER_SECTIONS[name], ()) for name, text in OTHER_COMMANDS.items()})
+    return found
 
 
 def keys_help(sections: Sequence[str] | None = None) -> str:
@@ -110,13 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, help_text in COMMANDS.items():
-        sub = commands.add_parser(
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, sections, runs) in commands().items():
+        stages = [stage for stage in registry.STAGES if stage.name in runs]
+        sub = subparsers.add_parser(
             name,
             help=help_text,
             description=help_text,
-            epilog=keys_help(COMMAND_SECTIONS[name]),
+            epilog=keys_help(sections),
             formatter_class=argparse.RawDescriptionHelpFormatter,
             allow_abbrev=False,
             usage=f"hf-ipt {name} [RECIPE.yaml] [options] [--section.key VALUE ...]",
@@ -132,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--keys", action="store_true", help="list every recipe key with its type, default and help; no recipe"
             )
-        if name in ("run", "synthesize", "check"):
+        if name == "check" or any(stage.takes_workers for stage in stages):
             sub.add_argument(
                 "--worker-index",
                 "--rank",
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "report":
             add_report_arguments(sub)
-        if name in ("run", "synthesize", "templify", "mix", "push", "check"):
+        if name == "check" or stages:
             sub.add_argument(
                 "--overwrite",
                 action="store_true",
@@ -248,7 +253,7 @@ def _dispatch(args: argparse.Namespace, recipe: RecipeConfig) -> int:
     started = time.perf_counter()
     summaries = run(
         recipe,
-        COMMAND_STAGES[args.command],
+        commands()[args.command][2],
         worker_index=getattr(args, "worker_index", 0),
         num_workers=getattr(args, "num_workers", 1),
         command=getattr(args, "argv", None),
@@ -266,7 +271,8 @@ def _print_summary(command: str, summaries: list[StageSummary], seconds: float) 
 
 def _print_check(recipe: RecipeConfig, args: argparse.Namespace) -> int:
     """`hf-ipt check`: each preflight check of the whole run and its result; 0 when none found a problem."""
-    results = run_checks(recipe, STAGES, worker_index=args.worker_index, num_workers=args.num_workers)
+    options = CommandOptions(worker_index=args.worker_index, num_workers=args.num_workers)
+    results = run_checks(stages_of(recipe, None, options), recipe.run)
     for result in results:
         state = f"skipped ({result.skipped})" if result.skipped else "ok" if result.ok else "PROBLEM"
         print(f"{state:<8} {result.name}" if not result.skipped else f"{'-':<8} {result.name}: {state}")
@@ -311,25 +317,10 @@ def _print_report(args: argparse.Namespace, extras: Sequence[str]) -> int:
 
 
 def _print_status(recipe: RecipeConfig) -> int:
-    found = status(recipe)
-    synthesis = found["synthesis"]
-    print(f"run {scrub(str(found['output_dir']))}")
-    if not synthesis["started"]:
-        print("  synthesize  not started")
-    else:
-        done, total = len(synthesis["done"]), synthesis["num_shards"]
-        # read from the commit markers alone, so it can be asked while workers (Ray, processes, Slurm) are running
-        rows, of = synthesis["rows_done"], synthesis["num_input_rows"]
-        share = f", {100 * rows / of:.0f}%" if of else ""
-        print(f"  synthesize  {done}/{total} shards finished ({rows:,} of {of:,} rows{share})")
-        if synthesis["missing"]:
-            print(f"              missing shards: {short_list(synthesis['missing'])}")
-        if synthesis.get("damaged"):
-            print(f"              damaged shards (redone by the next run): {short_list(sorted(synthesis['damaged']))}")
-    for stage, finished in found["stages"].items():
-        damaged = found.get("damaged", {}).get(stage)
-        shown = f"damaged: {', '.join(damaged)} (redone by the next run)" if damaged else "-"
-        print(f"  {stage:<11} {'finished' if finished else shown}")
+    print(f"run {scrub(str(recipe.run.output_dir))}")
+    for folder, lines in status(recipe).items():
+        for index, line in enumerate(lines):
+            print(f"  {folder if index == 0 else '':<11} {scrub(line)}")
     return 0
 
 

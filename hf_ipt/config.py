@@ -38,12 +38,13 @@ from typing import Any, Literal
 
 import yaml
 
-from hf_ipt.mixing import MixConfig
+from hf_ipt.markers import DEFAULT_MODEL
+from hf_ipt.mixing import RAW, MixConfig, SourceKind
 from hf_ipt.quality import QualityConfig
 from hf_ipt.release.card import CardOptions
 from hf_ipt.release.hub import ReleaseConfig
-from hf_ipt.store import config_to_dict
-from hf_ipt.synthesis import DEFAULT_MODEL, SynthesisConfig
+from hf_ipt.store import RunFolder, config_to_dict
+from hf_ipt.synthesis import SynthesisConfig
 from hf_ipt.synthesis.chunking import ChunkSettings
 from hf_ipt.templify import TemplifyConfig
 from hf_ipt.validation import (
@@ -201,7 +202,7 @@ class RunConfig:
         },
     )
     shard_size: int = field(
-        default=2048,
+        default=2000,
         metadata={
             "help": "Input rows per synthesis shard, the unit of resumption and of work split between workers; a "
             "shard's output is held in memory until it is committed. Must be a multiple of synth.batch_size (batch "
@@ -289,9 +290,21 @@ class RunConfig:
                 "set it in the recipe or with --run.output_dir PATH"
             )
 
-    def stage_dir(self, stage: str) -> str:
-        """URL or path of one stage's output folder, e.g. `stage_dir("synthesized")`."""
-        return f"{self.output_dir.rstrip('/')}/{stage}"
+    @property
+    def folder(self) -> RunFolder:
+        """The run's folder (`output_dir` with `storage_options`), and through it each stage's output folder."""
+        return RunFolder(self.output_dir, self.storage_options)
+
+    def recorded(self) -> dict[str, Any]:
+        """This section as a release records it (its recipe.yaml): the storage options (credentials) left out.
+
+        Example:
+            >>> RunConfig(output_dir="out", storage_options={"key": "K"}).recorded()["storage_options"]
+            '<not recorded>'
+        """
+        data = config_to_dict(self)
+        data["storage_options"] = "<not recorded>" if self.storage_options else {}
+        return data
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -651,6 +664,34 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def in_field_order(cls: type, data: Any) -> Any:
+    """`data` (plain data of config dataclass `cls`, e.g. read back from JSON with sorted keys) with its keys in the
+    order of `cls`'s fields, nested sections too; keys `cls` does not have come last, as they were.
+
+    Example:
+        >>> list(in_field_order(RunConfig, {"shard_size": 8, "output_dir": "out"}))
+        ['output_dir', 'shard_size']
+    """
+    if not isinstance(data, Mapping):
+        return data
+    hints = field_hints(cls)
+    ordered = {}
+    for name in _init_fields(cls):
+        if name not in data:
+            continue
+        nested = dataclass_in(hints[name])
+        args = typing.get_args(hints[name]) if typing.get_origin(hints[name]) in (dict, Mapping) else ()
+        inner = dataclass_in(args[1]) if len(args) == 2 else None
+        if nested is not None:
+            ordered[name] = in_field_order(nested, data[name])
+        elif inner is not None and isinstance(data[name], Mapping):
+            ordered[name] = {key: in_field_order(inner, value) for key, value in data[name].items()}
+        else:
+            ordered[name] = data[name]
+    ordered.update({key: value for key, value in data.items() if key not in ordered})
+    return ordered
+
+
 def describe_fields(cls: type, prefix: str = "", parent_help: str = "") -> list[tuple[str, str, str, str]]:
     """(dotted key, type, default, help) for every settable key: the body of `hf-ipt ... --help`.
 
@@ -686,10 +727,6 @@ def describe_fields(cls: type, prefix: str = "", parent_help: str = "") -> list[
 # ----------------------------------------------------------------------------------------------------------------
 
 
-MixSourceKind = Literal["general_instructions", "raw"]
-MIX_SOURCE_KINDS = typing.get_args(MixSourceKind)
-
-
 @dataclass
 class MixSourceConfig(SourceConfig):
     """A corpus the instruction-augmented texts are mixed with (OpenOrca, or raw corpora), keyed by its name in
@@ -701,8 +738,8 @@ class MixSourceConfig(SourceConfig):
         'question'
     """
 
-    kind: MixSourceKind = field(
-        default="raw",
+    kind: SourceKind = field(
+        default=RAW,
         metadata={"help": "`general_instructions` (OpenOrca-style question/response rows) or `raw` (plain texts)."},
     )
     question_column: str = field(default="question", metadata={"help": "Question column (general_instructions)."})
@@ -710,7 +747,7 @@ class MixSourceConfig(SourceConfig):
 
     def load(self):
         """Load the split, checking the columns its kind reads."""
-        if self.kind == "raw":
+        if self.kind == RAW:
             return super().load()
         dataset = self.load_rows()
         missing = [c for c in (self.question_column, self.response_column) if c not in dataset.column_names]
@@ -723,6 +760,54 @@ class MixSourceConfig(SourceConfig):
 
 
 AUGMENTED_SOURCE = "augmented"  # name of the instruction-augmented corpus in mix.weights
+
+
+def check_tiny_model(build_tiny_model: bool, model: str) -> None:
+    """`build_tiny_model` builds the tiny synthesizer at `synth.model`: that must be a local folder, not the real
+    synthesizer's Hub id.
+
+    Example:
+        >>> check_tiny_model(True, "output/tiny-synthesizer")
+    """
+    if build_tiny_model and model == DEFAULT_MODEL:
+        raise ConfigError(
+            "build_tiny_model is set but synth.model is the real synthesizer's Hub id; set synth.model to the "
+            "local folder the tiny model should be built in (e.g. output/tiny-synthesizer)"
+        )
+
+
+def check_mix_sources(mix: MixConfig | None, mix_sources: Mapping[str, MixSourceConfig]) -> None:
+    """The mix's weights and its sources agree: the augmented corpus has a weight, every other weight names a
+    defined source, every source has a weight, and no source takes the augmented corpus' name.
+
+    Example:
+        >>> check_mix_sources(None, {"general": MixSourceConfig(path="bundled:quickstart_general")})
+        Traceback (most recent call last):
+        ...
+        hf_ipt.validation.ConfigError: mix_sources ['general'] have no weight in mix.weights (there is no mix \
+section); give them a weight or remove them
+    """
+    if mix is not None:
+        if AUGMENTED_SOURCE not in mix.weights:
+            raise ConfigError(
+                f"mix.weights must give a weight to {AUGMENTED_SOURCE!r} (the instruction-augmented corpus), got "
+                f"{sorted(mix.weights)}"
+            )
+        undefined = sorted(set(mix.weights) - {AUGMENTED_SOURCE} - set(mix_sources))
+        if undefined:
+            raise ConfigError(
+                f"mix.weights names source(s) {undefined} that mix_sources does not define; add e.g. "
+                f"`mix_sources: {{{undefined[0]}: {{path: ..., kind: raw}}}}`"
+            )
+    unused = sorted(set(mix_sources) - set(mix.weights if mix else {}))
+    if unused:
+        raise ConfigError(
+            f"mix_sources {unused} have no weight in mix.weights"
+            + ("" if mix else " (there is no mix section)")
+            + "; give them a weight or remove them"
+        )
+    if AUGMENTED_SOURCE in mix_sources:
+        raise ConfigError(f"mix_sources cannot define {AUGMENTED_SOURCE!r}: that name is the augmented corpus")
 
 
 @dataclass
@@ -778,7 +863,7 @@ class RecipeConfig:
     build_tiny_model: bool = field(
         default=False,
         metadata={
-            "help": "Build hf-ipt's tiny offline synthesizer (hf_ipt.testing) at synth.model first, if not there "
+            "help": "Build hf-ipt's tiny offline synthesizer (hf_ipt.tiny_model) at synth.model first, if not there "
             "yet: for the quickstart and smoke tests, no download. Its pairs have the right format, not real content."
         },
     )
@@ -786,34 +871,9 @@ class RecipeConfig:
     def __post_init__(self) -> None:
         check_fields(self, "")
         self._reconcile_text_column()
-        if self.build_tiny_model and self.synth.model == DEFAULT_MODEL:
-            raise ConfigError(
-                "build_tiny_model is set but synth.model is the real synthesizer's Hub id; set synth.model to the "
-                "local folder the tiny model should be built in (e.g. output/tiny-synthesizer)"
-            )
+        check_tiny_model(self.build_tiny_model, self.synth.model)
         check_shard_size(self.run.shard_size, self.synth.batch_size, "run.shard_size", "synth.batch_size")
-        if self.mix is not None:
-            if AUGMENTED_SOURCE not in self.mix.weights:
-                raise ConfigError(
-                    f"mix.weights must give a weight to {AUGMENTED_SOURCE!r} (the instruction-augmented corpus), got "
-                    f"{sorted(self.mix.weights)}"
-                )
-            others = set(self.mix.weights) - {AUGMENTED_SOURCE}
-            undefined = sorted(others - set(self.mix_sources))
-            if undefined:
-                raise ConfigError(
-                    f"mix.weights names source(s) {undefined} that mix_sources does not define; add e.g. "
-                    f"`mix_sources: {{{undefined[0]}: {{path: ..., kind: raw}}}}`"
-                )
-        unused = sorted(set(self.mix_sources) - set(self.mix.weights if self.mix else {}))
-        if unused:
-            raise ConfigError(
-                f"mix_sources {unused} have no weight in mix.weights"
-                + ("" if self.mix else " (there is no mix section)")
-                + "; give them a weight or remove them"
-            )
-        if AUGMENTED_SOURCE in self.mix_sources:
-            raise ConfigError(f"mix_sources cannot define {AUGMENTED_SOURCE!r}: that name is the augmented corpus")
+        check_mix_sources(self.mix, self.mix_sources)
 
     def _reconcile_text_column(self) -> None:
         """source.text_column, synth.text_column and templify.text_column name the same column (synthesis keeps the
@@ -831,23 +891,6 @@ class RecipeConfig:
         for name, section in sections.items():
             if section.text_column != column:
                 setattr(self, name, dataclasses.replace(section, text_column=column))
-
-    def recorded(self) -> dict[str, Any]:
-        """The recipe as written into outputs and releases: storage credentials and the Hub token left out."""
-        data = config_to_dict(self)
-        data["run"]["storage_options"] = "<not recorded>" if self.run.storage_options else {}
-        if data.get("release") and data["release"].get("token") is not None:
-            data["release"]["token"] = "<not recorded>"
-        return data
-
-    def synthesis_identity(self) -> dict[str, Any]:
-        """Everything that determines the synthesized rows: what a resumed synthesis must match."""
-        return {
-            "source": config_to_dict(self.source),
-            "chunk": {k: v for k, v in config_to_dict(self.chunk).items() if k != "num_proc"},
-            # neither the scheduler nor speculative decoding changes a row (greedy: identical rows either way)
-            "synth": {k: v for k, v in config_to_dict(self.synth).items() if k not in ("scheduling", "speculative")},
-        }
 
 
 def load_recipe(path: str | os.PathLike | None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> RecipeConfig:

@@ -18,8 +18,8 @@ import yaml
 
 from hf_ipt.cli import main
 from hf_ipt.config import RecipeConfig, dotted_keys
+from hf_ipt.execution.runner import assemble_shards, plan_shards
 from hf_ipt.quiet import LIBRARY_ENVIRONMENT
-from hf_ipt.runner import assemble_shards, plan_shards
 from hf_ipt.testing import tiny_recipe
 
 # tests/hub_server.py: the local Hub double and its `local_hub` fixture, registered as tests/test_hub.py does
@@ -284,15 +284,15 @@ def test_a_new_local_release_is_never_read_from_the_cache_of_an_earlier_one(tmp_
 def test_pipeline_run_from_python_commits_each_stage_report(reference, tiny_model_path):
     """`hf_ipt.pipeline.run` is the library call behind the command; each stage commits its report with its marker."""
     from hf_ipt.pipeline import run
-    from hf_ipt.store import read_stage_marker
+    from hf_ipt.store import StageFolder
 
     recipe = str(reference.parent / "ref.yaml")
     summaries = run(recipe, ("synthesize", "templify"), overrides={"templify.target_tokenizer": tiny_model_path})
     assert [s.stage for s in summaries] == ["synthesize", "templify"] and all(s.complete for s in summaries)
     assert summaries[0].reused and summaries[0].rows == NUM_ROWS
-    synthesis = read_stage_marker(str(reference / "synthesized"))["extra"]
+    synthesis = StageFolder(str(reference / "synthesized")).marker()["extra"]
     assert synthesis["rows"] == NUM_ROWS and synthesis["pairs"] == summaries[0].figures["pairs"]
-    templified = read_stage_marker(str(reference / "templified"))["extra"]["statistics"]["train"]
+    templified = StageFolder(str(reference / "templified")).marker()["extra"]["statistics"]["train"]
     assert templified["texts"] == summaries[1].figures["texts"]
     assert sum(templified["pairs_per_text"].values()) == templified["texts"]
     with pytest.raises(ValueError, match="unknown stage"):

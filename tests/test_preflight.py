@@ -13,7 +13,9 @@ from datasets import Dataset
 from hf_ipt import pipeline
 from hf_ipt.cli import main
 from hf_ipt.config import load_recipe
-from hf_ipt.preflight import PreflightError, check, synthesis_runner, vllm_arguments
+from hf_ipt.pipeline import check
+from hf_ipt.preflight import PreflightError, vllm_arguments
+from hf_ipt.stages import SynthesizeStage
 from hf_ipt.testing import tiny_recipe
 
 # tests/hub_server.py: the local Hub double and its `local_hub` fixture
@@ -37,11 +39,12 @@ def no_model(monkeypatch):
 
     import hf_ipt.engines
     import hf_ipt.engines.registry
+    import hf_ipt.stages.synthesize
     import hf_ipt.synthesis.synthesizer
-    import hf_ipt.testing
+    import hf_ipt.tiny_model
 
-    monkeypatch.setattr(hf_ipt.testing, "build_tiny_synthesizer", refuse)
-    monkeypatch.setattr(pipeline, "build_tiny_synthesizer", refuse)
+    monkeypatch.setattr(hf_ipt.tiny_model, "build_tiny_synthesizer", refuse)
+    monkeypatch.setattr(hf_ipt.stages.synthesize, "build_tiny_synthesizer", refuse)
     for module in (hf_ipt.engines, hf_ipt.engines.registry, hf_ipt.synthesis.synthesizer):
         monkeypatch.setattr(module, "make_engine", refuse)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
@@ -169,7 +172,8 @@ def test_worker_index_out_of_range_fails_before_the_model(tmp_path, capsys):
 def test_resume_conflict_fails_before_the_model(tmp_path, capsys):
     first = load_recipe(write_recipe(tmp_path))
     rows = Dataset.from_dict({"text": [f"row {i}" for i in range(8)]})
-    assert synthesis_runner(first, lambda batch: batch).run(rows).complete  # a finished synthesis of rounds 2
+    runner = SynthesizeStage.from_recipe(first).runner(first.run, lambda batch: batch)
+    assert runner.run(rows).complete  # a finished synthesis of rounds 2
     recipe = write_recipe(tmp_path, **{"synth.rounds": 3})
     err = run_fails(recipe, capsys)
     assert "holds a run with another configuration" in err and "synth.synth.rounds: 2 -> 3" not in err

@@ -375,7 +375,7 @@ def _independent_figures(rows) -> dict[str, str]:
 
 
 def test_release_card_has_a_quality_section_matching_the_data(runs):
-    from hf_ipt.runner import assemble_shards
+    from hf_ipt.execution.runner import assemble_shards
 
     output = runs[2]
     release = output / "release"
@@ -417,7 +417,7 @@ def test_report_against_another_run_prints_both_columns_and_the_changes(runs, ca
 
 def test_filters_in_the_recipe_reach_templify_and_the_card(runs, tiny_model_path):
     from hf_ipt.pipeline import run
-    from hf_ipt.store import read_stage_marker
+    from hf_ipt.store import StageFolder
 
     recipe = str(runs[2].parent / "m2.yaml")
     # filtered rows are other data: a new version (a released version never changes)
@@ -432,7 +432,7 @@ def test_filters_in_the_recipe_reach_templify_and_the_card(runs, tiny_model_path
     card = (runs[2] / "release" / "README.md").read_text()
     assert "Filters applied (`quality.*`): drop repeated questions, at least 1 pairs per text" in card
     assert f"| Filter: texts dropped (too few pairs) | {filters['rows_dropped_min_pairs']:,} |" in card
-    templified = read_stage_marker(str(runs[2] / "templified"))
+    templified = StageFolder(str(runs[2] / "templified")).marker()
     assert templified["extra"]["quality"]["reports"]["train"]["filters"] == filters
 
 
@@ -441,8 +441,8 @@ def test_report_of_a_hub_release_at_a_revision(local_hub, capsys):
     it back from the (local test) Hub."""
     import uuid
 
-    from hf_ipt.quality import load_report
     from hf_ipt.release.hub import push_release
+    from hf_ipt.reports import load_report
 
     repo = f"hf-ipt-tester/quality-{uuid.uuid4().hex[:8]}"
     rows = Dataset.from_dict(ROWS)

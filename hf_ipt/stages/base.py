@@ -1,0 +1,391 @@
+"""The stage contract, and the one driver that does for every stage what is the same for all of them.
+
+A stage is one module (`synthesize`, `templify`, `mix`, `release`), listed once in `hf_ipt.stages.STAGES`. Its class
+declares what is particular to it:
+
+- `name` (its command and summary label), `folder` (its output folder under `run.output_dir`), `sections` (the recipe
+  sections it reads), and `reads`, the stage whose committed output it reads (None for the first);
+- `from_recipe(recipe)`: the stage as a recipe configures it (None when the recipe leaves it out);
+- `checks(run, built_later)`: its preflight checks, each a name and a function returning `Problem`s, cheap enough to
+  run for the whole pipeline in seconds before anything heavy starts;
+- `identity()`: the settings its output depends on (the driver adds the upstream output's fingerprint);
+- `settings()`: the recipe sections it records in its commit marker, free of secrets, from which a release writes its
+  provenance (what made the data, not what a recipe says now);
+- `compute(context)`: the work itself, returning a `StageOutput`: rows to save, files to write, rows it committed in
+  place (synthesis shards), and its report;
+- `summarize(report, summary)`: the figures its summary prints, read from the committed report.
+
+`run_stage(stage, run)` does the rest, the same for all: the upstream output must be committed and intact (its
+fingerprint joins the identity) → an output committed with the same identity and undamaged is reused → otherwise
+`compute` → the output is committed (files, rows, then the marker with the report, the settings and every file's
+SHA-256) → a `StageSummary`. Every stage is also its own Python entry point: `stage.run(run_config)`.
+
+Example:
+    >>> from hf_ipt.config import RunConfig
+    >>> summary = TemplifyStage(TemplifyConfig(seed=0)).run(RunConfig(output_dir="output/run"))  # doctest: +SKIP
+    >>> print("\\n".join(summary.lines()))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from hf_ipt.preflight import Check
+from hf_ipt.redaction import redact
+from hf_ipt.store import IncompleteRunError, RunFolder, StageFolder, fingerprint
+
+if TYPE_CHECKING:
+    from hf_ipt.config import RecipeConfig, RunConfig
+
+logger = logging.getLogger("hf_ipt.stages")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What a stage returns, and what the driver prints
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InPlace:
+    """Rows a stage committed in its folder itself (synthesis shards, each with its own marker): the data files per
+    split, the rows per split and each file's checksum, for the stage's commit marker to list.
+
+    Example:
+        >>> InPlace({"train": ["data/train-00000-of-00001.parquet"]}, {"train": 4}, {}).num_rows
+        {'train': 4}
+    """
+
+    files: dict[str, list[str]]
+    num_rows: dict[str, int]
+    checksums: dict[str, dict[str, Any]]
+
+
+@dataclass
+class StageOutput:
+    """What `Stage.compute` returns for the driver to commit.
+
+    Example:
+        >>> StageOutput(report={"rows": 3}).complete
+        True
+    """
+
+    report: dict[str, Any]  # committed with the marker; summaries and the release read it
+    data: Any = None  # a DatasetDict to save as the stage's rows
+    files: dict[str, bytes] = field(default_factory=dict)  # other files to write before the rows (a card)
+    in_place: InPlace | None = None  # rows the stage committed itself
+    num_rows: dict[str, int] | None = None  # rows per split when the stage saved none here (a Hub release)
+    complete: bool = True  # False: nothing is committed (other workers still hold synthesis shards)
+    figures: dict[str, Any] = field(default_factory=dict)  # figures of this computation only (shards done now)
+    note: str = ""
+
+
+@dataclass
+class StageSummary:
+    """What a stage did: printed at the end of a command, returned by `run_stage` and `Stage.run`.
+
+    Example:
+        >>> print("\\n".join(StageSummary("mix", "out/mixed", seconds=3, rows=10).lines()))
+        mix         3s
+          rows                   10
+          output                 out/mixed
+    """
+
+    stage: str
+    output: str
+    seconds: float = 0.0
+    rows: int | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False  # the output was already there with the same configuration
+    complete: bool = True
+    note: str = ""
+
+    def lines(self) -> list[str]:
+        """The summary as aligned text lines."""
+        state = "already done, reused" if self.reused else f"{duration(self.seconds)}"
+        if not self.complete:
+            state += ", NOT COMPLETE"
+        lines = [f"{self.stage:<11} {state}"]
+        if self.rows is not None:
+            lines.append(f"  {'rows':<22} {self.rows:,}")
+        for name, value in self.figures.items():
+            shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+            lines.append(f"  {name:<22} {shown}")
+        lines.append(f"  {'output':<22} {self.output}")
+        if self.note:
+            lines.extend(f"  {line}" for line in self.note.splitlines())
+        return lines
+
+
+def duration(seconds: float) -> str:
+    """A duration for people: '5s', '2m 03s', '1h 02m 03s'.
+
+    Example:
+        >>> duration(3723)
+        '1h 02m 03s'
+    """
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def short_list(values: Sequence[int], limit: int = 12) -> str:
+    """At most `limit` values, then how many there are in all.
+
+    Example:
+        >>> short_list(list(range(20)), limit=3)
+        '0, 1, 2, ... (20 in all)'
+    """
+    shown = ", ".join(map(str, values[:limit]))
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The contract
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandOptions:
+    """What a command line adds to a recipe for its stages: this process's worker slot (synthesis workers started by
+    hand) and the command itself (recorded in a release's card).
+
+    Example:
+        >>> CommandOptions(worker_index=1, num_workers=4).num_workers
+        4
+    """
+
+    worker_index: int = 0
+    num_workers: int = 1
+    command: str | None = None
+
+
+NO_OPTIONS = CommandOptions()
+
+
+@dataclass
+class StageContext:
+    """What the driver hands to `Stage.compute`: the run settings, the run's folder, this stage's output folder, the
+    folder it reads, and the identity its output is committed under.
+
+    Example:
+        >>> context.upstream.load()["train"]  # doctest: +SKIP
+    """
+
+    run: RunConfig
+    folder: RunFolder
+    output: StageFolder
+    upstream: StageFolder | None
+    identity: dict[str, Any]
+    previous: dict[str, Any] | None  # the marker this output had before (another identity), or None
+
+
+class Stage(ABC):
+    """One stage of a run. Subclasses declare `name`, `folder`, `sections`, `reads` and implement `from_recipe`,
+    `identity` and `compute` (and `checks`, `settings`, `summarize` where they have something to say).
+
+    Example:
+        >>> class Upper(Stage):
+        ...     name, folder, sections, reads = "upper", "upper", (), TemplifyStage
+        ...     @classmethod
+        ...     def from_recipe(cls, recipe, options=NO_OPTIONS):
+        ...         return cls()
+        ...     def identity(self):
+        ...         return {}
+        ...     def compute(self, context):
+        ...         rows = context.upstream.load().map(lambda row: {"text": row["text"].upper()})
+        ...         return StageOutput(report={"rows": sum(len(d) for d in rows.values())}, data=rows)
+        >>> Upper().run(RunConfig(output_dir="output/quickstart")).rows  # doctest: +SKIP
+        134
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""  # one line: its command's help
+    folder: ClassVar[str]
+    sections: ClassVar[tuple[str, ...]] = ()
+    command_name: ClassVar[str | None] = None  # its `hf-ipt` command, when other than its name
+    takes_workers: ClassVar[bool] = False  # its command takes --worker-index / --num-workers (workers started by hand)
+    #: when `from_recipe` gives None: whether a chained run (`hf-ipt run`) skips the stage, and the error otherwise
+    optional: ClassVar[bool] = True
+    missing: ClassVar[str] = ""
+    reads: type[Stage] | None = None  # the stage whose output this one reads (None: it reads no stage)
+
+    @classmethod
+    @abstractmethod
+    def from_recipe(cls, recipe: RecipeConfig, options: CommandOptions = NO_OPTIONS) -> Stage | None:
+        """The stage as `recipe` (and the command line's `options`) configure it; None when the recipe leaves this
+        stage out (see `missing`)."""
+
+    @abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """The settings this stage's output depends on (plain data); the driver adds the upstream fingerprint."""
+
+    @abstractmethod
+    def compute(self, context: StageContext) -> StageOutput:
+        """Do the stage's work; the driver commits what it returns."""
+
+    def checks(self, run: RunConfig, built_later: set[str]) -> list[Check]:
+        """The preflight checks of this stage (nothing heavy: seconds for the whole pipeline). `built_later`: local
+        paths an earlier stage of this run creates before they are read (their checks are skipped)."""
+        return []
+
+    def creates(self) -> set[str]:
+        """Local paths this stage creates before later stages read them (the tiny model of the quickstart)."""
+        return set()
+
+    def settings(self) -> dict[str, Any]:
+        """The recipe sections this stage records in its commit marker (provenance for the release; the driver
+        redacts secrets); by default its identity."""
+        return self.identity()
+
+    def summarize(self, report: Mapping[str, Any], summary: StageSummary, output: StageFolder) -> None:
+        """Add this stage's figures, read from its committed `report` (and its `output` folder), to `summary`."""
+        summary.figures.update(report.get("figures") or {})
+
+    @classmethod
+    def progress(cls, output: StageFolder) -> list[str]:
+        """What `hf-ipt status` says of this stage's output, read from its markers alone (so it can be asked while
+        workers run): finished, its damaged files, or not there ("-")."""
+        damage = output.damage()
+        if damage:
+            return [f"damaged: {', '.join(sorted(damage))} (redone by the next run)"]
+        return ["finished" if output.fingerprint() is not None else "-"]
+
+    @classmethod
+    def describe_damage(cls, output: StageFolder, damage: Mapping[str, str]) -> str:
+        """One line naming the damaged files of this stage's output (for the stage that reads it)."""
+        return output.describe_damage(damage)
+
+    def run(self, run: RunConfig) -> StageSummary:
+        """Run this stage on `run` (its `output_dir` and settings): `run_stage(self, run)`.
+
+        Example:
+            >>> MixStage(mix_config, sources).run(RunConfig(output_dir="output/run"))  # doctest: +SKIP
+        """
+        return run_stage(self, run)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The driver
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def finished_upstream(folder: StageFolder, maker: type[Stage]) -> str:
+    """The fingerprint of the committed, intact output a stage reads (made by the stage `maker`); IncompleteRunError
+    when there is none or a file of it is damaged, naming the files and the command that (re)makes it.
+
+    Example:
+        >>> finished_upstream(RunFolder("output/run").stage("templified"), TemplifyStage)  # doctest: +SKIP
+        '5be0...'
+    """
+    command = maker.command_name or maker.name
+    marker = folder.marker()
+    if marker is None or marker.get("fingerprint") is None:
+        raise IncompleteRunError(f"{folder.url} holds no finished output; run `hf-ipt {command}` first")
+    damage = folder.damage(marker)
+    if damage:
+        raise IncompleteRunError(
+            f"{maker.describe_damage(folder, damage)}. Run `hf-ipt {command}` with this recipe (or `hf-ipt run`) to "
+            "do that stage again"
+        )
+    return marker["fingerprint"]
+
+
+def stage_identity(stage: Stage, folder: RunFolder, ignore: Sequence[str] = ()) -> dict[str, Any]:
+    """The identity a stage's output is committed under: its own settings, less the dotted keys of `ignore`
+    (`run.resume_ignore`: settings that do not change the output), and the fingerprint of the output it reads.
+
+    Example:
+        >>> stage_identity(TemplifyStage(TemplifyConfig()), RunFolder("output/run"))["upstream"]  # doctest: +SKIP
+        '3f2a...'
+    """
+    upstream = None
+    if stage.reads is not None:
+        upstream = finished_upstream(folder.stage(stage.reads.folder), stage.reads)
+    # no secret may reach a marker, a manifest or a message, and a rotated credential must not block reuse
+    return redact({"upstream": upstream, **without_keys(stage.identity(), ignore)})
+
+
+def without_keys(data: Mapping[str, Any], dotted: Sequence[str]) -> dict[str, Any]:
+    """A copy of nested plain data without the dotted keys given (those absent are ignored).
+
+    Example:
+        >>> without_keys({"synth": {"engine_kwargs": {"seed": 1, "dtype": "f"}}}, ["synth.engine_kwargs.seed"])
+        {'synth': {'engine_kwargs': {'dtype': 'f'}}}
+    """
+    result = {key: dict(value) if isinstance(value, Mapping) else value for key, value in data.items()}
+    for key in dotted:
+        head, _, rest = key.partition(".")
+        if head not in result:
+            continue
+        if not rest:
+            del result[head]
+        elif isinstance(result[head], Mapping):
+            result[head] = without_keys(result[head], [rest])
+    return result
+
+
+def run_stage(stage: Stage, run: RunConfig) -> StageSummary:
+    """Run one stage the way every stage runs: identity (with the upstream fingerprint) → reuse an intact output
+    committed with it → else compute → commit → summary.
+
+    Example:
+        >>> run_stage(TemplifyStage(TemplifyConfig()), RunConfig(output_dir="output/run")).reused  # doctest: +SKIP
+        True
+    """
+    started = time.perf_counter()
+    folder = run.folder
+    output = folder.stage(stage.folder)
+    identity = stage_identity(stage, folder, run.resume_ignore)
+    marker = output.marker()
+    if marker is not None and marker.get("fingerprint") == fingerprint(identity):
+        damage = output.damage(marker)
+        if not damage:
+            summary = StageSummary(stage.name, output.url, reused=True)
+            summary.rows = sum((marker.get("num_rows") or {}).values()) if marker.get("num_rows") else None
+            stage.summarize(marker.get("extra") or {}, summary, output)
+            return summary
+        logger.warning("%s; doing the %s stage again", output.describe_damage(damage), stage.name)
+    upstream = folder.stage(stage.reads.folder) if stage.reads is not None else None
+    context = StageContext(run, folder, output, upstream, identity, marker)
+    result = stage.compute(context)
+    summary = StageSummary(stage.name, output.url, complete=result.complete, note=result.note)
+    summary.figures.update(result.figures)
+    if result.complete:
+        committed = commit(stage, output, identity, result)
+        summary.rows = sum(committed["num_rows"].values()) if committed["num_rows"] else None
+        stage.summarize(result.report, summary, output)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def commit(stage: Stage, output: StageFolder, identity: Mapping[str, Any], result: StageOutput) -> dict[str, Any]:
+    """Commit a stage's output with its report and settings: rows the stage committed in place (synthesis shards) get
+    the stage's marker listing them; anything else replaces the folder's previous output (`StageFolder.write_output`).
+    Returns the marker.
+
+    Example:
+        >>> commit(stage, RunFolder("out").stage("mixed"), {}, StageOutput(report={}, data=rows))  # doctest: +SKIP
+    """
+    settings = redact(stage.settings())
+    if result.in_place is not None:
+        return output.commit(
+            config=identity,
+            files=result.in_place.files,
+            num_rows=result.in_place.num_rows,
+            extra=result.report,
+            checksums=result.in_place.checksums,
+            settings=settings,
+        )
+    return output.write_output(
+        config=identity,
+        data=result.data,
+        files=result.files,
+        num_rows=result.num_rows,
+        extra=result.report,
+        settings=settings,
+    )

@@ -1,0 +1,347 @@
+"""The release stage: the final data (mixed, or templified when the run has no mix) with its card, to the Hub
+(commit, then tag: `hf_ipt.release.hub`) or to a local folder (`run.output_dir/release/`: `hf_ipt.release.local`).
+
+Everything the card says beyond the rows comes from the run folder itself (`release_info`): each earlier stage
+recorded its settings and committed its report with its output, so the card describes what made the data, whether
+the stages ran from `hf-ipt run` or from Python. One bundle (`hf_ipt.release.bundle`) is built from the data and that
+information, then written to the destination. A local version never changes unless forced.
+
+Example:
+    >>> ReleaseStage(ReleaseConfig(repo_id="local/x", version="v0.1"), to="local").run(run).output  # doctest: +SKIP
+    'output/quickstart/release'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+from hf_ipt.columns import MODE
+from hf_ipt.config import AUGMENTED_SOURCE, RecipeConfig, RunConfig, in_field_order
+from hf_ipt.mixing import RAW
+from hf_ipt.preflight import HUB_TIMEOUT, Check, hub_unreachable, within
+from hf_ipt.release.bundle import build_bundle
+from hf_ipt.release.card import CardOptions, ReleaseInfo, SourceInfo, SynthesizerInfo, template_arguments
+from hf_ipt.release.hub import ReleaseConfig, publish_release
+from hf_ipt.release.local import check_local_version, release_files
+from hf_ipt.stages.base import NO_OPTIONS, CommandOptions, Stage, StageContext, StageOutput, StageSummary
+from hf_ipt.stages.mix import MixStage
+from hf_ipt.stages.synthesize import SynthesizeStage
+from hf_ipt.stages.templify import TemplifyStage
+from hf_ipt.store import RunFolder, StageFolder, config_to_dict
+from hf_ipt.validation import Problem
+
+
+class ReleaseStage(Stage):
+    """Release the run's final data with its card, to the Hub or to `run.output_dir/release/`.
+
+    Args:
+        config: where and what to release (`ReleaseConfig`: repo id, version, config name, ...).
+        to: "hub" (commit, then tag the version) or "local" (a folder laid out like the Hub repo, nothing uploaded).
+        card: the card's settings (`CardOptions`).
+        reads: the stage whose output is released: `MixStage` (the default), or `TemplifyStage` for a run without a
+            mix.
+        command: the command line recorded in the card (the CLI passes its own).
+
+    Example:
+        >>> ReleaseStage(ReleaseConfig(repo_id="local/x", version="v0.1"), to="local").identity()["release_to"]
+        'local'
+    """
+
+    name: ClassVar[str] = "release"
+    command_name: ClassVar[str] = "push"
+    description: ClassVar[str] = "write the release (dataset, card, plots) to the Hub or to a local folder"
+    folder: ClassVar[str] = "release"
+    sections: ClassVar[tuple[str, ...]] = ("release", "release_to", "card", "quality", "run")
+    optional: ClassVar[bool] = False
+    missing: ClassVar[str] = (
+        "this recipe has no `release` section (repo_id, version, config_name); add one, or run the stages before the "
+        "release only"
+    )
+
+    def __init__(
+        self,
+        config: ReleaseConfig,
+        *,
+        to: Literal["hub", "local"] = "hub",
+        card: CardOptions | None = None,
+        reads: type[Stage] = MixStage,
+        command: str | None = None,
+    ) -> None:
+        if to not in ("hub", "local"):
+            raise ValueError(f"release_to must be 'hub' or 'local', got {to!r}")
+        if reads not in (MixStage, TemplifyStage):
+            raise ValueError(f"a release reads the output of MixStage or TemplifyStage, got {reads!r}")
+        self.config, self.to, self.card, self.reads, self.command = config, to, card or CardOptions(), reads, command
+
+    @classmethod
+    def from_recipe(cls, recipe: RecipeConfig, options: CommandOptions = NO_OPTIONS) -> ReleaseStage | None:
+        """The stage of the recipe's `release`, `release_to` and `card` sections; it releases the mix, or the
+        templified texts when the recipe has no mix. None when the recipe has no `release` section."""
+        if recipe.release is None:
+            return None
+        reads = MixStage if recipe.mix is not None else TemplifyStage
+        return cls(recipe.release, to=recipe.release_to, card=recipe.card, reads=reads, command=options.command)
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "release": {k: v for k, v in config_to_dict(self.config).items() if k != "token"},
+            "release_to": self.to,
+            "card": config_to_dict(self.card),
+        }
+
+    def settings(self) -> dict[str, Any]:
+        release = config_to_dict(self.config)
+        release["token"] = "<not recorded>" if self.config.token is not None else None
+        return {"release": release, "release_to": self.to, "card": config_to_dict(self.card)}
+
+    def checks(self, run: RunConfig, built_later: set[str]) -> list[Check]:
+        found = [Check("release settings and card template", self.settings_problems)]
+        if self.to == "hub":
+            found.append(Check(f"Hub token and write access to {self.config.repo_id}", self.hub_problems))
+        return found
+
+    def settings_problems(self) -> list[Problem]:
+        """`card.template` (when set) is a file or template text."""
+        try:
+            template_arguments(self.card.template)
+        except FileNotFoundError as err:
+            return [Problem("card.template", str(err), "fix the path, or leave card.template unset")]
+        return []
+
+    def hub_problems(self) -> list[Problem]:
+        """A Hub token is there and valid, and it can write `release.repo_id` (the repo exists and the token may
+        write it, or the namespace is the user's or one of their organisations, where it can be created). Each Hub
+        call has a timeout; an unreachable Hub is a problem here, since the release needs it."""
+        return hub_write_problems(self.config)
+
+    def compute(self, context: StageContext) -> StageOutput:
+        data = context.upstream.load()
+        info = release_info(context.run, reads=self.reads, release=self.settings(), command=self.command)
+        if self.to == "hub":
+            result = publish_release(data, self.config, info=info, card=self.card)
+            report = {"url": result.url, "commit": result.commit, "version": result.version}
+            return StageOutput(report=report, num_rows={split: len(rows) for split, rows in data.items()})
+        check_local_version(
+            context.previous,
+            context.identity,
+            self.config.version,
+            where=context.output.url,
+            force=context.run.overwrite,
+        )
+        config = self.config
+        bundle = build_bundle(
+            dict(data), info, config_name=config.config_name, version=config.version, plots=config.plots
+        )
+        files = release_files(
+            bundle, repo_id=config.repo_id, version=config.version, card=self.card, local_path=context.output.url
+        )
+        tokens = ((bundle.report["statistics"].get("text") or {}).get("tokens") or {}).get("total")
+        report = {"files": bundle.report["files"], "tokens": tokens, "plots": len(bundle.report["files"]["plots"])}
+        return StageOutput(report=report, data=bundle.splits, files=files)
+
+    def summarize(self, report: Mapping[str, Any], summary: StageSummary, output: StageFolder) -> None:
+        config = self.config
+        if report.get("url"):
+            summary.output = report["url"]
+            if not summary.reused:
+                summary.figures["commit"] = report.get("commit")
+        elif not summary.reused:
+            if report.get("tokens"):
+                summary.figures["tokens"] = report["tokens"]
+            summary.figures["card"] = f"{output.url}/README.md"
+            summary.figures["plots"] = report.get("plots", 0)
+            summary.note = f"load it with datasets.load_dataset({output.url!r})"
+        if not summary.reused:
+            summary.figures["version"] = f"{config.repo_id} {config.version} ({config.config_name})"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the card says beyond the rows, from the run folder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def release_info(
+    run: RunConfig | RunFolder,
+    *,
+    reads: type[Stage] = MixStage,
+    release: Mapping[str, Any] | None = None,
+    command: str | None = None,
+) -> ReleaseInfo:
+    """Everything a card says beyond the released rows, read from a run folder: the synthesizer and the sources
+    (under their mix names) as the stages recorded them, each stage's committed report, the recipe those settings
+    make up (with `release` settings, and the run's own when `run` is a `RunConfig`), and the `command`. Pass it as
+    `info=` to `hf_ipt.push_release` / `hf_ipt.save_release` to release a run's data from Python with the card
+    `hf-ipt run` writes.
+
+    Example:
+        >>> release_info(RunConfig(output_dir="output/quickstart")).synthesizer.rounds  # doctest: +SKIP
+        3
+    """
+    folder = run if isinstance(run, RunFolder) else run.folder
+    synthesized = folder.stage(SynthesizeStage.folder).marker() or {}
+    templified = folder.stage(TemplifyStage.folder).marker() or {}
+    mixed = (folder.stage(MixStage.folder).marker() or {}) if reads is MixStage else {}
+    recorded = {
+        **(synthesized.get("settings") or {}),
+        **(templified.get("settings") or {}),
+        **(mixed.get("settings") or {"mix": None, "mix_sources": {}}),
+        **(release or {}),
+    }
+    if not isinstance(run, RunFolder):
+        recorded["run"] = run.recorded()
+    synth = recorded.get("synth") or {}
+    synthesizer = SynthesizerInfo(
+        model=synth.get("model", SynthesizerInfo().model),
+        revision=synth.get("revision"),
+        engine=synth.get("engine"),
+        rounds=synth.get("rounds"),
+        max_model_len=synth.get("max_model_len"),
+        sampling={"temperature": 0, "max_new_tokens": synth.get("max_new_tokens")},
+    )
+    templify_report = templified.get("extra") or {}
+    statistics = only_split(templify_report.get("statistics") or {})
+    quality = only_split((templify_report.get("quality") or {}).get("reports") or {})
+    mix = recorded.get("mix")
+    return ReleaseInfo(
+        synthesizer=synthesizer,
+        sources=sources_of(recorded),
+        mixing_report=mixed.get("extra") if mixed else None,
+        templify_stats=statistics,
+        synthesis_stats=synthesized.get("extra"),
+        quality=quality,
+        recipe=in_field_order(RecipeConfig, recorded),
+        command=command,
+        template_column=MODE,
+        tokenizer=mix["tokenizer"] if mix else (recorded.get("templify") or {}).get("target_tokenizer"),
+    )
+
+
+def sources_of(recorded: Mapping[str, Any]) -> list[SourceInfo]:
+    """The datasets a run read, as the card lists them: the augmented corpus' source, then each mix source, under
+    the names their rows carry in the source column. One dataset feeding two roles (from scratch: the augmented
+    part and the raw part) is listed once, with both names.
+
+    Example:
+        >>> [s.mix_names for s in sources_of({"source": {"path": "me/raw"}, "mix_sources": {
+        ...     "raw": {"path": "me/raw", "kind": "raw"}}})]
+        [['augmented', 'raw']]
+    """
+    entries = [(RAW, AUGMENTED_SOURCE, recorded.get("source") or {})]
+    entries += [(s.get("kind", RAW), name, s) for name, s in (recorded.get("mix_sources") or {}).items()]
+    sources: dict[str, SourceInfo] = {}
+    for kind, mix_name, source in entries:
+        if not source.get("path"):
+            continue
+        sources.setdefault(
+            source["path"],
+            SourceInfo(
+                path=source["path"],
+                kind=kind,
+                license=source.get("license"),
+                revision=source.get("revision"),
+                name=source.get("name"),
+                split=source.get("split"),
+            ),
+        ).mix_names.append(mix_name)
+    return list(sources.values())
+
+
+def only_split(per_split: Mapping[str, Any]) -> Any:
+    """The value of the one split of a per-split report (a run synthesizes one split); None when there is none.
+
+    Example:
+        >>> only_split({"train": {"texts": 3}})
+        {'texts': 3}
+    """
+    values = list(per_split.values())
+    return values[0] if len(values) == 1 else None
+
+
+def hub_write_problems(release: ReleaseConfig) -> list[Problem]:
+    """Whether the token of `release` (or the saved login) can write `release.repo_id` on the Hub, asked with a
+    timeout per call (see `ReleaseStage.hub_problems`)."""
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    token = release.token or get_token()
+    if not token:
+        return [
+            Problem(
+                "release.token",
+                "no Hub token (release.token is unset, HF_TOKEN is unset and there is no saved login)",
+                "run `hf auth login`, set HF_TOKEN, or use release_to: local",
+            )
+        ]
+    api = HfApi(token=token)
+    try:
+        me = within(HUB_TIMEOUT, api.whoami, "asking the Hub who the token belongs to")
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status == 401:
+            return [Problem("release.token", "the Hub refused the token (401)", "use a valid token with write access")]
+        return [hub_unreachable("release.repo_id", err)]
+    except Exception as err:  # noqa: BLE001 - a network failure of any kind
+        return [hub_unreachable("release.repo_id", err)]
+    namespace = release.repo_id.split("/")[0]
+    try:
+        within(HUB_TIMEOUT, lambda: api.repo_info(release.repo_id, repo_type="dataset"), "reading the repo")
+        exists = True
+    except RepositoryNotFoundError:
+        exists = False
+    except Exception as err:  # noqa: BLE001
+        return [hub_unreachable("release.repo_id", err)]
+    return write_access_problems(me, release.repo_id, namespace, exists)
+
+
+def write_access_problems(me: Mapping[str, Any], repo_id: str, namespace: str, exists: bool) -> list[Problem]:
+    """What `whoami` says of the token's right to write (or create) `repo_id` in `namespace`."""
+    user = me.get("name", "")
+    orgs = {org.get("name"): org.get("roleInOrg") for org in me.get("orgs") or []}
+    access = (me.get("auth") or {}).get("accessToken") or {}
+    role = access.get("role")
+    action = "write to" if exists else "create"
+    if role == "read":
+        return [
+            Problem(
+                "release.token",
+                f"the token of {user!r} has read access only and cannot {action} {repo_id!r}",
+                "use a token with write access (HF_TOKEN, `hf auth login`, or release.token)",
+            )
+        ]
+    if namespace != user and namespace not in orgs:
+        return [
+            Problem(
+                "release.repo_id",
+                f"{user!r} cannot {action} {repo_id!r}: {namespace!r} is neither the user nor one of their "
+                f"organisations ({', '.join(sorted(o for o in orgs if o)) or 'none'})",
+                f"release under your own namespace, e.g. {user}/{repo_id.split('/')[1]}",
+            )
+        ]
+    if namespace in orgs and orgs[namespace] == "read":
+        return [
+            Problem(
+                "release.repo_id",
+                f"{user!r} has read access only in the organisation {namespace!r}",
+                "ask for write access there, or release under your own namespace",
+            )
+        ]
+    if role == "fineGrained" and not _fine_grained_can_write(access, namespace, repo_id):
+        return [
+            Problem(
+                "release.token",
+                f"the fine-grained token has no write permission on {repo_id!r} or {namespace!r}",
+                "give the token `repo.write` on that namespace or repo, or use another token",
+            )
+        ]
+    return []
+
+
+def _fine_grained_can_write(access: Mapping[str, Any], namespace: str, repo_id: str) -> bool:
+    fine = access.get("fineGrained") or {}
+    for entry in fine.get("scoped") or []:
+        entity = entry.get("entity") or {}
+        target = entity.get("name")
+        if target in (namespace, repo_id) and "repo.write" in (entry.get("permissions") or []):
+            return True
+    return False
