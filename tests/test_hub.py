@@ -44,7 +44,7 @@ from hf_ipt.release.hub import (
     verify_release,
 )
 from hf_ipt.release.plots import render_plots
-from hf_ipt.stats import compute_statistics
+from hf_ipt.release.statistics import compute_statistics
 
 # tests/hub_server.py: the local Hub double and its `local_hub` fixture. Imported as a plugin (not at the top of this
 # module) so pytest registers it before its first import.
@@ -371,7 +371,7 @@ def test_bad_inputs_fail_before_any_upload(local_hub, monkeypatch):
     with pytest.raises(ValueError, match="rounds"):
         SynthesizerInfo(rounds=0)
     with pytest.raises(ValueError, match="kind"):
-        SourceInfo("x", kind="raw")
+        SourceInfo("x", kind="raw_corpus")  # one spelling per kind: the mix's (`raw`, `general_instructions`)
     assert "token" not in repr(ReleaseConfig(repo_id="me/x", version="v1.0", token=TEST_TOKEN))
 
     local_hub.reset_log()
@@ -683,7 +683,7 @@ def test_card_sources_are_counted_by_mix_name_and_the_tokenizer_is_named():
     card = str(render_card({"m": report}, repo_id="me/x", version="v1.0"))
     sources = card.split("### Sources")[1].split("###")[0]
     assert "not described" not in card and "license unknown" not in card
-    assert "| `bundled:quickstart` as `augmented` | raw_corpus | — | — | psf-2.0 | 2 | 5 |" in sources
+    assert "| `bundled:quickstart` as `augmented` | raw | — | — | psf-2.0 | 2 | 5 |" in sources
     assert "| `Open-Orca/OpenOrca` as `general` | general_instructions | — | — | mit | 2 | 5 |" in sources
     assert "Tokens (tokenizer `my-org/my-tokenizer`, counted by column 'num_tokens')" in card
     assert "tokenizer `column" not in card

@@ -15,8 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -33,26 +31,14 @@ from hf_ipt.redaction import REDACTED as REDACTED
 from hf_ipt.redaction import redact, scrub, secret_values
 from hf_ipt.release.card import ReleaseInfo, sidecar_dir
 from hf_ipt.release.plots import render_plots
-from hf_ipt.stats import compute_statistics
+from hf_ipt.release.statistics import compute_statistics
 from hf_ipt.store import json_bytes
+from hf_ipt.version import __version__
 
-REPORT_FORMAT = 1
+REPORT_FORMAT = 1  # the layout of stats.json
 
 
 # --------------------------------------------------------------------------------------------------- contents
-def hf_ipt_version() -> str:
-    """The installed hf-ipt version (the package's `__version__` in a source checkout).
-
-    Example:
-        >>> hf_ipt_version()  # doctest: +SKIP
-        '0.1.0'
-    """
-    try:
-        return importlib.metadata.version("hf-ipt")
-    except importlib.metadata.PackageNotFoundError:
-        return str(getattr(importlib.import_module("hf_ipt"), "__version__", "unknown"))
-
-
 def plain(value: Any) -> Any:
     """A JSON-ready copy: mappings become dicts with str keys, sequences lists, other objects their str().
 
@@ -212,7 +198,7 @@ def build_bundle(
     # what the recipe holds under secret names is hidden everywhere else too (a description, the command line)
     recipe_mapping = info.recipe if isinstance(info.recipe, Mapping) else None
     secrets = [*secrets, *secret_values(recipe_mapping)]
-    report = config_report(splits, info, config_name=config_name, version=version, hf_ipt_version=hf_ipt_version())
+    report = config_report(splits, info, config_name=config_name, version=version, hf_ipt_version=__version__)
     report = redact(report, secrets)
     folder = sidecar_dir(config_name)
     listed: dict[str, Any] = {"stats": f"{folder}/stats.json", "recipe": None, "plots": {}}

@@ -25,17 +25,18 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from hf_ipt import columns as C
+from hf_ipt.markers import DEFAULT_MODEL
+from hf_ipt.mixing import RAW
+from hf_ipt.mixing import SOURCE_KINDS as MIX_SOURCE_KINDS
 from hf_ipt.quality import card_view as quality_card_view
 from hf_ipt.redaction import scrub
 from hf_ipt.release.plots import PLOT_FILES
 from hf_ipt.validation import check_fields
 
-DEFAULT_SYNTHESIZER = "instruction-pretrain/instruction-synthesizer"
 DEFAULT_TEMPLATE = "hf_ipt_dataset_card.md"
 PROJECT_URL = "https://github.com/hf-ipt/hf-ipt"
 RELEASE_INFO_DIR = "release_info"
-REPORT_FORMAT = 1
-SOURCE_KINDS = ("raw_corpus", "general_instructions", "other")
+SOURCE_KINDS = (*MIX_SOURCE_KINDS, "other")  # how a source fed the release: a mix source kind, or other
 # The license ids the Hub accepts in a card's `license` field (https://huggingface.co/docs/hub/repositories-licenses);
 # the Hub refuses a card commit with any other id, so a card maps other licenses to `other` + `license_name`.
 # tests/hub_server.py refuses what the Hub refuses with this same list.
@@ -83,7 +84,7 @@ class SynthesizerInfo:
         'instruction-pretrain/instruction-synthesizer'
     """
 
-    model: str = field(default=DEFAULT_SYNTHESIZER, metadata=_help("Hub id or path of the synthesizer (synth.model)."))
+    model: str = field(default=DEFAULT_MODEL, metadata=_help("Hub id or path of the synthesizer (synth.model)."))
     revision: str | None = field(default=None, metadata=_help("Commit or tag of the synthesizer model used."))
     engine: str | None = field(default=None, metadata=_help("Inference engine, e.g. 'vllm' or 'transformers'."))
     rounds: int | None = field(
@@ -114,7 +115,7 @@ class SourceInfo:
 
     path: str = field(metadata=_help("Hub id (e.g. 'Open-Orca/OpenOrca') or local path of the source (source.path)."))
     kind: str = field(
-        default="raw_corpus",
+        default=RAW,
         metadata={"help": f"Role of the source in the mix, one of {SOURCE_KINDS}.", "choices": SOURCE_KINDS},
     )
     license: str | None = field(

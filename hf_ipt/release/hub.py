@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import importlib.metadata
 import json
 import logging
 import math
@@ -60,9 +59,10 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import validate_repo_id
 
 from hf_ipt.redaction import scrub
-from hf_ipt.release.bundle import ReleaseBundle, build_bundle, hf_ipt_version
+from hf_ipt.release.bundle import ReleaseBundle, build_bundle
 from hf_ipt.release.card import RELEASE_INFO_DIR, CardOptions, ReleaseInfo, render_card, sidecar_dir
 from hf_ipt.validation import check_fields
+from hf_ipt.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -821,7 +821,7 @@ def _write_to_hub(
     guard: HubCallGuard,
 ) -> ReleaseResult:
     configs = {bundle.config_name: bundle.splits for bundle in bundles}
-    api = HfApi(token=token, library_name="hf-ipt", library_version=hf_ipt_version())
+    api = HfApi(token=token, library_name="hf-ipt", library_version=__version__)
     commands = [bundle.report.get("command") for bundle in bundles if bundle.report.get("command")]
     progress = _Progress(config, secrets, guard=guard, resume=commands[0] if commands else None)
     private_now = progress.run("read the repository", functools.partial(_repo_visibility, api, config.repo_id))

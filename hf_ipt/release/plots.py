@@ -1,8 +1,6 @@
-"""PNG plots for dataset cards, drawn from the statistics that `hf_ipt.stats.compute_statistics` computes.
+"""PNG plots for dataset cards, drawn from the statistics `hf_ipt.release.statistics.compute_statistics` computes.
 
-Plots are rendered with matplotlib's Agg canvas on `Figure` objects (no pyplot global state, safe in threads and
-without a display) and saved without a timestamp, so the same statistics always give byte-identical files: a re-run
-of a release then uploads nothing new.
+Drawn with `hf_ipt.plotting` (the Agg canvas, no metadata), so the same statistics always give byte-identical files.
 
 Example:
     >>> from hf_ipt.release.plots import render_plots
@@ -18,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hf_ipt._deps import require
+from hf_ipt.plotting import bar_chart, histogram_bars, new_figure, save_figure
 
 # name -> (file name, title); also the order the card shows them in
 PLOT_FILES: dict[str, tuple[str, str]] = {
@@ -27,61 +25,6 @@ PLOT_FILES: dict[str, tuple[str, str]] = {
     "template_modes": ("template_modes.png", "Template modes"),
     "source_mix": ("source_mix.png", "Share of each source"),
 }
-
-
-def _figure():
-    require("matplotlib", "rendering the dataset card plots")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.4, 3.6), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure: Any, path: Path) -> Path:
-    figure.tight_layout()
-    # No "Software"/date metadata: identical statistics must give identical bytes.
-    figure.savefig(path, format="png", metadata={"Software": None})
-    return path
-
-
-def bar_chart(
-    path: Path, labels: list[str], values: list[float], title: str, xlabel: str, ylabel: str, *, color: str = "#4C72B0"
-) -> Path:
-    """A bar chart saved as a PNG without metadata (same values, same bytes); the card's plots and the quality
-    report's draw with it.
-
-    Example:
-        >>> bar_chart(Path("/tmp/modes.png"), ["classic", "raw"], [105, 23], "Template modes", "mode", "texts")
-        ... # doctest: +SKIP
-        PosixPath('/tmp/modes.png')
-    """
-    figure = _figure()
-    axes = figure.add_subplot(1, 1, 1)
-    positions = list(range(len(labels)))
-    axes.bar(positions, values, color=color)
-    axes.set_xticks(positions)
-    rotate = max((len(label) for label in labels), default=0) > 6 or len(labels) > 12
-    axes.set_xticklabels(labels, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
-    axes.set_title(title)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    return _save(figure, path)
-
-
-def histogram_bars(histogram: Mapping[str, Any] | None) -> tuple[list[str], list[int]]:
-    """(labels, counts) of a `hf_ipt.stats.Distribution` histogram: bin i holds edges[i] <= n < edges[i + 1].
-
-    Example:
-        >>> histogram_bars({"edges": [0, 1, 2, 4, 8], "counts": [1, 0, 2, 5]})
-        (['0', '1', '2-3', '4-7'], [1, 0, 2, 5])
-    """
-    edges, counts = (histogram or {}).get("edges"), (histogram or {}).get("counts")
-    if not edges or not counts or len(edges) != len(counts) + 1:
-        return [], []
-    labels = [str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:], strict=False)]
-    return labels, [int(c) for c in counts]
 
 
 def render_plots(statistics: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -147,7 +90,7 @@ def _grouped_bars(
     path: Path, labels: list[str], series: Mapping[str, list[float]], title: str, xlabel: str, ylabel: str
 ) -> Path:
     """Bars of several series side by side per label (e.g. requested and achieved share of each source)."""
-    figure = _figure()
+    figure = new_figure()
     axes = figure.add_subplot(1, 1, 1)
     width = 0.8 / max(len(series), 1)
     colors = ("#DD8452", "#4C72B0", "#55A868")
@@ -162,4 +105,4 @@ def _grouped_bars(
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)

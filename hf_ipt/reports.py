@@ -1,0 +1,116 @@
+"""The quality report of a release or a run, wherever it lies: what `hf-ipt report` reads and compares.
+
+A report is computed once, by the templify stage (`hf_ipt.quality.quality_report` over the synthesized rows), and
+committed with its output; a release carries it in its stats.json. This module only finds it: in a local release
+folder, a run's output folder, a Hub release at a revision, or (computed now) rows that still carry a `pairs` column.
+
+Example:
+    >>> load_report("output/quickstart/release")["pairs"]  # doctest: +SKIP
+    386
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hf_ipt import columns as C
+from hf_ipt.quality import quality_report
+from hf_ipt.release.card import sidecar_dir
+from hf_ipt.stages.templify import TemplifyStage
+from hf_ipt.store import RunFolder
+
+_SIDECAR_STATS = f"{sidecar_dir('{config}')}/stats.json"  # a release's stats.json, for any config
+_HUB_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[^\s@]+)?$")
+
+
+def _pick(found: Mapping[str, Any], config: str | None, what: str, source: str) -> Any:
+    if config is not None:
+        if config not in found:
+            raise ValueError(f"{source} has no {what} {config!r}; it has {sorted(found)}")
+        return found[config]
+    if len(found) != 1:
+        raise ValueError(f"{source} has {len(found)} {what}s {sorted(found)}; choose one (--config NAME)")
+    return next(iter(found.values()))
+
+
+def _from_stats(stats: Mapping[str, Any], source: str) -> dict[str, Any]:
+    quality = stats.get("quality")
+    if not quality:
+        raise ValueError(
+            f"{source} has no quality report (its stats.json was written by a release made before hf-ipt wrote one, "
+            "or from rows without a `pairs` column); release it again with this hf-ipt, or run `hf-ipt report` on "
+            "its run's output folder"
+        )
+    return dict(quality)
+
+
+def load_report(source: str | os.PathLike, *, config: str | None = None, split: str | None = None) -> dict[str, Any]:
+    """The quality report of a release or run, from:
+
+    - a local release folder (`release_info/{config}/stats.json`, key `quality`);
+    - a run's `run.output_dir` (the report committed with `templified/`, one per split);
+    - a dataset folder whose rows have a `pairs` column (computed now, whitespace words);
+    - a Hub dataset `owner/name@revision` (its `release_info/{config}/stats.json` at that revision).
+
+    `config` / `split` choose when there are several. Errors say what was found and how to choose.
+
+    Example:
+        >>> load_report("output/quickstart/release")["pairs"]  # doctest: +SKIP
+        612
+        >>> load_report("me/ipt@v1.0", config="continual-m3")["grounding"]["rate"]  # doctest: +SKIP
+        0.41
+    """
+    path = Path(source)
+    text = str(source)
+    if path.is_dir():
+        found = {p.parent.name: p for p in sorted(path.glob(_SIDECAR_STATS.format(config="*")))}
+        if found:
+            stats_path = _pick(found, config, "config", text)
+            return _from_stats(json.loads(stats_path.read_text(encoding="utf-8")), text)
+        if (path / TemplifyStage.folder).is_dir():
+            templified = RunFolder(text).stage(TemplifyStage.folder)
+            reports = (templified.report().get("quality") or {}).get("reports")
+            if not reports:
+                raise ValueError(f"{templified.url} holds no quality report; run `hf-ipt templify` first")
+            return dict(_pick(reports, split, "split", text))
+        import datasets
+
+        try:
+            loaded = datasets.load_from_disk(text)
+        except FileNotFoundError:
+            try:
+                loaded = datasets.load_dataset(text)
+            except Exception as err:  # any reader's failure: the folder is not something a report is made from
+                raise ValueError(
+                    f"{text} is neither a release folder (no release_info/*/stats.json), nor a run's output folder "
+                    f"(no templified/), nor a dataset `datasets` can read ({type(err).__name__}: {err})"
+                ) from err
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = _pick(dict(loaded), split, "split", text)
+        if C.PAIRS not in loaded.column_names:
+            raise ValueError(
+                f"{text} is neither a release folder (no release_info/*/stats.json), nor a run's output folder (no "
+                f"templified/), nor rows with a {C.PAIRS!r} column (columns: {loaded.column_names})"
+            )
+        return quality_report(loaded)
+    if path.exists():
+        raise ValueError(f"{text} is a file; give a release folder, a run's output folder or owner/name@revision")
+    if not _HUB_REF.match(text):
+        raise ValueError(f"{text!r} is neither a local folder nor a Hub dataset reference like owner/name@v1.0")
+    repo_id, _, revision = text.partition("@")
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    files = api.list_repo_files(repo_id, repo_type="dataset", revision=revision or None)
+    pattern = re.compile("^" + re.escape(_SIDECAR_STATS).replace(re.escape("{config}"), "([^/]+)") + "$")
+    found = {m.group(1): name for name in files if (m := pattern.match(name))}
+    if not found:
+        raise ValueError(f"Hub dataset {text} has no release_info/*/stats.json: it was not released by hf-ipt")
+    name = _pick(found, config, "config", text)
+    local = api.hf_hub_download(repo_id, name, repo_type="dataset", revision=revision or None)
+    return _from_stats(json.loads(Path(local).read_text(encoding="utf-8")), text)
