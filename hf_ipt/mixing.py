@@ -7,8 +7,9 @@ instruction-augmented one is first formatted like it with `prepare_source` (same
   `"{question} {response}"` with one space and its system prompt discarded (`kind="general_instructions"`);
 - pre-training from scratch: unchanged raw corpora at a ratio the user chooses (`kind="raw"`).
 
-`mix_with_general_instructions`, `mix_with_raw_corpus`, `mix_by_token_ratio` and `mix_by_token_weights` are
-shorthands for these two steps.
+Every source must carry the same wrapping: `mix` refuses a mix where some sources' texts carry the BOS/EOS of
+`MixConfig.tokenizer` and others do not (one corpus, two text formats, and a ratio counted on unequal wrappings),
+naming the sources and how to format them alike (`prepare_source` with the target format the augmented texts got).
 
 `datasets.interleave_datasets` samples by example probability, so a 1:1 ratio of examples is not a 1:1 ratio of
 tokens. Here every source is counted (`count_tokens`, a cached `Dataset.map`), then whole examples are selected so
@@ -58,11 +59,12 @@ from __future__ import annotations
 
 import logging
 import math
+import typing
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -128,6 +130,15 @@ class InsufficientTokensError(ValueError):
         super().__init__(message)
         self.shortfalls = shortfalls
         self.achievable_total_tokens = achievable_total_tokens
+
+
+class FormatMismatchError(ValueError):
+    """The sources of a mix are formatted differently (some texts carry the target BOS/EOS, others not); the message
+    names them and how to format them alike (`check_formats_agree`).
+
+    Example:
+        >>> raise FormatMismatchError("the sources of the mix are formatted differently: ...")  # doctest: +SKIP
+    """
 
 
 class RatioToleranceError(ValueError):
@@ -440,9 +451,9 @@ def count_tokens(
 # Preparing a source: every text formatted like the augmented ones before the mix
 # ----------------------------------------------------------------------------------------------------------------
 
-GENERAL_INSTRUCTIONS = "general_instructions"  # OpenOrca-style question/response rows
-RAW = "raw"  # plain texts, mixed unchanged (only wrapped with the target BOS/EOS)
-SOURCE_KINDS = (GENERAL_INSTRUCTIONS, RAW)
+SourceKind = Literal["general_instructions", "raw"]  # what a corpus other than the augmented one is
+SOURCE_KINDS: tuple[str, ...] = typing.get_args(SourceKind)
+GENERAL_INSTRUCTIONS, RAW = SOURCE_KINDS  # OpenOrca-style question/response rows; plain texts, mixed unchanged
 
 
 class TextWrapper:
@@ -915,6 +926,52 @@ def _validate_sources(datasets: Mapping[str, Any], config: MixConfig) -> None:
                 )
 
 
+def check_formats_agree(datasets: Mapping[str, Any], config: MixConfig, target: TargetFormat) -> None:
+    """Refuse a mix whose sources are formatted differently: most texts of some sources carry `target`'s BOS/EOS
+    (the tokenizer's) while most texts of others do not. Such a corpus would train on two text formats, and its
+    token ratio would be counted on unequal wrappings. Reads each source's text column as Arrow (no copy).
+
+    Example:
+        >>> from datasets import Dataset
+        >>> check_formats_agree({"a": Dataset.from_dict({"text": ["<s>x</s>"]}), "b": Dataset.from_dict(
+        ...     {"text": ["y"]})}, MixConfig(weights={"a": 1, "b": 1}, tokenizer="t"), TargetFormat("<s>", "</s>"))
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        hf_ipt.mixing.FormatMismatchError: the sources of the mix are formatted differently: most texts of 'a' (1 of \
+1) carry the BOS/EOS of mix.tokenizer ('<s>' ... '</s>'), those of 'b' (0 of 1) do not. Format every source alike: ...
+    """
+    if not (target.bos or target.eos):
+        return
+    counts = {}
+    for name, dataset in datasets.items():
+        texts = _arrow_column(dataset, config.text_column_of(name))
+        if pa.types.is_null(texts.type):  # a source with no text at all (e.g. empty): nothing formatted
+            continue
+        present = pc.fill_null(pc.greater(pc.utf8_length(texts), 0), False)
+        wrapped = present
+        if target.bos:
+            wrapped = pc.and_(wrapped, pc.fill_null(pc.starts_with(texts, target.bos), False))
+        if target.eos:
+            wrapped = pc.and_(wrapped, pc.fill_null(pc.ends_with(texts, target.eos), False))
+        counts[name] = (int(pc.sum(wrapped).as_py() or 0), int(pc.sum(present).as_py() or 0))
+    carrying = [name for name, (wrapped, texts) in counts.items() if texts and wrapped * 2 > texts]
+    bare = [name for name, (wrapped, texts) in counts.items() if texts and wrapped * 2 <= texts]
+    if not carrying or not bare:
+        return
+
+    def shown(names: list[str]) -> str:
+        return ", ".join(f"{name!r} ({counts[name][0]:,} of {counts[name][1]:,})" for name in names)
+
+    raise FormatMismatchError(
+        f"the sources of the mix are formatted differently: most texts of {shown(carrying)} carry the BOS/EOS of "
+        f"mix.tokenizer ({target.bos!r} ... {target.eos!r}), those of {shown(bare)} do not. Format every source "
+        f"alike: prepare_source(dataset, kind=..., text_column=..., target_format=TargetFormat({target.bos!r}, "
+        f"{target.eos!r})) wraps a source's texts as templify's target_tokenizer wraps the augmented ones (or "
+        "leave every source bare)"
+    )
+
+
 def _fmt_tokens(value: float) -> str:
     return f"{value:,.0f}"
 
@@ -940,6 +997,7 @@ def mix(datasets: Mapping[str, Any], config: MixConfig) -> MixResult:
         raise TypeError(f"mix needs a MixConfig, got {type(config).__name__}")
     _validate_sources(datasets, config)
     tokenizer = load_tokenizer(config.tokenizer, key="mix.tokenizer")
+    check_formats_agree(datasets, config, TargetFormat(tokenizer.bos_token or "", tokenizer.eos_token or ""))
     shares = config.shares()
     names = list(config.weights)  # the report and the ratios follow the order of the weights
 
@@ -1126,137 +1184,6 @@ def _ratio_text(weights: Mapping[str, float]) -> str:
     return "the ratio " + " : ".join(f"{name} {weight:g}" for name, weight in weights.items())
 
 
-def mix_by_token_weights(
-    sources: Mapping[str, tuple[Any, float]], *, tokenizer: Any, seed: int = 0, **options: Any
-) -> MixResult:
-    """N-way mix: `{name: (dataset, weight)}`; `options` are further MixConfig fields.
-
-    Example:
-        >>> mixed, report = mix_by_token_weights(
-        ...     {"augmented": (aug, 2), "general": (orca, 1), "raw": (web, 1)}, tokenizer=tok)  # doctest: +SKIP
-    """
-    if not isinstance(sources, Mapping):
-        raise TypeError(f"sources must map a name to (dataset, weight), got {type(sources).__name__}")
-    for name, entry in sources.items():
-        if not isinstance(entry, tuple | list) or len(entry) != 2:
-            raise ValueError(f"sources[{name!r}] must be a (dataset, weight) pair, got {type(entry).__name__}")
-    config = MixConfig(
-        weights={name: entry[1] for name, entry in sources.items()}, tokenizer=tokenizer, seed=seed, **options
-    )
-    return mix({name: entry[0] for name, entry in sources.items()}, config)
-
-
-def _two_way_weights(ratio: float | Sequence[float]) -> tuple[float, float]:
-    if isinstance(ratio, int | float) and not isinstance(ratio, bool):
-        return float(ratio), 1.0
-    if isinstance(ratio, Sequence) and not isinstance(ratio, str) and len(ratio) == 2:
-        return ratio[0], ratio[1]
-    raise ValueError(
-        f"ratio must be a number (primary tokens per secondary token, e.g. 1.0) or a pair like (1, 3), got {ratio!r}"
-    )
-
-
-def mix_by_token_ratio(
-    primary: Any,
-    secondary: Any,
-    ratio: float | Sequence[float] = 1.0,
-    *,
-    tokenizer: Any,
-    seed: int = 0,
-    primary_name: str = "augmented",
-    secondary_name: str = "secondary",
-    **options: Any,
-) -> MixResult:
-    """Two-way mix with `ratio` = primary tokens : secondary tokens (a number, or a pair such as `(1, 3)`).
-
-    Example:
-        >>> mixed, report = mix_by_token_ratio(augmented, orca_texts, (1, 1), tokenizer=tok, seed=0)  # doctest: +SKIP
-    """
-    if primary_name == secondary_name:
-        raise ValueError(f"primary_name and secondary_name must differ, both are {primary_name!r}")
-    primary_weight, secondary_weight = _two_way_weights(ratio)
-    return mix_by_token_weights(
-        {primary_name: (primary, primary_weight), secondary_name: (secondary, secondary_weight)},
-        tokenizer=tokenizer,
-        seed=seed,
-        **options,
-    )
-
-
-def mix_with_general_instructions(
-    augmented: Any,
-    general_instructions: Any,
-    *,
-    tokenizer: Any,
-    ratio: float | Sequence[float] = 1.0,
-    seed: int = 0,
-    target_format: TargetFormat = NO_FORMAT,
-    question_column: str = "question",
-    response_column: str = "response",
-    **options: Any,
-) -> MixResult:
-    """Continual pre-training recipe: augmented texts + OpenOrca-style general instructions, 1:1 in tokens.
-
-    `general_instructions` has OpenOrca's columns (`id`, `system_prompt`, `question`, `response`); it is formatted
-    with `prepare_source(kind="general_instructions")` and mixed under the names "augmented" and "general".
-    Rows with a missing or empty question/response are excluded and counted under `format_status=...`.
-
-    Example:
-        >>> mixed, report = mix_with_general_instructions(augmented, openorca, tokenizer=tok)  # doctest: +SKIP
-    """
-    return _mix_prepared(
-        augmented,
-        "general",
-        general_instructions,
-        ratio,
-        dict(
-            kind=GENERAL_INSTRUCTIONS,
-            text_column=TEXT,
-            target_format=target_format,
-            question_column=question_column,
-            response_column=response_column,
-        ),
-        tokenizer=tokenizer,
-        seed=seed,
-        **options,
-    )
-
-
-def mix_with_raw_corpus(
-    augmented: Any,
-    raw: Any,
-    *,
-    ratio: float | Sequence[float],
-    tokenizer: Any,
-    seed: int = 0,
-    raw_text_column: str = TEXT,
-    target_format: TargetFormat = NO_FORMAT,
-    **options: Any,
-) -> MixResult:
-    """Pre-training from scratch recipe: augmented texts + an unchanged raw corpus at `ratio` (augmented : raw).
-
-    `target_format` wraps the raw texts with the target BOS/EOS (`prepare_source(kind="raw")`), as templify does for
-    the augmented ones (leave it empty if the raw texts already carry them). Sources are named "augmented" and "raw".
-
-    Example:
-        >>> mixed, report = mix_with_raw_corpus(augmented, c4, ratio=(1, 4), tokenizer=tok, seed=0)  # doctest: +SKIP
-    """
-    preparation = dict(kind=RAW, text_column=raw_text_column, target_format=target_format)
-    return _mix_prepared(augmented, "raw", raw, ratio, preparation, tokenizer=tokenizer, seed=seed, **options)
-
-
-def _mix_prepared(
-    augmented: Any, name: str, other: Any, ratio: Any, preparation: dict[str, Any], **options: Any
-) -> MixResult:
-    """The two recipes: `other` prepared as source `name`, then mixed with "augmented" at `ratio`."""
-    other = prepare_source(other, name=name, batch_size=options.get("batch_size", 1000), **preparation)
-    text_columns = dict(options.pop("text_columns", {}))
-    text_columns[name] = preparation["text_column"]
-    return mix_by_token_ratio(
-        augmented, other, ratio, primary_name="augmented", secondary_name=name, text_columns=text_columns, **options
-    )
-
-
 __all__ = [
     "FORMAT_STATUSES",
     "FORMAT_STATUS",
@@ -1269,6 +1196,7 @@ __all__ = [
     "RAW",
     "SOURCE_KINDS",
     "GeneralInstructionFormatter",
+    "FormatMismatchError",
     "InsufficientTokensError",
     "MixConfig",
     "MixReport",
@@ -1282,9 +1210,5 @@ __all__ = [
     "format_general_instructions",
     "load_tokenizer",
     "mix",
-    "mix_by_token_ratio",
-    "mix_by_token_weights",
-    "mix_with_general_instructions",
-    "mix_with_raw_corpus",
     "prepare_source",
 ]

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from hf_ipt import columns as C
 from hf_ipt.mixing import (
+    FormatMismatchError,
     InsufficientTokensError,
     MixConfig,
     RatioToleranceError,
@@ -247,7 +248,7 @@ def test_mixing_accounts_for_every_row(tiny_model_path, sources, seed):
     config = MixConfig(weights=dict.fromkeys(datasets, 1), tokenizer=tiny_model_path, seed=seed, tolerance=0.5)
     try:
         mixed, report = mix(datasets, config)
-    except (InsufficientTokensError, RatioToleranceError) as error:  # documented: names the short sources
+    except (InsufficientTokensError, RatioToleranceError, FormatMismatchError) as error:  # documented: names sources
         assert "source" in str(error) or "tokens" in str(error)
         return
     for name, rows in zip(datasets, sources, strict=True):

@@ -17,6 +17,7 @@ import hf_ipt.mixing as mixing_module
 from hf_ipt.columns import FORMAT_ERROR, FORMAT_STATUS, FORMAT_STATUSES
 from hf_ipt.formatting import TargetFormat
 from hf_ipt.mixing import (
+    FormatMismatchError,
     GeneralInstructionFormatter,
     InsufficientTokensError,
     MixConfig,
@@ -28,15 +29,53 @@ from hf_ipt.mixing import (
     count_tokens,
     format_general_instructions,
     mix,
-    mix_by_token_ratio,
-    mix_by_token_weights,
-    mix_with_general_instructions,
-    mix_with_raw_corpus,
     prepare_source,
 )
 from hf_ipt.testing import corpus_paragraphs
 
 PARAGRAPHS = corpus_paragraphs()
+
+
+# The two ways of the paper, spelled out with the public pieces (prepare the other source, then mix by weights)
+
+
+def mix_by_token_weights(sources, *, tokenizer, seed=0, **options):
+    """{name: (dataset, weight)} mixed by token weights."""
+    weights = {name: weight for name, (_, weight) in sources.items()}
+    config = MixConfig(weights=weights, tokenizer=tokenizer, seed=seed, **options)
+    return mix({name: dataset for name, (dataset, _) in sources.items()}, config)
+
+
+def mix_by_token_ratio(primary, secondary, ratio=1.0, *, tokenizer, seed=0, primary_name="augmented",
+                       secondary_name="secondary", **options):  # fmt: skip
+    """Two sources at `ratio` (a number: primary tokens per secondary token, or a pair)."""
+    weights = (float(ratio), 1.0) if isinstance(ratio, int | float) else tuple(ratio)
+    sources = {primary_name: (primary, weights[0]), secondary_name: (secondary, weights[1])}
+    return mix_by_token_weights(sources, tokenizer=tokenizer, seed=seed, **options)
+
+
+def mix_with_general_instructions(augmented, general, *, tokenizer, ratio=1.0, seed=0, target_format=None,
+                                  **options):  # fmt: skip
+    """Continual pre-training: OpenOrca-style rows formatted as "{question} {response}", then mixed."""
+    prepared = prepare_source(
+        general, kind="general_instructions", text_column="text", target_format=target_format or TargetFormat(),
+        name="general",
+    )  # fmt: skip
+    return mix_by_token_ratio(
+        augmented, prepared, ratio, tokenizer=tokenizer, seed=seed, secondary_name="general", **options
+    )
+
+
+def mix_with_raw_corpus(augmented, raw, *, ratio, tokenizer, seed=0, raw_text_column="text", target_format=None,
+                        **options):  # fmt: skip
+    """Pre-training from scratch: a raw corpus, unchanged (but for the target BOS/EOS), mixed at `ratio`."""
+    target = target_format or TargetFormat()
+    prepared = prepare_source(raw, kind="raw", text_column=raw_text_column, target_format=target, name="raw")
+    text_columns = {**options.pop("text_columns", {}), "raw": raw_text_column}
+    return mix_by_token_ratio(
+        augmented, prepared, ratio, tokenizer=tokenizer, seed=seed, secondary_name="raw", text_columns=text_columns,
+        **options,
+    )  # fmt: skip
 
 
 def openorca_rows(paragraphs: list[str], prefix: str = "orca") -> dict[str, list]:
@@ -495,7 +534,10 @@ def test_whole_examples_that_cannot_meet_the_tolerance(tiny_tokenizer):
 
 
 def test_keep_columns_and_the_from_scratch_recipe(tiny_tokenizer, raw_corpus):
-    augmented = Dataset.from_dict({"text": PARAGRAPHS[:80], "url": [f"aug:{i}" for i in range(80)]})
+    # the augmented texts carry the target BOS/EOS templify wrote (the mix refuses sources formatted differently)
+    augmented = Dataset.from_dict(
+        {"text": [f"<s>{p}</s>" for p in PARAGRAPHS[:80]], "url": [f"aug:{i}" for i in range(80)]}
+    )
     mixed, report = mix_with_raw_corpus(
         augmented,
         raw_corpus,
@@ -627,3 +669,23 @@ def test_format_refuses_input_columns_it_would_overwrite(column):
 def test_counting_a_lone_surrogate_names_the_column_and_row(tiny_model_path):
     with pytest.raises(ValueError, match=r"column 'text' holds text that is not valid Unicode at row 1"):
         TokenCounter(tiny_model_path)({"text": ["fine", "bad \ud800"]})
+
+
+def test_a_mix_of_sources_formatted_differently_is_refused_with_the_fix(augmented, openorca, tiny_tokenizer):
+    """Templify wrapped the augmented texts in the target BOS/EOS; general instructions left bare would make one
+    corpus of two text formats, its ratio counted on unequal wrappings: refused, naming both and the fix."""
+    target = TargetFormat(tiny_tokenizer.bos_token, tiny_tokenizer.eos_token)
+    wrapped = augmented.map(lambda row: {"text": target.wrap(row["text"])})
+    bare = prepare_source(openorca, kind="general_instructions", text_column="text", target_format=TargetFormat())
+    config = MixConfig(weights={"augmented": 1, "general": 1}, tokenizer=tiny_tokenizer)
+    with pytest.raises(FormatMismatchError) as refused:
+        mix({"augmented": wrapped, "general": bare}, config)
+    message = str(refused.value)
+    assert "most texts of 'augmented' (60 of 60) carry the BOS/EOS of mix.tokenizer ('<s>' ... '</s>')" in message
+    assert "those of 'general' (0 of 400) do not" in message and "target_format=TargetFormat('<s>', '</s>')" in message
+    # formatted alike (as hf-ipt run formats them), the same sources mix
+    general = prepare_source(openorca, kind="general_instructions", text_column="text", target_format=target)
+    mixed, report = mix({"augmented": wrapped, "general": general}, config)
+    assert report.within_tolerance and all(text.startswith("<s>") and text.endswith("</s>") for text in mixed["text"])
+    # both bare is one format too
+    assert mix({"augmented": augmented, "general": bare}, config).report.within_tolerance

@@ -27,6 +27,7 @@ from typing import Any
 
 from hf_ipt import columns as C
 from hf_ipt.columns import check_input_columns
+from hf_ipt.markers import DEFAULT_MODEL
 from hf_ipt.synthesis.prompts import PromptFitter, zero_shot_segment
 from hf_ipt.tokenization import invalid_unicode_at, load_fast_tokenizer
 from hf_ipt.validation import check_fields, check_token_budget
@@ -83,7 +84,7 @@ class ChunkConfig(ChunkSettings):
     """
 
     tokenizer: str = field(
-        default="instruction-pretrain/instruction-synthesizer",
+        default=DEFAULT_MODEL,
         metadata={"help": "Tokenizer of the synthesizer (id or path); lengths are counted with it.", "nonempty": True},
     )
     revision: str | None = field(default=None, metadata={"help": "Tokenizer revision."})

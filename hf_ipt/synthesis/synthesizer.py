@@ -14,9 +14,12 @@ in): see `hf_ipt.columns.SYNTH_COLUMNS` — `pairs`, `synth_output`, `chain_id`,
 `num_demonstrations`, `prompt_tokens`, `truncated`, `synth_status`, `synth_error`, `parse_drops`, `special_strings`.
 An input column with one of these names (other than the text column) is refused with a ValueError: rename it first.
 
-With `rounds=M > 1`, the rows of each batch form M-round chains (see `hf_ipt.synthesis.chains`): a row is prompted
-with the previous entries of its chain as demonstrations (`hf_ipt.synthesis.job.BatchJob` holds that state). Chains
-never cross batches, so the batch size is part of the recipe.
+With `rounds=M > 1`, the rows of each block of `batch_size` rows form M-round chains (see `hf_ipt.synthesis.chains`):
+a row is prompted with the previous entries of its chain as demonstrations (`hf_ipt.synthesis.job.BatchJob` holds
+that state). Chains never cross blocks, so the batch size is part of the recipe. A map batch holding several blocks is
+cut into them, so any map `batch_size` that is a multiple of `batch_size` gives `hf-ipt run`'s chains; the default,
+1000 rows, is `Dataset.map`'s own default, so `ds.map(synth, batched=True)` gives them too. With `with_indices=True`
+a map batch that starts inside a block (another map batch size) is refused instead of chaining other rows.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any
 
 from hf_ipt.columns import SYNTH_COLUMNS, check_input_columns
 from hf_ipt.engines import ENGINES, Engine, make_engine
-from hf_ipt.parallel import devices_per_rank, pin_rank, rank_from_args
+from hf_ipt.markers import DEFAULT_MODEL
+from hf_ipt.placement import devices_per_rank, pin_rank, rank_from_args
 from hf_ipt.synthesis.job import BatchJob
 from hf_ipt.synthesis.prompts import PromptFitter
 from hf_ipt.synthesis.scheduling import SCHEDULING_MODES, run_scheduled
@@ -41,7 +45,9 @@ from hf_ipt.synthesis.speculative import (
 from hf_ipt.tokenization import load_fast_tokenizer
 from hf_ipt.validation import check_fields, check_token_budget
 
-DEFAULT_MODEL = "instruction-pretrain/instruction-synthesizer"
+# the rows of one map batch when `Dataset.map` is given no batch_size (its signature's default; a test keeps the two
+# equal): synthesis forms its chains in blocks of this many rows unless told otherwise
+MAP_BATCH_SIZE = 1000
 
 
 @dataclass
@@ -87,10 +93,11 @@ class SynthesisConfig:
         default=400, metadata={"help": "Most tokens the synthesizer writes per text (greedy).", "min": 1}
     )
     batch_size: int = field(
-        default=1024,
+        default=MAP_BATCH_SIZE,
         metadata={
-            "help": "Rows per map batch; with rounds > 1 the chains are formed inside each batch, so this is "
-            "part of the recipe. Pass it to `Dataset.map(batch_size=...)`.",
+            "help": "Rows of one block of chains: with rounds > 1 the chains are formed inside each block of this "
+            "many rows, so this is part of the recipe. The default is Dataset.map's own batch size (1000), so "
+            "`ds.map(synth, batched=True)` forms the blocks hf-ipt run forms; map with a multiple of it otherwise.",
             "min": 1,
         },
     )
@@ -190,7 +197,7 @@ class Synthesizer:
     def engine(self) -> Engine:
         cfg = self.config
         spec = self.custom_engine if self.custom_engine is not None else cfg.engine
-        return make_engine(
+        engine = make_engine(
             spec,
             model=cfg.model,
             revision=cfg.revision,
@@ -200,6 +207,8 @@ class Synthesizer:
             if cfg.speculative is None
             else {**cfg.engine_kwargs, "speculative_config": speculative_config(cfg.speculative)},
         )
+        self.__dict__["_engine"] = (os.getpid(), engine)  # for `counters`, which must never start one
+        return engine
 
     def check_columns(self, column_names: Sequence[str]) -> None:
         """Raise a KeyError naming the missing text column and the available ones, or a ValueError naming input
@@ -215,17 +224,59 @@ class Synthesizer:
     def __call__(self, batch: dict[str, list], *args: Any) -> dict[str, list]:
         """Synthesize pairs for one batch. Extra positional arguments (indices, rank from `with_indices` /
         `with_rank`) are accepted; results depend only on the batch's content. With a rank (`with_rank=True`,
-        `num_proc=n`) the process is first pinned to the rank's GPUs or cores (`hf_ipt.parallel.pin_rank`)."""
+        `num_proc=n`) the process is first pinned to the rank's GPUs or cores (`hf_ipt.placement.pin_rank`)."""
         self.check_columns(list(batch))
         rank = rank_from_args(args)
         if rank is not None:
             # before the engine exists in this process: CUDA_VISIBLE_DEVICES / core binding act only then
             pin_rank(rank, devices_per_rank=devices_per_rank(self.config.engine_kwargs))
-        texts = batch[self.config.text_column]
-        job = BatchJob(texts, self.config.rounds, self.fitter if len(texts) else _NoFitter())
-        if job.zero_shot_ids:
-            run_scheduled(job, self.engine, self.config.max_new_tokens, self.config.scheduling)
-        return {**batch, **job.columns()}
+        texts = list(batch[self.config.text_column])
+        self.check_blocks(args[0] if args and isinstance(args[0], list) else None)
+        size = self.config.batch_size
+        blocks = []
+        for start in range(0, max(len(texts), 1), size):  # one block of chains at a time, as hf-ipt run maps them
+            job = BatchJob(texts[start : start + size], self.config.rounds, self.fitter if texts else _NoFitter())
+            if job.zero_shot_ids:
+                run_scheduled(job, self.engine, self.config.max_new_tokens, self.config.scheduling)
+            blocks.append(job.columns())
+        # each column keeps the type of the blocks' columns (the pairs' list type tells Arrow its type)
+        columns = {name: type(first)(v for block in blocks for v in block[name]) for name, first in blocks[0].items()}
+        return {**batch, **columns}
+
+    def check_blocks(self, indices: Sequence[int] | None) -> None:
+        """With the map's row indices (`with_indices=True`): refuse a batch that starts inside a block of
+        `batch_size` rows, whose chains would differ from `hf-ipt run`'s (the map's batch size is not a multiple of
+        `batch_size`). Without indices the cut cannot be seen: map with a multiple of `batch_size`.
+
+        Example:
+            >>> Synthesizer(batch_size=4, rounds=2).check_blocks([6, 7])
+            Traceback (most recent call last):
+            ...
+            ValueError: this map batch starts at row 6, inside a block of chains (rows 4-7 with synth batch_size=4): \
+its chains would differ from hf-ipt run's. Map with batch_size=4 (or a multiple of it)
+        """
+        size = self.config.batch_size
+        if self.config.rounds > 1 and indices and indices[0] % size:
+            first = indices[0] - indices[0] % size
+            raise ValueError(
+                f"this map batch starts at row {indices[0]}, inside a block of chains (rows {first}-"
+                f"{first + size - 1} with synth batch_size={size}): its chains would differ from hf-ipt run's. Map "
+                f"with batch_size={size} (or a multiple of it)"
+            )
+
+    def counters(self) -> dict[str, int] | None:
+        """What this process's engine has counted since it started (speculative decoding's drafts and accepted
+        tokens), None before it exists or when it counts nothing; the sharded runner records each shard's share.
+
+        Example:
+            >>> Synthesizer(engine=lambda prompts: prompts).counters() is None
+            True
+        """
+        pid, engine = self.__dict__.get("_engine", (None, None))
+        if pid != os.getpid():
+            return None
+        counters = getattr(engine, "counters", None) or getattr(engine, "speculative_counters", None)
+        return counters() if callable(counters) else None
 
 
 class _NoFitter:

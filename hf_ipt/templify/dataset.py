@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -16,6 +17,31 @@ logger = logging.getLogger(__name__)
 
 def _is_ok(status: str) -> bool:
     return status == STATUS_OK
+
+
+def with_text_column(config: TemplifyConfig, features: Any) -> TemplifyConfig:
+    """`config` reading the column synthesis read: when its `text_column` is left at the default and the rows have
+    no such column, the one string column that is not a synthesis output (synthesis keeps its input columns); the
+    config as it is otherwise (several candidates: `Templifier.check_columns` names them).
+
+    Example:
+        >>> from datasets import Features, Value
+        >>> with_text_column(TemplifyConfig(), Features({"content": Value("string"), "synth_output": Value("string"),
+        ...                                              "chain_position": Value("int64")})).text_column
+        'content'
+    """
+    default = TemplifyConfig().text_column
+    if config.text_column in features or config.text_column != default:
+        return config
+    candidates = [
+        name
+        for name, feature in features.items()
+        if name not in C.SYNTH_COLUMNS and name != config.id_column and getattr(feature, "dtype", None) == "string"
+    ]
+    if len(candidates) != 1:
+        return config
+    logger.info("templify: reading the text from column %r (the one text column besides synthesis')", candidates[0])
+    return dataclasses.replace(config, text_column=candidates[0])
 
 
 def templify(dataset: Any, config: TemplifyConfig | None = None) -> Any:
@@ -44,6 +70,8 @@ def templify(dataset: Any, config: TemplifyConfig | None = None) -> Any:
     from datasets import Dataset, IterableDataset, concatenate_datasets
 
     config = config if config is not None else TemplifyConfig()
+    if getattr(dataset, "features", None) is not None:
+        config = with_text_column(config, dataset.features)
     # a Dataset is regrouped into whole-chain batches below (plan_chain_batches); a stream is mapped as it comes
     function = Templifier(config, grouped=isinstance(dataset, Dataset))
     if isinstance(dataset, IterableDataset):

@@ -343,7 +343,7 @@ class Templifier:
             hint = (
                 "the synthesis columns come from hf_ipt.Synthesizer (run synthesis first)"
                 if set(missing) & set(INPUT_COLUMNS)
-                else "set TemplifyConfig.text_column / id_column to existing columns"
+                else "set TemplifyConfig.text_column to the column synthesis read (and id_column to an existing one)"
             )
             raise ValueError(f"templify needs the columns {missing}, missing from {sorted(column_names)}: {hint}")
 
