@@ -9,9 +9,8 @@ importer, and does not run them again).
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
-import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -289,19 +288,116 @@ def test_private_imports_are_found_by_from_and_attribute():
         ]
 
 
+SHIMS = ["hf_ipt.synthesize", "hf_ipt.server_engine", "hf_ipt.hub", "hf_ipt.plots", "hf_ipt.cards", "hf_ipt.parallel"]
+
+
+@pytest.mark.parametrize("old", SHIMS)
+def test_no_shim_module_is_left(old):
+    # 0.1.0 was never released: modules that only re-exported others' names were removed, not kept as shims
+    assert old not in MODULES
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
+
+
+# --- layers: which rooms may use which ------------------------------------------------------------------------------
+
+
+def room(module: str) -> str:
+    """The room of a module: its top-level part of hf_ipt (`hf_ipt.stages.mix` -> `hf_ipt.stages`)."""
+    return ".".join(module.split(".")[:2])
+
+
+def room_graph(graph: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The import graph between rooms, the package face (hf_ipt/__init__.py, which imports every room) left out."""
+    rooms: dict[str, dict[str, int]] = {}
+    for importer, targets in graph.items():
+        if importer == PACKAGE:
+            continue
+        entry = rooms.setdefault(room(importer), {})
+        for target, line in targets.items():
+            if target != PACKAGE and room(target) != room(importer):
+                entry.setdefault(room(target), line)
+    return rooms
+
+
+def reaches(graph: dict[str, dict[str, int]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), {}):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_no_room_imports_a_room_that_imports_it_back():
+    rooms = room_graph(import_graph())
+    for name in rooms:
+        rooms[name] = {target: line for target, line in rooms[name].items() if target in rooms}
+    found = cycles(rooms)
+    assert not found, "rooms of hf_ipt that import each other (package level):\n" + "\n".join(
+        " -> ".join(cycle) for cycle in found
+    )
+
+
 @pytest.mark.parametrize(
-    ("old", "new", "names"),
+    ("lower", "higher", "why"),
     [
-        ("hf_ipt.synthesize", "hf_ipt.synthesis", ["Synthesizer", "SynthesisConfig", "synthesize_batch"]),
-        ("hf_ipt.server_engine", "hf_ipt.engines", ["ServerEngine", "ServerEngineConfig"]),
+        ("hf_ipt.quality", "hf_ipt.release", "a release may use the quality report, never the reverse"),
+        ("hf_ipt.synthesis", "hf_ipt.execution", "synthesis may use hf_ipt.placement, never an executor"),
+        ("hf_ipt.stats", "hf_ipt.stages", "stats holds generic machinery only"),
+        ("hf_ipt.engines", "hf_ipt.preflight", "an engine checks its own settings"),
+        ("hf_ipt.store", "hf_ipt.stages", "the store knows no stage"),
     ],
 )
-def test_old_module_paths_still_import_with_a_deprecation_warning(old, new, names):
-    sys.modules.pop(old, None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        shim = importlib.import_module(old)
-    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
-    current = importlib.import_module(new)
-    for name in names:
-        assert getattr(shim, name) is getattr(current, name)
+def test_layers_point_one_way(lower, higher, why):
+    graph = import_graph()
+    offenders = {
+        module: sorted(target for target in reaches(graph, module) if room(target) == higher)
+        for module in MODULES
+        if room(module) == lower
+    }
+    offenders = {module: targets for module, targets in offenders.items() if targets}
+    assert not offenders, f"{why}: {offenders}"
+
+
+def test_the_generic_modules_import_no_other_hf_ipt_module():
+    graph = import_graph()
+    for module in ("hf_ipt.stats", "hf_ipt.store", "hf_ipt.process", "hf_ipt.version", "hf_ipt.plotting"):
+        assert set(graph[module]) <= {"hf_ipt._deps"}, (module, sorted(graph[module]))
+
+
+def test_production_code_never_imports_the_test_helpers_or_the_package_face():
+    graph = import_graph()
+    for importer, targets in graph.items():
+        if importer in (PACKAGE, "hf_ipt.testing"):
+            continue
+        assert "hf_ipt.testing" not in targets, f"{importer} imports hf_ipt.testing (line {targets['hf_ipt.testing']})"
+    # `from hf_ipt import name` of a name that is not a module reads the package face, which imports everything
+    for importer, (_, tree) in MODULES.items():
+        faced = [line for module, name, line in imports_of(importer, tree) if module == PACKAGE and name is not None]
+        assert not faced, f"{importer} imports names from the package face (lines {faced})"
+
+
+def test_storage_options_travel_inside_one_run_folder_object():
+    # a run's location is a RunFolder / Store (URL and options together), not a pair passed by hand
+    mentions = sum(path.read_text(encoding="utf-8").count("storage_options") for path, _ in MODULES.values())
+    assert mentions <= 40, f"`storage_options` is named {mentions} times in hf_ipt/ (at most 40)"
+
+
+def test_the_stages_are_listed_in_one_place():
+    import hf_ipt.stages as stages
+
+    assert [stage.name for stage in stages.STAGES] == ["synthesize", "templify", "mix", "release"]
+    from hf_ipt.config import RecipeConfig
+
+    sections = {f.name for f in dataclasses.fields(RecipeConfig)}  # `release` is a recipe section too
+    folders = {stage.folder for stage in stages.STAGES} - sections
+    # no other module spells a stage's output folder as a string of its own
+    for module, (_, tree) in MODULES.items():
+        if module.startswith("hf_ipt.stages"):
+            continue
+        literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not literals & folders, f"{module} names the stage folder(s) {sorted(literals & folders)}"
