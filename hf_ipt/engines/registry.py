@@ -1,4 +1,8 @@
-"""Engines by name, and one engine per process and settings (`make_engine`).
+"""Engines by name (`ENGINES`, `engine_class`), and one engine per process and settings (`make_engine`).
+
+Adding an engine: its class in a file of this package (a subclass of `Engine` that sets `name`, `packages`,
+`reserved_arguments` and overrides what it needs of `check_settings`, `devices` and `counters`), and one line in
+`ENGINES`. Preflight, placement and statistics ask the class; nothing else knows its arguments.
 
 A named engine is created on first use and cached for the life of the process, so every batch and every Synthesizer
 with the same settings shares it. A process forked from one that holds engines starts with an empty cache (the
@@ -26,7 +30,7 @@ from hf_ipt.tokenization import check_prompt_tokenizer
 
 logger = logging.getLogger(__name__)
 
-ENGINES: dict[str, Callable[..., Engine]] = {
+ENGINES: dict[str, type[Engine]] = {
     "vllm": VLLMEngine,
     "transformers": TransformersEngine,
     "server": ServerEngine,
@@ -67,6 +71,22 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def engine_class(name: str) -> type[Engine]:
+    """The engine class registered as `name` in `ENGINES`, for its class-level contract (`check_settings`,
+    `devices`, `packages`) without starting it; a ValueError listing the names for an unknown one.
+
+    Example:
+        >>> engine_class("vllm").devices({"tensor_parallel_size": 2})
+        2
+        >>> engine_class("vlm")
+        Traceback (most recent call last):
+        ValueError: unknown engine 'vlm'; choose one of ['server', 'transformers', 'vllm'], or pass a callable
+    """
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {sorted(ENGINES)}, or pass a callable")
+    return ENGINES[name]
+
+
 def make_engine(
     spec: str | Engine | Callable[[list[str]], Sequence[str]],
     *,
@@ -90,8 +110,7 @@ def make_engine(
     if isinstance(spec, Engine):
         return spec
     if isinstance(spec, str):
-        if spec not in ENGINES:
-            raise ValueError(f"unknown engine {spec!r}; choose one of {sorted(ENGINES)}, or pass a callable")
+        factory = engine_class(spec)
         if "vllm" in _INHERITED_ENGINES:
             # vLLM's OpenMP thread pool (CPU) or CUDA context (GPU) does not survive fork: any engine here would hang
             raise RuntimeError(
@@ -109,7 +128,7 @@ def make_engine(
             except ValueError as error:
                 raise EngineStartError(f"the {spec} engine did not start: {error}") from error
             try:
-                _ENGINE_CACHE[key] = ENGINES[spec](
+                _ENGINE_CACHE[key] = factory(
                     model,
                     revision=revision,
                     tokenizer=tokenizer,

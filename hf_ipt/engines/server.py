@@ -27,10 +27,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -39,7 +40,7 @@ from urllib.parse import urlsplit
 from hf_ipt._deps import require
 from hf_ipt.engines.base import NO_OUTLOOK, ChainOutlook, Completion, Engine, Request, RequestStream, describe_error
 from hf_ipt.markers import BOS
-from hf_ipt.validation import check_fields
+from hf_ipt.validation import Problem, check_fields
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,41 @@ class ServerEngine(Engine):
     """
 
     name = "server"
+    packages = ("openai",)
+    # nothing reserved: the requests' `model` is served_model_name (default synth.model), the rest are server settings
+
+    @classmethod
+    def accepted_arguments(cls) -> set[str] | None:
+        """The fields of `ServerEngineConfig`.
+
+        Example:
+            >>> "endpoints" in ServerEngine.accepted_arguments()
+            True
+        """
+        return {f.name for f in fields(ServerEngineConfig)}
+
+    @classmethod
+    def check_settings(
+        cls, engine_kwargs: Mapping[str, Any] | None, *, model: str, revision: str | None = None
+    ) -> list[Problem]:
+        """`openai` installed, every name a field of `ServerEngineConfig`, and, when they all are, the config's own
+        checks of the values (endpoint URLs, bounds, choices), keyed by the field at fault.
+
+        Example:
+            >>> [p.key for p in ServerEngine.check_settings({"endpoint": "http://x:1"}, model="m")]
+            ['synth.engine_kwargs.endpoint']
+        """
+        problems = super().check_settings(engine_kwargs, model=model, revision=revision)
+        if any(problem.key.startswith("synth.engine_kwargs.") for problem in problems):
+            return problems  # the config cannot be built with an unknown name
+        try:
+            ServerEngineConfig(**dict(engine_kwargs or {}))
+        except (TypeError, ValueError) as err:
+            message = str(err)
+            match = re.match(r"engine_kwargs\.(\w+)", message)
+            key = f"synth.engine_kwargs.{match.group(1)}" if match else "synth.engine_kwargs"
+            problems.append(Problem(key, message, "fix the value (see ServerEngineConfig)"))
+        return problems
 
     def __init__(
         self,

