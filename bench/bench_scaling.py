@@ -257,8 +257,8 @@ def run_d(model: str, args) -> dict:
     from datasets import disable_progress_bars
 
     from hf_ipt.config import load_recipe
-    from hf_ipt.pipeline import run
     from hf_ipt.execution.runner import assemble_shards
+    from hf_ipt.pipeline import run
 
     disable_progress_bars()
     settings = {

@@ -147,7 +147,7 @@ def alternated_pairs(model: str, texts: list[str], setting: dict, rounds: int, r
     spec = VLLMEngine(model, max_model_len=MAX_MODEL_LEN, engine_kwargs={**kwargs, "speculative_config": setting})
     for engine in (plain, spec):
         synthesize(engine, model, texts[:16], rounds, max_new_tokens)  # warm-up
-    before = spec.speculative_counters() or {}
+    before = spec.counters() or {}
     plain_times, spec_times, same = [], [], True
     for _ in range(repeats):
         seconds, rows_plain = synthesize(plain, model, texts, rounds, max_new_tokens)
@@ -155,7 +155,7 @@ def alternated_pairs(model: str, texts: list[str], setting: dict, rounds: int, r
         seconds, rows_spec = synthesize(spec, model, texts, rounds, max_new_tokens)
         spec_times.append(seconds)
         same = same and rows_spec == rows_plain
-    after = spec.speculative_counters() or {}
+    after = spec.counters() or {}
     return plain_times, spec_times, same, {k: after.get(k, 0) - before.get(k, 0) for k in after}
 
 

@@ -329,12 +329,12 @@ def speculative_run(engine, args, model_dir: str, synthesizer, texts: list[str],
     synth.custom_engine = spec
     synth({"text": texts[: min(64, len(texts))]})  # warm-up
     spec.llm.reset_prefix_cache()
-    before = spec.speculative_counters() or {}
+    before = spec.counters() or {}
     started = time.perf_counter()
     for start in range(0, len(texts), args.batch_size):
         synth({"text": texts[start : start + args.batch_size]})
     seconds = time.perf_counter() - started
-    after = spec.speculative_counters() or {}
+    after = spec.counters() or {}
     stats = speculative_stats({k: after[k] - before.get(k, 0) for k in after} if after else None, setting)
     print(
         f"\n[continuous + speculative {json.dumps(setting)}] {seconds:.1f} s = {seconds / plain['seconds']:.2f} x "

@@ -2,7 +2,8 @@
 
 `Dataset.map(synth, batched=True, with_rank=True, num_proc=n)` gives each worker process a rank; the `Synthesizer`
 pins its process to the rank's devices (`pin_rank`) before it creates its engine: on GPU machines rank r gets GPUs
-r*k .. r*k+k-1, where k is the devices one engine occupies (`hf_ipt.engines`: tensor × pipeline parallel for vLLM);
+r*k .. r*k+k-1, where k is the devices one engine occupies (its class says: `Engine.devices`, tensor × pipeline
+parallel for vLLM);
 on CPU machines an equal share of the cores (`sched_setaffinity` and vLLM's `VLLM_CPU_OMP_THREADS_BIND`; the share
 needs the number of ranks, from `HF_IPT_NUM_RANKS`). The executors (`hf_ipt.execution`) pin their workers the same
 way. This module is what synthesis may import of execution: it starts nothing.
@@ -19,7 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,27 +286,3 @@ def _describe_placement(placement: Placement) -> str:
     if placement.cpus:
         return f"core(s) {','.join(map(str, placement.cpus))}"
     return "all its devices"
-
-
-def devices_per_rank(engine_kwargs: Mapping[str, Any] | None) -> int:
-    """Devices one engine uses: `tensor_parallel_size × pipeline_parallel_size` of vLLM's `engine_kwargs`.
-
-    Example:
-        >>> devices_per_rank({"tensor_parallel_size": 2})
-        2
-    """
-    kwargs = dict(engine_kwargs or {})
-    product = 1
-    for name in ("tensor_parallel_size", "pipeline_parallel_size"):
-        value = kwargs.get(name, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"engine_kwargs.{name} must be an integer >= 1, got {value!r}")
-        product *= value
-    data_parallel = kwargs.get("data_parallel_size", 1)
-    if data_parallel != 1:
-        raise ValueError(
-            f"engine_kwargs.data_parallel_size={data_parallel!r}: hf-ipt runs data parallelism itself, one engine per "
-            "rank: map with num_proc=<replicas> and with_rank=True (or Ray actors), and keep "
-            "tensor_parallel_size / pipeline_parallel_size for a model that needs several GPUs"
-        )
-    return product

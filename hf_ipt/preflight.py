@@ -14,42 +14,27 @@ prints each check with its result; `hf_ipt.pipeline.run` calls `ensure_ready` fi
 
 from __future__ import annotations
 
-import ast
-import dataclasses
 import difflib
 import importlib.util
-import inspect
 import os
 import posixpath
-import re
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from hf_ipt._deps import INSTALL_HINTS
 from hf_ipt.config import BUNDLED_PREFIX, RunConfig, SourceConfig
-from hf_ipt.engines import ServerEngineConfig
 from hf_ipt.validation import PreflightError, Problem
 
 if TYPE_CHECKING:
-    from hf_ipt.synthesis import SynthesisConfig
+    pass
 
 HUB_TIMEOUT = 20.0  # seconds for one Hub API call (whoami, repo info)
 SOURCE_TIMEOUT = 60.0  # seconds to open a dataset and read its first row (streaming from the Hub can be slow)
 TOKENIZER_TIMEOUT = 60.0
-
-# engine arguments hf-ipt sets itself from the synth section; engine_kwargs must not repeat them
-ENGINE_ARGS_FROM_SYNTH = {
-    "model": "synth.model",
-    "revision": "synth.revision",
-    "tokenizer": "synth.tokenizer",
-    "max_model_len": "synth.max_model_len",
-}
-# what a transformers-engine argument is called in vLLM, for the fix of a misplaced one
-VLLM_EQUIVALENTS = {"batch_size": "max_num_seqs", "device": None}
 
 T = TypeVar("T")
 
@@ -283,38 +268,6 @@ def missing_package(key: str, module: str, purpose: str) -> list[Problem]:
     return [Problem(key, f"{purpose} needs the `{module}` package, which is not installed", INSTALL_HINTS[module])]
 
 
-def check_engine_kwargs(synth: SynthesisConfig) -> list[Problem]:
-    """`synth.engine_kwargs` against what the chosen engine accepts: vLLM's `LLM`/`EngineArgs` arguments (read
-    from vLLM's source, nothing started), transformers' `from_pretrained` arguments (plus `batch_size`, `device`),
-    or `ServerEngineConfig`'s fields and checks. A callable or Engine object as `synth.engine` is not checked.
-
-    Example:
-        >>> recipe = load_recipe("recipes/quickstart.yaml", {"synth.engine": "vllm"})  # doctest: +SKIP
-        >>> [p.key for p in check_engine_kwargs(recipe)]  # doctest: +SKIP
-        ['synth.engine_kwargs.batch_size']
-    """
-    engine, kwargs = synth.engine, dict(synth.engine_kwargs or {})
-    if not isinstance(engine, str):
-        return []
-    problems = [
-        Problem(
-            f"synth.engine_kwargs.{name}",
-            f"{name!r} is set by hf-ipt from {ENGINE_ARGS_FROM_SYNTH[name]}",
-            f"set {ENGINE_ARGS_FROM_SYNTH[name]} instead and remove it from synth.engine_kwargs",
-        )
-        for name in kwargs
-        if name in ENGINE_ARGS_FROM_SYNTH and engine != "server"
-    ]
-    kwargs = {k: v for k, v in kwargs.items() if engine == "server" or k not in ENGINE_ARGS_FROM_SYNTH}
-    if engine == "vllm":
-        problems += _vllm_kwargs_problems(kwargs)
-    elif engine == "transformers":
-        problems += _transformers_kwargs_problems(synth, kwargs)
-    elif engine == "server":
-        problems += _server_kwargs_problems(kwargs)
-    return problems
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
@@ -494,156 +447,3 @@ def _first_row_columns(source: SourceConfig) -> list[str] | None:
         return list(dataset.column_names)
     row = next(iter(dataset), None)
     return None if row is None else list(row)
-
-
-def _unknown_kwargs(engine: str, names: Iterable[str], accepted: set[str], hints: Mapping[str, str | None]):
-    problems = []
-    for name in names:
-        if name in accepted:
-            continue
-        if name in hints:
-            fix = f"the {engine} equivalent is {hints[name]!r}" if hints[name] else f"{engine} chooses it itself"
-            fix += "; remove it"
-        else:
-            close = difflib.get_close_matches(name, sorted(accepted), n=1)
-            fix = f"did you mean {close[0]!r}? Otherwise remove it" if close else "remove it"
-        problems.append(Problem(f"synth.engine_kwargs.{name}", f"the {engine} engine has no argument {name!r}", fix))
-    return problems
-
-
-def _vllm_kwargs_problems(kwargs: Mapping[str, Any]) -> list[Problem]:
-    if not kwargs and importlib.util.find_spec("vllm") is not None:
-        return []
-    accepted = vllm_arguments()
-    if accepted is None:
-        return [
-            Problem(
-                "synth.engine",
-                "the vllm engine needs the `vllm` package, which is not installed",
-                "pip install 'hf-ipt[vllm]' (GPU) or 'hf-ipt[cpu]' (CPU), or choose synth.engine transformers",
-            )
-        ]
-    return _unknown_kwargs("vllm", kwargs, accepted, VLLM_EQUIVALENTS)
-
-
-def vllm_arguments() -> set[str] | None:
-    """The keyword arguments `vllm.LLM` accepts (its own parameters and `EngineArgs`' fields), read from vLLM's
-    source files with `ast` so nothing of vLLM is imported (that takes many seconds); None without vLLM.
-
-    Example:
-        >>> "gpu_memory_utilization" in vllm_arguments()  # doctest: +SKIP
-        True
-    """
-    spec = importlib.util.find_spec("vllm")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = Path(list(spec.submodule_search_locations)[0])
-    fields = _class_fields(root / "engine" / "arg_utils.py", "EngineArgs")
-    params = _init_params(root / "entrypoints" / "llm.py", "LLM")
-    if not fields:  # another layout: import it (slow, but only then)
-        from vllm.engine.arg_utils import EngineArgs
-
-        fields = {f.name for f in dataclasses.fields(EngineArgs)}
-        import vllm
-
-        params = set(inspect.signature(vllm.LLM.__init__).parameters)
-    return (fields | params) - {"self", "kwargs"}
-
-
-def _class_node(path: Path, name: str) -> ast.ClassDef | None:
-    """The definition of class `name` in a Python file, read without importing it; None when absent or unreadable."""
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError):
-        return None
-    return next((node for node in ast.walk(tree) if isinstance(node, ast.ClassDef) and node.name == name), None)
-
-
-def _class_fields(path: Path, name: str) -> set[str]:
-    """Annotated attributes of class `name` in a Python file (a dataclass' fields)."""
-    node = _class_node(path, name)
-    body = node.body if node is not None else []
-    return {item.target.id for item in body if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
-
-
-def _init_params(path: Path, name: str) -> set[str]:
-    """Parameter names of class `name`'s `__init__` in a Python file."""
-    node = _class_node(path, name)
-    for item in node.body if node is not None else []:
-        if isinstance(item, ast.FunctionDef) and item.name == "__init__":
-            args = item.args
-            return {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
-    return set()
-
-
-def _transformers_kwargs_problems(synth: SynthesisConfig, kwargs: Mapping[str, Any]) -> list[Problem]:
-    problems = []
-    batch_size = kwargs.get("batch_size", 16)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        problems.append(
-            Problem("synth.engine_kwargs.batch_size", f"got {batch_size!r}", "give an integer >= 1 (rows a batch)")
-        )
-    unknown = [name for name in kwargs if name not in transformers_arguments()]
-    if unknown:
-        # from_pretrained passes other keywords on to the model's config: accept the config's attributes
-        attributes = _model_config_attributes(synth)
-        if attributes is None:
-            return problems  # the config cannot be read yet (e.g. a model built later): nothing more to tell
-        unknown = [name for name in unknown if name not in attributes]
-    return problems + _unknown_kwargs("transformers", unknown, transformers_arguments(), {})
-
-
-def transformers_arguments() -> set[str]:
-    """The keywords the transformers engine takes: its own (`batch_size`, `device`) and `from_pretrained`'s (its
-    parameters and the keywords it reads from `**kwargs`).
-
-    Example:
-        >>> {"batch_size", "dtype", "device_map"} <= transformers_arguments()
-        True
-    """
-    from transformers import PreTrainedModel
-
-    method = PreTrainedModel.from_pretrained
-    names = set(inspect.signature(method).parameters)
-    try:
-        names |= set(re.findall(r"kwargs\.pop\(\s*[\"'](\w+)[\"']", inspect.getsource(method)))
-    except (OSError, TypeError):
-        pass
-    return (names | {"batch_size", "device", "torch_dtype", "low_cpu_mem_usage"}) - {
-        "pretrained_model_name_or_path",
-        "model_args",
-        "kwargs",
-        "revision",
-    }
-
-
-def _model_config_attributes(synth: SynthesisConfig) -> set[str] | None:
-    model = synth.model
-    if looks_local(model) and not (Path(model).expanduser() / "config.json").is_file():
-        return None
-    try:
-        from transformers import AutoConfig
-
-        config = within(
-            TOKENIZER_TIMEOUT,
-            lambda: AutoConfig.from_pretrained(model, revision=synth.revision),
-            f"reading the config of {model}",
-        )
-    except Exception:  # noqa: BLE001 - unreadable here: the engine will report it when it loads the model
-        return None
-    return set(config.to_dict())
-
-
-def _server_kwargs_problems(kwargs: Mapping[str, Any]) -> list[Problem]:
-    names = {f.name for f in dataclasses.fields(ServerEngineConfig)}
-    problems = _unknown_kwargs("server", [k for k in kwargs if k not in names], names, {})
-    if problems:
-        return problems
-    try:
-        ServerEngineConfig(**kwargs)
-    except (TypeError, ValueError) as err:
-        message = str(err)
-        match = re.match(r"engine_kwargs\.(\w+)", message)
-        key = f"synth.engine_kwargs.{match.group(1)}" if match else "synth.engine_kwargs"
-        return [Problem(key, message, "fix the value (see ServerEngineConfig)")]
-    return []

@@ -401,3 +401,26 @@ def test_the_stages_are_listed_in_one_place():
             continue
         literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
         assert not literals & folders, f"{module} names the stage folder(s) {sorted(literals & folders)}"
+
+
+def test_engine_names_are_known_only_to_the_engines():
+    # an engine owns its contract (arguments, packages, devices, counters): nothing outside hf_ipt/engines branches on
+    # an engine's name (a recipe field's default and its help text are data, not branches)
+    from hf_ipt.engines import ENGINES
+
+    for module, (_, tree) in MODULES.items():
+        if module.startswith("hf_ipt.engines"):
+            continue
+        compared = set()
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Compare):
+                continue
+            operands = [node.left, *node.comparators]
+            if all(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):  # engine == "vllm"
+                constants = operands
+            else:  # engine in ("vllm", "server"): the literal collection's items
+                constants = [
+                    item for op in operands if isinstance(op, ast.Tuple | ast.List | ast.Set) for item in op.elts
+                ]
+            compared |= {c.value for c in constants if isinstance(c, ast.Constant) and c.value in ENGINES}
+        assert not compared, f"{module} compares against the engine name(s) {sorted(compared)}"

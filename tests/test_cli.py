@@ -18,6 +18,7 @@ import yaml
 
 from hf_ipt.cli import main
 from hf_ipt.config import RecipeConfig, dotted_keys
+from hf_ipt.engines import Engine
 from hf_ipt.execution.runner import assemble_shards, plan_shards
 from hf_ipt.quiet import LIBRARY_ENVIRONMENT
 from hf_ipt.testing import tiny_recipe
@@ -299,11 +300,17 @@ def test_pipeline_run_from_python_commits_each_stage_report(reference, tiny_mode
         run(recipe, ("train",))
 
 
-class _RefusingEngine:
-    """An engine whose constructor refuses an argument, as vLLM's EngineArgs does."""
+class _RefusingEngine(Engine):
+    """An engine whose constructor refuses an argument, as vLLM's EngineArgs does (registered engines are Engine
+    classes: they answer the preflight's questions about their settings; this one accepts any names)."""
+
+    name = "refusing"
 
     def __init__(self, model, **settings):
         raise TypeError("EngineArgs.__init__() got an unexpected keyword argument 'batch_size'")
+
+    def generate(self, requests, max_new_tokens):
+        raise AssertionError("never started")
 
 
 def test_engine_start_up_and_unreadable_inputs_are_one_line_errors(tmp_path, tiny_model_path, reference, capsys,

@@ -11,9 +11,12 @@ import pytest
 from datasets import Dataset
 
 from hf_ipt import Synthesizer
+from hf_ipt.engines import VLLMEngine
 from hf_ipt.execution import LocalExecutor, RayExecutor, make_executor, map_on_ranks, ray_map_parquet
-from hf_ipt.placement import Placement, devices_per_rank, plan_placement, rank_from_args
+from hf_ipt.placement import Placement, plan_placement, rank_from_args
 from hf_ipt.testing import corpus_paragraphs
+
+devices_per_rank = VLLMEngine.devices  # the devices one engine occupies: vLLM's own answer
 
 MAX_NEW = 24
 

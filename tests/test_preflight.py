@@ -13,8 +13,9 @@ from datasets import Dataset
 from hf_ipt import pipeline
 from hf_ipt.cli import main
 from hf_ipt.config import load_recipe
+from hf_ipt.engines.vllm import vllm_arguments
 from hf_ipt.pipeline import check
-from hf_ipt.preflight import PreflightError, vllm_arguments
+from hf_ipt.preflight import PreflightError
 from hf_ipt.stages import SynthesizeStage
 from hf_ipt.testing import tiny_recipe
 

@@ -27,7 +27,7 @@ from hf_ipt.engines.base import (
     Request,
     RequestStream,
 )
-from hf_ipt.engines.registry import ENGINES, engine_class, holds_engines, make_engine
+from hf_ipt.engines.registry import ENGINES, devices_of, engine_class, holds_engines, make_engine
 from hf_ipt.engines.server import ServerEngine, ServerEngineConfig
 from hf_ipt.engines.transformers import TransformersEngine
 from hf_ipt.engines.vllm import VLLMEngine, VLLMRequestStream
@@ -48,6 +48,7 @@ __all__ = [
     "VLLMEngine",
     "VLLMRequestStream",
     "engine_class",
+    "devices_of",
     "holds_engines",
     "make_engine",
 ]

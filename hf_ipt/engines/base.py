@@ -27,8 +27,6 @@ import difflib
 import importlib.util
 import logging
 import os
-import shutil
-import subprocess
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -241,6 +239,20 @@ class Engine(ABC):
         """
         return 1
 
+    @classmethod
+    def speculative_problem(cls, settings_json: str) -> str | None:
+        """Why `synth.speculative` (prompt-lookup speculative decoding, `settings_json` its vLLM settings) cannot run
+        on this engine, with the fix; None when the engine runs it. Only the vLLM engine does, in-process.
+
+        Example:
+            >>> CallableEngine.speculative_problem("{}")[:40]
+            'only the vllm engine runs speculative de'
+        """
+        return (
+            "only the vllm engine runs speculative decoding; set synth.engine: vllm, or remove synth.speculative (the "
+            "rows are the same without it)"
+        )
+
     def counters(self) -> dict[str, int] | None:
         """The engine's own cumulative statistics since it started ({name: count}), None when it keeps none
         (vLLM: its speculative-decoding counters when speculative decoding is on).
@@ -426,48 +438,6 @@ def method_parameters(node: ast.ClassDef | None, method: str) -> set[str] | None
             names |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
             return names - {"self", "cls"}
     return None
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, found without initializing CUDA (so `CUDA_VISIBLE_DEVICES` can still be set):
-    the `CUDA_VISIBLE_DEVICES` list when set, else NVML's count, else `nvidia-smi -L`; [] on CPU-only machines (and
-    on machines whose GPUs none of these three sees, e.g. ROCm).
-
-    Example:
-        >>> os.environ["CUDA_VISIBLE_DEVICES"] = "2,3"  # doctest: +SKIP
-        >>> visible_gpus()  # doctest: +SKIP
-        ['2', '3']
-    """
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        devices = []
-        for item in listed.split(","):
-            item = item.strip()
-            if not item or item.startswith("-"):
-                break  # CUDA ignores everything from the first invalid entry on
-            devices.append(item)
-        return devices
-    return [str(i) for i in range(_gpu_count_without_cuda())]
-
-
-def _gpu_count_without_cuda() -> int:
-    try:
-        import pynvml  # shipped with CUDA builds of vLLM and torch (nvidia-ml-py)
-
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - no NVML library, no driver, or no GPU: try the next way
-        pass
-    if shutil.which("nvidia-smi"):
-        try:
-            listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
-            return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
-        except (OSError, subprocess.SubprocessError):
-            return 0
-    return 0
 
 
 def gpus_described(gpus: Sequence[str]) -> str:

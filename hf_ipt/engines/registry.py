@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hf_ipt.engines.base import CallableEngine, Engine, EngineStartError
 from hf_ipt.engines.server import ServerEngine
 from hf_ipt.engines.transformers import TransformersEngine
 from hf_ipt.engines.vllm import VLLMEngine
+from hf_ipt.process import process_state
 from hf_ipt.tokenization import check_prompt_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -36,39 +36,16 @@ ENGINES: dict[str, type[Engine]] = {
     "server": ServerEngine,
 }
 
-# one engine per process and settings, reused across batches and Synthesizer instances
-_ENGINE_CACHE: dict[tuple, Engine] = {}
-# names of the engines the parent process held when this process was forked from it
-_INHERITED_ENGINES: set[str] = set()
-_INHERITED_OBJECTS: list[Engine] = []
-
 
 def holds_engines() -> bool:
-    """Whether this process holds an engine made by `make_engine` (a forked child of it could not use it).
+    """Whether this process holds an engine made by `make_engine` (a forked child of it could not use it; the one
+    at-fork hook, `hf_ipt.process`, leaves the child none).
 
     Example:
         >>> holds_engines()  # in a process that has not called make_engine yet  # doctest: +SKIP
         False
     """
-    return bool(_ENGINE_CACHE)
-
-
-def _after_fork_in_child() -> None:
-    """A forked `map` worker starts with no engine of its own.
-
-    torch's OpenMP pool does not survive fork: a child that enters a parallel region the parent already used hangs.
-    Running torch single-threaded in the child avoids that (a forking map already runs one worker per core).
-    """
-    _INHERITED_ENGINES.update(key[0] for key in _ENGINE_CACHE)
-    # keep the inherited objects alive but unused: their destructors would tear down the parent's resources
-    _INHERITED_OBJECTS.extend(_ENGINE_CACHE.values())
-    _ENGINE_CACHE.clear()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() > 1:
-        torch.set_num_threads(1)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+    return bool(process_state().engines)
 
 
 def engine_class(name: str) -> type[Engine]:
@@ -85,6 +62,19 @@ def engine_class(name: str) -> type[Engine]:
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of {sorted(ENGINES)}, or pass a callable")
     return ENGINES[name]
+
+
+def devices_of(spec: str | Engine | Callable[..., Any], engine_kwargs: Mapping[str, Any] | None) -> int:
+    """The devices one engine of `spec` occupies with `engine_kwargs` (`Engine.devices`: tensor × pipeline
+    parallel for vLLM, 1 for the others and for a callable), for placing workers.
+
+    Example:
+        >>> devices_of("vllm", {"tensor_parallel_size": 2}), devices_of(lambda prompts: prompts, None)
+        (2, 1)
+    """
+    if isinstance(spec, str):
+        return engine_class(spec).devices(engine_kwargs)
+    return type(spec).devices(engine_kwargs) if isinstance(spec, Engine) else 1
 
 
 def make_engine(
@@ -111,7 +101,8 @@ def make_engine(
         return spec
     if isinstance(spec, str):
         factory = engine_class(spec)
-        if "vllm" in _INHERITED_ENGINES:
+        state = process_state()
+        if "vllm" in state.inherited_engine_names:
             # vLLM's OpenMP thread pool (CPU) or CUDA context (GPU) does not survive fork: any engine here would hang
             raise RuntimeError(
                 "this process was forked from one that already holds a vLLM engine, and engines hang in such a "
@@ -120,7 +111,7 @@ def make_engine(
                 "multiprocess.set_start_method('spawn', force=True)."
             )
         key = (spec, model, revision, tokenizer, max_model_len, repr(sorted((engine_kwargs or {}).items())))
-        if key not in _ENGINE_CACHE:
+        if key not in state.engines:
             logger.info("creating the %s engine for %s in process %d", spec, model, os.getpid())
             try:
                 # once per engine, before it loads: prompts must be the ids the model's own tokenizer.json gives
@@ -128,7 +119,7 @@ def make_engine(
             except ValueError as error:
                 raise EngineStartError(f"the {spec} engine did not start: {error}") from error
             try:
-                _ENGINE_CACHE[key] = factory(
+                state.engines[key] = factory(
                     model,
                     revision=revision,
                     tokenizer=tokenizer,
@@ -140,7 +131,7 @@ def make_engine(
                 if explained is error:
                     raise
                 raise explained from error
-        return _ENGINE_CACHE[key]
+        return state.engines[key]
     return CallableEngine(spec)
 
 

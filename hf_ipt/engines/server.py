@@ -45,6 +45,8 @@ from hf_ipt.validation import Problem, check_fields
 logger = logging.getLogger(__name__)
 
 PROMPT_FORMATS = ("token_ids", "text")
+# vLLM's server flag for speculative decoding: where `synth.speculative`'s settings go when the engine is a server
+SPECULATIVE_FLAG = "--speculative-config"
 # answers that say "this endpoint, now" rather than "this request": the openai client retries them, and a request
 # that still gets one moves to another endpoint (the client's own list: 408, 409, 429, 5xx)
 ENDPOINT_FAILURE_STATUS = frozenset({408, 409, 429})
@@ -216,6 +218,13 @@ class ServerEngine(Engine):
             True
         """
         return {f.name for f in fields(ServerEngineConfig)}
+
+    @classmethod
+    def speculative_problem(cls, settings_json: str) -> str | None:
+        return (
+            f"speculative decoding runs inside the server, so start it there (vllm serve MODEL {SPECULATIVE_FLAG} "
+            f"'{settings_json}') and remove synth.speculative"
+        )
 
     @classmethod
     def check_settings(

@@ -28,8 +28,8 @@ from hf_ipt.engines.base import (
     package_folder,
     torch_build,
     unknown_argument_problems,
-    visible_gpus,
 )
+from hf_ipt.placement import visible_gpus
 from hf_ipt.validation import Problem
 
 T = TypeVar("T")

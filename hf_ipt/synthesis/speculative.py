@@ -18,12 +18,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hf_ipt.engines import engine_class
 from hf_ipt.validation import ConfigError, check_fields
 
 SPECULATIVE_METHODS = ("ngram",)
-
-# vLLM's own argument for it, as `vllm serve --speculative-config '{...}'` takes it on a server
-SERVER_FLAG = "--speculative-config"
 
 
 @dataclass
@@ -125,16 +123,9 @@ def check_speculative_engine(config: SpeculativeConfig | None, engine: str, engi
     """
     if config is None:
         return
-    if engine == "server":
-        raise ConfigError(
-            "synth.speculative is set but synth.engine is 'server': speculative decoding runs inside the server, so "
-            f"start it there (vllm serve MODEL {SERVER_FLAG} '{_json(config)}') and remove synth.speculative"
-        )
-    if engine != "vllm":
-        raise ConfigError(
-            f"synth.speculative is set but synth.engine is {engine!r}: only the vllm engine runs speculative "
-            "decoding; set synth.engine: vllm, or remove synth.speculative (the rows are the same without it)"
-        )
+    problem = engine_class(engine).speculative_problem(_json(config))
+    if problem is not None:
+        raise ConfigError(f"synth.speculative is set but synth.engine is {engine!r}: {problem}")
     if "speculative_config" in engine_kwargs:
         raise ConfigError(
             "synth.speculative and synth.engine_kwargs.speculative_config are both set; keep one (synth.speculative "

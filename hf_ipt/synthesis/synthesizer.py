@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hf_ipt.columns import SYNTH_COLUMNS, check_input_columns
-from hf_ipt.engines import ENGINES, Engine, make_engine
+from hf_ipt.engines import ENGINES, Engine, devices_of, make_engine
 from hf_ipt.markers import DEFAULT_MODEL
-from hf_ipt.placement import devices_per_rank, pin_rank, rank_from_args
+from hf_ipt.placement import pin_rank, rank_from_args
 from hf_ipt.synthesis.job import BatchJob
 from hf_ipt.synthesis.prompts import PromptFitter
 from hf_ipt.synthesis.scheduling import SCHEDULING_MODES, run_scheduled
@@ -229,7 +229,9 @@ class Synthesizer:
         rank = rank_from_args(args)
         if rank is not None:
             # before the engine exists in this process: CUDA_VISIBLE_DEVICES / core binding act only then
-            pin_rank(rank, devices_per_rank=devices_per_rank(self.config.engine_kwargs))
+            # an Engine object says what it occupies; a plain callable is read as the configured engine would be
+            spec = self.custom_engine if isinstance(self.custom_engine, Engine) else self.config.engine
+            pin_rank(rank, devices_per_rank=devices_of(spec, self.config.engine_kwargs))
         texts = list(batch[self.config.text_column])
         self.check_blocks(args[0] if args and isinstance(args[0], list) else None)
         size = self.config.batch_size
@@ -275,8 +277,7 @@ its chains would differ from hf-ipt run's. Map with batch_size=4 (or a multiple 
         pid, engine = self.__dict__.get("_engine", (None, None))
         if pid != os.getpid():
             return None
-        counters = getattr(engine, "counters", None) or getattr(engine, "speculative_counters", None)
-        return counters() if callable(counters) else None
+        return engine.counters()
 
 
 class _NoFitter:
