@@ -42,9 +42,8 @@ def _from_stats(stats: Mapping[str, Any], source: str) -> dict[str, Any]:
     quality = stats.get("quality")
     if not quality:
         raise ValueError(
-            f"{source} has no quality report (its stats.json was written by a release made before hf-ipt wrote one, "
-            "or from rows without a `pairs` column); release it again with this hf-ipt, or run `hf-ipt report` on "
-            "its run's output folder"
+            f"{source} has no quality report (its stats.json has none: it was released from rows without a `pairs` "
+            "column and without a run's report); run `hf-ipt report` on its run's output folder"
         )
     return dict(quality)
 

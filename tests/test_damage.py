@@ -31,9 +31,19 @@ def _answer(prompts: list[str]) -> list[str]:
     return answers
 
 
+class CountingEngine(CallableEngine):
+    """`_answer` as an engine registered by name (what `ENGINES` holds: Engine classes, which answer the preflight's
+    questions about their settings)."""
+
+    name = "counting"
+
+    def __init__(self, model, **settings):
+        super().__init__(_answer)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def counting_engine():
-    ENGINES["counting"] = lambda model, **settings: CallableEngine(_answer)
+    ENGINES["counting"] = CountingEngine
     yield
     del ENGINES["counting"]
 

@@ -413,9 +413,3 @@ def test_missing_openai_names_the_pip_command(monkeypatch):
         ServerEngine("org/llm", engine_kwargs={"endpoints": ["http://127.0.0.1:9"]})
     # the settings are still checked without it (recipe preflight)
     assert ServerEngineConfig(endpoints=["http://h:1"]).max_retries == 4
-
-
-def test_deprecated_backoff_settings_warn_and_are_ignored():
-    with pytest.warns(FutureWarning, match="engine_kwargs.backoff_seconds is ignored"):
-        engine = ServerEngine("org/llm", engine_kwargs={"endpoints": ["http://h:1"], "backoff_seconds": 0.01})
-    assert engine.config.backoff_seconds == 0.01

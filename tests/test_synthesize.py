@@ -314,13 +314,17 @@ def test_unknown_engine_and_missing_extra(monkeypatch, tiny_model_path):
         make_engine("vllm", model=tiny_model_path, max_model_len=333)
 
 
-class _FailingEngine:
+class _FailingEngine(Engine):
     """An engine whose constructor fails the way the error given to it says."""
 
+    name = "failing"
     error: BaseException = RuntimeError()
 
     def __init__(self, model, **settings):
         raise self.error
+
+    def generate(self, requests, max_new_tokens):
+        raise AssertionError("never started")
 
 
 def test_engine_start_up_errors_name_the_engine_the_setting_and_the_fix(monkeypatch, tiny_model_path):

@@ -30,7 +30,6 @@ import os
 import re
 import threading
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
@@ -96,17 +95,6 @@ class ServerEngineConfig:
             "min": 0,
         },
     )
-    backoff_seconds: float | None = field(
-        default=None,
-        metadata={
-            "help": "Deprecated and ignored: the openai client spaces retries (the server's Retry-After, else 0.5 s "
-            "doubling, at most 8 s).",
-            "min": 0,
-        },
-    )
-    max_backoff_seconds: float | None = field(
-        default=None, metadata={"help": "Deprecated and ignored, like backoff_seconds.", "min": 0}
-    )
     timeout_seconds: float = field(
         default=600.0, metadata={"help": "Timeout of one attempt (connect, send, and each read).", "gt": 0}
     )
@@ -143,15 +131,6 @@ class ServerEngineConfig:
         reserved = {"model", "prompt", "max_tokens", "stream"} & set(self.extra_body)
         if reserved:
             raise ValueError(f"engine_kwargs.extra_body must not set {sorted(reserved)}: hf-ipt sets them per request")
-        for name in ("backoff_seconds", "max_backoff_seconds"):
-            if getattr(self, name) is not None:
-                warnings.warn(
-                    f"engine_kwargs.{name} is ignored and will be removed: the openai client now spaces retries "
-                    "(the server's Retry-After, else 0.5 s doubling, at most 8 s); remove the key, and set "
-                    "max_retries / timeout_seconds to tune retries",
-                    FutureWarning,
-                    stacklevel=3,
-                )
 
 
 def completions_url(url: str) -> str:

@@ -446,16 +446,13 @@ def is_hub_dataset_id(path: str) -> bool:
 
 # --------------------------------------------------------------------------------------------------- rendering
 def source_id(source: Mapping[str, Any]) -> tuple[str, str | None]:
-    """(path, subset) of a source as stats.json records it: {"path", "name"} (the recipe's names), or
-    {"name", "subset"} in the stats.json of releases made before.
+    """(path, subset) of a source as stats.json records it ({"path", "name"}: the recipe's names).
 
     Example:
-        >>> source_id({"path": "allenai/c4", "name": "en"}), source_id({"name": "allenai/c4", "subset": "en"})
-        (('allenai/c4', 'en'), ('allenai/c4', 'en'))
+        >>> source_id({"path": "allenai/c4", "name": "en"})
+        ('allenai/c4', 'en')
     """
-    if "path" in source:
-        return source["path"], source.get("name")
-    return source["name"], source.get("subset")
+    return source["path"], source.get("name")
 
 
 def _sum_entries(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -601,8 +598,7 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
         lines = []
         for key, label in (("characters", "characters"), ("tokens", "tokens")):
             lengths = text.get(key)
-            # a Distribution's "count" ("texts" in stats.json of releases made before)
-            count = (lengths or {}).get("count", (lengths or {}).get("texts"))
+            count = (lengths or {}).get("count")
             if count:
                 tokenizer = ""
                 if key == "tokens" and lengths.get("tokenizer"):
