@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shlex
+import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -180,8 +181,10 @@ def _redact(value: Any, secrets: Sequence[str], hide_all: bool = False) -> Any:
     return value
 
 
-def scrub_command(argv: str | Sequence[str] | None, secrets: Sequence[str] = ()) -> str | None:
-    """The command line as recorded (card, stats.json): `hf-ipt` and its arguments, with the value after a secret
+def scrub_command(
+    argv: str | Sequence[str] | None, secrets: Sequence[str] = (), *, program: str = "hf-ipt"
+) -> str | None:
+    """The command line as recorded (card, stats.json): `program` and its arguments, with the value after a secret
     flag (`--release.token X`, `--release.token=X`, `--run.storage_options '{...}'`) and every secret string
     replaced. A string is scrubbed as text.
 
@@ -213,7 +216,18 @@ def scrub_command(argv: str | Sequence[str] | None, secrets: Sequence[str] = ())
                     hide_next = True
                 continue
         out.append(scrub(arg, secrets))
-    return scrub("hf-ipt " + " ".join(a if a == REDACTED or "=" + REDACTED in a else shlex.quote(a) for a in out))
+    return scrub(f"{program} " + " ".join(a if a == REDACTED or "=" + REDACTED in a else shlex.quote(a) for a in out))
+
+
+def process_command() -> str | None:
+    """This Python process's command line, scrubbed like `scrub_command`: what a release made from Python (a
+    script composing the stages, `save_release`, `push_release`) records when no hf-ipt command is given.
+
+    Example:
+        >>> process_command().startswith("python ")
+        True
+    """
+    return scrub_command(sys.argv, program="python")
 
 
 class ScrubFilter(logging.Filter):

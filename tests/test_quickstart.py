@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import hf_ipt
 from hf_ipt.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,3 +64,27 @@ def test_the_quickstart_releases_the_rows_recorded_before_the_stages_were_rebuil
     if sha256(Path(tiny_model_path) / "model.safetensors") != RECORDED_MODEL:
         pytest.skip("this machine's float arithmetic trained another tiny model: other rows, another digest")
     assert sha256(releases[0] / DATA) == RECORDED_DATA
+
+
+def test_a_local_release_from_python_carries_the_card_of_the_cli(releases, tmp_path):
+    """`save_release` (the public local twin of `push_release`) with `release_info` of the CLI's run folder writes
+    the release `hf-ipt run` wrote: the same rows and the same stats.json but for the command."""
+    import datasets
+
+    from hf_ipt import CardOptions, release_info, save_release
+
+    cli, _ = releases
+    run_folder = cli.parent
+    mixed = datasets.load_dataset("parquet", data_files=str(run_folder / "mixed" / "data" / "*.parquet"))["train"]
+    card = CardOptions(pretty_name="hf-ipt quickstart")
+    result = save_release(
+        mixed, tmp_path / "own", repo_id="local/hf-ipt-quickstart", version="v0.1", config_name="continual-m3",
+        info=release_info(hf_ipt.RunFolder(str(run_folder))), card=card,
+    )  # fmt: skip
+    assert result.rows == mixed.num_rows and "README.md" in result.files
+    assert sha256(tmp_path / "own" / DATA) == sha256(cli / DATA)
+    own, by_cli = (json.loads((folder / STATS).read_text()) for folder in (tmp_path / "own", cli))
+    own.pop("command"), by_cli.pop("command")
+    assert own == by_cli
+    text = (tmp_path / "own" / "README.md").read_text()
+    assert "bundled:quickstart" in text and "(not described)" not in text and "not recorded" not in text

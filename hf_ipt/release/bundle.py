@@ -28,7 +28,7 @@ from hf_ipt.quality import quality_of_splits, render_quality_plots
 
 # secrets are removed by hf_ipt.redaction, the one scrubbing place of every writer (REDACTED re-exported)
 from hf_ipt.redaction import REDACTED as REDACTED
-from hf_ipt.redaction import redact, scrub, secret_values
+from hf_ipt.redaction import process_command, redact, scrub, secret_values
 from hf_ipt.release.card import ReleaseInfo, sidecar_dir
 from hf_ipt.release.plots import render_plots
 from hf_ipt.release.statistics import compute_statistics
@@ -78,7 +78,7 @@ def config_report(
         "release_version": version,
         "hf_ipt_version": hf_ipt_version,
         "description": info.description,
-        "command": info.command,
+        "command": info.command or process_command(),
         "provenance": {
             "synthesizer": synthesizer,
             "sources": [plain(asdict(s)) for s in info.sources],
@@ -135,6 +135,7 @@ class ReleaseBundle:
     splits: dict[str, Any]
     report: dict[str, Any]  # stats.json, with report["files"] naming the sidecar files
     files: dict[str, bytes] = field(default_factory=dict)  # {path in the repo: content}, stats.json included
+    command: str | None = None  # the command given (an hf-ipt command line): the one that resumes a failed push
 
     @property
     def folder(self) -> str:
@@ -220,4 +221,4 @@ def build_bundle(
                 files[listed["quality_plots"][key]] = path.read_bytes()
     report["files"] = listed
     files[listed["stats"]] = json_bytes(report)
-    return ReleaseBundle(config_name=config_name, splits=splits, report=report, files=files)
+    return ReleaseBundle(config_name=config_name, splits=splits, report=report, files=files, command=info.command)

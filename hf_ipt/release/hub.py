@@ -822,7 +822,7 @@ def _write_to_hub(
 ) -> ReleaseResult:
     configs = {bundle.config_name: bundle.splits for bundle in bundles}
     api = HfApi(token=token, library_name="hf-ipt", library_version=__version__)
-    commands = [bundle.report.get("command") for bundle in bundles if bundle.report.get("command")]
+    commands = [bundle.command for bundle in bundles if bundle.command]
     progress = _Progress(config, secrets, guard=guard, resume=commands[0] if commands else None)
     private_now = progress.run("read the repository", functools.partial(_repo_visibility, api, config.repo_id))
     if private_now is not None:
