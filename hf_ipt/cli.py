@@ -38,7 +38,7 @@ from hf_ipt.quality import compare, format_comparison, format_report, write_repo
 from hf_ipt.quiet import quiet_third_party
 from hf_ipt.redaction import install_log_scrubbing, redact, register_secrets, scrub, secret_values
 from hf_ipt.release.hub import ReleaseError
-from hf_ipt.reports import load_report
+from hf_ipt.reports import load_report, verify_files
 from hf_ipt.stages import CommandOptions, StageSummary
 from hf_ipt.stages.base import duration
 from hf_ipt.store import IncompleteRunError, config_to_dict
@@ -301,18 +301,20 @@ def _print_report(args: argparse.Namespace, extras: Sequence[str]) -> int:
         print(f"hf-ipt report: error: unexpected argument(s) {list(extras)}", file=sys.stderr)
         return 2
     try:
-        report = load_report(args.release, config=args.config, split=args.split)
+        checked = [verify_files(name) for name in (args.release, args.against) if name is not None]
+        report = load_report(args.release, config=args.config, split=args.split, verify=False)
         if args.output:
             written = write_report(report, args.output, plots=importlib.util.find_spec("matplotlib") is not None)
-            print(f"wrote {', '.join(str(p) for p in written.values())}\n")
+            print(scrub(f"wrote {', '.join(str(p) for p in written.values())}\n"))
         if args.against is None:
-            print(format_report(report, args.release))
-            return 0
-        baseline = load_report(args.against, config=args.config, split=args.split)
-        print(format_comparison(compare(report, baseline), args.release, args.against))
+            print(scrub(format_report(report, args.release)))
+        else:
+            baseline = load_report(args.against, config=args.config, split=args.split, verify=False)
+            print(scrub(format_comparison(compare(report, baseline), args.release, args.against)))
+        print("\n" + "\n".join(scrub(line) for line in checked))
         return 0
     except (ValueError, OSError, ImportError) as err:
-        print(f"hf-ipt report: error: {err}", file=sys.stderr)
+        print(f"hf-ipt report: error: {scrub(str(err))}", file=sys.stderr)
         return 2
 
 

@@ -30,6 +30,7 @@ import difflib
 import json
 import os
 import re
+import stat
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -590,6 +591,61 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
         return self.problem or ""
 
 
+# the most values a recipe may hold once its aliases (*name) are expanded: a real recipe holds a few hundred, while a
+# "billion laughs" of nested aliases would expand to billions before any check could look at them
+MAX_RECIPE_VALUES = 100_000
+
+
+class AliasBombError(yaml.YAMLError):
+    """A YAML document whose aliases expand to more than `MAX_RECIPE_VALUES` values (or refer to themselves):
+    refused before anything walks the expanded tree.
+
+    Example:
+        >>> yaml.load("a: &a [1, 2]\nb: [*a, *a]", Loader=UniqueKeyLoader)
+        {'a': [1, 2], 'b': [[1, 2], [1, 2]]}
+    """
+
+
+def expanded_size(root: yaml.Node, limit: int = MAX_RECIPE_VALUES) -> int:
+    """How many values (scalars, lists, mappings) a composed YAML node holds once every alias is expanded, counted
+    on the node graph (each node once: linear time) and stopped as soon as it passes `limit`; AliasBombError for a
+    node that contains itself.
+
+    Example:
+        >>> expanded_size(yaml.compose("a: &x [1, 2, 3]\nb: [*x, *x]"))
+        20
+    """
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in in_progress:
+            raise AliasBombError(
+                f"an alias refers to a value that contains it (line {node.start_mark.line + 1}): a recipe cannot "
+                "be infinite"
+            )
+        in_progress.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break  # no need to count further: the caller refuses it
+        in_progress.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` that refuses a key given twice in one mapping, naming the dotted key and both lines.
 
@@ -597,6 +653,15 @@ class UniqueKeyLoader(yaml.SafeLoader):
         >>> yaml.load("run: {shard_size: 8}", Loader=UniqueKeyLoader)
         {'run': {'shard_size': 8}}
     """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        # aliases are bounded before anything is built or walked: each alias copies its anchor's values again
+        if expanded_size(node) > MAX_RECIPE_VALUES:
+            raise AliasBombError(
+                f"its aliases (*name) expand to more than {MAX_RECIPE_VALUES:,} values (nested anchors repeat each "
+                "other: a 'billion laughs'); a recipe is far smaller: write the values out, or nest fewer aliases"
+            )
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
@@ -649,11 +714,12 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         3
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file {str(path)!r} does not exist (paths are relative to the current directory)")
+    problem = recipe_path_problem(path)
+    if problem is not None:
+        raise ConfigError(problem)
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except DuplicateKeyError as err:
+    except (DuplicateKeyError, AliasBombError) as err:
         raise ConfigError(f"recipe {str(path)!r}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
@@ -662,6 +728,30 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {str(path)!r} must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def recipe_path_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a recipe file, in words (missing, a folder, a device or pipe), None for a file.
+
+    Example:
+        >>> recipe_path_problem(Path("/"))
+        "recipe '/' is a folder, not a recipe file; give a YAML file in it (e.g. recipes/quickstart.yaml)"
+    """
+    shown = repr(str(path))
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"recipe file {shown} does not exist (paths are relative to the current directory)"
+    except OSError as err:
+        return f"recipe file {shown} cannot be read ({type(err).__name__}: {err})"
+    if stat.S_ISDIR(mode):
+        return f"recipe {shown} is a folder, not a recipe file; give a YAML file in it (e.g. recipes/quickstart.yaml)"
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a pipe" if stat.S_ISFIFO(mode) else "a socket"
+        )
+        return f"recipe {shown} is {kind}, not a regular file; give a YAML recipe file (e.g. recipes/quickstart.yaml)"
+    return None
 
 
 def in_field_order(cls: type, data: Any) -> Any:

@@ -22,7 +22,7 @@ from hf_ipt import columns as C
 from hf_ipt.quality import quality_report
 from hf_ipt.release.card import sidecar_dir
 from hf_ipt.stages.templify import TemplifyStage
-from hf_ipt.store import RunFolder
+from hf_ipt.store import STAGE_MARKER_PATH, RunFolder, StageFolder
 
 _SIDECAR_STATS = f"{sidecar_dir('{config}')}/stats.json"  # a release's stats.json, for any config
 _HUB_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[^\s@]+)?$")
@@ -48,7 +48,64 @@ def _from_stats(stats: Mapping[str, Any], source: str) -> dict[str, Any]:
     return dict(quality)
 
 
-def load_report(source: str | os.PathLike, *, config: str | None = None, split: str | None = None) -> dict[str, Any]:
+def verify_files(source: str | os.PathLike) -> str:
+    """Check what a report is read from against the checksums recorded when it was written, and say what was checked:
+    every file of a local release folder, or of a run's `templified/` (the size and SHA-256 in its commit marker,
+    `.hf_ipt/stage.json`). A damaged file (truncated, changed, missing) is a ValueError naming it and the command that
+    writes it again; a folder without recorded checksums, or a Hub release, is said to be unchecked.
+
+    Example:
+        >>> verify_files("output/quickstart/release")  # doctest: +SKIP
+        'checked: the 9 files of output/quickstart/release match the SHA-256 recorded when they were written'
+    """
+    text = str(source)
+    path = Path(source)
+    if not path.is_dir():
+        if path.exists():
+            return "not checked: a file, not a folder"
+        return f"not checked: {text} is read from the Hub, where hf-ipt records no checksums of its own"
+    folder = StageFolder(text)
+    command = "`hf-ipt push RECIPE.yaml` (or `hf-ipt run`)"
+    if folder.marker() is None and (path / TemplifyStage.folder).is_dir():
+        folder, command = (
+            RunFolder(text).stage(TemplifyStage.folder),
+            "`hf-ipt templify RECIPE.yaml` (or `hf-ipt run`)",
+        )
+    marker = folder.marker()
+    if marker is None:
+        return (
+            f"not checked: {text} holds no record of its files' checksums ({STAGE_MARKER_PATH}: a folder not written "
+            "by hf-ipt, or copied without it)"
+        )
+    damage = folder.damage(marker)
+    if damage:
+        raise ValueError(
+            f"{folder.describe_damage(damage)}: its figures cannot be vouched for. Write it again with {command}"
+        )
+    count = len(marker.get("checksums") or {})
+    return f"checked: the {count} files of {folder.url} match the SHA-256 recorded when they were written"
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    """A release's stats.json; a ValueError naming the file when it is not a JSON object.
+
+    Example:
+        >>> read_stats(Path("output/quickstart/release/release_info/continual-m3/stats.json"))  # doctest: +SKIP
+    """
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); write the release again (`hf-ipt push RECIPE.yaml`)"
+        ) from None
+    if not isinstance(stats, dict):
+        raise ValueError(f"{path} holds a {type(stats).__name__}, not the JSON object a release's stats.json is")
+    return stats
+
+
+def load_report(
+    source: str | os.PathLike, *, config: str | None = None, split: str | None = None, verify: bool = True
+) -> dict[str, Any]:
     """The quality report of a release or run, from:
 
     - a local release folder (`release_info/{config}/stats.json`, key `quality`);
@@ -56,7 +113,8 @@ def load_report(source: str | os.PathLike, *, config: str | None = None, split: 
     - a dataset folder whose rows have a `pairs` column (computed now, whitespace words);
     - a Hub dataset `owner/name@revision` (its `release_info/{config}/stats.json` at that revision).
 
-    `config` / `split` choose when there are several. Errors say what was found and how to choose.
+    `config` / `split` choose when there are several. Errors say what was found and how to choose. With `verify`, a
+    local folder is first checked against its recorded checksums (`verify_files`): a damaged one is refused.
 
     Example:
         >>> load_report("output/quickstart/release")["pairs"]  # doctest: +SKIP
@@ -66,11 +124,13 @@ def load_report(source: str | os.PathLike, *, config: str | None = None, split: 
     """
     path = Path(source)
     text = str(source)
+    if verify:
+        verify_files(source)
     if path.is_dir():
         found = {p.parent.name: p for p in sorted(path.glob(_SIDECAR_STATS.format(config="*")))}
         if found:
             stats_path = _pick(found, config, "config", text)
-            return _from_stats(json.loads(stats_path.read_text(encoding="utf-8")), text)
+            return _from_stats(read_stats(stats_path), text)
         if (path / TemplifyStage.folder).is_dir():
             templified = RunFolder(text).stage(TemplifyStage.folder)
             reports = (templified.report().get("quality") or {}).get("reports")
@@ -112,4 +172,4 @@ def load_report(source: str | os.PathLike, *, config: str | None = None, split: 
         raise ValueError(f"Hub dataset {text} has no release_info/*/stats.json: it was not released by hf-ipt")
     name = _pick(found, config, "config", text)
     local = api.hf_hub_download(repo_id, name, repo_type="dataset", revision=revision or None)
-    return _from_stats(json.loads(Path(local).read_text(encoding="utf-8")), text)
+    return _from_stats(read_stats(Path(local)), text)

@@ -225,12 +225,19 @@ def _absurd(value: int | float, hint: Any, key: str, meta: Mapping[str, Any], or
 _FLOAT_MAX = int(sys.float_info.max)
 
 
+_SHOWN_DIGITS = 40  # a longer integer is named by its number of digits, not echoed
+
+
 def _big(value: int) -> str:
-    """A huge integer, short: `1e+23`, or its number of digits where even a float cannot hold it."""
-    try:
-        return f"{value:.4g}"
-    except OverflowError:
-        return f"a {len(str(abs(value)))}-digit integer"
+    """A huge integer as the recipe wrote it (never as a float: `10**30` is not `1e+30`), or its number of digits
+    when it is too long to echo.
+
+    Example:
+        >>> _big(10**30), _big(10**400)
+        ('1000000000000000000000000000000 (a 31-digit integer)', 'a 401-digit integer')
+    """
+    digits = len(str(abs(value)))
+    return f"{value} (a {digits}-digit integer)" if digits <= _SHOWN_DIGITS else f"a {digits}-digit integer"
 
 
 def _check_scalar(value: Any, hint: Any, key: str, meta: Mapping[str, Any], origin: str) -> Any:

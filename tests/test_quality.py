@@ -415,6 +415,34 @@ def test_report_against_another_run_prints_both_columns_and_the_changes(runs, ca
     assert "hf-ipt report: error:" in capsys.readouterr().err
 
 
+def test_report_checks_the_recorded_checksums_and_names_a_damaged_file(runs, capsys, tmp_path):
+    import shutil
+
+    release = tmp_path / "release"
+    shutil.copytree(runs[2] / "release", release)
+    assert main(["report", str(release)]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().splitlines()[-1].startswith("checked: the ") and "match the SHA-256 recorded" in out
+    # a truncated data file: the report refuses to vouch for the release, naming the file and how to fix it
+    data = next((release / "data").glob("*.parquet"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    assert main(["report", str(release)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data.relative_to(release)} is damaged" in err and "cannot be vouched for" in err and "hf-ipt push" in err
+    assert main(["report", str(runs[1] / "release"), "--against", str(release)]) == 2
+    assert "is damaged" in capsys.readouterr().err
+    # a copy without the record of its checksums is read, and said to be unchecked
+    shutil.rmtree(release)
+    shutil.copytree(runs[2] / "release", release, ignore=shutil.ignore_patterns(".hf_ipt"))
+    assert main(["report", str(release)]) == 0
+    assert "not checked: " in capsys.readouterr().out
+    # a malformed stats.json is named
+    stats = release / "release_info" / "m2" / "stats.json"
+    stats.write_text("{not json")
+    assert main(["report", str(release)]) == 2
+    assert f"{stats} is not valid JSON" in capsys.readouterr().err
+
+
 def test_filters_in_the_recipe_reach_templify_and_the_card(runs, tiny_model_path):
     from hf_ipt.pipeline import run
     from hf_ipt.store import StageFolder
@@ -454,6 +482,7 @@ def test_report_of_a_hub_release_at_a_revision(local_hub, capsys):
     assert main(["report", f"{repo}@v1", "--against", f"{repo}@v2"]) == 0
     out = capsys.readouterr().out
     assert f"Pairs: 7 in {repo}@v1 vs 5 in {repo}@v2 (+2): better" in out
+    assert f"not checked: {repo}@v1 is read from the Hub, where hf-ipt records no checksums" in out
     card = local_hub.read_file(repo, "README.md", "v1").decode()
     assert "### Quality" in card and "| Grounded answers (share of checkable pairs) | 80.00% |" in card
     assert main(["report", f"{repo}@v9"]) == 2 and "hf-ipt report: error:" in capsys.readouterr().err
