@@ -199,6 +199,39 @@ def test_absurd_numbers_are_refused_with_the_key(tmp_path, yaml_value, override,
         load_recipe(write(tmp_path, text), override)
 
 
+def test_a_huge_integer_is_echoed_as_written_not_as_a_float(tmp_path):
+    text = BASE.replace("shard_size: 8", "shard_size: " + "1" + "0" * 30)
+    with pytest.raises(ConfigError, match=r"got 1000000000000000000000000000000 \(a 31-digit integer\)$") as caught:
+        load_recipe(write(tmp_path, text), [])
+    assert "1e+30" not in str(caught.value)
+
+
+def test_a_recipe_path_that_is_a_folder_or_a_device_says_what_it_is(tmp_path):
+    with pytest.raises(ConfigError, match=r"recipe '.*' is a folder, not a recipe file; give a YAML file in it"):
+        load_recipe(tmp_path, [])
+    with pytest.raises(ConfigError, match=r"recipe '/dev/null' is a device, not a regular file"):
+        load_recipe("/dev/null", [])
+
+
+def test_a_yaml_alias_bomb_is_refused_in_seconds_before_anything_walks_it(tmp_path):
+    # nine levels of anchors, each repeating the one before nine times, under card.tags: 9**9 (387 million) strings
+    # once expanded; the command runs in its own process, bounded in time and memory, so a regression fails here
+    levels = ['    - &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"    - &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    recipe = write(tmp_path, BASE + "card:\n  tags:\n" + "\n".join(levels) + "\n")
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+    code = limit + f"from hf_ipt.cli import main; raise SystemExit(main(['config', {str(recipe)!r}]))"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("hf-ipt config on a nine-level alias bomb ran for more than 60 s")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "expand to more than 100,000 values" in done.stderr and str(recipe) in done.stderr
+    # aliases within the bound still work
+    small = BASE + "card:\n  tags: &t [a, b]\n  summary: x\nquality: {}\n"
+    assert load_recipe(write(tmp_path, small), []).card.tags == ("a", "b")
+
+
 def test_absurd_numbers_are_refused_in_python_too():
     from hf_ipt.release.hub import ReleaseConfig
     from hf_ipt.synthesis import SynthesisConfig
