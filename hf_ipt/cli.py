@@ -275,10 +275,11 @@ def _print_check(recipe: RecipeConfig, args: argparse.Namespace) -> int:
     results = run_checks(stages_of(recipe, None, options), recipe.run)
     for result in results:
         state = f"skipped ({result.skipped})" if result.skipped else "ok" if result.ok else "PROBLEM"
-        print(f"{state:<8} {result.name}" if not result.skipped else f"{'-':<8} {result.name}: {state}")
+        # a check's name holds its input, e.g. the output folder's URL with its credentials
+        print(scrub(f"{state:<8} {result.name}" if not result.skipped else f"{'-':<8} {result.name}: {state}"))
         for problem in result.problems:
-            print(f"         {problem.key}: {scrub(str(problem.found))}")
-            print(f"           fix: {scrub(str(problem.fix))}")
+            print(scrub(f"         {problem.key}: {problem.found}"))
+            print(scrub(f"           fix: {problem.fix}"))
     problems = sum(len(r.problems) for r in results)
     print(f"\nhf-ipt check: {'ready to run' if not problems else f'{problems} problem(s) found'}")
     return 0 if not problems else 2
@@ -298,7 +299,7 @@ def add_report_arguments(sub: argparse.ArgumentParser) -> None:
 def _print_report(args: argparse.Namespace, extras: Sequence[str]) -> int:
     """`hf-ipt report`: one quality report, or two side by side (`hf_ipt.quality.compare`)."""
     if extras:
-        print(f"hf-ipt report: error: unexpected argument(s) {list(extras)}", file=sys.stderr)
+        print(scrub(f"hf-ipt report: error: unexpected argument(s) {list(extras)}"), file=sys.stderr)
         return 2
     try:
         checked = [verify_files(name) for name in (args.release, args.against) if name is not None]

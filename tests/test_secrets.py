@@ -188,3 +188,20 @@ def test_canaries_in_every_spelling_reach_no_file_and_no_log_line(
     assert_no_canary("stderr", captured.err)
     for record in caplog.records:
         assert_no_canary(f"log record {record.name}", record.getMessage())
+
+
+def test_no_command_prints_the_credentials_of_an_output_url(tmp_path, tiny_model_path, capfd):
+    """`s3://KEY:SECRET@bucket/run`-style credentials in run.output_dir: every command's every line is scrubbed
+    (`hf-ipt check` printed them in the names of its checks)."""
+    secret = "canary-url-secret-4f1d"
+    url = f"memory://CANARYURLKEY9:{secret}@bucket-{uuid.uuid4().hex[:8]}/run"
+    recipe = tmp_path / "url.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_model_path, url, rows=4, batch_size=4, release="url")))
+    for command in ("check", "config", "status", "synthesize", "status"):
+        code = main([command, str(recipe)])
+        assert code == 0, command
+        captured = capfd.readouterr()
+        assert captured.out, command
+        for where, text in (("stdout", captured.out), ("stderr", captured.err)):
+            assert secret not in text and "CANARYURLKEY9" not in text, f"hf-ipt {command} printed it on {where}"
+        assert "<redacted>@bucket" in captured.out, command
