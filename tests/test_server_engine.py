@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import itertools
 import json
 import pickle
 import socket
@@ -413,3 +414,91 @@ def test_missing_openai_names_the_pip_command(monkeypatch):
         ServerEngine("org/llm", engine_kwargs={"endpoints": ["http://127.0.0.1:9"]})
     # the settings are still checked without it (recipe preflight)
     assert ServerEngineConfig(endpoints=["http://h:1"]).max_retries == 4
+
+
+class DripServer(LocalServer):
+    """A server that answers one byte per `interval` seconds, forever (until the client hangs up): after sending
+    its headers at once (`phase="body"`), or from the status line on (`phase="headers"`)."""
+
+    def __init__(self, phase: str, interval: float = 1.0):
+        self.hung_up = threading.Event()
+        server = self
+
+        class Handler(QuietHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
+                if phase == "body":
+                    self.wfile.write(head)
+                    self.wfile.flush()
+                start = (head if phase == "headers" else b"") + b'{"choices": [{"text": "'
+                drip = itertools.chain(start, itertools.repeat(ord("a")))  # never ends
+                try:
+                    for byte in drip:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(interval)
+                except OSError:
+                    server.hung_up.set()
+
+        self.serve(Handler)
+
+
+@pytest.mark.parametrize("phase", ["body", "headers"])
+def test_a_server_that_drips_forever_is_cut_off_at_the_deadline(phase):
+    server = DripServer(phase, interval=0.5)
+    try:
+        engine = ServerEngine(
+            "org/llm", engine_kwargs={"endpoints": [server.url], "max_retries": 1, "timeout_seconds": 2}
+        )
+        started, answers = time.monotonic(), []
+        # in a thread, so that an engine without a deadline fails this test instead of hanging it
+        sender = threading.Thread(target=lambda: answers.extend(engine.generate([Request("<s> a", [1, 5])], MAX_NEW)))
+        sender.start()
+        sender.join(30)
+        took = time.monotonic() - started
+        assert answers, "the request was still waiting for the dripping server after 30 s"
+        [completion] = answers
+        assert server.hung_up.wait(10)  # the client closed the connection: nothing is left dripping
+    finally:
+        server.close()
+    # two attempts of at most 2 s each (each read takes 0.5 s: a bound per read would never fire), and the back-off
+    assert took < 8, took
+    assert completion.text == "" and "2 attempts failed" in completion.error
+    assert "no complete answer within timeout_seconds=2 s" in completion.error, completion.error
+
+
+def answer_with_usage(text: str, completion_tokens: int | None) -> bytes:
+    answer = json.loads(completion_payload(text))
+    if completion_tokens is not None:
+        answer["usage"] = {
+            "prompt_tokens": 2,
+            "completion_tokens": completion_tokens,
+            "total_tokens": 2 + completion_tokens,
+        }
+    return json.dumps(answer).encode()
+
+
+def test_an_answer_longer_than_max_new_tokens_allows_is_the_rows_error():
+    answers = {
+        5: (200, {}, answer_with_usage(" <QUE> q <ANS> a </END>", 12)),  # within the bound: kept
+        6: (200, {}, answer_with_usage(" <QUE> q <ANS> a </END>", MAX_NEW + 1)),  # the server's own count says no
+        7: (200, {}, answer_with_usage("x" * 20_000, None)),  # no count: 20,000 characters for 32 tokens
+        8: (200, {}, answer_with_usage("y" * 20 * 2**20, None)),  # 20 MB: cut off while it is read
+    }
+    server = ScriptedServer(lambda n, body: answers[body["prompt"][1]])
+    try:
+        engine = ServerEngine("org/llm", engine_kwargs={"endpoints": [server.url], "max_retries": 0})
+        completions = engine.generate([Request("<s> a", [1, n]) for n in answers], MAX_NEW)
+    finally:
+        server.close()
+    assert completions[0] == Completion(" <QUE> q <ANS> a </END>")
+    assert (
+        completions[1].text == ""
+        and "the server counted 33 tokens in its answer, more than max_new_tokens=32" in completions[1].error
+    )
+    assert (
+        completions[2].text == ""
+        and "the answer holds 20,000 characters, more than max_new_tokens=32" in completions[2].error
+    )
+    assert completions[3].text == "" and "more than max_new_tokens tokens can take" in completions[3].error

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -96,7 +97,13 @@ class ServerEngineConfig:
         },
     )
     timeout_seconds: float = field(
-        default=600.0, metadata={"help": "Timeout of one attempt (connect, send, and each read).", "gt": 0}
+        default=600.0,
+        metadata={
+            "help": "Most seconds one attempt may take, from connecting to the last byte of the answer: a total, "
+            "not a bound on each read, so a server that answers one byte at a time is cut off too (the attempt "
+            "fails like a timeout and is retried).",
+            "gt": 0,
+        },
     )
     prompt_format: str = field(
         default="token_ids",
@@ -153,6 +160,163 @@ def completions_url(url: str) -> str:
     if base.endswith("/v1"):
         return base + "/completions"
     return base + "/v1/completions"
+
+
+# An answer holds at most max_new_tokens tokens, and no token of a synthesizer's tokenizer is this long (Mistral's
+# longest is 16 characters, the tiny test model's 92): a longer answer, from a server that reports no token count, is
+# not one max_new_tokens allows.
+MAX_CHARS_PER_TOKEN = 256
+# bytes on the wire per character of the answer's text (one outside the BMP is escaped as two \uXXXX in JSON), and
+# for the JSON envelope, headers and token ids: what an attempt may receive before it is cut off
+_WIRE_BYTES_PER_CHAR = 12
+_ANSWER_OVERHEAD_BYTES = 1 << 16
+
+
+def answer_byte_budget(max_new_tokens: int) -> int:
+    """The most bytes an attempt may receive for an answer of at most `max_new_tokens` tokens: more is a server
+    that does not honour max_tokens, cut off before it fills the memory.
+
+    Example:
+        >>> answer_byte_budget(64)
+        262144
+    """
+    return _ANSWER_OVERHEAD_BYTES + max_new_tokens * MAX_CHARS_PER_TOKEN * _WIRE_BYTES_PER_CHAR
+
+
+def too_long(text: str, usage: Any, max_new_tokens: int) -> str | None:
+    """Why an answer is longer than `max_new_tokens` tokens could be (then it is the row's error), None when it is
+    not: the server's own count of the answer's tokens (`usage.completion_tokens`) when it gives one, else the
+    characters against `MAX_CHARS_PER_TOKEN` per token.
+
+    Example:
+        >>> too_long("x" * 100, {"completion_tokens": 80}, 64)
+        'the server counted 80 tokens in its answer, more than max_new_tokens=64 allows'
+        >>> too_long("x" * 100, None, 64) is None
+        True
+    """
+    counted = (
+        usage.get("completion_tokens") if isinstance(usage, Mapping) else getattr(usage, "completion_tokens", None)
+    )
+    if isinstance(counted, int) and not isinstance(counted, bool):
+        if counted > max_new_tokens:
+            return (
+                f"the server counted {counted} tokens in its answer, more than max_new_tokens={max_new_tokens} allows"
+            )
+        return None
+    if len(text) > max_new_tokens * MAX_CHARS_PER_TOKEN:
+        return (
+            f"the answer holds {len(text):,} characters, more than max_new_tokens={max_new_tokens} tokens can "
+            f"(at most {MAX_CHARS_PER_TOKEN} characters per token)"
+        )
+    return None
+
+
+class _Attempt(threading.local):
+    """The clock and byte count of the attempt this thread is sending (each request's attempts run in one thread)."""
+
+    deadline: float | None = None  # monotonic time by which the attempt's answer must have arrived whole
+    seconds: float = 0.0
+    received: int = 0
+    max_bytes: int | None = None
+
+
+_ATTEMPT = _Attempt()
+
+
+def _until_deadline(timeout: float | None, error: type[Exception]) -> float | None:
+    """A socket operation's timeout cut to what is left of this thread's attempt; `error` when nothing is left."""
+    if _ATTEMPT.deadline is None:
+        return timeout
+    remaining = _ATTEMPT.deadline - time.monotonic()
+    if remaining <= 0:
+        raise error(_deadline_message())
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+def _deadline_message() -> str:
+    return f"no complete answer within timeout_seconds={_ATTEMPT.seconds:g} s (a total per attempt)"
+
+
+class _DeadlineStream:
+    """A connection whose every read and write stops at the current attempt's deadline (and whose reads stop at its
+    byte budget), raising the HTTP library's own timeout and read errors so the client retries as for any timeout."""
+
+    def __init__(self, stream: Any, errors: Any) -> None:
+        self._stream, self._errors = stream, errors
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        bounded = _until_deadline(timeout, self._errors.ReadTimeout)
+        try:
+            data = self._stream.read(max_bytes, bounded)
+        except self._errors.ReadTimeout:
+            if bounded != timeout:  # the deadline ran out, not the per-read timeout: say so (its cause is noise)
+                raise self._errors.ReadTimeout(_deadline_message()) from None
+            raise
+        _ATTEMPT.received += len(data)
+        if _ATTEMPT.max_bytes is not None and _ATTEMPT.received > _ATTEMPT.max_bytes:
+            raise self._errors.ReadError(
+                f"the answer passed {_ATTEMPT.max_bytes:,} bytes, more than max_new_tokens tokens can take: the "
+                "server does not honour max_tokens"
+            )
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _until_deadline(timeout, self._errors.WriteTimeout))
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> _DeadlineStream:
+        return _DeadlineStream(self._stream.start_tls(*args, **kwargs), self._errors)
+
+    def __getattr__(self, name: str) -> Any:  # close, get_extra_info, ...
+        return getattr(self._stream, name)
+
+
+class _DeadlineBackend:
+    """The HTTP library's network backend, whose connections are `_DeadlineStream`s."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self._errors = sys.modules[type(backend).__module__.split(".")[0]]  # httpcore or httpcore2
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> _DeadlineStream:
+        timeout = _until_deadline(timeout, self._errors.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_tcp(host, port, timeout, **kwargs), self._errors)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, **kwargs: Any) -> _DeadlineStream:
+        timeout = _until_deadline(timeout, self._errors.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, timeout, **kwargs), self._errors)
+
+    def __getattr__(self, name: str) -> Any:  # sleep, ...
+        return getattr(self._backend, name)
+
+
+def bound_whole_attempts(http_client: Any, timeout_seconds: float) -> bool:
+    """Make every attempt of `http_client` (an httpx / httpx2 client) stop `timeout_seconds` after it starts, and
+    stop reading an answer beyond the byte budget its sender set (`_ATTEMPT.max_bytes`): the HTTP libraries bound
+    each read, which a server sending one byte at a time never exceeds. Returns False when the client's transport is
+    not one whose connections can be wrapped (then only each read is bounded).
+
+    Example:
+        >>> bound_whole_attempts(openai.DefaultHttpxClient(), 600.0)  # doctest: +SKIP
+        True
+    """
+
+    def start_clock(request: Any) -> None:  # an event hook: runs in the sending thread before each attempt
+        _ATTEMPT.deadline, _ATTEMPT.seconds, _ATTEMPT.received = time.monotonic() + timeout_seconds, timeout_seconds, 0
+
+    # the connections are made by the transport's connection pool (httpcore's), through its network backend
+    transports = [getattr(http_client, "_transport", None), *(getattr(http_client, "_mounts", None) or {}).values()]
+    wrapped = False
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if backend is None:
+            continue
+        if not isinstance(backend, _DeadlineBackend):
+            pool._network_backend = _DeadlineBackend(backend)
+        wrapped = True
+    if wrapped:
+        http_client.event_hooks["request"].append(start_clock)
+    return wrapped
 
 
 class _EndpointFailed(Exception):
@@ -306,6 +470,11 @@ class ServerEngine(Engine):
                     max_keepalive_connections=self.config.max_concurrency,
                 )
                 http_client = openai.DefaultHttpxClient(limits=limits, timeout=self.config.timeout_seconds)
+                if not bound_whole_attempts(http_client, self.config.timeout_seconds):
+                    logger.warning(
+                        "this version of the openai client's HTTP library cannot be given a deadline per request: "
+                        "timeout_seconds bounds each read only"
+                    )
                 for e in self._endpoints:
                     self._clients[e.url] = openai.OpenAI(
                         base_url=e.base_url,
@@ -443,6 +612,7 @@ class ServerEngine(Engine):
     def _attempt(self, endpoint: _Endpoint, arguments: dict[str, Any]) -> Completion:
         """One request at one endpoint, with the client's retries; a failure raises `_EndpointFailed`."""
         openai = self._openai
+        _ATTEMPT.max_bytes = answer_byte_budget(arguments["max_tokens"])
         try:
             answer = self._client(endpoint).completions.create(**arguments)
         except openai.APIStatusError as error:  # the server answered, with an error status, after any retries
@@ -456,12 +626,20 @@ class ServerEngine(Engine):
             raise _EndpointFailed(_connection_failure(error), _attempts_made(error.request), moves_on=True) from error
         except Exception as error:  # noqa: BLE001 - e.g. an answer that is not JSON: this row's error, not a crash
             raise _EndpointFailed(f"unreadable answer: {describe_error(error)}", 1, moves_on=False) from error
+        finally:
+            _ATTEMPT.deadline = _ATTEMPT.max_bytes = None
         choices = getattr(answer, "choices", None)
         text = getattr(choices[0], "text", None) if isinstance(choices, list) and choices else None
         if not isinstance(text, str):
             raise _EndpointFailed(f"unexpected answer (no choices[0].text): {str(answer)[:300]!r}", 1, moves_on=False)
         token_ids = getattr(choices[0], "token_ids", None)  # vLLM's extra field, when the request asks for it
-        return Completion(text, list(token_ids) if isinstance(token_ids, list) else [])
+        token_ids = list(token_ids) if isinstance(token_ids, list) else []
+        longer = too_long(text, getattr(answer, "usage", None), arguments["max_tokens"])
+        if longer is None and len(token_ids) > arguments["max_tokens"]:
+            longer = f"the answer holds {len(token_ids)} token ids, more than max_new_tokens={arguments['max_tokens']}"
+        if longer is not None:
+            raise _EndpointFailed(f"{longer}; its text is left out", 1, moves_on=False)
+        return Completion(text, token_ids)
 
     # --- Engine interface -------------------------------------------------------------------------------------
 
@@ -566,9 +744,14 @@ def _connection_failure(error: BaseException) -> str:
         'RuntimeError: Connection error. (ConnectionRefusedError: [Errno 111] Connection refused)'
     """
     root, seen = error, {id(error)}
-    while (cause := root.__cause__ or root.__context__) is not None and id(cause) not in seen:
+    while (cause := _cause_of(root)) is not None and id(cause) not in seen:
         root = cause
         seen.add(id(root))
     if root is error:
         return describe_error(error)
     return f"{describe_error(error)} ({describe_error(root)})"
+
+
+def _cause_of(error: BaseException) -> BaseException | None:
+    """What `error` was raised from or during; `raise ... from None` ends the chain (its error is the one to show)."""
+    return error.__cause__ or (None if error.__suppress_context__ else error.__context__)
