@@ -249,9 +249,11 @@ class _DeadlineStream:
         try:
             data = self._stream.read(max_bytes, bounded)
         except self._errors.ReadTimeout:
-            if bounded != timeout:  # the deadline ran out, not the per-read timeout: say so (its cause is noise)
-                raise self._errors.ReadTimeout(_deadline_message()) from None
-            raise
+            if bounded == timeout:
+                raise
+            data = None  # the deadline ran out, not the per-read timeout: said below, as the root cause
+        if data is None:
+            raise self._errors.ReadTimeout(_deadline_message())
         _ATTEMPT.received += len(data)
         if _ATTEMPT.max_bytes is not None and _ATTEMPT.received > _ATTEMPT.max_bytes:
             raise self._errors.ReadError(
@@ -744,14 +746,9 @@ def _connection_failure(error: BaseException) -> str:
         'RuntimeError: Connection error. (ConnectionRefusedError: [Errno 111] Connection refused)'
     """
     root, seen = error, {id(error)}
-    while (cause := _cause_of(root)) is not None and id(cause) not in seen:
+    while (cause := root.__cause__ or root.__context__) is not None and id(cause) not in seen:
         root = cause
         seen.add(id(root))
     if root is error:
         return describe_error(error)
     return f"{describe_error(error)} ({describe_error(root)})"
-
-
-def _cause_of(error: BaseException) -> BaseException | None:
-    """What `error` was raised from or during; `raise ... from None` ends the chain (its error is the one to show)."""
-    return error.__cause__ or (None if error.__suppress_context__ else error.__context__)
