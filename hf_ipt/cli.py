@@ -39,7 +39,7 @@ from hf_ipt.quiet import quiet_third_party
 from hf_ipt.redaction import install_log_scrubbing, redact, register_secrets, scrub, secret_values
 from hf_ipt.release.hub import ReleaseError
 from hf_ipt.reports import load_report, verify_files
-from hf_ipt.stages import CommandOptions, StageSummary
+from hf_ipt.stages import CommandOptions, FailedRowsError, StageSummary
 from hf_ipt.stages.base import duration
 from hf_ipt.store import IncompleteRunError, config_to_dict
 
@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `hf-ipt` console script; returns the exit status (0 done, 2 bad input or refused resume,
-    3 this worker finished but other shards are still missing, 130 interrupted).
+    3 this worker finished but other shards are still missing, 4 release refused: more synthesized rows failed in the
+    engine than release.max_engine_error_share allows (run the command again once the engine answers), 130
+    interrupted).
 
     Example:
         >>> main(["run", "recipes/quickstart.yaml", "--synth.rounds", "2", "--quiet"])  # doctest: +SKIP
@@ -193,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         recipe = load_recipe(positionals[0] if positionals else None, overrides)
         register_secrets(secret_values(config_to_dict(recipe)))  # scrubbed from every line printed from now on
         return _dispatch(args, recipe)
+    except FailedRowsError as err:
+        print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)
+        return 4
     except (ConfigError, ResumeConflictError, IncompleteRunError, ReleaseError, ValueError) as err:
         # the stages' errors name the setting or column at fault and how to fix it: show them, not a traceback
         print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)

@@ -56,17 +56,21 @@ class Check:
 
 @runtime_checkable
 class CheckedStage(Protocol):
-    """What the preflight needs of a stage (`hf_ipt.stages.Stage`): its checks, and the paths it creates first.
+    """What the preflight needs of a stage (`hf_ipt.stages.Stage`): its checks, those that need the stages running
+    before it in the same command (`chain_checks`), and the paths it creates first.
 
     Example:
         >>> class Nothing:
         ...     def checks(self, run, built_later): return []
+        ...     def chain_checks(self, earlier, run): return []
         ...     def creates(self): return set()
         >>> isinstance(Nothing(), CheckedStage)
         True
     """
 
     def checks(self, run: RunConfig, built_later: set[str]) -> list[Check]: ...
+
+    def chain_checks(self, earlier: Sequence[Any], run: RunConfig) -> list[Check]: ...
 
     def creates(self) -> set[str]: ...
 
@@ -107,8 +111,8 @@ def run_checks(stages: Sequence[CheckedStage], run: RunConfig) -> list[CheckResu
     for stage in stages:
         built_later |= {normalized(path) for path in stage.creates()}
     results = [guarded(f"output folder {run.output_dir}", lambda: check_output_dir(run))]
-    for stage in stages:
-        for check in stage.checks(run, built_later):
+    for index, stage in enumerate(stages):
+        for check in [*stage.checks(run, built_later), *stage.chain_checks(stages[:index], run)]:
             results.append(
                 CheckResult(check.name, skipped=check.skipped) if check.skipped else guarded(check.name, check.run)
             )

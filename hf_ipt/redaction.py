@@ -161,6 +161,28 @@ def redact(value: Any, secrets: Sequence[str] = ()) -> Any:
     return _redact(value, secrets)
 
 
+def without_secrets(value: Any) -> Any:
+    """`value` as an identity, a manifest or a fingerprint records it: every secret-named key left out (`api_key`,
+    `token`, a `storage_options` mapping, ... at any depth), and `redact` on the rest (a credential inside a URL). A
+    credential never decides what an output is, so rotating one never blocks resuming or reusing it.
+
+    Example:
+        >>> without_secrets({"engine_kwargs": {"api_key": "sk-1", "extra_body": {"auth_token": "t0k3n", "n": 1}}})
+        {'engine_kwargs': {'extra_body': {'n': 1}}}
+        >>> without_secrets({"path": "s3://AKIA:pw12@bucket/x"})
+        {'path': 's3://<redacted>@bucket/x'}
+    """
+
+    def drop(item: Any) -> Any:
+        if isinstance(item, Mapping):
+            return {key: drop(sub) for key, sub in item.items() if not is_secret_key(key)}
+        if isinstance(item, (list, tuple)):
+            return [drop(sub) for sub in item]
+        return item
+
+    return redact(drop(value), secret_values(value))
+
+
 def _redact(value: Any, secrets: Sequence[str], hide_all: bool = False) -> Any:
     if isinstance(value, Mapping):
         out = {}

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 from hf_ipt._deps import require
 from hf_ipt.engines.base import NO_OUTLOOK, ChainOutlook, Completion, Engine, Request, RequestStream, describe_error
 from hf_ipt.markers import BOS
+from hf_ipt.redaction import scrub, secret_values
 from hf_ipt.validation import Problem, check_fields
 
 logger = logging.getLogger(__name__)
@@ -425,6 +426,8 @@ class ServerEngine(Engine):
         self._special_ids: dict[str, int] = {}  # text format: the tokenizer's control strings and their ids
         # the openai client insists on a key; servers started without --api-key ignore the placeholder
         self.api_key = self.config.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self._secrets = [*filter(None, (self.config.api_key, os.environ.get("OPENAI_API_KEY")))]
+        self._secrets += secret_values(self.config.extra_body)
         self._endpoints = [_Endpoint(url) for url in self.config.endpoints]
         self._lock = threading.Lock()
         self._setup_lock = threading.Lock()
@@ -585,7 +588,8 @@ class ServerEngine(Engine):
         if failure is not None and failure.moves_on:
             logger.warning("a request failed %d times; its row gets an error: %s", attempts, failures[-1])
         summary = failures[-1] if attempts == 1 else f"{attempts} attempts failed; last: {failures[-1]}"
-        return Completion("", error=summary[:2000])
+        # the error is stored with the row: a server that echoes the key it was sent must not put it there
+        return Completion("", error=scrub(summary, self._secrets)[:2000])
 
     def _acquire(self, avoid: set[str]) -> _Endpoint | None:
         """The endpoint for a request's next try (counted as in flight), or None when it was tried at every one."""

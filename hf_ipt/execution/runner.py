@@ -47,9 +47,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hf_ipt.execution import Executor, LocalExecutor, make_executor
+from hf_ipt.redaction import is_secret_key
 from hf_ipt.store import (
     DATA_DIR,
     FORMAT_NAME,
@@ -187,6 +190,7 @@ class ShardRunReport:
     num_shards: int
     processed: list[int] = field(default_factory=list)  # shards this call mapped and committed
     skipped: list[int] = field(default_factory=list)  # this worker's shards found finished
+    retried: list[int] = field(default_factory=list)  # shards committed with failed rows, mapped again by this call
     missing: list[int] = field(default_factory=list)  # shards not finished after this call (other workers')
     rows_processed: int = 0
     seconds: float = 0.0
@@ -214,6 +218,7 @@ class ShardRunReport:
             num_shards=reports[0].num_shards if reports else 0,
             processed=sorted(i for r in reports for i in r.processed),
             skipped=sorted(i for r in reports for i in r.skipped),
+            retried=sorted(i for r in reports for i in r.retried),
             missing=sorted(missing),
             rows_processed=sum(r.rows_processed for r in reports),
             seconds=seconds,
@@ -271,7 +276,8 @@ def _finished(store: Store, shard: Shard, manifest: Mapping[str, Any]) -> dict |
 
 
 def run_status(output: str | Store) -> dict[str, Any]:
-    """Progress of a sharded run folder: shards finished and missing, rows, and who should take the missing ones.
+    """Progress of a sharded run folder: shards finished and missing, rows, damaged shards, and the shards committed
+    with failed rows (`failed`: {shard: rows}, redone by the next run).
 
     Example:
         >>> run_status("output/quickstart/synthesized")["missing"]  # doctest: +SKIP
@@ -280,9 +286,17 @@ def run_status(output: str | Store) -> dict[str, Any]:
     store = as_store(output)
     manifest = store.read_json(MANIFEST_PATH)
     if manifest is None:
-        return {"output_dir": store.url, "started": False, "done": [], "missing": [], "damaged": {}, "num_shards": 0}
+        return {
+            "output_dir": store.url,
+            "started": False,
+            "done": [],
+            "missing": [],
+            "damaged": {},
+            "failed": {},
+            "num_shards": 0,
+        }
     shards = plan_shards(manifest["num_input_rows"], manifest["shard_size"], manifest["split"])
-    done, missing, rows_out, damaged = [], [], 0, {}
+    done, missing, rows_out, damaged, failed = [], [], 0, {}, {}
     for shard in shards:
         marker, damage = shard_state(store, shard, manifest)
         if damage is not None:
@@ -292,6 +306,8 @@ def run_status(output: str | Store) -> dict[str, Any]:
         else:
             done.append(shard.index)
             rows_out += marker["num_rows"]
+            if marker.get("failed_rows"):
+                failed[shard.index] = marker["failed_rows"]
     return {
         "output_dir": store.url,
         "started": True,
@@ -299,6 +315,7 @@ def run_status(output: str | Store) -> dict[str, Any]:
         "done": done,
         "missing": missing,
         "damaged": damaged,
+        "failed": failed,
         "num_input_rows": manifest["num_input_rows"],
         "rows_done": rows_out,
         "fingerprint": manifest["fingerprint"],
@@ -330,6 +347,9 @@ class ShardedRunner:
             refusing. A run with the same configuration is always resumed (so every worker of a job may pass it).
         resume_ignore: dotted config keys whose change does not block resuming (settings that do not change output).
         verify_inputs: re-hash the input rows of finished shards on resume and refuse if they changed.
+        failure_status: `(column, value)` of the output rows that failed (e.g. `("synth_status", "engine_error")`):
+            a shard is committed with their count (its marker's `failed_rows`), and the next `run` maps a shard that
+            holds any again, whole (rows of one shard depend on each other: chains), keeping the other shards.
         desc: label of the progress bars.
 
     Reads: the columns `map_fn` reads. Writes: the input columns plus those `map_fn` returns, one row per input row.
@@ -361,6 +381,7 @@ class ShardedRunner:
         overwrite: bool = False,
         resume_ignore: Sequence[str] = (),
         verify_inputs: bool = True,
+        failure_status: tuple[str, str] | None = None,
         desc: str = "shards",
         executor: str | Executor = "local",
     ):
@@ -393,6 +414,7 @@ class ShardedRunner:
         self.overwrite = overwrite
         self.resume_ignore = list(resume_ignore)
         self.verify_inputs = verify_inputs
+        self.failure_status = tuple(failure_status) if failure_status is not None else None
         self.desc = desc
 
     # --- manifest ---------------------------------------------------------------------------------------------
@@ -421,7 +443,8 @@ class ShardedRunner:
             if old.get(key) != new[key]:
                 reasons.append(f"{key}: {old.get(key)!r} -> {new[key]!r}")
         for key in config_diff(old.get("config", {}), new["config"]):
-            if not _ignored(key, self.resume_ignore):
+            # a credential never changes the output (and an older manifest may hold one: never print it)
+            if not _ignored(key, self.resume_ignore) and not any(is_secret_key(part) for part in key.split(".")):
                 reasons.append(f"{key}: {_lookup(old.get('config', {}), key)!r} -> {_lookup(new['config'], key)!r}")
         return reasons
 
@@ -530,6 +553,11 @@ class ShardedRunner:
             if marker is None:
                 todo.append(shard)
                 continue
+            if marker.get("failed_rows"):
+                # failed rows are not finished work: the whole shard again (its chains depend on them)
+                todo.append(shard)
+                report.retried.append(shard.index)
+                continue
             if self.verify_inputs and marker.get("input_sha256") != input_sha256(
                 dataset.select(range(shard.start, shard.stop))
             ):
@@ -546,6 +574,13 @@ class ShardedRunner:
                 self.output_dir,
                 len(report.skipped),
                 len(mine),
+            )
+        if report.retried:
+            logger.info(
+                "%s: mapping again the %d shard(s) committed with failed rows (%s)",
+                self.output_dir,
+                len(report.retried),
+                ", ".join(map(str, report.retried[:20])) + (", ..." if len(report.retried) > 20 else ""),
             )
 
         bar = hf_tqdm(
@@ -615,6 +650,10 @@ class ShardedRunner:
             "seconds": round(time.perf_counter() - started, 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if self.failure_status is not None:
+            column, value = self.failure_status
+            failed = pc.equal(mapped.data.table.column(column), pa.scalar(value))
+            marker["failed_rows"] = int(pc.sum(pc.cast(failed, "int64")).as_py() or 0)
         if counted is not None:
             # what the map function counted for this shard alone (its counters run for the life of the process), kept
             # with the shard so a report adds up every worker's counts, in any process or machine, across resumes

@@ -137,6 +137,16 @@ class ReleaseConfig:
     token: str | None = field(
         default=None, repr=False, metadata=_help("Hub token; defaults to HF_TOKEN or the saved login. Never logged.")
     )
+    max_engine_error_share: float = field(
+        default=0.01,
+        metadata={
+            "help": "Largest share of a run's synthesized rows the engine may have failed on (synth_status "
+            "engine_error: a server down, a timeout) for the run's release to be written; beyond it the release is "
+            "refused (exit 4) until a re-run has synthesized those rows again. Read by the release stage of a run.",
+            "min": 0,
+            "max": 1,
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "release")

@@ -15,7 +15,7 @@ they make what `hf-ipt run` makes:
 
 from hf_ipt.stages.base import CommandOptions, Stage, StageContext, StageOutput, StageSummary, run_stage
 from hf_ipt.stages.mix import MixStage
-from hf_ipt.stages.release import ReleaseStage, release_info
+from hf_ipt.stages.release import FailedRowsError, ReleaseStage, release_info
 from hf_ipt.stages.synthesize import SynthesizeStage
 from hf_ipt.stages.templify import TemplifyStage
 
@@ -24,6 +24,7 @@ STAGES: tuple[type[Stage], ...] = (SynthesizeStage, TemplifyStage, MixStage, Rel
 __all__ = [
     "STAGES",
     "CommandOptions",
+    "FailedRowsError",
     "MixStage",
     "ReleaseStage",
     "Stage",

@@ -7,16 +7,20 @@ declares what is particular to it:
   sections it reads), and `reads`, the stage whose committed output it reads (None for the first);
 - `from_recipe(recipe)`: the stage as a recipe configures it (None when the recipe leaves it out);
 - `checks(run, built_later)`: its preflight checks, each a name and a function returning `Problem`s, cheap enough to
-  run for the whole pipeline in seconds before anything heavy starts;
+  run for the whole pipeline in seconds before anything heavy starts; `chain_checks(earlier, run)`: those that need
+  the stages running before it in the same command (what they will change: `planned_changes`);
 - `identity()`: the settings its output depends on (the driver adds the upstream output's fingerprint);
 - `settings()`: the recipe sections it records in its commit marker, free of secrets, from which a release writes its
   provenance (what made the data, not what a recipe says now);
 - `compute(context)`: the work itself, returning a `StageOutput`: rows to save, files to write, rows it committed in
   place (synthesis shards), and its report;
-- `summarize(report, summary)`: the figures its summary prints, read from the committed report.
+- `summarize(report, summary)`: the figures its summary prints, read from the committed report;
+- `unfinished(marker)`: why an intact output committed with the same identity is still not finished work (synthesis
+  with rows the engine failed on), redone by the next run; None for the others.
 
 `run_stage(stage, run)` does the rest, the same for all: the upstream output must be committed and intact (its
-fingerprint joins the identity) → an output committed with the same identity and undamaged is reused → otherwise
+fingerprint, settings and files' checksums, join the identity) → an output committed with the same identity,
+undamaged and not `unfinished`, is reused → otherwise
 `compute` → the output is committed (files, rows, then the marker with the report, the settings and every file's
 SHA-256) → a `StageSummary`. Every stage is also its own Python entry point: `stage.run(run_config)`.
 
@@ -36,8 +40,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hf_ipt.preflight import Check
-from hf_ipt.redaction import redact
-from hf_ipt.store import IncompleteRunError, RunFolder, StageFolder, fingerprint
+from hf_ipt.redaction import redact, without_secrets
+from hf_ipt.store import IncompleteRunError, RunFolder, StageFolder, config_diff, fingerprint
 
 if TYPE_CHECKING:
     from hf_ipt.config import RecipeConfig, RunConfig
@@ -233,6 +237,11 @@ class Stage(ABC):
         paths an earlier stage of this run creates before they are read (their checks are skipped)."""
         return []
 
+    def chain_checks(self, earlier: Sequence[Stage], run: RunConfig) -> list[Check]:
+        """The preflight checks of this stage that need the stages of the same command running before it (`earlier`,
+        in order): e.g. whether the release would have to replace a version with other data. None by default."""
+        return []
+
     def creates(self) -> set[str]:
         """Local paths this stage creates before later stages read them (the tiny model of the quickstart)."""
         return set()
@@ -245,6 +254,11 @@ class Stage(ABC):
     def summarize(self, report: Mapping[str, Any], summary: StageSummary, output: StageFolder) -> None:
         """Add this stage's figures, read from its committed `report` (and its `output` folder), to `summary`."""
         summary.figures.update(report.get("figures") or {})
+
+    def unfinished(self, marker: Mapping[str, Any]) -> str | None:
+        """Why an output committed with this stage's identity, and intact, must still be computed again (the driver
+        then computes instead of reusing it), None when it is finished work: by default always finished."""
+        return None
 
     @classmethod
     def progress(cls, output: StageFolder) -> list[str]:
@@ -292,7 +306,19 @@ def finished_upstream(folder: StageFolder, maker: type[Stage]) -> str:
             f"{maker.describe_damage(folder, damage)}. Run `hf-ipt {command}` with this recipe (or `hf-ipt run`) to "
             "do that stage again"
         )
-    return marker["fingerprint"]
+    return content_fingerprint(marker)
+
+
+def content_fingerprint(marker: Mapping[str, Any]) -> str:
+    """What a stage that reads a committed output depends on: the settings it was made with and its files' bytes
+    (their checksums), so an output made again with the same settings but other rows (synthesis whose failed rows were
+    retried) is never taken for the one read before.
+
+    Example:
+        >>> content_fingerprint({"fingerprint": "5be0", "checksums": {}}) == fingerprint(["5be0", {}])
+        True
+    """
+    return fingerprint([marker["fingerprint"], marker.get("checksums") or {}])
 
 
 def stage_identity(stage: Stage, folder: RunFolder, ignore: Sequence[str] = ()) -> dict[str, Any]:
@@ -307,7 +333,49 @@ def stage_identity(stage: Stage, folder: RunFolder, ignore: Sequence[str] = ()) 
     if stage.reads is not None:
         upstream = finished_upstream(folder.stage(stage.reads.folder), stage.reads)
     # no secret may reach a marker, a manifest or a message, and a rotated credential must not block reuse
-    return redact({"upstream": upstream, **without_keys(stage.identity(), ignore)})
+    return without_secrets({"upstream": upstream, **without_keys(stage.identity(), ignore)})
+
+
+def planned_changes(stages: Sequence[Stage], run: RunConfig) -> dict[str, str]:
+    """Why running `stages` (one command's stages, in pipeline order) would commit each of them with other content
+    than its output holds now, `{stage name: why}`; '' for a stage whose committed output would be reused (or
+    repaired to the same bytes). Read from the commit markers alone, in seconds: a stage changes when nothing is
+    committed yet, when its settings differ, when its committed output is `unfinished`, or when an earlier stage of
+    the same command changes what it reads.
+
+    Example:
+        >>> planned_changes(stages_of(load_recipe("r.yaml", ["--templify.seed", "1"])), run)  # doctest: +SKIP
+        {'synthesize': '', 'templify': 'other settings: templify.seed', 'mix': 'templified/ is made again first ...}
+    """
+    folder = run.folder
+    changes: dict[str, str] = {}
+    first: dict[str, str] = {}  # the stage whose own change makes each changing stage change
+    for stage in stages:
+        reads = stage.reads
+        if reads is not None and changes.get(reads.name):
+            first[stage.name] = origin = first[reads.name]
+            if origin == reads.name:
+                changes[stage.name] = f"{reads.folder}/ is made again first ({changes[origin]})"
+            else:
+                changes[stage.name] = changes[reads.name]
+            continue
+        first[stage.name] = stage.name
+        marker = folder.stage(stage.folder).marker()
+        if marker is None or marker.get("fingerprint") is None:
+            changes[stage.name] = "nothing is committed yet"
+            continue
+        try:
+            identity = stage_identity(stage, folder, run.resume_ignore)
+        except IncompleteRunError:
+            changes[stage.name] = f"{reads.folder}/ is not finished" if reads is not None else "its input is missing"
+            continue
+        if marker["fingerprint"] != fingerprint(identity):
+            changed = config_diff(marker.get("config") or {}, identity)
+            shown = ["its input" if key == "upstream" else key for key in changed]
+            changes[stage.name] = f"other settings: {', '.join(shown) or 'its identity'}"
+        else:
+            changes[stage.name] = stage.unfinished(marker) or ""
+    return changes
 
 
 def without_keys(data: Mapping[str, Any], dotted: Sequence[str]) -> dict[str, Any]:
@@ -344,12 +412,16 @@ def run_stage(stage: Stage, run: RunConfig) -> StageSummary:
     marker = output.marker()
     if marker is not None and marker.get("fingerprint") == fingerprint(identity):
         damage = output.damage(marker)
-        if not damage:
+        unfinished = None if damage else stage.unfinished(marker)
+        if not damage and unfinished is None:
             summary = StageSummary(stage.name, output.url, reused=True)
             summary.rows = sum((marker.get("num_rows") or {}).values()) if marker.get("num_rows") else None
             stage.summarize(marker.get("extra") or {}, summary, output)
             return summary
-        logger.warning("%s; doing the %s stage again", output.describe_damage(damage), stage.name)
+        if damage:
+            logger.warning("%s; doing the %s stage again", output.describe_damage(damage), stage.name)
+        else:
+            logger.warning("%s: %s; doing the %s stage again", output.url, unfinished, stage.name)
     upstream = folder.stage(stage.reads.folder) if stage.reads is not None else None
     context = StageContext(run, folder, output, upstream, identity, marker)
     result = stage.compute(context)

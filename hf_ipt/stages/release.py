@@ -13,23 +13,44 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-from hf_ipt.columns import MODE
+from hf_ipt.columns import MODE, STATUS_ENGINE_ERROR
 from hf_ipt.config import AUGMENTED_SOURCE, RecipeConfig, RunConfig, in_field_order
 from hf_ipt.mixing import RAW
 from hf_ipt.preflight import HUB_TIMEOUT, Check, hub_unreachable, within
 from hf_ipt.release.bundle import build_bundle
 from hf_ipt.release.card import CardOptions, ReleaseInfo, SourceInfo, SynthesizerInfo, template_arguments
 from hf_ipt.release.hub import ReleaseConfig, publish_release
-from hf_ipt.release.local import check_local_version, release_files
-from hf_ipt.stages.base import NO_OPTIONS, CommandOptions, Stage, StageContext, StageOutput, StageSummary
+from hf_ipt.release.local import VersionConflictError, check_local_version, release_files
+from hf_ipt.stages.base import (
+    NO_OPTIONS,
+    CommandOptions,
+    Stage,
+    StageContext,
+    StageOutput,
+    StageSummary,
+    planned_changes,
+    stage_identity,
+)
 from hf_ipt.stages.mix import MixStage
-from hf_ipt.stages.synthesize import SynthesizeStage
+from hf_ipt.stages.synthesize import SynthesizeStage, engine_errors, first_engine_errors
 from hf_ipt.stages.templify import TemplifyStage
 from hf_ipt.store import RunFolder, StageFolder, config_to_dict
 from hf_ipt.validation import Problem
+
+
+class FailedRowsError(RuntimeError):
+    """A run's release refused: more of its synthesized rows failed in the engine than
+    `release.max_engine_error_share` allows (the CLI's exit status 4). The message names the count, the first
+    errors and the command that synthesizes them again.
+
+    Example:
+        >>> ReleaseStage(ReleaseConfig(repo_id="me/x", version="v0.1"), to="local").run(run)  # doctest: +SKIP
+        Traceback (most recent call last):
+        FailedRowsError: 12 of 12 synthesized rows (100.0 %) failed in the engine ...
+    """
 
 
 class ReleaseStage(Stage):
@@ -84,8 +105,10 @@ class ReleaseStage(Stage):
         return cls(recipe.release, to=recipe.release_to, card=recipe.card, reads=reads, command=options.command)
 
     def identity(self) -> dict[str, Any]:
+        # neither the token nor the share of failed rows allowed changes what is released
+        left_out = ("token", "max_engine_error_share")
         return {
-            "release": {k: v for k, v in config_to_dict(self.config).items() if k != "token"},
+            "release": {k: v for k, v in config_to_dict(self.config).items() if k not in left_out},
             "release_to": self.to,
             "card": config_to_dict(self.card),
         }
@@ -100,6 +123,36 @@ class ReleaseStage(Stage):
         if self.to == "hub":
             found.append(Check(f"Hub token and write access to {self.config.repo_id}", self.hub_problems))
         return found
+
+    def chain_checks(self, earlier: Sequence[Stage], run: RunConfig) -> list[Check]:
+        if self.to != "local":
+            return []  # the Hub refuses an existing version when the push starts, before it uploads anything
+        where = run.folder.stage(self.folder).url
+        return [Check(f"version {self.config.version} in {where}", lambda: self.version_problems(earlier, run))]
+
+    def version_problems(self, earlier: Sequence[Stage], run: RunConfig) -> list[Problem]:
+        """A local release folder that holds this version made from other data, settings or card, when this command
+        would replace it (refused unless `run.overwrite`): found before `earlier` stages rewrite anything, from what
+        they would change (`planned_changes`)."""
+        output = run.folder.stage(self.folder)
+        marker = output.marker()
+        recorded = (marker or {}).get("config") or {}
+        if (recorded.get("release") or {}).get("version") != self.config.version or recorded.get(
+            "release_to"
+        ) != "local":
+            return []  # nothing released here, or another version: replaced (with a warning when it runs)
+        why = planned_changes([*earlier, self], run)[self.name]
+        if not why:
+            return []
+        if why.startswith("other settings"):
+            identity = stage_identity(self, run.folder, run.resume_ignore)
+        else:  # what it releases is made again first
+            identity = {**self.identity(), "upstream": f"<made again by this command: {why}>"}
+        try:
+            check_local_version(marker, identity, self.config.version, where=output.url, force=run.overwrite)
+        except VersionConflictError as err:
+            return [Problem("release.version", str(err), f"nothing was written; this command would replace it: {why}")]
+        return []
 
     def settings_problems(self) -> list[Problem]:
         """`card.template` (when set) is a file or template text."""
@@ -116,6 +169,7 @@ class ReleaseStage(Stage):
         return hub_write_problems(self.config)
 
     def compute(self, context: StageContext) -> StageOutput:
+        self.check_engine_errors(context.folder)
         data = context.upstream.load()
         info = release_info(context.run, reads=self.reads, release=self.settings(), command=self.command)
         if self.to == "hub":
@@ -139,6 +193,25 @@ class ReleaseStage(Stage):
         tokens = ((bundle.report["statistics"].get("text") or {}).get("tokens") or {}).get("total")
         report = {"files": bundle.report["files"], "tokens": tokens, "plots": len(bundle.report["files"]["plots"])}
         return StageOutput(report=report, data=bundle.splits, files=files)
+
+    def check_engine_errors(self, folder: RunFolder) -> None:
+        """Refuse (`FailedRowsError`) to release a run more of whose synthesized rows failed in the engine than
+        `release.max_engine_error_share` allows, naming how many, the first errors and the command that retries
+        them."""
+        synthesized = folder.stage(SynthesizeStage.folder)
+        report = synthesized.report()
+        failed, rows = engine_errors(report), int(report.get("rows") or 0)
+        allowed = self.config.max_engine_error_share
+        if not failed or failed <= allowed * rows:
+            return
+        examples = "; ".join(f"row {row}: {error[:300]}" for row, error in first_engine_errors(synthesized))
+        command = self.command if (self.command or "").startswith("hf-ipt run ") else "hf-ipt run RECIPE.yaml"
+        raise FailedRowsError(
+            f"{failed:,} of {rows:,} synthesized rows ({100 * failed / rows:.1f} %) failed in the engine "
+            f"({STATUS_ENGINE_ERROR}), more than release.max_engine_error_share={allowed:g} allows: the release was "
+            f"not written. First errors: {examples}. Once the engine answers, run `{command}` again: it synthesizes "
+            "only the shards holding those rows again, then releases"
+        )
 
     def summarize(self, report: Mapping[str, Any], summary: StageSummary, output: StageFolder) -> None:
         config = self.config

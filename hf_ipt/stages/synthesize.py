@@ -22,6 +22,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from hf_ipt import columns as C
 from hf_ipt.config import RecipeConfig, RunConfig, SourceConfig, check_tiny_model
 from hf_ipt.engines import devices_of, engine_class
 from hf_ipt.execution import Executor, make_executor
@@ -34,7 +35,7 @@ from hf_ipt.execution.runner import (
     run_status,
 )
 from hf_ipt.preflight import Check, check_source, missing_package, tokenizer_check
-from hf_ipt.redaction import redact
+from hf_ipt.redaction import without_secrets
 from hf_ipt.stages.base import (
     NO_OPTIONS,
     CommandOptions,
@@ -190,13 +191,15 @@ class SynthesizeStage(Stage):
             run.folder.stage(self.folder),
             shard_size=run.shard_size,
             batch_size=self.synth.batch_size,
-            config=redact(self.identity()),
+            config=without_secrets(self.identity()),
             split=self.source.output_split,
             worker_index=self.worker_index,
             num_workers=workers,
             overwrite=run.overwrite,
             resume_ignore=run.resume_ignore,
             verify_inputs=run.verify_inputs,
+            # rows the engine failed on (a server down, a timeout) are not finished: their shards are redone next run
+            failure_status=(C.SYNTH_STATUS, C.STATUS_ENGINE_ERROR),
             desc="Synthesis",
             executor=executor,
         )
@@ -255,6 +258,7 @@ class SynthesizeStage(Stage):
         done = runner.run(dataset)
         figures = {
             "shards": f"{done.num_shards} ({len(done.processed)} computed now, {len(done.skipped)} reused"
+            + (f", {len(done.retried)} of them again for failed rows" if done.retried else "")
             + (f", {len(done.missing)} left to other workers" if done.missing else "")
             + ")"
         }
@@ -288,6 +292,19 @@ class SynthesizeStage(Stage):
         if report.get("speculative"):
             summary.figures["speculative decoding"] = report["speculative"]["line"]
         summary.figures.update(synthesis_summary(report))
+        failed = engine_errors(report)
+        if failed:
+            summary.note = (
+                f"{failed:,} row(s) failed in the engine ({C.STATUS_ENGINE_ERROR}, their synth_error says why): they "
+                "are not finished work; running the command again synthesizes their shards again"
+            )
+
+    def unfinished(self, marker: Mapping[str, Any]) -> str | None:
+        """Synthesis is not finished while rows the engine failed on remain: the next run redoes their shards."""
+        failed = engine_errors(marker.get("extra") or {})
+        if not failed:
+            return None
+        return f"{failed:,} row(s) failed in the engine ({C.STATUS_ENGINE_ERROR}); synthesizing their shards again"
 
     @classmethod
     def progress(cls, output: StageFolder) -> list[str]:
@@ -302,6 +319,12 @@ class SynthesizeStage(Stage):
             lines.append(f"missing shards: {short_list(status['missing'])}")
         if status["damaged"]:
             lines.append(f"damaged shards (redone by the next run): {short_list(sorted(status['damaged']))}")
+        if status["failed"]:
+            rows = sum(status["failed"].values())
+            lines.append(
+                f"shards with rows the engine failed on ({rows:,} rows; redone by the next run): "
+                + short_list(sorted(status["failed"]))
+            )
         return lines
 
     @classmethod
@@ -334,6 +357,40 @@ def shards_in_place(output: StageFolder) -> InPlace:
         num_rows={split: sum(m["num_rows"] for m in markers)},
         checksums=checksums,
     )
+
+
+def engine_errors(report: Mapping[str, Any]) -> int:
+    """The rows of a synthesis report (`synthesis_report`) the engine failed on.
+
+    Example:
+        >>> engine_errors({"status_counts": {"ok": 9, "engine_error": 2}})
+        2
+    """
+    return int((report.get("status_counts") or {}).get(C.STATUS_ENGINE_ERROR, 0))
+
+
+def first_engine_errors(output: StageFolder, limit: int = 3) -> list[tuple[int, str]]:
+    """(row, synth_error) of the first `limit` rows of a finished synthesis the engine failed on, in row order
+    (reading only the status and error columns, shard by shard).
+
+    Example:
+        >>> first_engine_errors(RunFolder("output/run").stage("synthesized"))  # doctest: +SKIP
+        [(0, 'http://gpu-1:8000/v1/completions: APIConnectionError: Connection error. (...)')]
+    """
+    found: list[tuple[int, str]] = []
+    offset = 0
+    for table in iter_shard_tables(output, columns=[C.SYNTH_STATUS, C.SYNTH_ERROR]):
+        statuses = table.column(C.SYNTH_STATUS).to_pylist()
+        errors = (
+            table.column(C.SYNTH_ERROR).to_pylist() if C.SYNTH_ERROR in table.column_names else [""] * len(statuses)
+        )
+        found += [
+            (offset + i, errors[i] or "") for i, status in enumerate(statuses) if status == C.STATUS_ENGINE_ERROR
+        ]
+        offset += table.num_rows
+        if len(found) >= limit:
+            break
+    return found[:limit]
 
 
 def _no_map(batch: dict[str, list]) -> dict[str, list]:

@@ -1,0 +1,182 @@
+"""Failure is never silent: rows the engine failed on are retried by the next run and hold the release back, one
+writer per run folder, no credential of an engine's settings in any file, a refused release found before anything is
+rewritten. Against real parts: an OpenAI-compatible server on loopback started here, real files, real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from test_server_engine import LocalServer, QuietHandler
+
+from hf_ipt.cli import main
+from hf_ipt.execution.runner import MARKER_DIR, assemble_shards
+from hf_ipt.testing import tiny_recipe
+
+ROWS, BATCH = 12, 4  # three shards of one batch each, M = 2 chains
+
+
+class SynthServer(LocalServer):
+    """An OpenAI-compatible completions server that answers each prompt with one pair derived from the prompt (the
+    same prompt, the same answer: runs are comparable), or fails with a 503: every request while `down`, and each
+    whose prompt holds `poison`. It records the headers of every request."""
+
+    def __init__(self):
+        self.down = False
+        self.poison: str | None = None
+        self.headers: list[dict[str, str]] = []
+        server = self
+
+        class Handler(QuietHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                server.headers.append(dict(self.headers))
+                prompt = json.dumps(body["prompt"])
+                if server.down or (server.poison is not None and server.poison in prompt):
+                    self.reply(503, b'{"error": {"message": "the model is loading", "type": "unavailable"}}')
+                    return
+                tag = hashlib.sha256(prompt.encode()).hexdigest()[:8]
+                text = f" <QUE> What does {tag} name? <ANS> It names {tag}. </END>"
+                answer = {"id": "c", "object": "text_completion", "created": 0, "model": body["model"]}
+                answer["choices"] = [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}]
+                answer["usage"] = {"prompt_tokens": 1, "completion_tokens": 12, "total_tokens": 13}
+                self.reply(200, json.dumps(answer).encode())
+
+        self.serve(Handler)
+
+
+@pytest.fixture
+def server():
+    running = SynthServer()
+    yield running
+    running.close()
+
+
+def recipe_for(tmp_path: Path, model: str, server: SynthServer, name: str, **engine) -> Path:
+    """A small run (12 bundled paragraphs, templify, mix, local release) synthesized through `server`."""
+    settings = {"endpoints": [server.url], "max_retries": 0, "prompt_format": "text", **engine}
+    recipe = tiny_recipe(
+        model,
+        tmp_path / name,
+        rows=ROWS,
+        batch_size=BATCH,
+        release=name,
+        changes={"synth.engine": "server", "synth.engine_kwargs": settings, "templify.seed": 0, "mix.seed": 0},
+    )
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def rows_of(run: Path) -> list[dict]:
+    return assemble_shards(str(run / "synthesized"))["train"].to_list()
+
+
+def attempts(run: Path) -> list[str]:
+    """The attempt id of each committed shard, in shard order (a redone shard gets a new one)."""
+    markers = sorted((run / "synthesized" / MARKER_DIR).glob("shard-*.json"))
+    return [json.loads(path.read_text())["attempt"] for path in markers]
+
+
+@pytest.fixture
+def reference(tmp_path_factory, tiny_model_path):
+    """The rows and release of an uninterrupted run against a healthy server."""
+    healthy = SynthServer()
+    try:
+        tmp_path = tmp_path_factory.mktemp("uninterrupted")
+        assert main(["run", str(recipe_for(tmp_path, tiny_model_path, healthy, "ref")), "-q"]) == 0
+    finally:
+        healthy.close()
+    run = tmp_path / "ref"
+    return rows_of(run), released_bytes(run)
+
+
+def released_bytes(run: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted((run / "release" / "data").glob("*.parquet"))}
+
+
+def test_rows_failed_while_the_server_was_down_hold_the_release_back_and_are_retried(
+    tmp_path, tiny_model_path, server, reference, capsys
+):
+    server.down = True
+    recipe = recipe_for(tmp_path, tiny_model_path, server, "down")
+    assert main(["run", str(recipe), "-q"]) == 4
+    err = capsys.readouterr().err
+    assert "12 of 12 synthesized rows (100.0 %) failed in the engine (engine_error)" in err
+    assert "release.max_engine_error_share=0.01" in err and "HTTP 503: the model is loading" in err
+    assert f"run `hf-ipt run {recipe} -q` again" in err
+    assert not (tmp_path / "down" / "release" / ".hf_ipt" / "stage.json").exists()
+
+    # the server answers again: the same command retries every row and releases what an uninterrupted run releases
+    server.down = False
+    assert main(["run", str(recipe), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "3 (3 computed now, 0 reused, 3 of them again for failed rows)" in out
+    expected_rows, expected_release = reference
+    assert rows_of(tmp_path / "down") == expected_rows
+    assert released_bytes(tmp_path / "down") == expected_release
+    # and a run after that reuses everything
+    assert main(["run", str(recipe), "-q"]) == 0
+    assert capsys.readouterr().out.count("already done, reused") == 4
+
+
+def test_only_shards_holding_failed_rows_are_redone_and_a_released_version_is_never_replaced(
+    tmp_path, tiny_model_path, server, reference, capsys
+):
+    from hf_ipt.config import SourceConfig
+
+    victim = SourceConfig(path="bundled:quickstart", max_rows=ROWS).load()["text"][5]  # shard 1 (rows 4-7)
+    server.poison = victim[:40]
+    assert json.dumps(server.poison)[1:-1] == server.poison  # found as is in the JSON body
+    recipe = recipe_for(tmp_path, tiny_model_path, server, "partial")
+    run = tmp_path / "partial"
+    # 1 failed row of 12 is more than the default 1 %: allowed here
+    assert main(["run", str(recipe), "-q", "--release.max_engine_error_share", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "engine_error 1" in out and "1 row(s) failed in the engine" in out
+    assert [row["synth_status"] == "engine_error" for row in rows_of(run)].count(True) == 1
+    before = attempts(run)
+    folders = ("synthesized", "templified", "mixed", "release")
+    markers = {name: (run / name / ".hf_ipt" / "stage.json").read_bytes() for name in folders}
+
+    # the server is healthy again; retrying the row would change the data of release v0.1: refused before any stage
+    # rewrites its output
+    server.poison = None
+    assert main(["run", str(recipe), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds version v0.1 of local/partial" in err and "1 row(s) failed in the engine" in err
+    assert {name: (run / name / ".hf_ipt" / "stage.json").read_bytes() for name in folders} == markers
+    assert attempts(run) == before
+
+    # a new version: only shard 1 is synthesized again, and the rows are those of an uninterrupted run
+    assert main(["run", str(recipe), "-q", "--release.version", "v0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 (1 computed now, 2 reused, 1 of them again for failed rows)" in out
+    after = attempts(run)
+    assert after[0] == before[0] and after[2] == before[2] and after[1] != before[1]
+    expected_rows, _ = reference
+    assert rows_of(run) == expected_rows
+
+
+def test_a_refused_local_release_is_found_before_any_stage_rewrites_its_output(
+    tmp_path, tiny_model_path, server, capsys
+):
+    recipe = recipe_for(tmp_path, tiny_model_path, server, "seeded")
+    run = tmp_path / "seeded"
+    assert main(["run", str(recipe), "-q"]) == 0
+    folders = ("synthesized", "templified", "mixed", "release")
+    markers = {name: (run / name / ".hf_ipt" / "stage.json").read_bytes() for name in folders}
+    capsys.readouterr()
+    # other templify settings make other data for the same version: refused before templify runs
+    assert main(["run", str(recipe), "-q", "--templify.seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "release.version:" in err and "already holds version v0.1 of local/seeded" in err
+    assert "this command would replace it: templified/ is made again first (other settings: templify.seed)" in err
+    assert {name: (run / name / ".hf_ipt" / "stage.json").read_bytes() for name in folders} == markers
+    # `hf-ipt check` says so too, and --overwrite replaces the version
+    assert main(["check", str(recipe), "--templify.seed", "1"]) == 2
+    assert "already holds version v0.1" in capsys.readouterr().out
+    assert main(["run", str(recipe), "-q", "--templify.seed", "1", "--overwrite"]) == 0
