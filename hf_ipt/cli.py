@@ -41,7 +41,7 @@ from hf_ipt.release.hub import ReleaseError
 from hf_ipt.reports import load_report, verify_files
 from hf_ipt.stages import CommandOptions, FailedRowsError, StageSummary
 from hf_ipt.stages.base import duration
-from hf_ipt.store import IncompleteRunError, config_to_dict
+from hf_ipt.store import IncompleteRunError, LeaseHeldError, config_to_dict
 
 OTHER_COMMANDS = {
     "status": "show which shards and stages of a run are finished",
@@ -166,10 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `hf-ipt` console script; returns the exit status (0 done, 2 bad input or refused resume,
-    3 this worker finished but other shards are still missing, 4 release refused: more synthesized rows failed in the
-    engine than release.max_engine_error_share allows (run the command again once the engine answers), 130
-    interrupted).
+    """Entry point of the `hf-ipt` console script; returns the exit status: 0 done; 2 bad input, a refused resume
+    or a run folder another command is writing (its holder named); 3 this worker finished but other shards are still
+    missing; 4 release refused: more synthesized rows failed in the engine than release.max_engine_error_share allows
+    (run the command again once the engine answers); 5 a Ray node or the cluster died (committed shards are kept: run
+    the command again); 130 interrupted.
 
     Example:
         >>> main(["run", "recipes/quickstart.yaml", "--synth.rounds", "2", "--quiet"])  # doctest: +SKIP
@@ -198,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FailedRowsError as err:
         print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)
         return 4
-    except (ConfigError, ResumeConflictError, IncompleteRunError, ReleaseError, ValueError) as err:
+    except (ConfigError, ResumeConflictError, IncompleteRunError, ReleaseError, LeaseHeldError, ValueError) as err:
         # the stages' errors name the setting or column at fault and how to fix it: show them, not a traceback
         print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from typing import Any
 from hf_ipt import stages as registry
 from hf_ipt.config import ConfigError, RecipeConfig, load_recipe
 from hf_ipt.preflight import ensure_ready, run_checks
-from hf_ipt.redaction import register_secrets, scrub_command, secret_values
+from hf_ipt.redaction import process_command, register_secrets, scrub_command, secret_values
 from hf_ipt.stages import CommandOptions, Stage, StageSummary
 from hf_ipt.store import config_to_dict
 from hf_ipt.validation import Problem
@@ -112,13 +112,16 @@ def run(
     register_secrets(secret_values(config_to_dict(recipe)))
     options = CommandOptions(worker_index=worker_index, num_workers=num_workers, command=scrub_command(command))
     chosen = stages_of(recipe, stages, options)
-    if preflight:
-        ensure_ready(chosen, recipe.run)
-    summaries: list[StageSummary] = []
-    for stage in chosen:
-        if summaries and not summaries[-1].complete:
-            break  # a chained stage needs the whole output of the one before
-        summaries.append(stage.run(recipe.run))
+    # one writer per run folder, for the whole command: its checks see what its stages will find
+    holder = options.command or process_command() or ""
+    with recipe.run.folder.lease(holder, shared=any(stage.shares_folder() for stage in chosen)):
+        if preflight:
+            ensure_ready(chosen, recipe.run)
+        summaries: list[StageSummary] = []
+        for stage in chosen:
+            if summaries and not summaries[-1].complete:
+                break  # a chained stage needs the whole output of the one before
+            summaries.append(stage.run(recipe.run))
     return summaries
 
 

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -28,6 +29,7 @@ import math
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -723,6 +725,110 @@ class StageFolder(Store):
         return datasets.DatasetDict(splits)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# One writer per run folder: a lease
+# --------------------------------------------------------------------------------------------------------------------
+
+LEASE_PATH = f"{STATE_DIR}/lease.json"  # the lease of the command writing the run folder
+WORKER_LEASES = f"{STATE_DIR}/workers"  # the leases of synthesis workers started by hand, who share the folder
+LEASE_RENEW_SECONDS = 30.0  # a holder rewrites its lease this often while it runs
+# a lease not renewed for this long belongs to a holder that is gone (or stopped): another host cannot ask whether
+# the process still runs, so this age, 20 renewals, is how it tells
+LEASE_STALE_SECONDS = 600.0
+# an object store has no atomic create: a lease is written, then read back after this long, and whoever's record is
+# there has it (two writers starting within this window may still both run: see RunFolder.lease)
+LEASE_SETTLE_SECONDS = 1.0
+
+
+class LeaseHeldError(RuntimeError):
+    """Another process writes this run folder: its message names the holder (command, host, pid, since when).
+
+    Example:
+        >>> with RunFolder("output/run").lease("hf-ipt run r.yaml"):  # doctest: +SKIP
+        ...     pass
+        Traceback (most recent call last):
+        LeaseHeldError: output/run is being written by `hf-ipt run r.yaml` (host gpu-1, pid 4242, since ...) ...
+    """
+
+
+def describe_holder(holder: Mapping[str, Any]) -> str:
+    """A lease's holder in words: its command, host, pid and start.
+
+    Example:
+        >>> describe_holder({"command": "hf-ipt run r.yaml", "host": "h", "pid": 7, "started_at": "2025-01-01T00:00Z"})
+        '`hf-ipt run r.yaml` (host h, pid 7, since 2025-01-01T00:00Z)'
+    """
+    command = holder.get("command") or "a process"
+    return f"`{command}` (host {holder.get('host')}, pid {holder.get('pid')}, since {holder.get('started_at')})"
+
+
+def lease_staleness(holder: Mapping[str, Any], now: float | None = None) -> str | None:
+    """Why a lease's holder is gone (its process no longer runs on this host, or it was not renewed for
+    `LEASE_STALE_SECONDS`), None while it may still run.
+
+    Example:
+        >>> lease_staleness({"host": socket.gethostname(), "pid": os.getpid(), "renewed_at": time.time()}) is None
+        True
+    """
+    now = time.time() if now is None else now
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        if not pid_alive(holder["pid"]):
+            return f"its process {holder['pid']} no longer runs on this host"
+    renewed = holder.get("renewed_at")
+    if not isinstance(renewed, int | float) or now - renewed > LEASE_STALE_SECONDS:
+        return f"it was not renewed for more than {LEASE_STALE_SECONDS:.0f} s"
+    return None
+
+
+# (process id, run folder URL) -> [the lease this process holds there, how many callers hold it]; a forked child
+# inherits the dict, not the lease
+_HELD: dict[tuple[int, str], list] = {}
+
+
+class Lease:
+    """A run folder's lease held by this process: its record, renewed by a thread until `release`.
+
+    Example:
+        >>> lease = RunFolder("memory://doc-store/leased").acquire_lease("doc")
+        >>> lease.record["pid"] == os.getpid()
+        True
+        >>> lease.release()
+    """
+
+    def __init__(self, folder: Store, path: str, record: dict[str, Any]) -> None:
+        self.folder, self.path, self.record = folder, path, record
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="hf-ipt-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_RENEW_SECONDS):
+            try:
+                if not self.is_mine():
+                    logger.warning("the lease of %s was taken over by another process", self.folder.url)
+                    return
+                self.record["renewed_at"] = time.time()
+                self.folder.write_atomic(self.path, json_bytes(self.record))
+            except OSError as err:  # a storage hiccup: try again at the next renewal
+                logger.warning("could not renew the lease of %s (%s)", self.folder.url, err)
+
+    def is_mine(self) -> bool:
+        """Whether the lease file still holds this lease's record."""
+        found = self.folder.read_json(self.path)
+        return found is not None and found.get("token") == self.record["token"]
+
+    def release(self) -> None:
+        """Stop renewing and remove the lease file (when it is still this lease's)."""
+        self._stop.set()
+        try:
+            if self.is_mine():
+                self.folder.fs.rm_file(self.folder.path(self.path))
+        except OSError as err:
+            logger.warning(
+                "could not remove the lease of %s (%s); the next command takes it over", self.folder.url, err
+            )
+
+
 class RunFolder(Store):
     """The root of a run (`run.output_dir`: a local path or an fsspec URL, with its storage options), and the output
     folder of each stage under it. The one object that carries a run's location: pass it, not the URL and its
@@ -740,3 +846,109 @@ class RunFolder(Store):
     def stage(self, folder: str) -> StageFolder:
         """The output folder of one stage (e.g. "synthesized")."""
         return StageFolder(f"{self.url.rstrip('/')}/{folder}", self.storage_options)
+
+    @contextlib.contextmanager
+    def lease(self, command: str = "", *, shared: bool = False):
+        """Hold this run folder's lease while the block runs: one writer per run folder. Re-entrant within one
+        process (a command's stages run under the command's lease). `shared`: a synthesis worker started by hand,
+        which shares the folder with the other workers (each writes its own shards) but with no other command.
+        LeaseHeldError, naming the holder, when another live process holds it; a stale lease (its process gone on
+        this host, or not renewed for `LEASE_STALE_SECONDS`) is taken over with a warning.
+
+        The lease is created atomically on a local disk (a hard link that fails if the file exists); on an object
+        store it is written, then read back after `LEASE_SETTLE_SECONDS` (object stores have no atomic create
+        through fsspec), so two commands started within that second may both run.
+
+        Example:
+            >>> with RunFolder("memory://doc-store/leased-run").lease("hf-ipt run r.yaml") as lease:
+            ...     lease.record["command"]
+            'hf-ipt run r.yaml'
+        """
+        key = (os.getpid(), self.url)
+        held = _HELD.get(key)
+        if held is not None:
+            held[1] += 1
+            try:
+                yield held[0]
+            finally:
+                held[1] -= 1
+            return
+        lease = self.acquire_lease(command, shared=shared)
+        _HELD[key] = [lease, 1]
+        try:
+            yield lease
+        finally:
+            del _HELD[key]
+            lease.release()
+
+    def acquire_lease(self, command: str = "", *, shared: bool = False) -> Lease:
+        """Take this run folder's lease (see `lease`, which releases it too); LeaseHeldError when it is held."""
+        record = {
+            "command": command,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "renewed_at": time.time(),
+            "shared": shared,
+            "token": uuid.uuid4().hex,
+        }
+        if shared:
+            path = f"{WORKER_LEASES}/{tmp_owner()}.json"
+            self.write_atomic(path, json_bytes(record))
+            lease = Lease(self, path, record)
+            holder = self.read_json(LEASE_PATH)
+            if holder is not None and lease_staleness(holder) is None:
+                lease.release()
+                raise self._held(holder)
+            return lease
+        while not self._create_lease(record):
+            holder = self.read_json(LEASE_PATH)
+            stale = "its record cannot be read" if holder is None else lease_staleness(holder)
+            if stale is None:
+                raise self._held(holder)
+            logger.warning(
+                "taking over the lease of %s held by %s: %s", self.url, describe_holder(holder or {}), stale
+            )
+            self.remove(LEASE_PATH)
+        lease = Lease(self, LEASE_PATH, record)
+        workers = self._worker_leases()
+        if workers:  # workers started by hand hold the folder: wait for them (they took their leases first)
+            lease.release()
+            raise self._held(workers[0], len(workers))
+        return lease
+
+    def _create_lease(self, record: Mapping[str, Any]) -> bool:
+        if self.is_local:
+            return self.write_atomic(LEASE_PATH, json_bytes(record), exclusive=True)
+        if self.exists(LEASE_PATH):
+            return False
+        self.write_atomic(LEASE_PATH, json_bytes(record))
+        time.sleep(LEASE_SETTLE_SECONDS)  # let a writer that raced us land its record, then see whose is there
+        found = self.read_json(LEASE_PATH) or {}
+        if found.get("token") == record["token"]:
+            return True
+        raise self._held(found)
+
+    def _worker_leases(self) -> list[dict[str, Any]]:
+        """The live leases of synthesis workers started by hand (those of workers that are gone are removed)."""
+        live = []
+        for path in self.fs.glob(self.path(f"{WORKER_LEASES}/*.json")) if self.exists(WORKER_LEASES) else []:
+            try:
+                record = json.loads(self.fs.cat_file(path))
+            except (FileNotFoundError, ValueError):
+                continue  # ended meanwhile, or unreadable: no live worker writes it
+            if lease_staleness(record) is None:
+                live.append(record)
+            else:
+                logger.warning("removing the lease of a gone worker, %s", describe_holder(record))
+                self.fs.rm_file(path)
+        return live
+
+    def _held(self, holder: Mapping[str, Any], count: int = 1) -> LeaseHeldError:
+        who = describe_holder(holder) + (f" and {count - 1} other worker(s)" if count > 1 else "")
+        return LeaseHeldError(
+            f"{self.url} is being written by {who}; one command writes a run folder at a time. Wait for it to end "
+            f"(or stop it), then run this command again. A holder that was killed is noticed by itself: its lease "
+            f"({LEASE_PATH}) is taken over once its process is gone from this host, or once it was not renewed for "
+            f"{LEASE_STALE_SECONDS:.0f} s (another host)"
+        )

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +31,7 @@ class SynthServer(LocalServer):
 
     def __init__(self):
         self.down = False
+        self.delay = 0.0  # seconds each answer takes
         self.poison: str | None = None
         self.headers: list[dict[str, str]] = []
         server = self
@@ -34,6 +40,7 @@ class SynthServer(LocalServer):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 server.headers.append(dict(self.headers))
+                time.sleep(server.delay)
                 prompt = json.dumps(body["prompt"])
                 if server.down or (server.poison is not None and server.poison in prompt):
                     self.reply(503, b'{"error": {"message": "the model is loading", "type": "unavailable"}}')
@@ -180,3 +187,85 @@ def test_a_refused_local_release_is_found_before_any_stage_rewrites_its_output(
     assert main(["check", str(recipe), "--templify.seed", "1"]) == 2
     assert "already holds version v0.1" in capsys.readouterr().out
     assert main(["run", str(recipe), "-q", "--templify.seed", "1", "--overwrite"]) == 0
+
+
+# --- one writer per run folder --------------------------------------------------------------------------------------
+
+
+def hf_ipt(*args: str) -> subprocess.Popen:
+    """`hf-ipt ARGS` in a process of its own."""
+    code = f"import sys; from hf_ipt.cli import main; sys.exit(main({list(args)!r}))"
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_second_command_on_a_run_folder_is_refused_naming_the_first(tmp_path, tiny_model_path, server):
+    server.delay = 0.3  # 24 requests: the first command holds the folder for several seconds
+    recipe = recipe_for(tmp_path, tiny_model_path, server, "busy")
+    lease = tmp_path / "busy" / ".hf_ipt" / "lease.json"
+    first = hf_ipt("run", str(recipe), "-q")
+    deadline = time.monotonic() + 120
+    while not lease.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lease.exists(), first.communicate()
+    second = hf_ipt("run", str(recipe), "-q", "--templify.seed", "1")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2, err
+    holder = json.loads(lease.read_text())
+    assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+    assert f"is being written by `hf-ipt run {recipe} -q` (host {holder['host']}, pid {first.pid}, since " in err
+    assert first.wait(timeout=300) == 0, first.communicate()
+    assert not lease.exists()  # released at the end
+    assert (tmp_path / "busy" / "release" / ".hf_ipt" / "stage.json").exists()
+
+
+def test_a_stale_lease_is_taken_over_and_a_live_one_of_another_host_is_not(tmp_path, caplog):
+    from hf_ipt.config import RunConfig
+    from hf_ipt.stages import TemplifyStage
+    from hf_ipt.store import LeaseHeldError, RunFolder
+
+    folder = RunFolder(str(tmp_path / "run"))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = {"command": "hf-ipt run old.yaml", "host": socket.gethostname(), "pid": int(gone.stdout)}
+    lease = tmp_path / "run" / ".hf_ipt" / "lease.json"
+    lease.parent.mkdir(parents=True)
+    lease.write_text(json.dumps({**dead, "started_at": "then", "renewed_at": time.time(), "token": "x"}))
+    with folder.lease("hf-ipt templify r.yaml") as held:
+        assert json.loads(lease.read_text())["token"] == held.record["token"]
+    assert f"its process {gone.stdout.strip()} no longer runs on this host" in caplog.text
+    assert not lease.exists()
+
+    other = {"command": "hf-ipt run r.yaml", "host": "gpu-node-7", "pid": 1, "started_at": "2025-05-01T10:00:00Z"}
+    lease.write_text(json.dumps({**other, "renewed_at": time.time() - 30, "token": "y"}))
+    # from Python too: a stage run on a folder another host writes is refused, naming the holder
+    with pytest.raises(LeaseHeldError, match=r"`hf-ipt run r.yaml` \(host gpu-node-7, pid 1, since 2025-05-01"):
+        TemplifyStage().run(RunConfig(output_dir=str(tmp_path / "run")))
+    lease.write_text(json.dumps({**other, "renewed_at": time.time() - 3600, "token": "y"}))
+    with folder.lease("hf-ipt templify r.yaml"):
+        pass
+    assert "it was not renewed for more than 600 s" in caplog.text
+
+
+def test_workers_started_by_hand_share_the_folder_with_each_other_only(tmp_path):
+    from hf_ipt.store import LeaseHeldError, RunFolder
+
+    folder = RunFolder(str(tmp_path / "run"))
+    worker = {"command": "hf-ipt synthesize r.yaml --worker-index 1 --num-workers 2", "host": "gpu-node-2", "pid": 9}
+    workers = tmp_path / "run" / ".hf_ipt" / "workers"
+    workers.mkdir(parents=True)
+    (workers / "gpu-node-2-9.json").write_text(json.dumps({**worker, "started_at": "now", "renewed_at": time.time()}))
+    with folder.lease("hf-ipt synthesize r.yaml --worker-index 0 --num-workers 2", shared=True):
+        pass  # another worker: fine
+    with pytest.raises(LeaseHeldError, match="is being written by `hf-ipt synthesize r.yaml --worker-index 1"):
+        with folder.lease("hf-ipt templify r.yaml"):
+            pass
+    assert not (tmp_path / "run" / ".hf_ipt" / "lease.json").exists()  # the refused command left no lease behind
+    (workers / "gpu-node-2-9.json").unlink()  # that worker ended
+    with folder.lease("hf-ipt run r.yaml"):  # a live exclusive holder keeps workers out
+        pid = os.fork()
+        if pid == 0:  # a child process: not the holder
+            try:
+                with RunFolder(str(tmp_path / "run")).lease("worker", shared=True):
+                    os._exit(0)
+            except LeaseHeldError:
+                os._exit(7)
+        assert os.waitpid(pid, 0)[1] >> 8 == 7

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hf_ipt.preflight import Check
-from hf_ipt.redaction import redact, without_secrets
+from hf_ipt.redaction import process_command, redact, without_secrets
 from hf_ipt.store import IncompleteRunError, RunFolder, StageFolder, config_diff, fingerprint
 
 if TYPE_CHECKING:
@@ -246,6 +246,12 @@ class Stage(ABC):
         """Local paths this stage creates before later stages read them (the tiny model of the quickstart)."""
         return set()
 
+    def shares_folder(self) -> bool:
+        """Whether this stage runs as one of several processes started by hand that write the run folder together
+        (synthesis workers, each its own shards): then it takes a shared lease of the run folder, not the
+        exclusive one (`RunFolder.lease`)."""
+        return False
+
     def settings(self) -> dict[str, Any]:
         """The recipe sections this stage records in its commit marker (provenance for the release; the driver
         redacts secrets); by default its identity."""
@@ -398,13 +404,19 @@ def without_keys(data: Mapping[str, Any], dotted: Sequence[str]) -> dict[str, An
 
 
 def run_stage(stage: Stage, run: RunConfig) -> StageSummary:
-    """Run one stage the way every stage runs: identity (with the upstream fingerprint) → reuse an intact output
-    committed with it → else compute → commit → summary.
+    """Run one stage the way every stage runs, holding the run folder's lease: identity (with the upstream
+    fingerprint) → reuse an intact, finished output committed with it → else compute → commit → summary.
 
     Example:
         >>> run_stage(TemplifyStage(TemplifyConfig()), RunConfig(output_dir="output/run")).reused  # doctest: +SKIP
         True
     """
+    # one writer per run folder (re-entrant: under `pipeline.run`, the command already holds the lease)
+    with run.folder.lease(process_command() or "", shared=stage.shares_folder()):
+        return _run_stage(stage, run)
+
+
+def _run_stage(stage: Stage, run: RunConfig) -> StageSummary:
     started = time.perf_counter()
     folder = run.folder
     output = folder.stage(stage.folder)

@@ -138,6 +138,9 @@ class SynthesizeStage(Stage):
     def creates(self) -> set[str]:
         return {self.synth.model} if self.build_tiny_model else set()
 
+    def shares_folder(self) -> bool:
+        return self.num_workers > 1  # one of the workers started by hand
+
     # --- the pieces: input, executor, runner -------------------------------------------------------------------
 
     def dataset(self):
