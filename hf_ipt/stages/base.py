@@ -327,16 +327,18 @@ def content_fingerprint(marker: Mapping[str, Any]) -> str:
     return fingerprint([marker["fingerprint"], marker.get("checksums") or {}])
 
 
-def stage_identity(stage: Stage, folder: RunFolder, ignore: Sequence[str] = ()) -> dict[str, Any]:
+def stage_identity(
+    stage: Stage, folder: RunFolder, ignore: Sequence[str] = (), *, upstream: str | None = None
+) -> dict[str, Any]:
     """The identity a stage's output is committed under: its own settings, less the dotted keys of `ignore`
-    (`run.resume_ignore`: settings that do not change the output), and the fingerprint of the output it reads.
+    (`run.resume_ignore`: settings that do not change the output), and the fingerprint of the output it reads
+    (`upstream`, else that of the committed, intact output in `folder`).
 
     Example:
         >>> stage_identity(TemplifyStage(TemplifyConfig()), RunFolder("output/run"))["upstream"]  # doctest: +SKIP
         '3f2a...'
     """
-    upstream = None
-    if stage.reads is not None:
+    if stage.reads is not None and upstream is None:
         upstream = finished_upstream(folder.stage(stage.reads.folder), stage.reads)
     # no secret may reach a marker, a manifest or a message, and a rotated credential must not block reuse
     return without_secrets({"upstream": upstream, **without_keys(stage.identity(), ignore)})
@@ -370,11 +372,13 @@ def planned_changes(stages: Sequence[Stage], run: RunConfig) -> dict[str, str]:
         if marker is None or marker.get("fingerprint") is None:
             changes[stage.name] = "nothing is committed yet"
             continue
-        try:
-            identity = stage_identity(stage, folder, run.resume_ignore)
-        except IncompleteRunError:
-            changes[stage.name] = f"{reads.folder}/ is not finished" if reads is not None else "its input is missing"
+        # what it reads as committed: a damaged file of it is repaired to the same bytes by the stage that made it
+        read = folder.stage(reads.folder).marker() if reads is not None else None
+        if reads is not None and (read is None or read.get("fingerprint") is None):
+            changes[stage.name] = f"{reads.folder}/ is not finished"
             continue
+        upstream = content_fingerprint(read) if read is not None else None
+        identity = stage_identity(stage, folder, run.resume_ignore, upstream=upstream)
         if marker["fingerprint"] != fingerprint(identity):
             changed = config_diff(marker.get("config") or {}, identity)
             shown = ["its input" if key == "upstream" else key for key in changed]

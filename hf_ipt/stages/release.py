@@ -31,6 +31,7 @@ from hf_ipt.stages.base import (
     StageContext,
     StageOutput,
     StageSummary,
+    content_fingerprint,
     planned_changes,
     stage_identity,
 )
@@ -141,13 +142,16 @@ class ReleaseStage(Stage):
             "release_to"
         ) != "local":
             return []  # nothing released here, or another version: replaced (with a warning when it runs)
-        why = planned_changes([*earlier, self], run)[self.name]
+        planned = planned_changes([*earlier, self], run)
+        why = planned[self.name]
         if not why:
             return []
-        if why.startswith("other settings"):
-            identity = stage_identity(self, run.folder, run.resume_ignore)
-        else:  # what it releases is made again first
-            identity = {**self.identity(), "upstream": f"<made again by this command: {why}>"}
+        read = run.folder.stage(self.reads.folder).marker() or {}
+        if planned.get(self.reads.name) or read.get("fingerprint") is None:
+            upstream = f"<made again by this command: {why}>"  # what it releases changes first
+        else:
+            upstream = content_fingerprint(read)
+        identity = stage_identity(self, run.folder, run.resume_ignore, upstream=upstream)
         try:
             check_local_version(marker, identity, self.config.version, where=output.url, force=run.overwrite)
         except VersionConflictError as err:
