@@ -32,6 +32,7 @@ class SynthServer(LocalServer):
     def __init__(self):
         self.down = False
         self.delay = 0.0  # seconds each answer takes
+        self.echo_auth = False  # refuse every request with a 401 that repeats the Authorization header it got
         self.poison: str | None = None
         self.headers: list[dict[str, str]] = []
         server = self
@@ -39,9 +40,13 @@ class SynthServer(LocalServer):
         class Handler(QuietHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                server.headers.append(dict(self.headers))
+                server.headers.append({name.lower(): value for name, value in self.headers.items()})
                 time.sleep(server.delay)
                 prompt = json.dumps(body["prompt"])
+                if server.echo_auth:
+                    message = f"invalid credentials: {self.headers.get('Authorization')}"
+                    self.reply(401, json.dumps({"error": {"message": message}}).encode())
+                    return
                 if server.down or (server.poison is not None and server.poison in prompt):
                     self.reply(503, b'{"error": {"message": "the model is loading", "type": "unavailable"}}')
                     return
@@ -269,3 +274,44 @@ def test_workers_started_by_hand_share_the_folder_with_each_other_only(tmp_path)
             except LeaseHeldError:
                 os._exit(7)
         assert os.waitpid(pid, 0)[1] >> 8 == 7
+
+
+# --- credentials in the engine's settings ----------------------------------------------------------------------------
+
+
+def test_engine_credentials_reach_no_file_and_adding_or_rotating_them_resumes(
+    tmp_path, tiny_model_path, server, capsys, monkeypatch
+):
+    first, second, token = "canary-api-key-one-7731", "canary-api-key-two-8842", "canary-extra-token-9953"
+    monkeypatch.setenv("OPENAI_API_KEY", first)  # the first worker's key comes from the environment
+    recipe = recipe_for(tmp_path, tiny_model_path, server, "keys", extra_body={"auth_token": token})
+    run = tmp_path / "keys"
+    assert main(["synthesize", str(recipe), "-q", "--worker-index", "0", "--num-workers", "2"]) == 3
+    assert {h["authorization"] for h in server.headers} == {f"Bearer {first}"}
+    done = attempts(run)
+    # the key now in the recipe (added, and another one): the same synthesis, resumed, not refused
+    assert main(["synthesize", str(recipe), "-q", "--synth.engine_kwargs.api_key", second]) == 0
+    assert server.headers[-1]["authorization"] == f"Bearer {second}"
+    assert [attempts(run)[i] for i in (0, 2)] == [done[0], done[1]]
+    assert main(["run", str(recipe), "-q", "--synth.engine_kwargs.api_key", second]) == 0
+    # a server that repeats the key in its error: the error is stored with the row, without the key
+    server.echo_auth = True
+    assert main(["synthesize", str(recipe), "-q", "--run.output_dir", str(tmp_path / "echo")]) == 0
+    errors = {row["synth_error"] for row in rows_of(tmp_path / "echo")}
+    assert errors == {f"{server.url}/v1/completions: HTTP 401: invalid credentials: Bearer <redacted>"}
+    written = [path for folder in (run, tmp_path / "echo") for path in folder.rglob("*") if path.is_file()]
+    assert len(written) > 20
+    for path in written:
+        for canary in (first, second, token):
+            assert canary.encode() not in path.read_bytes(), f"{canary} in {path}"
+    out = capsys.readouterr()
+    assert all(canary not in out.out + out.err for canary in (first, second, token))
+
+    # a manifest written by an older hf-ipt, with the key in clear: never a reason to refuse, never printed
+    manifest = run / "synthesized" / ".hf_ipt" / "manifest.json"
+    recorded = json.loads(manifest.read_text())
+    recorded["config"]["synth"]["engine_kwargs"]["api_key"] = "canary-old-key-in-clear-1164"
+    manifest.write_text(json.dumps(recorded))
+    assert main(["synthesize", str(recipe), "-q", "--synth.rounds", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "synth.rounds: 2 -> 3" in err and "canary-old-key-in-clear-1164" not in err and "api_key" not in err
