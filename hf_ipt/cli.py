@@ -31,6 +31,7 @@ import yaml
 from hf_ipt import stages as registry
 from hf_ipt.config import ConfigError, RecipeConfig, describe_fields, load_recipe, parse_overrides
 from hf_ipt.engines import EngineStartError
+from hf_ipt.execution import WorkersLostError
 from hf_ipt.execution.runner import ResumeConflictError
 from hf_ipt.pipeline import run, stage_names, stages_of, status
 from hf_ipt.preflight import run_checks
@@ -199,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FailedRowsError as err:
         print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)
         return 4
+    except WorkersLostError as err:  # a worker process, a Ray node or the cluster died: one line, then resume
+        print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)
+        return 5
     except (ConfigError, ResumeConflictError, IncompleteRunError, ReleaseError, LeaseHeldError, ValueError) as err:
         # the stages' errors name the setting or column at fault and how to fix it: show them, not a traceback
         print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)

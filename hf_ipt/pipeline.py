@@ -13,6 +13,7 @@ same settings is reused, so running again after a crash continues where it stopp
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -114,7 +115,13 @@ def run(
     chosen = stages_of(recipe, stages, options)
     # one writer per run folder, for the whole command: its checks see what its stages will find
     holder = options.command or process_command() or ""
-    with recipe.run.folder.lease(holder, shared=any(stage.shares_folder() for stage in chosen)):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(recipe.run.folder.lease(holder, shared=any(s.shares_folder() for s in chosen)))
+        except OSError:
+            if preflight:  # a folder that cannot be written: said with every other problem of the recipe
+                ensure_ready(chosen, recipe.run)
+            raise
         if preflight:
             ensure_ready(chosen, recipe.run)
         summaries: list[StageSummary] = []

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hf_ipt.execution.base import Executor, ShardWorker, load_input
+from hf_ipt.execution.base import Executor, ShardWorker, WorkersLostError, load_input
 from hf_ipt.execution.local import LocalExecutor
 from hf_ipt.execution.processes import ProcessExecutor
 from hf_ipt.execution.ranks import map_on_ranks
@@ -61,6 +61,7 @@ __all__ = [
     "ProcessExecutor",
     "RayExecutor",
     "ShardWorker",
+    "WorkersLostError",
     "connect_ray",
     "load_input",
     "make_executor",

@@ -47,6 +47,16 @@ class Executor(Protocol):
     def run(self, runner: ShardWorker, dataset: Any) -> list[Any]: ...
 
 
+class WorkersLostError(RuntimeError):
+    """Workers of a sharded run were lost beyond retrying: a worker process, a Ray node, or the Ray node this
+    command runs on died. The committed shards are kept; the message says what died and that running the same
+    command again resumes (the CLI's exit status 5).
+
+    Example:
+        >>> raise WorkersLostError("the Ray node ... died; ... run the same command again")  # doctest: +SKIP
+    """
+
+
 def load_input(dataset: Any) -> Any:
     """The dataset itself, or what a zero-argument loader returns (so each worker can load its input itself).
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from hf_ipt.execution.base import ShardWorker, check_positive, load_input
+from hf_ipt.execution.base import ShardWorker, WorkersLostError, check_positive, load_input
 from hf_ipt.execution.ranks import START_METHODS, parent_needs_spawn
 from hf_ipt.placement import pin_rank
 
@@ -92,7 +92,7 @@ class ProcessExecutor:
                     if index not in outcomes and not process.is_alive() and results.empty():
                         outcomes[index] = (
                             None,
-                            RuntimeError(
+                            WorkersLostError(
                                 f"worker process {index} of {count} died (exit code {process.exitcode}) before it "
                                 "reported; its committed shards are kept: run the same command again to redo the rest"
                             ),

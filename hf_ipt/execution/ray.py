@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from hf_ipt._deps import require
-from hf_ipt.execution.base import ShardWorker, check_positive, check_resource, load_input
+from hf_ipt.execution.base import ShardWorker, WorkersLostError, check_positive, check_resource, load_input
 
 
 def connect_ray(address: str | None = None) -> Any:
@@ -119,8 +119,34 @@ class RayExecutor:
             futures.append(remote.remote(worker, dataset_ref, os.getcwd()))
         try:
             return ray.get(futures)
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as err:
-            raise RuntimeError(
-                f"a Ray worker died {self.max_retries + 1} time(s) ({type(err).__name__}); its committed shards "
-                "are kept: run the same command again to redo the rest (raise run.max_retries for flaky nodes)"
+        except ray.exceptions.RayTaskError:
+            raise  # a Python error inside a worker: raised as itself (retrying would fail again)
+        except ray.exceptions.RayError as err:  # a process, a node or the cluster is gone
+            raise WorkersLostError(
+                f"{lost_part(err, self.max_retries)} ({type(err).__name__}: {_first_line(err)}); the shards committed "
+                "so far are kept: run the same command again to resume (raise run.max_retries for flaky nodes)"
             ) from err
+
+
+def lost_part(err: BaseException, max_retries: int) -> str:
+    """What a Ray error that is no Python error of the task says died, in words.
+
+    Example:
+        >>> lost_part(RuntimeError("?"), 3)
+        'the Ray cluster failed the run'
+    """
+    names = {cls.__name__ for cls in type(err).__mro__}
+    if "LocalRayletDiedError" in names:
+        return "the Ray node this command runs on died (its raylet)"
+    if "NodeDiedError" in names:
+        return "a Ray node running a worker died"
+    if "WorkerCrashedError" in names:
+        return f"a Ray worker process died {max_retries + 1} time(s)"
+    if "ActorDiedError" in names or "OwnerDiedError" in names:
+        return "a Ray process holding the run's state died"
+    return "the Ray cluster failed the run"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

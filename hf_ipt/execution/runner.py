@@ -652,8 +652,9 @@ class ShardedRunner:
         }
         if self.failure_status is not None:
             column, value = self.failure_status
-            failed = pc.equal(mapped.data.table.column(column), pa.scalar(value))
-            marker["failed_rows"] = int(pc.sum(pc.cast(failed, "int64")).as_py() or 0)
+            table = mapped.data.table
+            failed = pc.equal(table.column(column), pa.scalar(value)) if column in table.column_names else None
+            marker["failed_rows"] = int(pc.sum(pc.cast(failed, "int64")).as_py() or 0) if failed is not None else 0
         if counted is not None:
             # what the map function counted for this shard alone (its counters run for the life of the process), kept
             # with the shard so a report adds up every worker's counts, in any process or machine, across resumes
