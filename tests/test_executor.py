@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import fsspec
@@ -145,13 +148,25 @@ def test_a_worker_process_that_dies_fails_the_run_and_a_rerun_finishes_it(tmp_pa
 
 def install_crash_plan(plan: Path, commits: Path) -> None:
     """Runs at the start of every Ray worker process: a worker dies (`os._exit`) the first time a batch holds the
-    text written in `plan`, and every commit marker written is logged to `commits` (one line per write)."""
+    text written in `plan`; the first time a batch holds the text written in `hold-on.txt` beside it, the worker
+    writes its pid to `hold-on.txt.pid` and waits to be killed from outside; every commit marker written is logged to
+    `commits` (one line per write)."""
     from hf_ipt.store import Store as WorkerStore
     from hf_ipt.synthesis.synthesizer import Synthesizer
 
     synthesize = Synthesizer.__call__
+    hold = plan.with_name("hold-on.txt")
 
     def maybe_die(self, batch, *args):
+        if hold.exists() and hold.read_text() in batch.get("text", []):
+            try:
+                held = os.open(f"{hold}.pid", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass  # the retried worker: goes on
+            else:
+                os.write(held, str(os.getpid()).encode())
+                os.close(held)
+                time.sleep(300)  # killed from outside long before
         if plan.exists() and plan.read_text() in batch.get("text", []):
             try:
                 fired = os.open(f"{plan}.fired", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -242,6 +257,37 @@ def test_a_killed_ray_worker_is_retried_and_no_row_is_lost_or_doubled(
     assert marker["worker"]["pid"] != died and dict(logged)[marker_path(1)] == str(marker["worker"]["pid"])
     assert sorted(p.name for p in (output / "data").iterdir()) == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
     assert not list((output / TMP_DIR).iterdir())  # the dead attempt's partial files were cleaned up
+
+
+@pytest.mark.slow
+def test_a_ray_worker_killed_from_outside_is_retried(ray_instance, local_rows, tiny_model_path, tmp_path):
+    plan, commits = ray_instance
+    hold = plan.with_name("hold-on.txt")
+    hold.write_text(local_rows[SHARD]["text"])  # the first batch of shard 1
+    killed = []
+
+    def kill_the_holder() -> None:
+        pid_file = Path(f"{hold}.pid")
+        deadline = time.monotonic() + 300
+        while not pid_file.exists() or not pid_file.read_text():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+        killed.append(int(pid_file.read_text()))
+        os.kill(killed[0], signal.SIGKILL)  # the task's own process, not the raylet
+
+    killer = threading.Thread(target=kill_the_holder, daemon=True)
+    killer.start()
+    try:
+        recipe = recipe_file(tmp_path, tiny_model_path, tmp_path / "sigkill")
+        assert main(["synthesize", str(recipe), "-q", "--run.executor", "ray", "--run.num_workers", "2"]) == 0
+    finally:
+        hold.unlink()
+        killer.join(10)
+    assert killed, "no worker reached the batch"
+    assert rows_of(tmp_path / "sigkill") == local_rows
+    marker = json.loads((tmp_path / "sigkill/synthesized" / marker_path(1)).read_text())
+    assert marker["worker"]["pid"] != killed[0]  # committed by the retried worker
 
 
 def marker_path(index: int) -> str:
