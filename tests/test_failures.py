@@ -21,6 +21,8 @@ from hf_ipt.cli import main
 from hf_ipt.execution.runner import MARKER_DIR, assemble_shards
 from hf_ipt.testing import tiny_recipe
 
+pytest_plugins = ["hub_server"]
+
 ROWS, BATCH = 12, 4  # three shards of one batch each, M = 2 chains
 
 
@@ -192,6 +194,25 @@ def test_a_refused_local_release_is_found_before_any_stage_rewrites_its_output(
     assert main(["check", str(recipe), "--templify.seed", "1"]) == 2
     assert "already holds version v0.1" in capsys.readouterr().out
     assert main(["run", str(recipe), "-q", "--templify.seed", "1", "--overwrite"]) == 0
+
+
+def test_a_version_already_on_the_hub_is_refused_before_any_stage_rewrites_its_output(
+    tmp_path, tiny_model_path, server, local_hub, capsys
+):
+    import uuid
+
+    recipe = recipe_for(tmp_path, tiny_model_path, server, "hub")
+    repo = f"hf-ipt-tester/failures-{uuid.uuid4().hex[:8]}"
+    hub = ["--release_to", "hub", "--release.repo_id", repo, "--release.retry_base_delay", "0.01"]
+    assert main(["run", str(recipe), "-q", *hub]) == 0
+    templified = tmp_path / "hub" / "templified" / ".hf_ipt" / "stage.json"
+    before = templified.read_bytes()
+    capsys.readouterr()
+    assert main(["run", str(recipe), "-q", *hub, "--templify.seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"version v0.1 of {repo} already exists on the Hub" in err and "release.force" in err
+    assert templified.read_bytes() == before
+    assert main(["run", str(recipe), "-q", *hub, "--templify.seed", "1", "--release.version", "v0.2"]) == 0
 
 
 # --- one writer per run folder --------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from hf_ipt.mixing import RAW
 from hf_ipt.preflight import HUB_TIMEOUT, Check, hub_unreachable, within
 from hf_ipt.release.bundle import build_bundle
 from hf_ipt.release.card import CardOptions, ReleaseInfo, SourceInfo, SynthesizerInfo, template_arguments
-from hf_ipt.release.hub import ReleaseConfig, publish_release
+from hf_ipt.release.hub import ReleaseConfig, list_versions, publish_release
 from hf_ipt.release.local import VersionConflictError, check_local_version, release_files
 from hf_ipt.stages.base import (
     NO_OPTIONS,
@@ -126,15 +126,20 @@ class ReleaseStage(Stage):
         return found
 
     def chain_checks(self, earlier: Sequence[Stage], run: RunConfig) -> list[Check]:
-        if self.to != "local":
-            return []  # the Hub refuses an existing version when the push starts, before it uploads anything
-        where = run.folder.stage(self.folder).url
+        where = run.folder.stage(self.folder).url if self.to == "local" else f"{self.config.repo_id} on the Hub"
         return [Check(f"version {self.config.version} in {where}", lambda: self.version_problems(earlier, run))]
 
     def version_problems(self, earlier: Sequence[Stage], run: RunConfig) -> list[Problem]:
-        """A local release folder that holds this version made from other data, settings or card, when this command
-        would replace it (refused unless `run.overwrite`): found before `earlier` stages rewrite anything, from what
-        they would change (`planned_changes`)."""
+        """This version already released with other content, when this command would release it again: a local
+        release folder holding it made from other data, settings or card (refused unless `run.overwrite`), or a
+        version tag on the Hub (refused unless `release.force`). Found before the `earlier` stages of the command
+        rewrite anything, from what they would change (`planned_changes`)."""
+        planned = planned_changes([*earlier, self], run)
+        why = planned[self.name]
+        if not why:
+            return []  # the release is reused as it is
+        if self.to == "hub":
+            return self.hub_version_problems(why)
         output = run.folder.stage(self.folder)
         marker = output.marker()
         recorded = (marker or {}).get("config") or {}
@@ -142,10 +147,6 @@ class ReleaseStage(Stage):
             "release_to"
         ) != "local":
             return []  # nothing released here, or another version: replaced (with a warning when it runs)
-        planned = planned_changes([*earlier, self], run)
-        why = planned[self.name]
-        if not why:
-            return []
         read = run.folder.stage(self.reads.folder).marker() or {}
         if planned.get(self.reads.name) or read.get("fingerprint") is None:
             upstream = f"<made again by this command: {why}>"  # what it releases changes first
@@ -157,6 +158,27 @@ class ReleaseStage(Stage):
         except VersionConflictError as err:
             return [Problem("release.version", str(err), f"nothing was written; this command would replace it: {why}")]
         return []
+
+    def hub_version_problems(self, why: str) -> list[Problem]:
+        """The version is a tag of the Hub repo already (and `release.force` is off), when this command would push."""
+        config = self.config
+        if config.force:
+            return []
+        try:
+            tags = within(HUB_TIMEOUT, lambda: list_versions(config.repo_id, token=config.token), "listing the tags")
+        except Exception:  # noqa: BLE001 - no repo yet, or no Hub: the Hub's own check reports what matters
+            return []
+        if config.version not in tags:
+            return []
+        return [
+            Problem(
+                "release.version",
+                f"version {config.version} of {config.repo_id} already exists on the Hub (tag at "
+                f"{tags[config.version]}); a released version never changes",
+                f"nothing was written; this command would push it again ({why}): set release.version to a new "
+                "version, or release.force to move the tag",
+            )
+        ]
 
     def settings_problems(self) -> list[Problem]:
         """`card.template` (when set) is a file or template text."""
