@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import sys
 import textwrap
 import time
@@ -201,7 +202,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)
         return 4
     except WorkersLostError as err:  # a worker process, a Ray node or the cluster died: one line, then resume
-        print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)
+        line = f"hf-ipt {args.command}: error: {scrub(str(err))}"
+        if err.process_doomed:
+            # Ray ends a process whose node died with an exit status of its own, at a moment of its own: end it
+            # now, with the documented one (the line in one write: another thread may hold sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.write(sys.stderr.fileno(), f"{line}\n".encode())
+            os._exit(5)
+        print(line, file=sys.stderr)
         return 5
     except (ConfigError, ResumeConflictError, IncompleteRunError, ReleaseError, LeaseHeldError, ValueError) as err:
         # the stages' errors name the setting or column at fault and how to fix it: show them, not a traceback

@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -122,10 +123,16 @@ class RayExecutor:
         except ray.exceptions.RayTaskError:
             raise  # a Python error inside a worker: raised as itself (retrying would fail again)
         except ray.exceptions.RayError as err:  # a process, a node or the cluster is gone
-            raise WorkersLostError(
+            lost = WorkersLostError(
                 f"{lost_part(err, self.max_retries)} ({type(err).__name__}: {_first_line(err)}); the shards committed "
                 "so far are kept: run the same command again to resume (raise run.max_retries for flaky nodes)"
-            ) from err
+            )
+            if isinstance(err, ray.exceptions.LocalRayletDiedError):
+                # without its node, Ray ends this process (status 1) at the next call that reaches the dead raylet,
+                # such as the garbage collector freeing an object reference: none until the CLI exits with its own
+                gc.disable()
+                lost.process_doomed = True
+            raise lost from err
 
 
 def lost_part(err: BaseException, max_retries: int) -> str:
