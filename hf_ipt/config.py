@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import yaml
 
+from hf_ipt.export import ExportConfig
 from hf_ipt.markers import DEFAULT_MODEL
 from hf_ipt.mixing import RAW, MixConfig, SourceKind
 from hf_ipt.quality import QualityConfig
@@ -844,6 +845,13 @@ class RecipeConfig:
         metadata={
             "help": f"Corpora to mix with, by the names used in mix.weights ({AUGMENTED_SOURCE!r} is the augmented "
             "corpus itself), e.g. {general: {path: Open-Orca/OpenOrca, kind: general_instructions}}."
+        },
+    )
+    export: ExportConfig = field(
+        default_factory=ExportConfig,
+        metadata={
+            "help": "Token files of the released rows for OLMo-core, Megatron and LLaMA-Factory (run.output_dir/"
+            "export/); none by default."
         },
     )
     release: ReleaseConfig | None = field(

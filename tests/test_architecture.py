@@ -390,7 +390,7 @@ def test_storage_options_travel_inside_one_run_folder_object():
 def test_the_stages_are_listed_in_one_place():
     import hf_ipt.stages as stages
 
-    assert [stage.name for stage in stages.STAGES] == ["synthesize", "templify", "mix", "release"]
+    assert [stage.name for stage in stages.STAGES] == ["synthesize", "templify", "mix", "export", "release"]
     from hf_ipt.config import RecipeConfig
 
     sections = {f.name for f in dataclasses.fields(RecipeConfig)}  # `release` is a recipe section too
