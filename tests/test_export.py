@@ -32,6 +32,9 @@ from hf_ipt.store import RunFolder
 from hf_ipt.testing import read_with_megatron, read_with_olmo_core
 from hf_ipt.validation import ConfigError
 
+# tests/hub_server.py: the local Hub double and its `local_hub` fixture
+pytest_plugins = ["hub_server"]
+TEST_TOKEN = "hf_localhubSECRETtoken0123456789abcdef"  # the token tests/hub_server.py accepts
 REPO = Path(__file__).resolve().parent.parent
 ALL_FORMATS = ["olmo_core", "megatron", "llamafactory"]
 CONTENT = [
@@ -290,6 +293,26 @@ def test_the_release_carries_the_export_files_and_the_lines_to_paste(
     RunFolder(str(tmp_path)).stage(ReleaseStage.folder).clear()
     with pytest.raises(Exception, match="train-00000.bin is damaged.*hf-ipt export"):
         with_export.run(run)
+
+
+def test_a_hub_release_uploads_the_export_files_with_the_data(
+    local_hub, exported, tiny_model_path, tiny_tokenizer, tmp_path
+):
+    from hf_ipt.release.hub import ReleaseConfig
+
+    run = commit_mix(tmp_path, tiny_tokenizer, exported[2])
+    export = stage(tiny_model_path, ["megatron", "llamafactory"], batch_size=7)
+    export.run(run)
+    repo_id = "hf-ipt-tester/export-release"
+    config = ReleaseConfig(repo_id=repo_id, version="v1.0", config_name="m2", plots=False, token=TEST_TOKEN)
+    ReleaseStage(config, to="hub", export=export).run(run)
+    files = local_hub.list_files(repo_id, revision="v1.0")
+    for relative, content in export_files(tmp_path).items():
+        assert local_hub.read_file(repo_id, f"release_info/m2/export/{relative}", revision="v1.0") == content
+    assert files["release_info/m2/export/megatron/train-00000.bin"].lfs  # token files go through LFS
+    card = local_hub.read_file(repo_id, "README.md", revision="v1.0").decode()
+    assert f'hf download {repo_id} --repo-type dataset --revision v1.0 --include "release_info/m2/export/*"' in card
+    assert "dataset_dir: release_info/m2/export/llamafactory" in card
 
 
 def test_recipes_without_export_are_unchanged_and_a_bad_format_names_the_key(tmp_path):
