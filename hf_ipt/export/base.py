@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -109,7 +110,7 @@ class TokenBatch:
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        flat = np.fromiter((i for row in ids for i in row), dtype=np.int64, count=int(offsets[-1]))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(offsets[-1]))
         return cls(texts, flat, offsets, sources, first_row)
 
     def __len__(self) -> int:
