@@ -199,7 +199,7 @@ class RunConfig:
         default="",
         metadata={
             "help": "Root of all outputs: a local path or any fsspec URL (`s3://bucket/run`). Each stage writes a "
-            "sub-folder: `synthesized/`, `templified/`, `mixed/`, `release/`."
+            "sub-folder: `synthesized/`, `templified/`, `mixed/`, `export/`, `release/`."
         },
     )
     shard_size: int = field(
