@@ -339,3 +339,16 @@ def test_preflight_names_a_missing_package_and_a_missing_tokenizer(monkeypatch):
     problems = {p.key: p for p in check(recipe, ["export"])}
     assert "pip install 'hf-ipt[export]'" in problems["export.formats"].fix
     assert "templify.target_tokenizer" in problems
+
+
+def test_a_copy_whose_bytes_differ_from_the_committed_checksum_is_refused_and_removed(tmp_path):
+    from hf_ipt.store import FileCopy, Store, checksum
+
+    origin, target = Store(str(tmp_path / "export")), Store(str(tmp_path / "release"))
+    origin.write_atomic("megatron/train-00000.bin", b"ids as committed")
+    committed = checksum(b"ids as committed")
+    assert target.copy_from(FileCopy(origin, "megatron/train-00000.bin", committed), "a.bin") == committed
+    origin.write_atomic("megatron/train-00000.bin", b"ids, changed!!!!")  # same size, other bytes
+    with pytest.raises(ValueError, match="is not the file its folder committed"):
+        target.copy_from(FileCopy(origin, "megatron/train-00000.bin", committed), "b.bin")
+    assert not target.exists("b.bin") and not list((tmp_path / "release" / ".hf_ipt" / "tmp").iterdir())
