@@ -3,9 +3,10 @@ release order, checked against the counts the mix recorded.
 
 Rows are read batch by batch from the memory-mapped release data (never all at once) and tokenized with the target
 tokenizer through `hf_ipt.tokenization.FastEncoder` (the Rust backend when it gives the tokenizer's own ids, else the
-tokenizer's call). A text's literal `<s>` or `</s>` is tokenized as the tokenizer's call does: a control id, as in
-the mix's count. Where the rows carry the mix's token counts, each row's ids must have that many tokens; a row that
-differs (another tokenizer, another revision of it) stops the export with the row, both counts and the fix.
+tokenizer's call), one batch ahead in a thread while the writers write the current one. A text's literal `<s>` or
+`</s>` is tokenized as the tokenizer's call does: a control id, as in the mix's count. Where the rows carry the
+mix's token counts, each row's ids must have that many tokens; a row that differs (another tokenizer, another
+revision of it) stops the export with the row, both counts and the fix.
 
 Columns read: `text_column`, and `count_column` / `source_column` when present.
 
@@ -18,6 +19,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hf_ipt.columns import NUM_TOKENS, SOURCE, TEXT
@@ -53,6 +55,32 @@ def token_batches(
             "the mix or templify wrote"
         )
     counted = count_column if count_column in columns else None
+
+    def batch_of(first: int, table: Any, texts: list[str], ids: list[list[int]]) -> TokenBatch:
+        if source_column in columns:
+            sources = table.column(source_column).to_pylist()
+        else:
+            sources = [default_source] * len(texts)
+        batch = TokenBatch.of(texts, ids, sources, first)
+        if counted is not None:
+            check_counts(batch, table.column(counted).to_numpy(), counted)
+        return batch
+
+    # the next batch is tokenized (in Rust, without the GIL) while the writers write this one: one batch ahead
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-ipt-export-tokenize") as pool:
+        ahead = None
+        for first, table, texts in text_batches(dataset, text_column, batch_size):
+            job = (first, table, texts, pool.submit(encoder.encode, texts))
+            if ahead is not None:
+                yield batch_of(*ahead[:3], ahead[3].result())
+            ahead = job
+        if ahead is not None:
+            yield batch_of(*ahead[:3], ahead[3].result())
+
+
+def text_batches(dataset: Any, text_column: str, batch_size: int) -> Iterator[tuple[int, Any, list[str]]]:
+    """(index of the first row, the Arrow table, its texts) of every `batch_size` rows; a row without a text is a
+    ValueError naming it."""
     first = 0
     for table in dataset.with_format("arrow").iter(batch_size=batch_size):
         texts = table.column(text_column).to_pylist()
@@ -62,14 +90,7 @@ def token_batches(
                     f"row {first + index} of the release has no text in column {text_column!r} (got {text!r}); "
                     "every released row must hold a text to be tokenized"
                 )
-        if source_column in columns:
-            sources = table.column(source_column).to_pylist()
-        else:
-            sources = [default_source] * len(texts)
-        batch = TokenBatch.of(texts, encoder.encode(texts), sources, first)
-        if counted is not None:
-            check_counts(batch, table.column(counted).to_numpy(), counted)
-        yield batch
+        yield first, table, texts
         first += len(texts)
 
 
