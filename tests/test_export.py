@@ -252,6 +252,20 @@ def test_a_damaged_export_file_is_found_and_the_export_redone(
     assert not redone.reused and export_files(tmp_path) == reference
 
 
+def test_without_a_mix_the_templified_texts_are_exported(tiny_model_path, tiny_tokenizer, tmp_path):
+    texts = corpus(9)
+    RunFolder(str(tmp_path)).stage(TemplifyStage.folder).save(Dataset.from_dict({"text": texts}), config={})
+    config = ExportConfig(formats=["megatron"], batch_size=4)
+    summary = ExportStage(config, tiny_model_path, reads=TemplifyStage, count_column=None).run(
+        RunConfig(output_dir=str(tmp_path))
+    )
+    report = RunFolder(str(tmp_path)).stage("export").report()
+    assert read_with_megatron([str(tmp_path / "export" / "megatron" / "train-00000")]) == expected_ids(
+        tiny_tokenizer, texts
+    )
+    assert summary.rows == 9 and report["sources"]["augmented"]["rows"] == 9 and not report["counts_checked"]
+
+
 def test_a_row_counted_with_another_tokenizer_stops_the_export_with_the_row(tiny_model_path, tiny_tokenizer, tmp_path):
     texts = corpus(12)
     run = commit_mix(tmp_path, tiny_tokenizer, texts)
