@@ -341,51 +341,37 @@ def test_engine_credentials_reach_no_file_and_adding_or_rotating_them_resumes(
 # --- a Ray node that dies -------------------------------------------------------------------------------------------
 
 
-def descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every process below `pid`."""
-    rows = []
-    for line in subprocess.run(
-        ["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True
-    ).stdout.splitlines():
-        child, parent, *args = line.split(None, 2)
-        rows.append((int(child), int(parent), args[0] if args else ""))
-    found, frontier = [], {pid}
-    while frontier:
-        below = [(child, args) for child, parent, args in rows if parent in frontier]
-        found += below
-        frontier = {child for child, _ in below}
-    return found
-
-
 @pytest.mark.slow
 def test_a_dead_ray_node_ends_the_command_with_one_line_and_exit_5_and_the_run_resumes(
     tmp_path, tiny_model_path, server, reference
 ):
     pytest.importorskip("ray", reason="ray is not installed: pip install 'hf-ipt[ray]'")
+    from ray.cluster_utils import Cluster
+
     server.delay = 0.5  # the workers are busy when their node dies
     recipe = recipe_for(tmp_path, tiny_model_path, server, "node")
-    ray_args = ["--run.executor", "ray", "--run.num_workers", "2"]
-    command = hf_ipt("synthesize", str(recipe), "-q", *ray_args)  # it starts a Ray instance of its own
+    # a local cluster of two nodes: the head (where the command's driver joins) runs no task, the other runs both
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
     try:
-        deadline = time.monotonic() + 400
-        while not server.headers and command.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        raylets = [pid for pid, args in descendants(command.pid) if "raylet/raylet" in args]
-        assert server.headers and len(raylets) == 1, command.poll()
-        os.kill(raylets[0], 9)  # the node dies (the task processes and the driver live on, for a moment)
-        _, err = command.communicate(timeout=300)
+        node = cluster.add_node(num_cpus=2)
+        ray_args = ["--run.executor", "ray", "--run.num_workers", "2", "--run.ray_address", cluster.address]
+        command = hf_ipt("synthesize", str(recipe), "-q", *ray_args, "--run.max_retries", "0")
+        try:
+            deadline = time.monotonic() + 400
+            while not server.headers and command.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert server.headers, command.poll()
+            cluster.remove_node(node)  # the node dies: its raylet and the task processes on it
+            _, err = command.communicate(timeout=300)
+        finally:
+            if command.poll() is None:
+                command.kill()
     finally:
-        for pid, _ in descendants(command.pid):  # whatever Ray left behind, by pid
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-        if command.poll() is None:
-            command.kill()
+        cluster.shutdown()
     assert command.returncode == 5, err[-3000:]
     # one line of hf-ipt's own among what Ray's processes print (their progress bars may come after it)
     [line] = [line for line in err.splitlines() if line.startswith("hf-ipt synthesize:")]
-    assert line.startswith("hf-ipt synthesize: error: the Ray node this command runs on died (its raylet)"), line
+    assert line.startswith("hf-ipt synthesize: error: a Ray node running a worker died"), line
     assert "run the same command again to resume" in line and "Traceback" not in err
     # resumed (here without Ray): the rows of an uninterrupted run
     assert main(["synthesize", str(recipe), "-q"]) == 0
