@@ -60,6 +60,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import typing
 import warnings
 import zlib
@@ -971,13 +972,12 @@ class DiskArrays:
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
-        self.made = 0
 
     def __call__(self, length: int, dtype: Any) -> np.ndarray:
         if length == 0:  # a file cannot map 0 bytes
             return np.zeros(0, dtype=dtype)
-        self.made += 1
-        path = self.folder / f"array-{self.made:05d}.npy"
+        handle, path = tempfile.mkstemp(suffix=".npy", prefix="array-", dir=self.folder)  # never another's file
+        os.close(handle)
         return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(length,))
 
 

@@ -30,7 +30,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import fsspec
@@ -315,6 +315,37 @@ class Store:
         else:
             self.fs.mv(tmp, target)
         return True
+
+    def write_atomic_with(self, relative: str, write: Callable[[Any], Any]) -> dict[str, Any]:
+        """Like `write_atomic`, for content written by `write(handle)` into a binary file handle (a writer that
+        streams, e.g. `Dataset.to_parquet`), so it is never held in memory whole; returns its `checksum` (size and
+        SHA-256, read back from the written file).
+
+        Example:
+            >>> Store("memory://doc-store/with").write_atomic_with("a.txt", lambda handle: handle.write(b"abc"))
+            ... # doctest: +ELLIPSIS
+            {'bytes': 3, 'sha256': 'ba7816bf...'}
+        """
+        tmp = self.path(f"{TMP_DIR}/{relative.replace('/', '__')}.{tmp_owner()}.{uuid.uuid4().hex}.tmp")
+        self.fs.makedirs(self.path(TMP_DIR), exist_ok=True)
+        self.fs.makedirs(self.path(relative).rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(tmp, "wb") as handle:
+            write(handle)
+            if self.is_local:
+                handle.flush()
+                os.fsync(handle.fileno())
+        digest, size = hashlib.sha256(), 0
+        with self.fs.open(tmp, "rb") as handle:
+            while block := handle.read(_HASH_BLOCK):
+                digest.update(block)
+                size += len(block)
+        target = self.path(relative)
+        if self.is_local:
+            os.replace(tmp, target)
+            fsync_dir(os.path.dirname(target))
+        else:
+            self.fs.mv(tmp, target)
+        return {"bytes": size, "sha256": digest.hexdigest()}
 
     def remove_tmp(self, prefix: str) -> None:
         """Delete the temporary files of interrupted writes whose flattened name starts with `prefix`."""
@@ -654,11 +685,9 @@ class StageFolder(Store):
             files[split] = []
             for index in range(count):
                 part = dataset.select(range(index * rows_per_file, min(len(dataset), (index + 1) * rows_per_file)))
-                buffer = io.BytesIO()
-                part.to_parquet(buffer)
                 relative = f"{DATA_DIR}/{split}-{index:05d}-of-{count:05d}.parquet"
-                self.write_atomic(relative, buffer.getvalue())
-                recorded[relative] = checksum(buffer.getvalue())
+                # written batch by batch into the file: a part is never held in memory whole
+                recorded[relative] = self.write_atomic_with(relative, part.to_parquet)
                 files[split].append(relative)
         num_rows = {split: len(dataset) for split, dataset in dataset_dict.items()}
         return self.commit(

@@ -25,11 +25,11 @@ from hf_ipt.mixing import (
     RatioToleranceError,
     TextWrapper,
     TokenCounter,
-    select_for_target,
     count_tokens,
     format_general_instructions,
     mix,
     prepare_source,
+    select_for_target,
 )
 from hf_ipt.testing import corpus_paragraphs
 

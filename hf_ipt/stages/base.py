@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from hf_ipt.execution import Executor, make_executor
 from hf_ipt.execution.phases import PHASES_DIR, WORK_DIR, ShardPhase, ShardTask, clear_phases, phase_fingerprint
+from hf_ipt.memory import MappedPagesReleaser
 from hf_ipt.preflight import Check
 from hf_ipt.redaction import redact
 from hf_ipt.store import DATA_DIR, IncompleteRunError, RunFolder, StageFolder, fingerprint, json_bytes
@@ -333,12 +334,15 @@ class Stage(ABC):
         return output.describe_damage(damage)
 
     def run(self, run: RunConfig) -> StageSummary:
-        """Run this stage on `run` (its `output_dir` and settings): `run_stage(self, run)`.
+        """Run this stage on `run` (its `output_dir` and settings): `run_stage(self, run)`, the pages of the
+        memory-mapped files it reads given back as it goes (`hf_ipt.memory.MappedPagesReleaser`), so they never pile
+        up in the process.
 
         Example:
             >>> MixStage(mix_config, sources).run(RunConfig(output_dir="output/run"))  # doctest: +SKIP
         """
-        return run_stage(self, run)
+        with MappedPagesReleaser():
+            return run_stage(self, run)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -459,8 +463,8 @@ def start_phases(output: StageFolder, identity: Mapping[str, Any]) -> None:
 
 def shard_executor(run: RunConfig) -> Executor:
     """Where the shards of a stage's phases run, from `run.executor` and `run.num_workers`: Ray tasks reserving no
-    GPU ('ray'), one process per worker on this machine, each pinned to its share of the cores (local, several
-    workers), or this process (local, one worker). Synthesis places its workers on devices itself
+    GPU ('ray'), one forked process per worker on this machine, each pinned to its share of the cores (local,
+    several workers), or this process (local, one worker). Synthesis places its workers on devices itself
     (`SynthesizeStage.executor`).
 
     Example:
@@ -470,7 +474,9 @@ def shard_executor(run: RunConfig) -> Executor:
     if run.executor == "ray":
         return make_executor("ray", num_gpus_per_worker=0, max_retries=run.max_retries, address=run.ray_address)
     if run.num_workers > 1:
-        return make_executor("processes")
+        # forked, whatever this process holds: the phases run no engine and touch no GPU, and a spawned worker would
+        # import everything again for each phase
+        return make_executor("processes", start_method="fork")
     return make_executor("local")
 
 
