@@ -5,14 +5,15 @@ each size in a fresh child process that runs exactly `hf-ipt run RECIPE` (`hf_ip
 the issue: raw rows (and the chunks synthesis made of them), wall time, the peak RSS of the whole run, and per stage
 its wall time, its own peak RSS and its cost per row. The last lines compare the largest size with the smallest:
 the ratio of the whole run's peak RSS, and for each stage other than synthesis its time ratio over its rows ratio
-(<= 1: the stage's time grows no faster than its rows).
+(<= 1: the stage's time grows no faster than its rows), in wall time and in CPU time (user + system, of the process and
+the workers it started: on a machine shared with other jobs, wall time follows their load, CPU time much less).
 
 How the peak RSS of a stage is measured: in the child, before each stage the kernel's high-water mark of the
 process's resident set (VmHWM) is reset (`echo 5 > /proc/self/clear_refs`), and read after the stage; the whole
 run's peak is the largest of these and of the VmHWM before and between the stages (start, preflight). A thread also
 samples the anonymous and file-backed parts of the resident set every 20 ms (memory-mapped files, such as `datasets`'
-Arrow caches, count in RSS while they are mapped, though the kernel may drop their pages). Worker processes a stage starts
-(`--workers 2`: the `processes` executor) are not in these figures; their own peak (the largest of them, from
+Arrow caches, count in RSS while they are mapped, though the kernel may drop their pages). Worker processes a stage
+starts (`--workers 2`: the `processes` executor) are not in these figures; their own peak (the largest of them, from
 `getrusage(RUSAGE_CHILDREN)`) is printed apart.
 
 The synthesizer is an engine that answers at once (`InstantEngine`, registered in `hf_ipt.engines.ENGINES` as
@@ -44,6 +45,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+ROW_GROUP = 5000  # rows per Parquet row group of the inputs
 STAGES = ("synthesize", "templify", "mix", "release")
 
 
@@ -85,6 +87,7 @@ def make_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
 
     paragraphs = corpus_paragraphs()
     count = len(paragraphs)
+    # row groups of a fixed size, as a published corpus has them: reading one costs the same at every size
     corpus, general = folder / "corpus.parquet", folder / "general.parquet"
     piece = 50_000
     with pq.ParquetWriter(corpus, pa.schema({"text": pa.string()})) as writer:
@@ -93,10 +96,12 @@ def make_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
                 paragraphs[i % count] + " " + paragraphs[(i * 7 + i // count + 1) % count]
                 for i in range(start, min(rows, start + piece))
             ]
-            writer.write_table(pa.table({"text": texts}))
+            writer.write_table(pa.table({"text": texts}), row_group_size=ROW_GROUP)
     # a general instruction is about as long as one paragraph; a templified text holds about three chunks and their
     # pairs: as many general rows as raw rows hold about the templified tokens (the 1:1 mix binds on one of them)
-    schema = pa.schema({"id": pa.string(), "system_prompt": pa.string(), "question": pa.string(), "response": pa.string()})
+    schema = pa.schema(
+        {"id": pa.string(), "system_prompt": pa.string(), "question": pa.string(), "response": pa.string()}
+    )
     with pq.ParquetWriter(general, schema) as writer:
         for start in range(0, rows, piece):
             ids = range(start, min(rows, start + piece))
@@ -109,7 +114,8 @@ def make_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
                         "response": [paragraphs[(i * 3 + 1) % count] for i in ids],
                     },
                     schema=schema,
-                )
+                ),
+                row_group_size=ROW_GROUP,
             )
     return corpus, general
 
@@ -213,14 +219,19 @@ def child(recipe: str, result: str) -> None:
     sampler = Sampler()
     before = {"peak_kb": 0}  # start, preflight and the time between stages
 
+    def cpu_seconds() -> float:
+        own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
+
     def measured_stage(stage, run):
         before["peak_kb"] = max(before["peak_kb"], high_water_kb())
         sampler.reset()
         reset_high_water()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         summary = run_stage(stage, run)
         measured[stage.name] = {
             "seconds": time.perf_counter() - started,
+            "cpu_seconds": cpu_seconds() - cpu,
             "peak_kb": high_water_kb(),
             "rows": summary.rows,
             **{f"{key}_peak_kb": value for key, value in sampler.reset().items()},
@@ -237,7 +248,9 @@ def child(recipe: str, result: str) -> None:
     own = max([before["peak_kb"], high_water_kb(), *(stage["peak_kb"] for stage in measured.values())])
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     Path(result).write_text(
-        json.dumps({"code": code, "wall": wall, "stages": measured, "process_peak_kb": own, "workers_peak_kb": workers})
+        json.dumps(
+            {"code": code, "wall": wall, "stages": measured, "process_peak_kb": own, "workers_peak_kb": workers}
+        )
     )
 
 
@@ -269,15 +282,19 @@ def mb(kb: int) -> str:
 
 def print_results(results: list[dict]) -> None:
     print()
+    print("wall time (and CPU time, this process and its workers) of the run and of each stage")
     print("| raw rows (chunks) | wall | peak RSS | " + " | ".join(STAGES) + " |")
     print("|---|---|---|" + "---|" * len(STAGES))
     for r in results:
-        stages = " | ".join(f"{r['stages'][s]['seconds']:.0f} s" for s in STAGES)
-        print(f"| {r['rows']:,} ({r['chunks'] / 1000:.1f}k) | {r['wall']:.0f} s | {mb(r['process_peak_kb'])} | {stages} |")
+        stages = " | ".join(
+            f"{r['stages'][s]['seconds']:.0f} s ({r['stages'][s]['cpu_seconds']:.0f} s CPU)" for s in STAGES
+        )
+        size = f"{r['rows']:,} ({r['chunks'] / 1000:.1f}k)"
+        print(f"| {size} | {r['wall']:.0f} s | {mb(r['process_peak_kb'])} | {stages} |")
     print()
     print(
-        "peak RSS of each stage (its own VmHWM; sampled peaks of its anonymous and file-backed parts) and time per row "
-        "of its input"
+        "peak RSS of each stage (its own VmHWM; sampled peaks of its anonymous and file-backed parts) and time per "
+        "row of its input"
     )
     print("| raw rows | " + " | ".join(STAGES) + " |")
     print("|---|" + "---|" * len(STAGES))
@@ -291,7 +308,9 @@ def print_results(results: list[dict]) -> None:
             )
         print(f"| {r['rows']:,} | " + " | ".join(cells) + " |")
     if any(r["workers_peak_kb"] for r in results):
-        print("largest worker process: " + ", ".join(f"{r['rows']:,} rows {mb(r['workers_peak_kb'])}" for r in results))
+        print(
+            "largest worker process: " + ", ".join(f"{r['rows']:,} rows {mb(r['workers_peak_kb'])}" for r in results)
+        )
     if len(results) > 1:
         small, large = results[0], results[-1]
         print()
@@ -301,10 +320,14 @@ def print_results(results: list[dict]) -> None:
         )
         for name in STAGES[1:]:
             rows_ratio = input_rows(large, name) / max(input_rows(small, name), 1)
-            time_ratio = large["stages"][name]["seconds"] / max(small["stages"][name]["seconds"], 1e-9)
+            ratios = {
+                kind: large["stages"][name][kind] / max(small["stages"][name][kind], 1e-9)
+                for kind in ("seconds", "cpu_seconds")
+            }
             print(
-                f"{name:<10} time x{time_ratio:.2f} for rows x{rows_ratio:.2f}: {time_ratio / rows_ratio:.2f} "
-                "(<= 1: no faster than its rows)"
+                f"{name:<10} rows x{rows_ratio:.2f}: wall time x{ratios['seconds']:.2f} "
+                f"({ratios['seconds'] / rows_ratio:.2f} per row), CPU time x{ratios['cpu_seconds']:.2f} "
+                f"({ratios['cpu_seconds'] / rows_ratio:.2f} per row; <= 1: no faster than its rows)"
             )
 
 

@@ -13,7 +13,10 @@ naming the sources and how to format them alike (`prepare_source` with the targe
 
 `datasets.interleave_datasets` samples by example probability, so a 1:1 ratio of examples is not a 1:1 ratio of
 tokens. Here every source is counted (`count_tokens`, a cached `Dataset.map`), then whole examples are selected so
-that each source's share of the mix's tokens matches the requested share.
+that each source's share of the mix's tokens matches the requested share (`select_mix`). The selection reads only
+the counts, block by block, and takes its working arrays from an allocator: the mix stage
+(`hf_ipt.stages.MixStage`) counts in shards, keeps the counts and selections in memory-mapped files
+(`DiskArrays`), and makes `mix`'s rows, in `mix`'s order, in bounded memory.
 
 What "within tolerance" means: with requested weights w_i, the requested share of source i is s_i = w_i / sum(w);
 the achieved share is a_i = tokens selected from i / tokens in the mix. The mix is within tolerance when
@@ -715,7 +718,12 @@ class MixConfig:
         },
     )
     num_proc: int | None = field(
-        default=None, metadata={"help": "Processes for token counting (Dataset.map).", "min": 1}
+        default=None,
+        metadata={
+            "help": "Processes for token counting (Dataset.map) in mix(); the mix stage counts its shards on "
+            "run.num_workers workers instead.",
+            "min": 1,
+        },
     )
     batch_size: int = field(
         default=1000, metadata={"help": "Rows per map batch for counting and labelling.", "min": 1}
@@ -1642,20 +1650,28 @@ __all__ = [
     "GENERAL_INSTRUCTIONS",
     "RAW",
     "SOURCE_KINDS",
+    "DiskArrays",
     "GeneralInstructionFormatter",
     "FormatMismatchError",
     "InsufficientTokensError",
     "MixConfig",
     "MixReport",
     "MixResult",
+    "MixRowLabeller",
+    "MixSelection",
     "MixWarning",
     "RatioToleranceError",
+    "SourceCounts",
     "SourceMixReport",
+    "SourcePreparer",
     "TextWrapper",
     "TokenCounter",
     "count_tokens",
     "format_general_instructions",
     "load_tokenizer",
     "mix",
+    "mix_report",
     "prepare_source",
+    "select_for_target",
+    "select_mix",
 ]

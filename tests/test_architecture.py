@@ -350,6 +350,7 @@ def test_no_room_imports_a_room_that_imports_it_back():
         ("hf_ipt.stats", "hf_ipt.stages", "stats holds generic machinery only"),
         ("hf_ipt.engines", "hf_ipt.preflight", "an engine checks its own settings"),
         ("hf_ipt.store", "hf_ipt.stages", "the store knows no stage"),
+        ("hf_ipt.execution", "hf_ipt.stages", "the executors and shard phases run any stage's work and know none"),
     ],
 )
 def test_layers_point_one_way(lower, higher, why):
@@ -365,7 +366,14 @@ def test_layers_point_one_way(lower, higher, why):
 
 def test_the_generic_modules_import_no_other_hf_ipt_module():
     graph = import_graph()
-    for module in ("hf_ipt.stats", "hf_ipt.store", "hf_ipt.process", "hf_ipt.version", "hf_ipt.plotting"):
+    for module in (
+        "hf_ipt.stats",
+        "hf_ipt.store",
+        "hf_ipt.process",
+        "hf_ipt.memory",
+        "hf_ipt.version",
+        "hf_ipt.plotting",
+    ):
         assert set(graph[module]) <= {"hf_ipt._deps"}, (module, sorted(graph[module]))
 
 

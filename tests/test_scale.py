@@ -15,15 +15,19 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_ipt.cli import main
-from hf_ipt.execution.phases import PHASES_DIR, WORK_DIR
+from hf_ipt.config import RunConfig
+from hf_ipt.engines import ENGINES, CallableEngine
+from hf_ipt.execution.phases import PHASES_DIR, WORK_DIR, ShardResult, parquet_bytes, read_batches
 from hf_ipt.mixing import DiskArrays, select_for_target
-from hf_ipt.stages.templify import TemplifyShards
+from hf_ipt.stages.base import NO_OPTIONS, InPlace, Stage, StageOutput, stage_data_files
+from hf_ipt.stages.templify import TemplifyShards, TemplifyStage
 from hf_ipt.store import STAGE_MARKER_PATH
 from hf_ipt.testing import tiny_recipe
 
@@ -108,14 +112,42 @@ def test_the_selection_works_on_memory_mapped_arrays(tmp_path):
 # --- templify and mix on every executor ------------------------------------------------------------------------
 
 
+def answer(prompts: list[str]) -> list[str]:
+    """A synthesizer that answers at once: two pairs per prompt, their words taken from the prompt's hash."""
+    answers = []
+    for prompt in prompts:
+        word = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:6]
+        answers.append(
+            f"<QUE> What does {word} mean? <ANS> It means {word}. </END>\n\n<QUE> And {word[:3]}? <ANS> No. </END>"
+        )
+    return answers
+
+
+class InstantEngine(CallableEngine):
+    name = "instant-scale"
+
+    def __init__(self, model, **settings):
+        super().__init__(answer)
+
+
 def recipe_file(folder: Path, model: str) -> Path:
-    """24 paragraphs, 3 synthesis shards, templify, a 1:1 mix with the bundled general instructions in shards of 9
-    rows, a local release."""
-    recipe = tiny_recipe(model, folder / "run", rows=NUM_ROWS, batch_size=BATCH, shard_size=SHARD, release="scale")
-    recipe["mix"]["shard_rows"] = MIX_SHARD
+    """24 paragraphs, 3 synthesis shards (an engine that answers at once), templify, a 1:1 mix with the bundled
+    general instructions in shards of 9 rows, a local release."""
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = tiny_recipe(
+        model, folder / "run", rows=NUM_ROWS, batch_size=BATCH, shard_size=SHARD, engine=InstantEngine.name,
+        release="scale", changes={"synth.engine_kwargs": {}, "mix.shard_rows": MIX_SHARD},
+    )  # fmt: skip
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def instant_engine():
+    ENGINES[InstantEngine.name] = InstantEngine  # the recipes name it
+    yield
+    del ENGINES[InstantEngine.name]
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +254,60 @@ def test_a_damaged_mix_file_is_made_again_and_the_others_kept(synthesized, one_w
     assert main(["mix", str(recipe_file(tmp_path, tiny_model_path)), "-q"]) == 0
     assert outputs(run) == one_worker
     assert {marker.name: marker.stat().st_mtime_ns for marker in markers[1:]} == kept
+
+
+# --- another stage on the same machinery ----------------------------------------------------------------------
+
+
+class CountWords:
+    """Shard i of `ShardedWordCount`: the words of every text of templified file i."""
+
+    def __init__(self, upstream, files):
+        self.upstream, self.files = upstream, files
+
+    def __call__(self, index, store):
+        split, relative = self.files[index]
+        words = [
+            len(text.split())
+            for batch in read_batches(self.upstream, relative, columns=["text"], batch_size=5)
+            for text in batch.column("text").to_pylist()
+        ]
+        target = f"data/{split}-{index:05d}-of-{len(self.files):05d}.parquet"
+        return ShardResult({target: parquet_bytes(pa.table({"words": words}))}, len(words), {"words": sum(words)})
+
+
+class ShardedWordCount(Stage):
+    """README's example stage (the words of every templified text), in shards: a stage adopts the executors, the
+    commits and the resume of the phases with `context.run_shards` and `InPlace.of_shards`."""
+
+    name = "count"
+    description = "count the words of every templified text, one shard per templified file"
+    folder = "counted"
+    reads = TemplifyStage
+
+    @classmethod
+    def from_recipe(cls, recipe, options=NO_OPTIONS):
+        return cls()
+
+    def identity(self):
+        return {"unit": "whitespace-separated words"}
+
+    def compute(self, context):
+        files = stage_data_files(context.upstream)
+        markers = context.run_shards("count", CountWords(context.upstream, files), len(files))
+        words = sum(marker["figures"]["words"] for marker in markers)
+        return StageOutput(report={"figures": {"words": words}}, in_place=InPlace.of_shards(markers))
+
+
+def test_a_new_stage_runs_in_shards_on_any_worker_count(synthesized, tmp_path, tiny_model_path):
+    run = templify_and_mix(synthesized, tmp_path / "one", tiny_model_path)
+    shutil.copytree(run, tmp_path / "two")
+    one = ShardedWordCount().run(RunConfig(output_dir=str(run)))
+    two = ShardedWordCount().run(RunConfig(output_dir=str(tmp_path / "two"), num_workers=2))
+    texts = sum(json.loads((run / "templified" / STAGE_MARKER_PATH).read_text())["num_rows"].values())
+    assert one.figures["words"] == two.figures["words"] > 0 and one.rows == two.rows == texts
+    files = sorted(p.name for p in (run / "counted" / "data").glob("*.parquet"))
+    assert len(files) == NUM_ROWS // SHARD
+    for name in files:
+        assert (run / "counted/data" / name).read_bytes() == (tmp_path / "two/counted/data" / name).read_bytes()
+    assert ShardedWordCount().run(RunConfig(output_dir=str(run))).reused

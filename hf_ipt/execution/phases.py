@@ -31,8 +31,6 @@ Example:
 from __future__ import annotations
 
 import io
-import os
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +39,7 @@ from typing import Any, Protocol
 import pyarrow.parquet as pq
 
 from hf_ipt.execution import Executor, make_executor
-from hf_ipt.execution.runner import ShardRunReport, shards_of_worker
+from hf_ipt.execution.runner import ShardRunReport, shards_of_worker, worker_identity
 from hf_ipt.store import STATE_DIR, IncompleteRunError, Store, checksum, file_damage, fingerprint, json_bytes
 
 PHASES_DIR = f"{STATE_DIR}/phases"
@@ -215,12 +213,7 @@ class ShardPhase:
             "files": files,
             "num_rows": int(result.num_rows),
             "figures": result.figures,
-            "worker": {
-                "index": self.worker_index,
-                "of": self.num_workers,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-            },
+            "worker": worker_identity(self.worker_index, self.num_workers),
             "seconds": round(time.perf_counter() - started, 3),
         }
         store.write_atomic(self.marker_path(index), json_bytes(marker))

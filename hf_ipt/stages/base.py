@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from hf_ipt.execution import Executor, make_executor
 from hf_ipt.execution.phases import PHASES_DIR, WORK_DIR, ShardPhase, ShardTask, clear_phases, phase_fingerprint
-from hf_ipt.memory import MappedPagesReleaser
+from hf_ipt.memory import MappedPagesReleaser, return_freed_memory
 from hf_ipt.preflight import Check
 from hf_ipt.redaction import redact
 from hf_ipt.store import DATA_DIR, IncompleteRunError, RunFolder, StageFolder, fingerprint, json_bytes
@@ -334,13 +334,14 @@ class Stage(ABC):
         return output.describe_damage(damage)
 
     def run(self, run: RunConfig) -> StageSummary:
-        """Run this stage on `run` (its `output_dir` and settings): `run_stage(self, run)`, the pages of the
-        memory-mapped files it reads given back as it goes (`hf_ipt.memory.MappedPagesReleaser`), so they never pile
-        up in the process.
+        """Run this stage on `run` (its `output_dir` and settings): `run_stage(self, run)`, with the memory it is done
+        with given back as it goes (`hf_ipt.memory`): Arrow's freed memory at once, the pages of the memory-mapped
+        files it read when they pile up.
 
         Example:
             >>> MixStage(mix_config, sources).run(RunConfig(output_dir="output/run"))  # doctest: +SKIP
         """
+        return_freed_memory()
         with MappedPagesReleaser():
             return run_stage(self, run)
 
