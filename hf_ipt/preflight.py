@@ -18,15 +18,15 @@ import difflib
 import importlib.util
 import os
 import posixpath
-import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from hf_ipt._deps import INSTALL_HINTS
 from hf_ipt.config import BUNDLED_PREFIX, RunConfig, SourceConfig
+from hf_ipt.deadline import looks_local, within
 from hf_ipt.validation import PreflightError, Problem
 
 if TYPE_CHECKING:
@@ -286,31 +286,6 @@ def guarded(name: str, run: Callable[[], list[Problem]]) -> CheckResult:
         return CheckResult(name, [Problem(name, f"the check failed: {type(err).__name__}: {err}", "see the error")])
 
 
-def within(seconds: float, fn: Callable[[], T], what: str) -> T:
-    """`fn()`, or TimeoutError after `seconds` (it runs in a daemon thread, left behind if it hangs).
-
-    Example:
-        >>> within(5, lambda: 42, "answering")
-        42
-    """
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = fn()
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            outcome["error"] = err
-
-    thread = threading.Thread(target=target, name="hf-ipt-preflight", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise TimeoutError(f"{what} took more than {seconds:.0f} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
 def first_line(err: BaseException) -> str:
     """The first line of an error's message (its repr when it has none).
 
@@ -330,22 +305,6 @@ def normalized(path: str) -> str:
         'org/model'
     """
     return os.path.normpath(os.path.abspath(os.path.expanduser(path))) if looks_local(path) else path
-
-
-def looks_local(path: str) -> bool:
-    """A path meant for this machine (absolute, ./, ../, ~, or existing), not a Hub id.
-
-    Example:
-        >>> looks_local("./model"), looks_local("org/model")
-        (True, False)
-    """
-    return (
-        os.path.isabs(path)
-        or path.startswith(("./", "../", "~", "."))
-        or Path(path).expanduser().exists()
-        or path.count("/") > 1
-        or "\\" in path
-    )
 
 
 def _packaged_loaders() -> set[str]:

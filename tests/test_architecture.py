@@ -373,6 +373,7 @@ def test_the_generic_modules_import_no_other_hf_ipt_module():
         "hf_ipt.memory",
         "hf_ipt.version",
         "hf_ipt.plotting",
+        "hf_ipt.deadline",
     ):
         assert set(graph[module]) <= {"hf_ipt._deps"}, (module, sorted(graph[module]))
 
