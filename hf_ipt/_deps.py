@@ -12,6 +12,7 @@ INSTALL_HINTS: dict[str, str] = {
     "matplotlib": "pip install 'hf-ipt[plots]'",
     "ray": "pip install 'hf-ipt[ray]'",
     "openai": "pip install 'hf-ipt[server]'",
+    "megatron": "pip install 'hf-ipt[export]'",
     "hypothesis": "pip install 'hf-ipt[test]'",
 }
 

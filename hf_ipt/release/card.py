@@ -31,6 +31,7 @@ from hf_ipt.mixing import SOURCE_KINDS as MIX_SOURCE_KINDS
 from hf_ipt.quality import card_view as quality_card_view
 from hf_ipt.redaction import scrub
 from hf_ipt.release.plots import PLOT_FILES
+from hf_ipt.release.training import training_view
 from hf_ipt.validation import check_fields
 
 DEFAULT_TEMPLATE = "hf_ipt_dataset_card.md"
@@ -210,6 +211,16 @@ class ReleaseInfo:
     tokenizer: Any = field(
         default=None,
         metadata=_help("Tokenizer (name, path or object) to count tokens of the text column; None counts characters."),
+    )
+    export: Mapping[str, Any] | None = field(
+        default=None, metadata=_help("Report of the export stage whose files this config carries (see export_files).")
+    )
+    export_files: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata=_help(
+            "Token files released with this config, {path under release_info/<config>/export/: hf_ipt.store.FileCopy}"
+            ", copied block by block."
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -660,6 +671,7 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
             view["template_families"] = [(_code(k), _fmt_int(v)) for k, v in modes["families"].items()]
 
     view["quality"] = quality_card_view(report.get("quality"), (report.get("files") or {}).get("quality_plots"))
+    view["training"] = training_view(report, sidecar_dir(view["name"]))
 
     plots = (report.get("files") or {}).get("plots") or {}
     view["plots"] = [
