@@ -246,7 +246,7 @@ class RunConfig:
             "--num-workers. `ray`: run.num_workers Ray tasks on the cluster at run.ray_address, each loading the "
             "input itself and writing its shards to run.output_dir (storage every worker reaches); a task whose "
             "process dies is retried and its unfinished shard redone. Templify and mix run their shards on the same "
-            "executor (no GPU); the release runs here."
+            "executor (no GPU); the export and the release run here."
         },
     )
     num_workers: int = field(
