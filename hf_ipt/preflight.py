@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     pass
 
 HUB_TIMEOUT = 20.0  # seconds for one Hub API call (whoami, repo info)
+HUB_PROBE_TIMEOUT = 5.0  # seconds for the one probe that tells whether the Hub answers at all
 SOURCE_TIMEOUT = 60.0  # seconds to open a dataset and read its first row (streaming from the Hub can be slow)
 TOKENIZER_TIMEOUT = 60.0
 
@@ -103,6 +104,7 @@ def run_checks(stages: Sequence[CheckedStage], run: RunConfig) -> list[CheckResu
         >>> [r.name for r in run_checks([TemplifyStage(TemplifyConfig())], run)]  # doctest: +SKIP
         ['output folder output/quickstart']
     """
+    _HUB.clear()  # one probe per preflight: the network may have changed since the last one
     built_later: set[str] = set()
     for stage in stages:
         built_later |= {normalized(path) for path in stage.creates()}
@@ -223,14 +225,19 @@ def check_tokenizer(key: str, name: str, revision: str | None = None) -> list[Pr
             Problem(key, f"no tokenizer folder {name!r}", "give the folder of a saved tokenizer/model or a Hub id")
         ]
 
+    offline = not looks_local(name) and hub_down() is not None
+
     def load() -> None:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(name, revision=revision)
+        # the Hub is unreachable: the local cache alone answers (no retries against a network that is not there)
+        AutoTokenizer.from_pretrained(name, revision=revision, local_files_only=offline)
 
     try:
         within(TOKENIZER_TIMEOUT, load, f"loading the tokenizer {name}")
     except Exception as err:  # noqa: BLE001 - any loading failure is the problem to report
+        if offline:
+            return hub_unreachable_once(key)  # not in the cache, and the Hub does not answer
         return [
             Problem(
                 key,
@@ -282,8 +289,70 @@ def guarded(name: str, run: Callable[[], list[Problem]]) -> CheckResult:
     """
     try:
         return CheckResult(name, run())
+    except SkipCheck as skip:
+        return CheckResult(name, skipped=str(skip))
     except Exception as err:  # noqa: BLE001 - a check must never hide the other checks' problems
         return CheckResult(name, [Problem(name, f"the check failed: {type(err).__name__}: {err}", "see the error")])
+
+
+class SkipCheck(Exception):
+    """Raised by a check that cannot look (the Hub it needs is unreachable, already reported): `hf-ipt check` shows
+    it as skipped, with the reason."""
+
+
+_HUB: dict[str, Any] = {}  # this preflight's Hub probe: {"down": reason or None, "reported": bool}
+
+
+def hub_down(refresh: bool = False) -> str | None:
+    """Why the Hub cannot be reached, asked once per preflight with one short request (`HUB_PROBE_TIMEOUT`); None
+    when it answers, or in offline mode (`HF_HUB_OFFLINE`: the local caches answer instead). Every Hub check asks
+    this first, so an offline machine gets one line in seconds, never each library's retries. `refresh` probes
+    again (outside a preflight).
+
+    Example:
+        >>> hub_down() is None or "did not answer" in hub_down()  # doctest: +SKIP
+        True
+    """
+    if refresh or "down" not in _HUB:
+        _HUB["down"] = None if _hub_offline() else _probe_hub()
+    return _HUB["down"]
+
+
+def _probe_hub() -> str | None:
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    url = f"{constants.ENDPOINT.rstrip('/')}/api/whoami-v2"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=HUB_PROBE_TIMEOUT).close()
+    except urllib.error.HTTPError:
+        return None  # an answer (401 without a token): the Hub is there
+    except Exception as err:  # noqa: BLE001 - no answer of any kind: refused, no route, DNS, timeout
+        reason = getattr(err, "reason", err)
+        return f"{constants.ENDPOINT} did not answer in {HUB_PROBE_TIMEOUT:.0f} s ({type(reason).__name__}: {reason})"
+    return None
+
+
+def hub_unreachable_once(key: str) -> list[Problem]:
+    """The problem of an unreachable Hub for the first check that needs it; later checks are skipped (`SkipCheck`)
+    so the preflight says it once.
+
+    Example:
+        >>> hub_unreachable_once("source.path")  # doctest: +SKIP
+        [Problem(key='source.path', found='the Hub is unreachable: ...', fix='...')]
+    """
+    if _HUB.get("reported"):
+        raise SkipCheck("the Hub is unreachable (reported above)")
+    _HUB["reported"] = True
+    return [
+        Problem(
+            key,
+            f"the Hub is unreachable: {_HUB.get('down')}",
+            "check the network (HF_ENDPOINT, proxies); or set HF_HUB_OFFLINE=1 to use only the local caches",
+        )
+    ]
 
 
 def within(seconds: float, fn: Callable[[], T], what: str) -> T:
@@ -333,11 +402,12 @@ def normalized(path: str) -> str:
 
 
 def looks_local(path: str) -> bool:
-    """A path meant for this machine (absolute, ./, ../, ~, or existing), not a Hub id.
+    """A path meant for this machine (absolute, ./, ../, ~, existing, or under an existing folder: `output/tny`
+    when `output/` exists), not a Hub id: a mistyped local path is reported as missing, never looked up on the Hub.
 
     Example:
-        >>> looks_local("./model"), looks_local("org/model")
-        (True, False)
+        >>> looks_local("./model"), looks_local("org/model"), looks_local("hf_ipt/no-such-model")
+        (True, False, True)
     """
     return (
         os.path.isabs(path)
@@ -345,6 +415,7 @@ def looks_local(path: str) -> bool:
         or Path(path).expanduser().exists()
         or path.count("/") > 1
         or "\\" in path
+        or ("/" in path and Path(path.split("/", 1)[0]).is_dir())
     )
 
 
@@ -395,6 +466,8 @@ def _hub_dataset_problem(source: SourceConfig, key: str) -> Problem | None:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+    if hub_down():
+        return hub_unreachable_once(f"{key}.path")[0]
     try:
         within(
             HUB_TIMEOUT,

@@ -331,6 +331,8 @@ class ShardedRunner:
         resume_ignore: dotted config keys whose change does not block resuming (settings that do not change output).
         verify_inputs: re-hash the input rows of finished shards on resume and refuse if they changed.
         desc: label of the progress bars.
+        log_folder: the run's folder: a worker an executor starts in its own process or Ray task writes its log file
+            under `logs/` there (`hf_ipt.logs.worker_log`); None: no worker log files.
 
     Reads: the columns `map_fn` reads. Writes: the input columns plus those `map_fn` returns, one row per input row.
 
@@ -363,6 +365,7 @@ class ShardedRunner:
         verify_inputs: bool = True,
         desc: str = "shards",
         executor: str | Executor = "local",
+        log_folder: Store | None = None,
     ):
         if not callable(map_fn):
             raise TypeError(f"map_fn must be a batched map function (callable), got {type(map_fn).__name__}")
@@ -394,6 +397,7 @@ class ShardedRunner:
         self.resume_ignore = list(resume_ignore)
         self.verify_inputs = verify_inputs
         self.desc = desc
+        self.log_folder = log_folder  # where workers started in their own process or Ray task write their log
 
     # --- manifest ---------------------------------------------------------------------------------------------
 
@@ -557,7 +561,17 @@ class ShardedRunner:
         )
         try:
             for shard in todo:
+                shard_started = time.perf_counter()
                 self._process(store, dataset, shard, manifest)
+                seconds = time.perf_counter() - shard_started
+                logger.debug(
+                    "shard %d/%d committed: %d rows in %.1f s (%.1f rows/s)",
+                    shard.index + 1,
+                    len(shards),
+                    shard.num_rows,
+                    seconds,
+                    shard.num_rows / seconds if seconds else 0.0,
+                )
                 report.processed.append(shard.index)
                 report.rows_processed += shard.num_rows
                 bar.update(shard.num_rows)

@@ -66,9 +66,11 @@ def render_plots(statistics: Mapping[str, Any], out_dir: str | os.PathLike) -> d
     if modes:
         file_name, title = PLOT_FILES["template_modes"]
         names = sorted(modes, key=lambda name: (-int(modes[name]), name))
+        # a text without pairs (`raw`) in grey, the modes that carry pairs in one colour
         plots["template_modes"] = bar_chart(
-            out / file_name, names, [int(modes[n]) for n in names], title, "mode", "texts"
-        )
+            out / file_name, names, [int(modes[n]) for n in names], title, "mode", "texts",
+            colors=["#999999" if n in ("raw", "skipped") else "#4C72B0" for n in names],
+        )  # fmt: skip
 
     sources = statistics.get("sources") or {}
     achieved = sources.get("achieved_ratio") or {}
@@ -93,16 +95,20 @@ def _grouped_bars(
     figure = new_figure()
     axes = figure.add_subplot(1, 1, 1)
     width = 0.8 / max(len(series), 1)
-    colors = ("#DD8452", "#4C72B0", "#55A868")
+    # what was asked in grey, what was achieved in colour
+    colors = {"requested": "#BBBBBB", "achieved": "#4C72B0"}
     for i, (name, values) in enumerate(series.items()):
         positions = [x - 0.4 + width * (i + 0.5) for x in range(len(labels))]
-        bars = axes.bar(positions, values, width=width, label=name, color=colors[i % len(colors)])
-        axes.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7)
+        bars = axes.bar(positions, values, width=width, label=name, color=colors.get(name, "#55A868"))
+        axes.bar_label(bars, labels=[f"{name} {v:.1f}%" for v in values], fontsize=7, padding=1)
+    axes.margins(y=0.2)
     axes.set_xticks(list(range(len(labels))))
-    rotate = max((len(label) for label in labels), default=0) > 6 or len(labels) > 12
-    axes.set_xticklabels(labels, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
-    axes.set_title(title)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.legend(fontsize=8)
+    rotate = max((len(label) for label in labels), default=0) > 10 or len(labels) > 8
+    axes.set_xticklabels(labels, rotation=30 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
+    axes.tick_params(axis="y", labelsize=8)
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel(xlabel, fontsize=8)
+    axes.set_ylabel(ylabel, fontsize=8)
+    for side in ("top", "right"):
+        axes.spines[side].set_visible(False)
     return save_figure(figure, path)

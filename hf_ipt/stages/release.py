@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from hf_ipt.columns import MODE
 from hf_ipt.config import AUGMENTED_SOURCE, RecipeConfig, RunConfig, in_field_order
 from hf_ipt.mixing import RAW
-from hf_ipt.preflight import HUB_TIMEOUT, Check, hub_unreachable, within
+from hf_ipt.preflight import HUB_TIMEOUT, Check, hub_down, hub_unreachable, hub_unreachable_once, within
 from hf_ipt.release.bundle import build_bundle
 from hf_ipt.release.card import CardOptions, ReleaseInfo, SourceInfo, SynthesizerInfo, template_arguments
 from hf_ipt.release.hub import ReleaseConfig, publish_release
@@ -28,8 +28,10 @@ from hf_ipt.stages.base import NO_OPTIONS, CommandOptions, Stage, StageContext, 
 from hf_ipt.stages.mix import MixStage
 from hf_ipt.stages.synthesize import SynthesizeStage
 from hf_ipt.stages.templify import TemplifyStage
-from hf_ipt.store import RunFolder, StageFolder, config_to_dict
-from hf_ipt.validation import Problem
+from hf_ipt.store import RunFolder, StageFolder, config_to_dict, file_damage
+from hf_ipt.validation import ConfigError, Problem
+
+CARD_FILE = "README.md"  # a release's card, in the Hub's layout
 
 
 class ReleaseStage(Stage):
@@ -115,7 +117,17 @@ class ReleaseStage(Stage):
         call has a timeout; an unreachable Hub is a problem here, since the release needs it."""
         return hub_write_problems(self.config)
 
+    def refuse_repair(self, output: StageFolder, damage: Mapping[str, str], run: RunConfig) -> None:
+        """A local release whose card was edited by hand is not rewritten (the edits would be lost) unless
+        `run.overwrite`; the error names the file and the choices."""
+        if self.to == "local" and damage.get(CARD_FILE, "missing") != "missing" and not run.overwrite:
+            raise ConfigError(edited_card_message(output))
+
     def compute(self, context: StageContext) -> StageOutput:
+        if self.to == "local" and context.previous and not context.run.overwrite:
+            recorded = (context.previous.get("checksums") or {}).get(CARD_FILE)
+            if recorded and file_damage(context.output, CARD_FILE, recorded) not in (None, "missing"):
+                raise ConfigError(edited_card_message(context.output))
         data = context.upstream.load()
         info = release_info(context.run, reads=self.reads, release=self.settings(), command=self.command)
         if self.to == "hub":
@@ -217,6 +229,17 @@ def release_info(
     )
 
 
+def edited_card_message(output: StageFolder) -> str:
+    """Why a local release with a hand-edited card is not written again, and the three ways on."""
+    return (
+        f"{output.url.rstrip('/')}/{CARD_FILE} was edited since the release was written (its bytes differ from "
+        "the ones committed); hf-ipt does not overwrite a hand-edited card. Either keep the edits in the recipe: "
+        "`card.extra_sections: {'## Title': 'markdown'}` replaces a section of that title or adds it, on every "
+        f"release; or move the edited {CARD_FILE} away (the card is written again); or pass --overwrite "
+        "(run.overwrite) to rewrite it and lose the edits"
+    )
+
+
 def sources_of(recorded: Mapping[str, Any]) -> list[SourceInfo]:
     """The datasets a run read, as the card lists them: the augmented corpus' source, then each mix source, under
     the names their rows carry in the source column. One dataset feeding two roles (from scratch: the augmented
@@ -265,6 +288,8 @@ def hub_write_problems(release: ReleaseConfig) -> list[Problem]:
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     token = release.token or get_token()
+    if hub_down():
+        return hub_unreachable_once("release.repo_id")
     if not token:
         return [
             Problem(
