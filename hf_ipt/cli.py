@@ -96,10 +96,11 @@ def keys_help(sections: Sequence[str] | None = None, *, full: bool = False) -> s
     """
     rows = [row for row in describe_fields(RecipeConfig) if sections is None or row[0].split(".")[0] in sections]
     shown = "all sections" if sections is None else "sections " + ", ".join(sections)
-    lines = [
+    lines = textwrap.wrap(
         f"recipe keys read ({shown}; set in RECIPE.yaml, or override: --section.key VALUE, --section.key=VALUE, or "
-        "a bare --flag for true)" + (":" if full else "; the full help of each: `hf-ipt config --keys`:")
-    ]
+        "a bare --flag for true)" + (":" if full else "; the full help of each: `hf-ipt config --keys`:"),
+        width=119,
+    )
     for key, type_name, default, help_text in rows:
         given = "required" if default == "required" else f"default {default}"
         if full:
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(
             name,
             help=help_text,
-            description=help_text,
+            description=textwrap.fill(help_text, width=119),
             epilog=keys_help(sections),
             formatter_class=argparse.RawDescriptionHelpFormatter,
             allow_abbrev=False,
@@ -299,14 +300,14 @@ def _configure_output(quiet: bool, verbose: bool = False) -> Callable[[], None]:
     if not terminal and not quiet and not isinstance(stderr, ProgressLines):
         sys.stderr = ProgressLines(stderr, emit=logging.getLogger("hf_ipt.progress").info)
     log = logging.getLogger("hf_ipt")
-    # one handler on hf-ipt's logger (not the root's), so other libraries' log lines are not printed twice
-    handler = next((h for h in log.handlers if getattr(h, "_hf_ipt_cli", False)), None)
-    if handler is None:
-        handler = logging.StreamHandler(stderr)
-        handler._hf_ipt_cli = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-    before = handler.stream
-    handler.setStream(sys.stderr)
+    # one handler on hf-ipt's logger (not the root's), so other libraries' log lines are not printed twice; this
+    # command's own, removed when it returns (a process calling main() twice gets no stale stream)
+    for stale in [h for h in log.handlers if getattr(h, "_hf_ipt_cli", False)]:
+        log.removeHandler(stale)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._hf_ipt_cli = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    level_before = log.level
     fmt = "%(message)s" if terminal else "%(asctime)s %(message)s"
     handler.setFormatter(ScrubbingFormatter(fmt) if not terminal else logging.Formatter(fmt))
     level = logging.WARNING if quiet else logging.INFO
@@ -319,10 +320,11 @@ def _configure_output(quiet: bool, verbose: bool = False) -> Callable[[], None]:
         datasets.enable_progress_bars()
 
     def restore() -> None:
+        log.removeHandler(handler)
+        log.setLevel(level_before)
         if sys.stderr is not stderr and isinstance(sys.stderr, ProgressLines):
             sys.stderr.flush()
             sys.stderr = stderr
-        handler.setStream(before)
 
     return restore
 
@@ -364,13 +366,19 @@ def _print_check(recipe: RecipeConfig, args: argparse.Namespace) -> int:
     options = CommandOptions(worker_index=args.worker_index, num_workers=args.num_workers)
     results = run_checks(stages_of(recipe, None, options), recipe.run)
     for result in results:
-        state = f"skipped ({result.skipped})" if result.skipped else "ok" if result.ok else "PROBLEM"
-        print(f"{state:<8} {result.name}" if not result.skipped else f"{'-':<8} {result.name}: {state}")
+        state = "PROBLEM" if not result.ok else "warning" if result.problems else "ok"
+        print(
+            f"{state:<8} {result.name}"
+            if not result.skipped
+            else f"{'-':<8} {result.name}: skipped ({result.skipped})"
+        )
         for problem in result.problems:
             print(f"         {problem.key}: {scrub(str(problem.found))}")
-            print(f"           fix: {scrub(str(problem.fix))}")
-    problems = sum(len(r.problems) for r in results)
-    print(f"\nhf-ipt check: {'ready to run' if not problems else f'{problems} problem(s) found'}")
+            print(f"           {'note' if problem.warning else 'fix'}: {scrub(str(problem.fix))}")
+    problems = sum(not p.warning for r in results for p in r.problems)
+    warnings = sum(p.warning for r in results for p in r.problems)
+    said = f" ({warnings} warning(s) above)" if warnings else ""
+    print(f"\nhf-ipt check: {'ready to run' if not problems else f'{problems} problem(s) found'}{said}")
     return 0 if not problems else 2
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import logging
 import os
 import posixpath
 import threading
@@ -27,10 +28,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from hf_ipt._deps import INSTALL_HINTS
 from hf_ipt.config import BUNDLED_PREFIX, RunConfig, SourceConfig
+from hf_ipt.language import ENGLISH, MOSTLY_ENGLISH, detect_languages, language_name
 from hf_ipt.validation import PreflightError, Problem
 
 if TYPE_CHECKING:
     pass
+
+logger = logging.getLogger(__name__)
 
 HUB_TIMEOUT = 20.0  # seconds for one Hub API call (whoami, repo info)
 HUB_PROBE_TIMEOUT = 5.0  # seconds for the one probe that tells whether the Hub answers at all
@@ -87,8 +91,8 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
-        """Whether the check passed (or was skipped)."""
-        return not self.problems
+        """Whether the check passed (or was skipped); warnings do not count."""
+        return not [p for p in self.problems if not p.warning]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,7 +127,10 @@ def ensure_ready(stages: Sequence[CheckedStage], run: RunConfig) -> None:
     Example:
         >>> ensure_ready([SynthesizeStage(source, synth)], run)  # doctest: +SKIP
     """
-    problems = [problem for result in run_checks(stages, run) for problem in result.problems]
+    found = [problem for result in run_checks(stages, run) for problem in result.problems]
+    for warning in (p for p in found if p.warning):
+        logger.warning("%s: %s (%s)", warning.key, warning.found, warning.fix)
+    problems = [p for p in found if not p.warning]
     if problems:
         raise PreflightError(problems)
 
@@ -211,6 +218,53 @@ def check_source(source: SourceConfig, key: str, columns: Mapping[str, str] | No
                 )
             )
     return problems
+
+
+LANGUAGE_SAMPLE_ROWS = 100
+
+
+def check_language(source: SourceConfig, key: str) -> list[Problem]:
+    """A warning when most of the source's first `LANGUAGE_SAMPLE_ROWS` texts (streamed) are not English: the
+    synthesizer is English-trained and writes English pairs about any text (`hf_ipt.language`).
+
+    Example:
+        >>> check_language(SourceConfig(path="bundled:quickstart"), "source")
+        []
+    """
+    where = _source_location(source, key)
+    if isinstance(where, Problem) or (where == "hub" and hub_down()):
+        return []  # the source's own check reports it
+
+    def first_texts() -> list[Any]:
+        import datasets
+
+        arguments = source.load_arguments()
+        arguments["split"] = source.output_split
+        rows = datasets.load_dataset(**arguments, streaming=True).take(LANGUAGE_SAMPLE_ROWS)
+        return [row.get(source.text_column) for row in rows]
+
+    try:
+        texts = within(SOURCE_TIMEOUT, first_texts, f"reading the first rows of {source.path}")
+    except Exception:  # noqa: BLE001 - unreadable: the source's own check says why
+        return []
+    codes = [code for code in detect_languages(texts) if code]
+    if not codes:
+        return []
+    english = codes.count(ENGLISH) / len(codes)
+    if english >= MOSTLY_ENGLISH:
+        return []
+    others = sorted({c for c in codes if c != ENGLISH}, key=lambda c: -codes.count(c))[:3]
+    return [
+        Problem(
+            f"{key}.path",
+            f"{100 * (1 - english):.0f}% of its first {len(codes)} texts are not English ("
+            + ", ".join(f"{language_name(c)} {codes.count(c)}" for c in others)
+            + "); the synthesizer is English-trained: it writes English questions and answers about them",
+            "expect English pairs (the card and `hf-ipt report` count them), or use a synthesizer trained for the "
+            "corpus' language (synth.model)",
+            warning=True,
+        )
+    ]
 
 
 def check_tokenizer(key: str, name: str, revision: str | None = None) -> list[Problem]:
@@ -344,7 +398,7 @@ def hub_unreachable_once(key: str) -> list[Problem]:
         [Problem(key='source.path', found='the Hub is unreachable: ...', fix='...')]
     """
     if _HUB.get("reported"):
-        raise SkipCheck("the Hub is unreachable (reported above)")
+        raise SkipCheck("no Hub: see above")
     _HUB["reported"] = True
     return [
         Problem(

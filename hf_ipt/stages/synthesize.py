@@ -34,7 +34,7 @@ from hf_ipt.execution.runner import (
     run_status,
 )
 from hf_ipt.placement import visible_gpus
-from hf_ipt.preflight import Check, check_source, missing_package, tokenizer_check
+from hf_ipt.preflight import Check, check_language, check_source, missing_package, tokenizer_check
 from hf_ipt.redaction import redact
 from hf_ipt.stages.base import (
     NO_OPTIONS,
@@ -207,7 +207,10 @@ class SynthesizeStage(Stage):
 
     def checks(self, run: RunConfig, built_later: set[str]) -> list[Check]:
         synth = self.synth
-        found = [Check(f"source {self.source.path}", lambda: check_source(self.source, "source"))]
+        found = [
+            Check(f"source {self.source.path}", lambda: check_source(self.source, "source")),
+            Check(f"language of {self.source.path}", lambda: check_language(self.source, "source")),
+        ]
         tokenizer_key = "synth.tokenizer" if synth.tokenizer else "synth.model"
         revision = None if synth.tokenizer else synth.revision
         found.append(tokenizer_check(tokenizer_key, synth.tokenizer or synth.model, revision, built_later))
