@@ -306,3 +306,27 @@ def test_check_warns_when_the_corpus_is_mostly_not_english(tmp_path, tiny_model_
     out = capsys.readouterr().out
     assert "warning  language of json" in out
     assert "100% of its first 12 texts are not English (Chinese (`zh`) 12)" in out
+
+
+# ------------------------------------------------------------------------------------------------ the card
+def test_a_hand_edited_local_card_is_kept_or_refused_by_name(tmp_path, tiny_model_path, capsys):
+    from hf_ipt.plotting import histogram_bars
+
+    assert histogram_bars({"edges": [0, 1, 2, 4, 8], "counts": [0, 3, 0, 2]}) == (["1", "4-7"], [3, 2])
+    recipe = write_recipe(tmp_path, tiny_model_path, "edited", **{"release.plots": False})
+    assert main(["run", str(recipe), "-q"]) == 0
+    card = tmp_path / "edited" / "release" / "README.md"
+    card.write_text(card.read_text() + "\n## Contact\n\nWrite to us.\n")
+    capsys.readouterr()
+    assert main(["run", str(recipe), "-q"]) == 2  # the same settings again: not "damage" to repair silently
+    err = capsys.readouterr().err
+    assert f"{card} was edited since the release was written" in err
+    assert "card.extra_sections" in err and "--overwrite" in err
+    assert "Write to us." in card.read_text()
+    # the recipe's way: the section in card.extra_sections, kept on every release
+    data = yaml.safe_load(recipe.read_text())
+    data["card"] = {"extra_sections": {"## Contact": "Write to us."}}
+    recipe.write_text(yaml.safe_dump(data))
+    assert main(["run", str(recipe), "-q", "--overwrite"]) == 0
+    assert "## Contact\n\nWrite to us." in card.read_text()
+    assert main(["run", str(recipe), "-q"]) == 0  # reused: nothing refused when nothing was edited
