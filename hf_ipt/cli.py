@@ -33,7 +33,7 @@ from hf_ipt import stages as registry
 from hf_ipt.config import ConfigError, RecipeConfig, describe_fields, load_recipe, parse_overrides
 from hf_ipt.engines import EngineStartError
 from hf_ipt.execution.runner import ResumeConflictError
-from hf_ipt.logs import LogFile, ProgressLines, ScrubbingFormatter
+from hf_ipt.logs import LogFile, ScrubbingFormatter, progress_lines_off_terminal
 from hf_ipt.pipeline import run, stage_names, stages_of, status
 from hf_ipt.preflight import run_checks
 from hf_ipt.quality import compare, format_comparison, format_report, write_report
@@ -295,10 +295,8 @@ def _configure_output(quiet: bool, verbose: bool = False) -> Callable[[], None]:
         datasets.logging.set_verbosity_info()
     else:
         quiet_third_party()
-    stderr = sys.stderr
-    terminal = stderr.isatty()
-    if not terminal and not quiet and not isinstance(stderr, ProgressLines):
-        sys.stderr = ProgressLines(stderr, emit=logging.getLogger("hf_ipt.progress").info)
+    terminal = sys.stderr.isatty()
+    put_back = progress_lines_off_terminal() if not quiet else (lambda: None)
     log = logging.getLogger("hf_ipt")
     # one handler on hf-ipt's logger (not the root's), so other libraries' log lines are not printed twice; this
     # command's own, removed when it returns (a process calling main() twice gets no stale stream)
@@ -322,9 +320,7 @@ def _configure_output(quiet: bool, verbose: bool = False) -> Callable[[], None]:
     def restore() -> None:
         log.removeHandler(handler)
         log.setLevel(level_before)
-        if sys.stderr is not stderr and isinstance(sys.stderr, ProgressLines):
-            sys.stderr.flush()
-            sys.stderr = stderr
+        put_back()
 
     return restore
 

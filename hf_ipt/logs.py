@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -185,6 +186,27 @@ def _file_handler(path: str, level: int) -> logging.FileHandler:
     return handler
 
 
+def progress_lines_off_terminal() -> Callable[[], None]:
+    """Put `ProgressLines` in place of `sys.stderr` when it is not a terminal (its lines go to hf-ipt's progress
+    logger, so the log files get them too); returns what puts the stream back. The CLI and the worker processes an
+    executor starts call it.
+
+    Example:
+        >>> restore = progress_lines_off_terminal(); restore()
+    """
+    stderr = sys.stderr
+    if stderr is None or stderr.isatty() or isinstance(stderr, ProgressLines):
+        return lambda: None
+    sys.stderr = ProgressLines(stderr, emit=logging.getLogger("hf_ipt.progress").info)
+
+    def restore() -> None:
+        if isinstance(sys.stderr, ProgressLines):
+            sys.stderr.flush()
+        sys.stderr = stderr
+
+    return restore
+
+
 def worker_log(runner: Any) -> LogFile | None:
     """The log file of one worker of a sharded run started by an executor in its own process or Ray task:
     `<folder>/logs/...-<desc>-worker-<i>-of-<n>-...log`, where `runner.log_folder` is set (the synthesize stage sets
@@ -198,7 +220,24 @@ def worker_log(runner: Any) -> LogFile | None:
     if folder is None:
         return None
     name = f"{runner.desc.lower()}-worker-{runner.worker_index}-of-{runner.num_workers}"
-    return LogFile(folder, name)
+    return WorkerLog(folder, name)
+
+
+class WorkerLog(LogFile):
+    """The log file of a worker process or Ray task; its progress bars become lines too when its stderr is not a
+    terminal (a spawned process or a Ray task does not inherit the command's stream).
+
+    Example:
+        >>> WorkerLog(RunFolder("output/quickstart"), "synthesis-worker-0-of-2").start().close()  # doctest: +SKIP
+    """
+
+    def start(self) -> LogFile:
+        self._restore = progress_lines_off_terminal()
+        return super().start()
+
+    def close(self) -> None:
+        super().close()
+        getattr(self, "_restore", lambda: None)()
 
 
 class ProgressLines(io.TextIOBase):

@@ -486,7 +486,8 @@ def test_report_of_a_hub_release_at_a_revision(local_hub, capsys):
     assert load_report(f"{repo}@v2")["pairs"] == 5
     assert main(["report", f"{repo}@v1", "--against", f"{repo}@v2"]) == 0
     out = capsys.readouterr().out
-    assert f"Pairs: 7 in {repo}@v1 vs 5 in {repo}@v2 (+2): better" in out
+    # the table alone (no prose repeating it): v1's column first, as the command names them
+    assert re.search(r"^Pairs\s+7\s+5\s+\+2\s+better$", out, re.M), out
     card = local_hub.read_file(repo, "README.md", "v1").decode()
     assert "### Quality" in card and "| Grounded answers (share of checkable pairs) | 80.00% |" in card
     assert main(["report", f"{repo}@v9"]) == 2 and "hf-ipt report: error:" in capsys.readouterr().err
