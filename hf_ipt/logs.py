@@ -278,6 +278,7 @@ class ProgressLines(io.TextIOBase):
         self._shown: dict[str, float] = {}  # bar label -> when its last line was shown (or the bar first seen)
         self._last: dict[str, str] = {}  # bar label -> the last line shown of it
         self._done: set[str] = set()  # bars whose last state is shown
+        self._seen: dict[str, float] = {}  # bar label -> when its last state arrived
         self._emitting = False
 
     # the stream protocol
@@ -331,6 +332,9 @@ class ProgressLines(io.TextIOBase):
             return
         label = text.split(":", 1)[0]
         now = self.clock()
+        if now - self._seen.get(label, now) > max(self.seconds, 1.0):
+            self._shown[label] = now  # silent that long: a new bar of the same name, whose clock starts now
+        self._seen[label] = now
         first = self._shown.setdefault(label, now)
         if self._last.get(label) == text:
             return

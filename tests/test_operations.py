@@ -139,7 +139,7 @@ def test_no_command_prints_a_traceback_without_verbose(tmp_path, tiny_model_path
     printed = capsys.readouterr()
     assert "Traceback" not in printed.err and "RuntimeError: something deep broke" in printed.err
     assert "--verbose shows the traceback; it is in " in printed.err
-    log = next(p for p in (tmp_path / "failing" / "logs").glob("*-run-*.log"))
+    log = sorted((tmp_path / "failing" / "logs").glob("*-run-*.log"))[-1]
     assert "Traceback" in log.read_text() and "something deep broke" in log.read_text()
     assert main(["run", str(recipe), "--verbose"]) == 2
     assert "Traceback" in capsys.readouterr().err

@@ -735,10 +735,14 @@ def _structure(stats: Mapping[str, Any]) -> dict[str, Any] | None:
         for c in columns
     ]
     example = stats.get("example") or {}
-    shown = None
-    if example.get("row"):
-        shown = json.dumps(example["row"], ensure_ascii=False, indent=2)
-    return {"columns": rows, "example": shown, "example_where": example}
+    values = example.get("row") or {}
+    # multi-line strings (the text) as blocks of their own, every other value in a table, as JSON writes it
+    texts = [(name, value) for name, value in values.items() if isinstance(value, str) and "\n" in value]
+    table = [
+        (_code(name), "see below" if (name, value) in texts else _code(json.dumps(value, ensure_ascii=False)))
+        for name, value in values.items()
+    ]
+    return {"columns": rows, "example": table or None, "example_texts": texts, "example_where": example}
 
 
 def _hub_config_splits(dataset_info: Any) -> dict[str, dict[str, int]]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hf_ipt.plotting import bar_chart, histogram_bars, new_figure, save_figure
+from hf_ipt.plotting import bar_chart, histogram_bars, label_axes, new_figure, save_figure
 
 # name -> (file name, title); also the order the card shows them in
 PLOT_FILES: dict[str, tuple[str, str]] = {
@@ -60,7 +60,7 @@ def render_plots(statistics: Mapping[str, Any], out_dir: str | os.PathLike) -> d
     if labels:
         unit = "tokens" if text.get("tokens") else "characters"
         file_name, title = PLOT_FILES["text_length"]
-        plots["text_length"] = bar_chart(out / file_name, labels, counts, f"{title} ({unit})", unit, "texts")
+        plots["text_length"] = bar_chart(out / file_name, labels, counts, f"{title} ({unit})", unit, "rows")
 
     modes = (statistics.get("template_modes") or {}).get("counts") or {}
     if modes:
@@ -102,13 +102,5 @@ def _grouped_bars(
         bars = axes.bar(positions, values, width=width, label=name, color=colors.get(name, "#55A868"))
         axes.bar_label(bars, labels=[f"{name} {v:.1f}%" for v in values], fontsize=7, padding=1)
     axes.margins(y=0.2)
-    axes.set_xticks(list(range(len(labels))))
-    rotate = max((len(label) for label in labels), default=0) > 10 or len(labels) > 8
-    axes.set_xticklabels(labels, rotation=30 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
-    axes.tick_params(axis="y", labelsize=8)
-    axes.set_title(title, fontsize=10)
-    axes.set_xlabel(xlabel, fontsize=8)
-    axes.set_ylabel(ylabel, fontsize=8)
-    for side in ("top", "right"):
-        axes.spines[side].set_visible(False)
+    label_axes(axes, labels, title, xlabel, ylabel)
     return save_figure(figure, path)
