@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from hf_ipt.config import AUGMENTED_SOURCE, BUNDLED_PREFIX, MixSourceConfig, RecipeConfig, SourceConfig
+from hf_ipt.deadline import looks_local
 from hf_ipt.engines import Engine, engine_class
 from hf_ipt.language import ENGLISH, MOSTLY_ENGLISH, detect_languages, language_name
 from hf_ipt.markers import DEFAULT_MODEL
 from hf_ipt.pipeline import run as run_stages
-from hf_ipt.preflight import first_line, hub_down, looks_local
+from hf_ipt.preflight import first_line, hub_down
 from hf_ipt.stages import MixStage, ReleaseStage, SynthesizeStage, TemplifyStage
 from hf_ipt.stages.base import duration
 

@@ -19,7 +19,6 @@ import importlib.util
 import logging
 import os
 import posixpath
-import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from hf_ipt._deps import INSTALL_HINTS
 from hf_ipt.config import BUNDLED_PREFIX, RunConfig, SourceConfig
+from hf_ipt.deadline import looks_local, within
 from hf_ipt.language import ENGLISH, MOSTLY_ENGLISH, detect_languages, language_name
 from hf_ipt.validation import PreflightError, Problem
 
@@ -409,31 +409,6 @@ def hub_unreachable_once(key: str) -> list[Problem]:
     ]
 
 
-def within(seconds: float, fn: Callable[[], T], what: str) -> T:
-    """`fn()`, or TimeoutError after `seconds` (it runs in a daemon thread, left behind if it hangs).
-
-    Example:
-        >>> within(5, lambda: 42, "answering")
-        42
-    """
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = fn()
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            outcome["error"] = err
-
-    thread = threading.Thread(target=target, name="hf-ipt-preflight", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise TimeoutError(f"{what} took more than {seconds:.0f} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
 def first_line(err: BaseException) -> str:
     """The first line of an error's message (its repr when it has none).
 
@@ -453,24 +428,6 @@ def normalized(path: str) -> str:
         'org/model'
     """
     return os.path.normpath(os.path.abspath(os.path.expanduser(path))) if looks_local(path) else path
-
-
-def looks_local(path: str) -> bool:
-    """A path meant for this machine (absolute, ./, ../, ~, existing, or under an existing folder: `output/tny`
-    when `output/` exists), not a Hub id: a mistyped local path is reported as missing, never looked up on the Hub.
-
-    Example:
-        >>> looks_local("./model"), looks_local("org/model"), looks_local("hf_ipt/no-such-model")
-        (True, False, True)
-    """
-    return (
-        os.path.isabs(path)
-        or path.startswith(("./", "../", "~", "."))
-        or Path(path).expanduser().exists()
-        or path.count("/") > 1
-        or "\\" in path
-        or ("/" in path and Path(path.split("/", 1)[0]).is_dir())
-    )
 
 
 def _packaged_loaders() -> set[str]:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from hf_ipt import columns as C
-from hf_ipt.preflight import first_line, hub_down, looks_local
+from hf_ipt.deadline import looks_local
+from hf_ipt.preflight import first_line, hub_down
 from hf_ipt.quality import quality_report
 from hf_ipt.release.card import sidecar_dir
 from hf_ipt.stages.templify import TemplifyStage

@@ -365,7 +365,14 @@ def test_layers_point_one_way(lower, higher, why):
 
 def test_the_generic_modules_import_no_other_hf_ipt_module():
     graph = import_graph()
-    for module in ("hf_ipt.stats", "hf_ipt.store", "hf_ipt.process", "hf_ipt.version", "hf_ipt.plotting"):
+    for module in (
+        "hf_ipt.stats",
+        "hf_ipt.store",
+        "hf_ipt.process",
+        "hf_ipt.version",
+        "hf_ipt.plotting",
+        "hf_ipt.deadline",
+    ):
         assert set(graph[module]) <= {"hf_ipt._deps"}, (module, sorted(graph[module]))
 
 

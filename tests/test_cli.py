@@ -128,14 +128,14 @@ def test_errors_name_the_recipe_keys_and_a_missing_recipe_says_how_to_give_one(c
 
 def test_config_prints_the_resolved_recipe_and_errors_name_the_key(capsys, tmp_path):
     recipe = RECIPES / "continual_pretraining.yaml"
-    assert main(["config", str(recipe), "--synth.rounds", "2", "--run.shard_size=2048"]) == 0
+    assert main(["config", str(recipe), "--synth.rounds", "2", "--run.shard_size=2000"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
-    assert resolved["synth"]["rounds"] == 2 and resolved["run"]["shard_size"] == 2048
+    assert resolved["synth"]["rounds"] == 2 and resolved["run"]["shard_size"] == 2000
     assert resolved["synth"]["max_new_tokens"] == 400  # from the file
     assert main(["config", str(recipe), "--synth.round", "2"]) == 2
     assert "unknown key 'synth.round' (command-line override); did you mean 'synth.rounds'?" in capsys.readouterr().err
-    assert main(["config", str(recipe), "--run.shard_size", "1000"]) == 2
-    assert "must be a multiple of synth.batch_size (1024)" in capsys.readouterr().err
+    assert main(["config", str(recipe), "--run.shard_size", "1500"]) == 2
+    assert "must be a multiple of synth.batch_size (1000)" in capsys.readouterr().err
     assert main(["config", str(recipe), str(recipe)]) == 2
     assert "expected at most one recipe file" in capsys.readouterr().err
 

@@ -8,14 +8,13 @@ Example:
 from __future__ import annotations
 
 import inspect
-import os
 import re
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hf_ipt._deps import require
+from hf_ipt.deadline import looks_local, within
 from hf_ipt.engines.base import (
     SYNTH_ARGUMENTS,
     Completion,
@@ -204,12 +203,16 @@ def model_config_attributes(model: str, revision: str | None = None) -> set[str]
         >>> "rope_theta" in model_config_attributes("path/to/mistral")  # doctest: +SKIP
         True
     """
-    if _looks_local(model) and not (Path(model).expanduser() / "config.json").is_file():
+    if looks_local(model) and not (Path(model).expanduser() / "config.json").is_file():
         return None
     try:
         from transformers import AutoConfig
 
-        config = _within(CONFIG_TIMEOUT, lambda: AutoConfig.from_pretrained(model, revision=revision))
+        config = within(
+            CONFIG_TIMEOUT,
+            lambda: AutoConfig.from_pretrained(model, revision=revision),
+            f"reading the config of {model}",
+        )
     except Exception:  # noqa: BLE001 - unreadable here: the engine will report it when it loads the model
         return None
     return set(config.to_dict())
@@ -259,34 +262,3 @@ def device_problems(device: Any) -> list[Problem]:
             )
         ]
     return []
-
-
-def _looks_local(path: str) -> bool:
-    """A path meant for this machine (absolute, ./, ../, ~, or existing), not a Hub id."""
-    return (
-        os.path.isabs(path)
-        or path.startswith(("./", "../", "~", "."))
-        or Path(path).expanduser().exists()
-        or path.count("/") > 1
-        or "\\" in path
-    )
-
-
-def _within(seconds: float, fn: Callable[[], T]) -> T:
-    """`fn()`, or TimeoutError after `seconds` (it runs in a daemon thread, left behind if it hangs)."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = fn()
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            outcome["error"] = err
-
-    thread = threading.Thread(target=target, name="hf-ipt-engine-check", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise TimeoutError(f"took more than {seconds:.0f} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]

@@ -18,8 +18,9 @@ from typing import Any, ClassVar, Literal
 
 from hf_ipt.columns import MODE
 from hf_ipt.config import AUGMENTED_SOURCE, RecipeConfig, RunConfig, in_field_order
+from hf_ipt.deadline import within
 from hf_ipt.mixing import RAW
-from hf_ipt.preflight import HUB_TIMEOUT, Check, hub_down, hub_unreachable, hub_unreachable_once, within
+from hf_ipt.preflight import HUB_TIMEOUT, Check, hub_down, hub_unreachable, hub_unreachable_once
 from hf_ipt.release.bundle import build_bundle
 from hf_ipt.release.card import CardOptions, ReleaseInfo, SourceInfo, SynthesizerInfo, template_arguments
 from hf_ipt.release.hub import ReleaseConfig, publish_release
