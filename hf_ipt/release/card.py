@@ -896,4 +896,7 @@ def render_card(
     if options.extra_sections:
         text = replace_sections(text, options.extra_sections)
     # sections that render empty leave runs of blank lines behind; no secret reaches a card, whoever writes it
-    return IptDatasetCard(scrub(re.sub(r"\n{3,}", "\n\n", text)))
+    # (outside code blocks: an example row's text is shown as it is)
+    parts = re.split(r"(^```.*?^```$)", text, flags=re.S | re.M)
+    text = "".join(part if i % 2 else re.sub(r"\n{3,}", "\n\n", part) for i, part in enumerate(parts))
+    return IptDatasetCard(scrub(text))
