@@ -97,6 +97,9 @@ def test_a_redirected_run_writes_lines_and_log_files_with_no_secret(tmp_path, ti
         assert f"DEBUG hf_ipt.stages: {stage} figures: " in text
     assert "hf_ipt.stages: synthesize figures: rows 16; shards 2 (2 computed now" in text
     assert all("shard" in p.read_text() and "committed" in p.read_text() for p in workers)
+    # each worker's last progress line names the shard it has just committed (not the one before)
+    for path in workers:
+        assert re.search(r"100% 8/8 \[.*, shard \d/2 committed\]", path.read_text()), path.read_text()
     for path in logs:
         assert SECRET not in path.read_text(), path
 

@@ -574,8 +574,9 @@ class ShardedRunner:
                 )
                 report.processed.append(shard.index)
                 report.rows_processed += shard.num_rows
+                # the postfix first: off a terminal, the update may print the line (the last one at 100 %)
+                bar.set_postfix_str(f"shard {shard.index + 1}/{len(shards)} committed", refresh=False)
                 bar.update(shard.num_rows)
-                bar.set_postfix_str(f"shard {shard.index + 1}/{len(shards)} committed", refresh=True)
         finally:
             bar.close()
         report.missing = [s.index for s in shards if _finished(store, s, manifest) is None]
