@@ -2,8 +2,8 @@
 
 Raw text -> prompts -> engine -> parsed pairs -> templates -> token-ratio mixing -> release. Each step is a batched map
 function over Arrow batches (`Synthesizer`, `Templifier`, ...), and each stage of a run is a public object
-(`SynthesizeStage`, `TemplifyStage`, `MixStage`, `ReleaseStage`): the stages `hf-ipt run` runs are these, so a
-Python script composing them gets the same bytes (see recipes/quickstart.py).
+(`SynthesizeStage`, `TemplifyStage`, `MixStage`, `ExportStage`, `ReleaseStage`): the stages `hf-ipt run` runs are
+these, so a Python script composing them gets the same bytes (see recipes/quickstart.py).
 
 Example:
     >>> from datasets import Dataset
@@ -14,6 +14,7 @@ Example:
 
 from hf_ipt.config import MixSourceConfig, RecipeConfig, RunConfig, SourceConfig, load_recipe
 from hf_ipt.engines import CallableEngine, Completion, Engine, Request, TransformersEngine, VLLMEngine, make_engine
+from hf_ipt.export import ExportConfig
 from hf_ipt.formatting import TargetFormat
 from hf_ipt.mixing import (
     GeneralInstructionFormatter,
@@ -31,6 +32,7 @@ from hf_ipt.release.hub import ReleaseConfig, load_release, publish_release, pus
 from hf_ipt.release.local import save_release
 from hf_ipt.reports import load_report
 from hf_ipt.stages import (
+    ExportStage,
     MixStage,
     ReleaseStage,
     StageSummary,
@@ -64,6 +66,8 @@ __all__ = [
     "Chunker",
     "Completion",
     "Engine",
+    "ExportConfig",
+    "ExportStage",
     "GeneralInstructionFormatter",
     "MixConfig",
     "MixReport",

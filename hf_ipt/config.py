@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import yaml
 
+from hf_ipt.export import ExportConfig
 from hf_ipt.markers import DEFAULT_MODEL
 from hf_ipt.mixing import RAW, MixConfig, SourceKind
 from hf_ipt.quality import QualityConfig
@@ -198,7 +199,7 @@ class RunConfig:
         default="",
         metadata={
             "help": "Root of all outputs: a local path or any fsspec URL (`s3://bucket/run`). Each stage writes a "
-            "sub-folder: `synthesized/`, `templified/`, `mixed/`, `release/`."
+            "sub-folder: `synthesized/`, `templified/`, `mixed/`, `export/`, `release/`."
         },
     )
     shard_size: int = field(
@@ -844,6 +845,13 @@ class RecipeConfig:
         metadata={
             "help": f"Corpora to mix with, by the names used in mix.weights ({AUGMENTED_SOURCE!r} is the augmented "
             "corpus itself), e.g. {general: {path: Open-Orca/OpenOrca, kind: general_instructions}}."
+        },
+    )
+    export: ExportConfig = field(
+        default_factory=ExportConfig,
+        metadata={
+            "help": "Token files of the released rows for OLMo-core, Megatron and LLaMA-Factory (run.output_dir/"
+            "export/); none by default."
         },
     )
     release: ReleaseConfig | None = field(

@@ -31,7 +31,7 @@ def stage_names() -> tuple[str, ...]:
 
     Example:
         >>> stage_names()
-        ('synthesize', 'templify', 'mix', 'release')
+        ('synthesize', 'templify', 'mix', 'export', 'release')
     """
     return tuple(stage.name for stage in registry.STAGES)
 

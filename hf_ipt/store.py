@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -27,11 +28,13 @@ import logging
 import math
 import os
 import re
+import shutil
 import socket
+import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO
 
 import fsspec
 import pyarrow.parquet as pq
@@ -169,6 +172,60 @@ def checksum(data: bytes) -> dict[str, Any]:
         (3, 'ba7816bf8f01')
     """
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def file_checksum(path: str | os.PathLike) -> dict[str, Any]:
+    """`checksum` of a local file, read in blocks (bounded memory, whatever its size).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile() as handle:
+        ...     _ = handle.write(b"abc"); handle.flush()
+        ...     file_checksum(handle.name) == checksum(b"abc")
+        True
+    """
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+@dataclasses.dataclass
+class PendingFile:
+    """A file being written through `Store.writing`: the local `path` to write, and once it is in place, its
+    `checksum` (size and SHA-256).
+
+    Example:
+        >>> PendingFile("/tmp/x.tmp").checksum is None
+        True
+    """
+
+    path: str
+    checksum: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FileCopy:
+    """A committed file of another folder, to be copied into an output block by block (never read whole into
+    memory): what a release carries of the export stage's token files. `checksum` is what its folder's marker
+    recorded; the copy is refused when the bytes read differ.
+
+    Example:
+        >>> FileCopy(Store("memory://doc-store/export"), "olmo_core/train-00000.npy").relative
+        'olmo_core/train-00000.npy'
+    """
+
+    store: Store
+    relative: str
+    checksum: Mapping[str, Any] | None = None
+
+    def readable(self) -> str | BinaryIO:
+        """The file for an uploader that reads it itself: its path on the local disk, else an open binary file."""
+        if self.store.is_local:
+            return self.store.path(self.relative)
+        return self.store.fs.open(self.store.path(self.relative), "rb")
 
 
 def file_damage(store: Store, relative: str, expected: Mapping[str, Any]) -> str | None:
@@ -315,6 +372,68 @@ class Store:
         else:
             self.fs.mv(tmp, target)
         return True
+
+    @contextlib.contextmanager
+    def writing(self, relative: str) -> Iterator[PendingFile]:
+        """A local file to write `relative` through, for writers that open a path themselves (a library's own
+        builder) or stream more than fits in memory; when the block ends without an error the file is moved into
+        place (atomically on the local disk, like `write_atomic`) and its checksum set. An error leaves nothing at
+        `relative` and deletes the temporary file; a killed writer's is removed by `remove_stale_tmp`.
+
+        Example:
+            >>> store = Store("memory://doc-store/streamed")
+            >>> with store.writing("parts/a.bin") as pending:
+            ...     with open(pending.path, "wb") as handle:
+            ...         _ = handle.write(b"abc")
+            >>> store.fs.cat_file(store.path("parts/a.bin")), pending.checksum == checksum(b"abc")
+            (b'abc', True)
+        """
+        name = f"{relative.replace('/', '__')}.{tmp_owner()}.{uuid.uuid4().hex}.tmp"
+        if self.is_local:
+            self.fs.makedirs(self.path(TMP_DIR), exist_ok=True)
+            local = self.path(f"{TMP_DIR}/{name}")
+        else:
+            local = os.path.join(tempfile.gettempdir(), f"hf-ipt-{name}")
+        pending = PendingFile(local)
+        try:
+            yield pending
+            pending.checksum = file_checksum(local)
+            self.fs.makedirs(self.path(relative).rsplit("/", 1)[0], exist_ok=True)
+            if self.is_local:
+                with open(local, "rb") as handle:
+                    os.fsync(handle.fileno())  # the content reaches the disk before the rename (see write_atomic)
+                os.replace(local, self.path(relative))
+                fsync_dir(os.path.dirname(self.path(relative)))
+            else:
+                remote = self.path(f"{TMP_DIR}/{name}")
+                self.fs.put_file(local, remote)
+                self.fs.mv(remote, self.path(relative))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(local)
+
+    def copy_from(self, source: FileCopy, relative: str) -> dict[str, Any]:
+        """Copy a committed file of another folder to `relative`, block by block (`writing`); returns its checksum.
+        A ValueError when the bytes copied are not the ones `source.checksum` recorded (damaged since its commit).
+
+        Example:
+            >>> origin = Store("memory://doc-store/origin")
+            >>> _ = origin.write_atomic("f.bin", b"ids")
+            >>> Store("memory://doc-store/copy").copy_from(FileCopy(origin, "f.bin"), "g.bin") == checksum(b"ids")
+            True
+        """
+        origin = source.store.path(source.relative)
+        with self.writing(relative) as pending:
+            with source.store.fs.open(origin, "rb") as src, open(pending.path, "wb") as dst:
+                shutil.copyfileobj(src, dst, _HASH_BLOCK)
+        expected = dict(source.checksum or {})
+        if expected and {key: pending.checksum.get(key) for key in expected} != expected:
+            self.remove(relative)  # never left looking like the committed file (no marker lists it yet)
+            raise ValueError(
+                f"{source.store.url}/{source.relative} is not the file its folder committed (size or SHA-256 differ); "
+                "run the stage that writes it again"
+            )
+        return pending.checksum
 
     def remove_tmp(self, prefix: str) -> None:
         """Delete the temporary files of interrupted writes whose flattened name starts with `prefix`."""
@@ -568,6 +687,19 @@ class StageFolder(Store):
         """
         return "; ".join(f"{self.url.rstrip('/')}/{relative} is damaged ({why})" for relative, why in damage.items())
 
+    def discard(self, keep: Collection[str] = ()) -> None:
+        """Un-commit the output (`clear`) and delete every other file its marker listed, but those of `keep` (about
+        to be written again): what a stage does before it writes a new output in the folder.
+
+        Example:
+            >>> StageFolder("memory://doc-store/discarded").discard()
+        """
+        previous = self.marker() or {}
+        self.clear()
+        for relative in sorted(previous.get("checksums") or {}):
+            if relative not in keep:
+                self.remove(relative)
+
     def clear(self) -> None:
         """Un-commit the output (marker first, so a crash in between leaves it uncommitted) and delete its data.
 
@@ -670,14 +802,15 @@ class StageFolder(Store):
         *,
         config: Mapping[str, Any] | Any,
         data: Any = None,
-        files: Mapping[str, bytes] | None = None,
+        files: Mapping[str, bytes | FileCopy] | None = None,
         num_rows: Mapping[str, int] | None = None,
         extra: Mapping[str, Any] | None = None,
         settings: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Replace whatever output the folder holds by a new one and commit it: the old marker goes first (a crash
         from here on leaves nothing that looks finished), then every file the old output listed; `files` (e.g. a
-        release's card and sidecars) are written, then the rows `data` (a `Dataset` or `DatasetDict`, optional),
+        release's card and sidecars; a `FileCopy` is copied block by block) are written, then the rows `data` (a
+        `Dataset` or `DatasetDict`, optional),
         then the marker with every file's checksum. `num_rows` are recorded when no rows are saved here (a Hub
         release). Returns the marker.
 
@@ -686,15 +819,14 @@ class StageFolder(Store):
             >>> sorted(folder.write_output(config={"v": 1}, files={"README.md": b"# card"})["checksums"])
             ['README.md']
         """
-        previous = self.marker() or {}
-        self.clear()
-        for relative in sorted(previous.get("checksums") or {}):
-            if relative not in (files or {}):
-                self.remove(relative)
+        self.discard(keep=files or {})
         written = {}
         for relative, content in (files or {}).items():
-            self.write_atomic(relative, content)
-            written[relative] = checksum(content)
+            if isinstance(content, FileCopy):
+                written[relative] = self.copy_from(content, relative)
+            else:
+                self.write_atomic(relative, content)
+                written[relative] = checksum(content)
         if data is not None:
             return self.save(data, config=config, extra=extra, checksums=written, settings=settings)
         return self.commit(config=config, num_rows=num_rows, extra=extra, checksums=written, settings=settings)

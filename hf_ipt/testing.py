@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -26,7 +27,15 @@ from typing import Any
 
 from hf_ipt.tiny_model import build_tiny_synthesizer, corpus_paragraphs
 
-__all__ = ["build_tiny_synthesizer", "corpus_paragraphs", "free_port", "local_vllm_server", "tiny_recipe"]
+__all__ = [
+    "build_tiny_synthesizer",
+    "corpus_paragraphs",
+    "free_port",
+    "local_vllm_server",
+    "read_with_megatron",
+    "read_with_olmo_core",
+    "tiny_recipe",
+]
 
 
 def tiny_recipe(
@@ -151,3 +160,76 @@ def local_vllm_server(
 
 def _log_tail(path: str, chars: int = 4000) -> str:
     return Path(path).read_text(errors="replace")[-chars:]
+
+
+# --- reading the export stage's files back with the trainers' own code -----------------------------------------------
+
+OLMO_CORE_READER = Path(__file__).resolve().parent.parent / ".venv" / "olmo-core-reader"  # made by .ci/install
+
+_READ_WITH_OLMO_CORE = """
+import json, sys
+job = json.loads(sys.stdin.read())
+scope = {}
+exec(job["lines"], scope)  # the lines the export says to paste, as pasted
+dataset = scope["dataset"].build()
+dataset.prepare()
+from olmo_core.data.utils import iter_document_indices, load_array_slice_into_tensor
+documents = [
+    load_array_slice_into_tensor(path, start, end, dataset.dtype).tolist()
+    for path in dataset.paths
+    for start, end in iter_document_indices(path, use_array_if_local=False, dtype=dataset.dtype)
+]
+instances = [dataset[i]["input_ids"].tolist() for i in range(len(dataset))]
+print(json.dumps({"class": type(dataset).__name__, "instances": instances, "documents": documents}))
+"""
+
+
+def read_with_olmo_core(lines: str, *, sequence_length: int, work_dir: str) -> dict[str, Any]:
+    """Build the dataset that the export's OLMo-core lines configure, with OLMo-core itself (installed by .ci/install
+    in a folder of its own, `OLMO_CORE_READER`, run in a subprocess), and read it: every fixed-length instance of
+    `NumpyFSLDataset`, and every document at the boundaries of the metadata files
+    (`olmo_core.data.utils.iter_document_indices`). Returns {"class", "instances", "documents"}.
+
+    Example:
+        >>> read_with_olmo_core(paste_lines(report, root)["olmo_core"], sequence_length=16, work_dir="w")
+        ... # doctest: +SKIP
+    """
+    if not OLMO_CORE_READER.is_dir():
+        raise FileNotFoundError(
+            f"{OLMO_CORE_READER} is missing: run `bash .ci/install`, which installs OLMo-core there"
+        )
+    lines = lines.replace("sequence_length=4096", f"sequence_length={sequence_length}")
+    lines = lines.replace('work_dir="/tmp/olmo-core-dataset"', f"work_dir={work_dir!r}")
+    env = {**os.environ, "PYTHONPATH": str(OLMO_CORE_READER)}
+    job = json.dumps({"lines": lines})
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_WITH_OLMO_CORE], input=job, capture_output=True, text=True, env=env, timeout=600
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"OLMo-core could not read the export:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def read_with_megatron(prefixes: list[str]) -> list[list[int]]:
+    """Every document of megatron-core indexed datasets (`IndexedDataset(prefix)`, in order), each checked to be one
+    sequence (`document_indices` 0, 1, 2, ...), as id lists.
+
+    Example:
+        >>> read_with_megatron(["out/export/megatron/train-00000"])  # doctest: +SKIP
+        [[1, 523, ...], ...]
+    """
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    documents = []
+    for prefix in prefixes:
+        dataset = IndexedDataset(prefix)
+        if not np.array_equal(dataset.document_indices, np.arange(len(dataset) + 1)):
+            raise AssertionError(f"{prefix}: documents are not one sequence each: {dataset.document_indices[:10]}")
+        documents.extend(dataset[i].tolist() for i in range(len(dataset)))
+    return documents

@@ -350,6 +350,8 @@ def test_no_room_imports_a_room_that_imports_it_back():
         ("hf_ipt.stats", "hf_ipt.stages", "stats holds generic machinery only"),
         ("hf_ipt.engines", "hf_ipt.preflight", "an engine checks its own settings"),
         ("hf_ipt.store", "hf_ipt.stages", "the store knows no stage"),
+        ("hf_ipt.export", "hf_ipt.stages", "the export's formats know no stage: the export stage uses them"),
+        ("hf_ipt.export", "hf_ipt.release", "a release may carry the export's files, never the reverse"),
     ],
 )
 def test_layers_point_one_way(lower, higher, why):
@@ -405,7 +407,7 @@ def test_storage_options_travel_inside_one_run_folder_object():
 def test_the_stages_are_listed_in_one_place():
     import hf_ipt.stages as stages
 
-    assert [stage.name for stage in stages.STAGES] == ["synthesize", "templify", "mix", "release"]
+    assert [stage.name for stage in stages.STAGES] == ["synthesize", "templify", "mix", "export", "release"]
     from hf_ipt.config import RecipeConfig
 
     sections = {f.name for f in dataclasses.fields(RecipeConfig)}  # `release` is a recipe section too

@@ -83,7 +83,8 @@ def test_help_lists_every_command_and_every_recipe_key(capsys):
         ("synthesize", {"source", "chunk", "synth", "run", "build_tiny_model"}),
         ("templify", {"templify", "quality", "run"}),
         ("mix", {"mix", "mix_sources", "templify", "run"}),
-        ("push", {"release", "release_to", "card", "quality", "run"}),
+        ("export", {"export", "mix", "templify", "run"}),
+        ("push", {"release", "release_to", "card", "quality", "export", "run"}),  # export.in_release
     ],
 )
 def test_each_command_help_lists_only_the_recipe_sections_it_reads(capsys, command, sections):

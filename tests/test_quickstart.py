@@ -140,3 +140,35 @@ def test_the_quickstart_card_reads_for_a_hub_visitor(releases):
     # stats.json says what the card says
     assert stats["statistics"]["example"]["index"] == index
     assert [c["name"] for c in stats["statistics"]["columns"]] == data.column_names
+
+
+def test_the_quickstart_with_export_formats_writes_the_released_ids_for_olmo_core_and_megatron(
+    releases, tiny_tokenizer, tmp_path
+):
+    """`hf-ipt run recipes/quickstart.yaml --export.formats '[olmo_core, megatron]'` on the finished run: the stages
+    before are reused, the release's data bytes stay what they were, and both formats hold exactly the tokenizer's ids
+    of every released row, in release order, read back by megatron-core and OLMo-core themselves."""
+    import pyarrow.parquet as pq
+
+    from hf_ipt.export import paste_lines
+    from hf_ipt.testing import read_with_megatron, read_with_olmo_core
+
+    cli = releases[0]
+    before = sha256(cli / DATA)
+    here = os.getcwd()
+    os.chdir(cli.parent.parent)
+    try:
+        recipe = str(REPO / "recipes" / "quickstart.yaml")
+        args = ["run", recipe, "-q", "--run.output_dir", "cli", "--export.formats", "[olmo_core, megatron]"]
+        assert main(args) == 0
+    finally:
+        os.chdir(here)
+    assert sha256(cli / DATA) == before
+    texts = pq.read_table(cli / DATA).column("text").to_pylist()
+    expected = [list(tiny_tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+    export = cli.parent / "export"
+    report = hf_ipt.RunFolder(str(cli.parent)).stage("export").report()
+    assert report["tokens"] == sum(map(len, expected)) and report["rows"] == len(texts)
+    assert read_with_megatron([str(export / "megatron" / "train-00000")]) == expected
+    lines = paste_lines(report, str(export))["olmo_core"]
+    assert read_with_olmo_core(lines, sequence_length=512, work_dir=str(tmp_path))["documents"] == expected

@@ -32,7 +32,7 @@ from hf_ipt.redaction import process_command, redact, scrub, secret_values
 from hf_ipt.release.card import ReleaseInfo, sidecar_dir
 from hf_ipt.release.plots import render_plots
 from hf_ipt.release.statistics import compute_statistics
-from hf_ipt.store import json_bytes
+from hf_ipt.store import FileCopy, json_bytes
 from hf_ipt.version import __version__
 
 REPORT_FORMAT = 1  # the layout of stats.json
@@ -88,6 +88,7 @@ def config_report(
         },
         "statistics": dict(statistics) if statistics is not None else compute_statistics(splits, info),
         "quality": plain(info.quality) if info.quality is not None else quality_of_splits(splits),
+        **({"export": plain(info.export)} if info.export_files else {}),
         "files": {},
     }
 
@@ -134,7 +135,8 @@ class ReleaseBundle:
     config_name: str
     splits: dict[str, Any]
     report: dict[str, Any]  # stats.json, with report["files"] naming the sidecar files
-    files: dict[str, bytes] = field(default_factory=dict)  # {path in the repo: content}, stats.json included
+    # {path in the repo: content}, stats.json included; the export's token files are FileCopy's, never read whole
+    files: dict[str, bytes | FileCopy] = field(default_factory=dict)
     command: str | None = None  # the command given (an hf-ipt command line): the one that resumes a failed push
 
     @property
@@ -203,7 +205,7 @@ def build_bundle(
     report = redact(report, secrets)
     folder = sidecar_dir(config_name)
     listed: dict[str, Any] = {"stats": f"{folder}/stats.json", "recipe": None, "plots": {}}
-    files: dict[str, bytes] = {}
+    files: dict[str, bytes | FileCopy] = {}
     recipe = recipe_text(info.recipe, secrets)
     if recipe is not None:
         listed["recipe"] = f"{folder}/recipe.yaml"
@@ -219,6 +221,9 @@ def build_bundle(
             for key, path in render_quality_plots(report["quality"], Path(workdir)).items():
                 listed["quality_plots"][key] = f"{folder}/plots/{path.name}"
                 files[listed["quality_plots"][key]] = path.read_bytes()
+    if info.export_files:  # the export's token files, copied block by block by the destination
+        listed["export"] = sorted(f"{folder}/export/{relative}" for relative in info.export_files)
+        files.update({f"{folder}/export/{relative}": copy for relative, copy in info.export_files.items()})
     report["files"] = listed
     files[listed["stats"]] = json_bytes(report)
     return ReleaseBundle(config_name=config_name, splits=splits, report=report, files=files, command=info.command)

@@ -33,6 +33,7 @@ from hf_ipt.quality import card_view as quality_card_view
 from hf_ipt.quality import warnings_of as quality_warnings
 from hf_ipt.redaction import scrub
 from hf_ipt.release.plots import PLOT_FILES
+from hf_ipt.release.training import training_view
 from hf_ipt.validation import check_fields
 
 DEFAULT_TEMPLATE = "hf_ipt_dataset_card.md"
@@ -211,6 +212,16 @@ class ReleaseInfo:
     tokenizer: Any = field(
         default=None,
         metadata=_help("Tokenizer (name, path or object) to count tokens of the text column; None counts characters."),
+    )
+    export: Mapping[str, Any] | None = field(
+        default=None, metadata=_help("Report of the export stage whose files this config carries (see export_files).")
+    )
+    export_files: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata=_help(
+            "Token files released with this config, {path under release_info/<config>/export/: hf_ipt.store.FileCopy}"
+            ", copied block by block."
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -665,6 +676,7 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
     view["counts"] = _counts(report)
     view["left_out"] = _left_out(provenance.get("mixing_report"))
     view["structure"] = _structure(stats)
+    view["training"] = training_view(report, sidecar_dir(view["name"]))
 
     plots = (report.get("files") or {}).get("plots") or {}
     view["plots"] = [

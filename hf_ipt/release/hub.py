@@ -61,6 +61,7 @@ from huggingface_hub.utils import validate_repo_id
 from hf_ipt.redaction import scrub
 from hf_ipt.release.bundle import ReleaseBundle, build_bundle
 from hf_ipt.release.card import RELEASE_INFO_DIR, CardOptions, ReleaseInfo, render_card, sidecar_dir
+from hf_ipt.store import FileCopy
 from hf_ipt.validation import check_fields
 from hf_ipt.version import __version__
 
@@ -667,7 +668,9 @@ def _commit_card(
     written: list[str] = []
     for name, contents in sidecars.items():
         for path_in_repo, content in contents.items():
-            operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=content))
+            # the export's token files are uploaded from where they lie, never read whole into memory
+            body = content.readable() if isinstance(content, FileCopy) else content
+            operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=body))
             written.append(path_in_repo)
         # files of an earlier release of this config that this release does not produce (e.g. a plot without data)
         folder = sidecar_dir(name)
@@ -698,8 +701,8 @@ def _commit_card(
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_text.encode("utf-8")))
     written.append("README.md")
     for operation in operations:
-        if isinstance(operation, CommitOperationAdd):
-            body = operation.path_or_fileobj
+        if isinstance(operation, CommitOperationAdd) and isinstance(operation.path_or_fileobj, bytes):
+            body = operation.path_or_fileobj  # what hf-ipt rendered (card, stats, recipe); token files are ids
             if any(secret and secret.encode() in body for secret in secrets):
                 raise RuntimeError(f"refusing to upload {operation.path_in_repo}: it contains the Hub token")
 

@@ -10,20 +10,23 @@ they make what `hf-ipt run` makes:
     SynthesizeStage(source, synth, chunk=chunk).run(run)
     TemplifyStage(templify_config).run(run)
     MixStage(mix_config, mix_sources).run(run)
+    ExportStage(export_config, mix_config.tokenizer).run(run)      # when export.formats names any
     ReleaseStage(release_config, to="local", card=card).run(run)
 """
 
 from hf_ipt.stages.base import CommandOptions, Stage, StageContext, StageOutput, StageSummary, run_stage
+from hf_ipt.stages.export import ExportStage
 from hf_ipt.stages.mix import MixStage
 from hf_ipt.stages.release import ReleaseStage, release_info
 from hf_ipt.stages.synthesize import SynthesizeStage
 from hf_ipt.stages.templify import TemplifyStage
 
-STAGES: tuple[type[Stage], ...] = (SynthesizeStage, TemplifyStage, MixStage, ReleaseStage)
+STAGES: tuple[type[Stage], ...] = (SynthesizeStage, TemplifyStage, MixStage, ExportStage, ReleaseStage)
 
 __all__ = [
     "STAGES",
     "CommandOptions",
+    "ExportStage",
     "MixStage",
     "ReleaseStage",
     "Stage",

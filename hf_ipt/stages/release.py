@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -25,11 +26,29 @@ from hf_ipt.release.bundle import build_bundle
 from hf_ipt.release.card import CardOptions, ReleaseInfo, SourceInfo, SynthesizerInfo, template_arguments
 from hf_ipt.release.hub import ReleaseConfig, publish_release
 from hf_ipt.release.local import check_local_version, release_files
-from hf_ipt.stages.base import NO_OPTIONS, CommandOptions, Stage, StageContext, StageOutput, StageSummary
+from hf_ipt.stages.base import (
+    NO_OPTIONS,
+    CommandOptions,
+    Stage,
+    StageContext,
+    StageOutput,
+    StageSummary,
+    finished_upstream,
+    stage_identity,
+)
+from hf_ipt.stages.export import ExportStage
 from hf_ipt.stages.mix import MixStage
 from hf_ipt.stages.synthesize import SynthesizeStage
 from hf_ipt.stages.templify import TemplifyStage
-from hf_ipt.store import RunFolder, StageFolder, config_to_dict, file_damage
+from hf_ipt.store import (
+    FileCopy,
+    IncompleteRunError,
+    RunFolder,
+    StageFolder,
+    config_to_dict,
+    file_damage,
+    fingerprint,
+)
 from hf_ipt.validation import ConfigError, Problem
 
 CARD_FILE = "README.md"  # a release's card, in the Hub's layout
@@ -45,6 +64,8 @@ class ReleaseStage(Stage):
         reads: the stage whose output is released: `MixStage` (the default), or `TemplifyStage` for a run without a
             mix.
         command: the command line recorded in the card (the CLI passes its own).
+        export: the export stage whose committed files the release carries (`export.in_release`), under
+            `release_info/<config>/export/`, with the card's "Training on this release"; None: no token files.
 
     Example:
         >>> ReleaseStage(ReleaseConfig(repo_id="local/x", version="v0.1"), to="local").identity()["release_to"]
@@ -55,7 +76,7 @@ class ReleaseStage(Stage):
     command_name: ClassVar[str] = "push"
     description: ClassVar[str] = "write the release (dataset, card, plots) to the Hub or to a local folder"
     folder: ClassVar[str] = "release"
-    sections: ClassVar[tuple[str, ...]] = ("release", "release_to", "card", "quality", "run")
+    sections: ClassVar[tuple[str, ...]] = ("release", "release_to", "card", "quality", "export", "run")
     optional: ClassVar[bool] = False
     missing: ClassVar[str] = (
         "this recipe has no `release` section (repo_id, version, config_name); add one, or run the stages before the "
@@ -70,33 +91,45 @@ class ReleaseStage(Stage):
         card: CardOptions | None = None,
         reads: type[Stage] = MixStage,
         command: str | None = None,
+        export: ExportStage | None = None,
     ) -> None:
         if to not in ("hub", "local"):
             raise ValueError(f"release_to must be 'hub' or 'local', got {to!r}")
         if reads not in (MixStage, TemplifyStage):
             raise ValueError(f"a release reads the output of MixStage or TemplifyStage, got {reads!r}")
         self.config, self.to, self.card, self.reads, self.command = config, to, card or CardOptions(), reads, command
+        self.export = export
 
     @classmethod
     def from_recipe(cls, recipe: RecipeConfig, options: CommandOptions = NO_OPTIONS) -> ReleaseStage | None:
         """The stage of the recipe's `release`, `release_to` and `card` sections; it releases the mix, or the
-        templified texts when the recipe has no mix. None when the recipe has no `release` section."""
+        templified texts when the recipe has no mix, and the export's files when `export.in_release`. None when the
+        recipe has no `release` section."""
         if recipe.release is None:
             return None
         reads = MixStage if recipe.mix is not None else TemplifyStage
-        return cls(recipe.release, to=recipe.release_to, card=recipe.card, reads=reads, command=options.command)
+        export = ExportStage.from_recipe(recipe, options) if recipe.export.in_release else None
+        return cls(
+            recipe.release, to=recipe.release_to, card=recipe.card, reads=reads, command=options.command, export=export
+        )
 
     def identity(self) -> dict[str, Any]:
-        return {
+        identity = {
             "release": {k: v for k, v in config_to_dict(self.config).items() if k != "token"},
             "release_to": self.to,
             "card": config_to_dict(self.card),
         }
+        if self.export is not None:  # the export's files follow from the released data (upstream) and these
+            identity["export"] = self.export.identity()
+        return identity
 
     def settings(self) -> dict[str, Any]:
         release = config_to_dict(self.config)
         release["token"] = "<not recorded>" if self.config.token is not None else None
-        return {"release": release, "release_to": self.to, "card": config_to_dict(self.card)}
+        settings = {"release": release, "release_to": self.to, "card": config_to_dict(self.card)}
+        if self.export is not None:
+            settings.update(self.export.settings())
+        return settings
 
     def checks(self, run: RunConfig, built_later: set[str]) -> list[Check]:
         found = [Check("release settings and card template", self.settings_problems)]
@@ -131,6 +164,9 @@ class ReleaseStage(Stage):
                 raise ConfigError(edited_card_message(context.output))
         data = context.upstream.load()
         info = release_info(context.run, reads=self.reads, release=self.settings(), command=self.command)
+        if self.export is not None:
+            report, files = self.exported(context)
+            info = dataclasses.replace(info, export=report, export_files=files)
         if self.to == "hub":
             result = publish_release(data, self.config, info=info, card=self.card)
             report = {"url": result.url, "commit": result.commit, "version": result.version}
@@ -152,6 +188,22 @@ class ReleaseStage(Stage):
         tokens = ((bundle.report["statistics"].get("text") or {}).get("tokens") or {}).get("total")
         report = {"files": bundle.report["files"], "tokens": tokens, "plots": len(bundle.report["files"]["plots"])}
         return StageOutput(report=report, data=bundle.splits, files=files)
+
+    def exported(self, context: StageContext) -> tuple[dict[str, Any], dict[str, FileCopy]]:
+        """The committed export of the data this release releases: its report and its files (to be copied). An
+        IncompleteRunError naming the command when it is missing, damaged, or made from other data or settings."""
+        folder = context.folder.stage(ExportStage.folder)
+        finished_upstream(folder, ExportStage)
+        marker = folder.marker() or {}
+        if marker.get("fingerprint") != fingerprint(
+            stage_identity(self.export, context.folder, context.run.resume_ignore)
+        ):
+            raise IncompleteRunError(
+                f"{folder.url} holds an export made from other data or settings than this release's; run `hf-ipt "
+                "export` with this recipe (or `hf-ipt run`) to export the data being released"
+            )
+        checksums = marker.get("checksums") or {}
+        return marker.get("extra") or {}, {rel: FileCopy(folder, rel, checksums[rel]) for rel in sorted(checksums)}
 
     def summarize(self, report: Mapping[str, Any], summary: StageSummary, output: StageFolder) -> None:
         config = self.config

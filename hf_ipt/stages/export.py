@@ -1,0 +1,193 @@
+"""The export stage: the released rows (the mix, or the templified texts when the run has no mix: exactly the rows
+the release holds, in its order) tokenized once with the mix's tokenizer and written in each format of
+`export.formats`, under `run.output_dir/export/<format>/` (`hf_ipt.export`).
+
+Reads the released stage's rows batch by batch (text, and the mix's `num_tokens` and `source`); each row's ids are
+`tokenizer(text, add_special_tokens=False)["input_ids"]` and must have the count the mix recorded. The writers stream
+their files part by part through temporary files; the driver commits them with every file's size and SHA-256, so a
+killed export is redone from the start (to the same bytes) and a damaged file is found and the export redone. Its
+report holds, per format, the files and what a trainer needs (dtype, dataset names), the tokenizer's facts and the
+rows and tokens per source; the release copies the files and shows the lines to paste when `export.in_release`.
+
+Example:
+    >>> ExportStage(ExportConfig(formats=["olmo_core"]), "output/tiny-synthesizer").run(run).figures["tokens"]
+    ... # doctest: +SKIP
+    131072
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from hf_ipt.columns import NUM_TOKENS
+from hf_ipt.config import AUGMENTED_SOURCE, RecipeConfig, RunConfig
+from hf_ipt.export import (
+    FORMATS,
+    ExportConfig,
+    ExportSettings,
+    TokenBatch,
+    TokenizerFacts,
+    paste_lines,
+    token_batches,
+)
+from hf_ipt.preflight import Check, missing_package
+from hf_ipt.stages.base import NO_OPTIONS, CommandOptions, InPlace, Stage, StageContext, StageOutput, StageSummary
+from hf_ipt.stages.mix import MixStage
+from hf_ipt.stages.templify import TemplifyStage
+from hf_ipt.store import StageFolder, config_to_dict
+from hf_ipt.tokenization import FastEncoder, load_tokenizer, tokenizer_name
+from hf_ipt.validation import ConfigError, Problem
+
+DEFAULT_DATASET_NAME = "hf_ipt"  # LLaMA-Factory's dataset name when the recipe has no release config name
+
+
+class ExportStage(Stage):
+    """Write the released rows as token files for pre-training frameworks.
+
+    Args:
+        config: the export's settings (`ExportConfig`: formats, files' size, batch size, whether they are released).
+        tokenizer: the tokenizer the mix counted with (`mix.tokenizer`; `templify.target_tokenizer` without a mix):
+            a name, a path or a tokenizer object.
+        reads: the stage whose rows are released: `MixStage` (the default) or `TemplifyStage` for a run without a mix.
+        dataset_name: the dataset's name in LLaMA-Factory's dataset_info.json (the release's config name).
+        count_column: the column of the mix's token counts, checked row by row (None: no check).
+
+    Example:
+        >>> ExportStage(ExportConfig(formats=["megatron"]), "gpt2").identity()["export"]["formats"]
+        ['megatron']
+    """
+
+    name: ClassVar[str] = "export"
+    description: ClassVar[str] = (
+        "write the released rows as the token files OLMo-core, Megatron and LLaMA-Factory read"
+    )
+    folder: ClassVar[str] = "export"
+    sections: ClassVar[tuple[str, ...]] = ("export", "mix", "templify", "run")
+    missing: ClassVar[str] = (
+        "this recipe's export.formats is empty; name the formats to write, e.g. --export.formats "
+        "'[olmo_core, megatron]'"
+    )
+
+    def __init__(
+        self,
+        config: ExportConfig,
+        tokenizer: Any,
+        *,
+        reads: type[Stage] = MixStage,
+        dataset_name: str = DEFAULT_DATASET_NAME,
+        count_column: str | None = NUM_TOKENS,
+    ) -> None:
+        if reads not in (MixStage, TemplifyStage):
+            raise ValueError(f"an export reads the output of MixStage or TemplifyStage, got {reads!r}")
+        self.config, self.tokenizer, self.reads = config, tokenizer, reads
+        self.dataset_name, self.count_column = dataset_name, count_column
+
+    @classmethod
+    def from_recipe(cls, recipe: RecipeConfig, options: CommandOptions = NO_OPTIONS) -> ExportStage | None:
+        """The stage of the recipe's `export` section, reading what the release releases (the mix, else the
+        templified texts) with the tokenizer that counted it; None when `export.formats` is empty."""
+        if not recipe.export.formats:
+            return None
+        name = recipe.release.config_name if recipe.release is not None else DEFAULT_DATASET_NAME
+        if recipe.mix is not None:
+            return cls(
+                recipe.export, recipe.mix.tokenizer, dataset_name=name, count_column=recipe.mix.token_count_column
+            )
+        return cls(
+            recipe.export, recipe.templify.target_tokenizer, reads=TemplifyStage, dataset_name=name, count_column=None
+        )
+
+    @property
+    def tokenizer_key(self) -> str:
+        """The recipe key the tokenizer comes from (named in messages)."""
+        return "mix.tokenizer" if self.reads is MixStage else "templify.target_tokenizer"
+
+    def identity(self) -> dict[str, Any]:
+        name = self.tokenizer if isinstance(self.tokenizer, str) else tokenizer_name(self.tokenizer)
+        return {"export": self.config.identity(), "tokenizer": name, "dataset_name": self.dataset_name}
+
+    def settings(self) -> dict[str, Any]:
+        return {"export": config_to_dict(self.config)}
+
+    def checks(self, run: RunConfig, built_later: set[str]) -> list[Check]:
+        found = [Check("export tokenizer", self.tokenizer_problems)]
+        for name in self.config.formats:
+            for module, purpose in FORMATS[name].packages:
+                found.append(
+                    Check(f"{purpose}: {module}", lambda m=module, p=purpose: missing_package("export.formats", m, p))
+                )
+        return found
+
+    def tokenizer_problems(self) -> list[Problem]:
+        """The export needs the tokenizer the released rows were counted with; without a mix that is
+        templify.target_tokenizer, which may be unset."""
+        if self.tokenizer is not None:
+            return []
+        return [
+            Problem(
+                self.tokenizer_key,
+                "unset, so the export has no tokenizer to write the released texts' token ids with",
+                f"set {self.tokenizer_key} to the tokenizer of the model to be trained, or empty export.formats",
+            )
+        ]
+
+    def compute(self, context: StageContext) -> StageOutput:
+        problems = self.tokenizer_problems()
+        if problems:
+            raise ConfigError(f"{problems[0].key}: {problems[0].found}; {problems[0].fix}")
+        tokenizer = load_tokenizer(self.tokenizer, key=self.tokenizer_key)
+        name = self.tokenizer if isinstance(self.tokenizer, str) else tokenizer_name(tokenizer)
+        facts = TokenizerFacts.from_tokenizer(tokenizer, name)
+        settings = ExportSettings(facts, self.config.tokens_per_file, self.dataset_name)
+        encoder = FastEncoder(tokenizer)
+        released = context.upstream.load()
+        context.output.discard()  # the old marker first, then every file of the previous export
+        tally: dict[str, dict[str, int]] = {}
+        with contextlib.ExitStack() as stack:
+            writers = [
+                stack.enter_context(FORMATS[format](context.output, settings)) for format in self.config.formats
+            ]
+            for split, rows in released.items():
+                batches = token_batches(
+                    rows,
+                    encoder,
+                    batch_size=self.config.batch_size,
+                    default_source=AUGMENTED_SOURCE,
+                    count_column=self.count_column,
+                )
+                for batch in batches:
+                    count_sources(batch, tally)
+                    for writer in writers:
+                        writer.add(split, batch)
+            entries = {writer.name: writer.close() for writer in writers}
+        checksums = {relative: value for writer in writers for relative, value in writer.checksums.items()}
+        num_rows = {split: len(rows) for split, rows in released.items()}
+        report = {
+            "tokenizer": facts.to_dict(),
+            "rows": sum(num_rows.values()),
+            "tokens": sum(entry["tokens"] for entry in tally.values()),
+            "sources": tally,
+            "counts_checked": self.count_column is not None,
+            "formats": entries,
+        }
+        return StageOutput(report=report, in_place=InPlace({}, num_rows, checksums))
+
+    def summarize(self, report: Mapping[str, Any], summary: StageSummary, output: StageFolder) -> None:
+        if not report:
+            return
+        summary.figures["tokens"] = report.get("tokens")
+        summary.figures["tokens by source"] = ", ".join(
+            f"{name} {entry['tokens']:,}" for name, entry in (report.get("sources") or {}).items()
+        )
+        summary.figures["formats"] = ", ".join(report.get("formats") or {})
+        summary.note = "\n".join(f"{name}:\n{text}" for name, text in paste_lines(report, output.url).items())
+
+
+def count_sources(batch: TokenBatch, tally: dict[str, dict[str, int]]) -> None:
+    """Add a batch's rows and tokens to `tally` ({source: {"rows", "tokens"}})."""
+    for source, tokens in zip(batch.sources, batch.lengths.tolist(), strict=True):
+        entry = tally.setdefault(source, {"rows": 0, "tokens": 0})
+        entry["rows"] += 1
+        entry["tokens"] += tokens
