@@ -39,7 +39,7 @@ from hf_ipt.language import ENGLISH, MOSTLY_ENGLISH, detect_languages, language_
 from hf_ipt.markers import DEFAULT_MODEL
 from hf_ipt.pipeline import run as run_stages
 from hf_ipt.preflight import first_line, hub_down
-from hf_ipt.stages import MixStage, ReleaseStage, SynthesizeStage, TemplifyStage
+from hf_ipt.stages import STAGES, MixStage, SynthesizeStage, TemplifyStage
 from hf_ipt.stages.base import duration
 
 DEFAULT_BATCHES = 2  # synthesis batches the trial runs (--rows overrides)
@@ -335,7 +335,7 @@ def measure(trial: RecipeConfig, sample: int) -> Estimate:
     result.continuous = streams and synth.scheduling == "continuous" and synth.rounds > 1
     templify = folder.stage(TemplifyStage.folder).report()
     result.texts = sum(int(s.get("texts", 0)) for s in (templify.get("statistics") or {}).values())
-    for stage in (SynthesizeStage, TemplifyStage, MixStage, ReleaseStage):
+    for stage in STAGES:  # every stage the recipe runs, the export's token files included
         size = _folder_bytes(folder.stage(stage.folder))
         if size:
             result.stage_bytes[stage.folder] = size
