@@ -116,7 +116,9 @@ def test_version_prints_the_installed_version(capsys):
 def test_no_command_prints_a_traceback_without_verbose(tmp_path, tiny_model_path, capsys, monkeypatch):
     recipe = write_recipe(tmp_path, tiny_model_path, "failing")
     missing = str(tmp_path / "no-such.yaml")
-    cases = [[command, missing] for command in ("run", "synthesize", "templify", "mix", "push", "status", "check")]
+    cases = [
+        [command, missing] for command in ("run", "synthesize", "templify", "mix", "export", "push", "status", "check")
+    ]
     cases += [
         ["config", missing],
         ["estimate", missing],
@@ -168,7 +170,7 @@ def test_a_mistyped_local_folder_is_no_such_folder_never_a_hub_lookup(tmp_path, 
 
 
 def test_help_pages_are_short(capsys):
-    for command in ("run", "synthesize", "check", "estimate", "report"):
+    for command in ("run", "synthesize", "check", "estimate", "export", "report"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         lines = capsys.readouterr().out.splitlines()
