@@ -245,15 +245,17 @@ class RunConfig:
             "per GPU, or a share of the cores each); other machines can join by hand with --worker-index / "
             "--num-workers. `ray`: run.num_workers Ray tasks on the cluster at run.ray_address, each loading the "
             "input itself and writing its shards to run.output_dir (storage every worker reaches); a task whose "
-            "process dies is retried and its unfinished shard redone. Templify, mix and release run once, here."
+            "process dies is retried and its unfinished shard redone. Templify and mix run their shards on the same "
+            "executor (no GPU); the export and the release run here."
         },
     )
     num_workers: int = field(
         default=1,
         metadata={
-            "help": "Workers sharing the synthesis shards (worker i takes shards i, i+n, ...). With executor local: "
-            "processes on this machine, each pinned to its GPUs (tensor_parallel_size × pipeline_parallel_size per "
-            "process) or its share of the cores. With executor ray: Ray tasks.",
+            "help": "Workers sharing the synthesis shards, then templify's and the mix's (worker i takes shards i, "
+            "i+n, ...). With executor local: processes on this machine, each pinned to its GPUs "
+            "(tensor_parallel_size × pipeline_parallel_size per process) or its share of the cores. With executor "
+            "ray: Ray tasks.",
             "min": 1,
         },
     )

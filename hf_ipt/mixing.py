@@ -13,7 +13,10 @@ naming the sources and how to format them alike (`prepare_source` with the targe
 
 `datasets.interleave_datasets` samples by example probability, so a 1:1 ratio of examples is not a 1:1 ratio of
 tokens. Here every source is counted (`count_tokens`, a cached `Dataset.map`), then whole examples are selected so
-that each source's share of the mix's tokens matches the requested share.
+that each source's share of the mix's tokens matches the requested share (`select_mix`). The selection reads only
+the counts, block by block, and takes its working arrays from an allocator: the mix stage
+(`hf_ipt.stages.MixStage`) counts in shards, keeps the counts and selections in memory-mapped files
+(`DiskArrays`), and makes `mix`'s rows, in `mix`'s order, in bounded memory.
 
 What "within tolerance" means: with requested weights w_i, the requested share of source i is s_i = w_i / sum(w);
 the achieved share is a_i = tokens selected from i / tokens in the mix. The mix is within tolerance when
@@ -59,11 +62,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
 import typing
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -378,8 +385,7 @@ def empty_dataset(features: Any) -> Any:
     return Dataset.from_dict({name: [] for name in features}, features=features)
 
 
-def _check_text_feature(dataset: Any, text_column: str, what: str) -> None:
-    features = getattr(dataset, "features", None)
+def _check_text_feature(features: Any, text_column: str, what: str) -> None:
     if features is None:  # a stream with unknown features: checked row by row by TokenCounter
         return
     if text_column not in features:
@@ -422,7 +428,7 @@ def count_tokens(
 
     counter = tokenizer if isinstance(tokenizer, TokenCounter) else TokenCounter(tokenizer, text_column, count_column)
     if isinstance(dataset, IterableDataset):
-        _check_text_feature(dataset, counter.text_column, "the dataset")
+        _check_text_feature(dataset.features, counter.text_column, "the dataset")
         return dataset.map(
             counter.count_batch, batched=True, batch_size=batch_size, input_columns=[counter.text_column]
         )
@@ -431,7 +437,7 @@ def count_tokens(
             f"count_tokens needs a datasets.Dataset or IterableDataset, got {type(dataset).__name__}"
             + ("; pick a split first, e.g. dataset['train']" if isinstance(dataset, Mapping) else "")
         )
-    _check_text_feature(dataset, counter.text_column, "the dataset")
+    _check_text_feature(dataset.features, counter.text_column, "the dataset")
     features = Features({**dataset.features, counter.count_column: Value("int64")})
     if dataset.num_rows == 0:
         return empty_dataset(features)
@@ -524,35 +530,113 @@ def prepare_source(
     """
     from datasets import Dataset, IterableDataset
 
-    label = f"source {name!r}" if name else "the source"
-    if kind not in SOURCE_KINDS:
-        raise ValueError(f"{label}: kind must be one of {list(SOURCE_KINDS)}, got {kind!r}")
+    preparer = SourcePreparer(kind, text_column, target_format, question_column, response_column, name=name)
     if not isinstance(dataset, Dataset | IterableDataset):
         hint = "; pick a split first, e.g. dataset['train']" if isinstance(dataset, Mapping) else ""
-        raise TypeError(f"{label} must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}{hint}")
-    streaming = isinstance(dataset, IterableDataset)
-    if kind == GENERAL_INSTRUCTIONS:
-        function: Any = GeneralInstructionFormatter(
-            question_column or "question", response_column or "response", text_column, target_format
+        raise TypeError(
+            f"{preparer.label} must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}{hint}"
         )
+    if preparer.changes_nothing:
+        return dataset
+    streaming = isinstance(dataset, IterableDataset)
+    if preparer.formatter is not None:
         if dataset.column_names is not None:  # a stream of unknown columns is checked batch by batch
-            function.check_columns(dataset.column_names)
+            preparer.formatter.check_columns(dataset.column_names)
         if not streaming and dataset.num_rows == 0:
-            return empty_dataset(function.output_features(dataset.features))
-        input_columns = None
-        desc = f"Formatting general instructions of {label}"
+            return empty_dataset(preparer.formatter.output_features(dataset.features))
     else:
-        function = TextWrapper(text_column, target_format)
-        if not (target_format.bos or target_format.eos):
-            return dataset
-        _check_text_feature(dataset, text_column, label)
-        function, input_columns = function.wrap_texts, [text_column]
-        desc = f"Wrapping the texts of {label} with the target BOS/EOS"
+        _check_text_feature(dataset.features, text_column, preparer.label)
+    function, input_columns, desc = preparer.map_arguments()
     if streaming:
         return dataset.map(function, batched=True, batch_size=batch_size, input_columns=input_columns)
     return dataset.with_format(None).map(
         function, batched=True, batch_size=batch_size, input_columns=input_columns, desc=desc
     )
+
+
+class SourcePreparer:
+    """How one corpus is formatted for the mix, so that its texts look like the augmented ones: what
+    `prepare_source` maps over a whole dataset, also applicable to an Arrow table of any of its rows (`apply`), as
+    the mix stage prepares a source shard by shard. See `prepare_source` for the kinds.
+
+    Example:
+        >>> preparer = SourcePreparer("raw", "text", TargetFormat("<s>", "</s>"))
+        >>> preparer.apply(pa.table({"text": ["a", " "]})).column("text").to_pylist()
+        ['<s>a</s>', ' ']
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        text_column: str,
+        target_format: TargetFormat,
+        question_column: str | None = None,
+        response_column: str | None = None,
+        *,
+        name: str = "",
+    ) -> None:
+        self.label = f"source {name!r}" if name else "the source"
+        if kind not in SOURCE_KINDS:
+            raise ValueError(f"{self.label}: kind must be one of {list(SOURCE_KINDS)}, got {kind!r}")
+        self.text_column = text_column
+        self.formatter: GeneralInstructionFormatter | None = None
+        self.wrapper: TextWrapper | None = None
+        if kind == GENERAL_INSTRUCTIONS:
+            self.formatter = GeneralInstructionFormatter(
+                question_column or "question", response_column or "response", text_column, target_format
+            )
+        elif target_format.bos or target_format.eos:
+            self.wrapper = TextWrapper(text_column, target_format)
+
+    @property
+    def changes_nothing(self) -> bool:
+        """A raw corpus with an empty target format is mixed as it is."""
+        return self.formatter is None and self.wrapper is None
+
+    def features(self, features: Any) -> Any:
+        """The `datasets.Features` of the prepared rows for a source of `features`; the errors `prepare_source`
+        raises for a missing or clashing column."""
+        if self.formatter is not None:
+            self.formatter.check_columns(list(features))
+            return self.formatter.output_features(features)
+        if self.wrapper is not None:
+            _check_text_feature(features, self.text_column, self.label)
+        return features
+
+    def map_arguments(self) -> tuple[Any, list[str] | None, str]:
+        """(function, input_columns, desc) of the `Dataset.map` that prepares a whole dataset."""
+        if self.formatter is not None:
+            return self.formatter, None, f"Formatting general instructions of {self.label}"
+        assert self.wrapper is not None
+        return (
+            self.wrapper.wrap_texts,
+            [self.text_column],
+            f"Wrapping the texts of {self.label} with the target BOS/EOS",
+        )
+
+    def apply(self, table: pa.Table, batch_size: int = 1000) -> pa.Table:
+        """The rows of `table` prepared: what the map writes for them, the other columns kept as they are. Converts
+        only the columns it reads to Python, `batch_size` rows at a time."""
+        if self.changes_nothing:
+            return table
+        if self.formatter is not None:
+            read = (self.formatter.question_column, self.formatter.response_column)
+            written: dict[str, list[Any]] = {self.text_column: [], FORMAT_STATUS: [], FORMAT_ERROR: []}
+            for start in range(0, table.num_rows, batch_size):
+                piece = table.slice(start, batch_size)
+                out = self.formatter({column: piece.column(column).to_pylist() for column in read})
+                for column, values in written.items():
+                    values.extend(out[column])
+            for column, values in written.items():
+                table = table.append_column(column, pa.array(values, type=pa.string()))
+            return table
+        assert self.wrapper is not None
+        texts: list[Any] = []
+        for start in range(0, table.num_rows, batch_size):
+            piece = table.slice(start, batch_size).column(self.text_column).to_pylist()
+            texts.extend(self.wrapper.wrap_texts(piece)[self.text_column])
+        index = table.column_names.index(self.text_column)
+        return table.set_column(index, self.text_column, pa.array(texts, type=pa.string()))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -634,10 +718,24 @@ class MixConfig:
         },
     )
     num_proc: int | None = field(
-        default=None, metadata={"help": "Processes for token counting (Dataset.map).", "min": 1}
+        default=None,
+        metadata={
+            "help": "Processes for token counting (Dataset.map) in mix(); the mix stage counts its shards on "
+            "run.num_workers workers instead.",
+            "min": 1,
+        },
     )
     batch_size: int = field(
         default=1000, metadata={"help": "Rows per map batch for counting and labelling.", "min": 1}
+    )
+    shard_rows: int = field(
+        default=10_000,
+        metadata={
+            "help": "Rows per shard of the mix stage's work (counting a source, writing the mix), each shard on one "
+            "of run.num_workers workers: a worker holds about one shard of rows in memory at a time, and each data "
+            "file of the mix holds this many rows. The rows and their order do not depend on it.",
+            "min": 1,
+        },
     )
 
     def __post_init__(self) -> None:
@@ -752,11 +850,25 @@ class MixResult(NamedTuple):
     report: MixReport
 
 
-class _SourceCounts(NamedTuple):
-    eligible: np.ndarray  # indices (into the source) of rows that may be mixed
-    counts: np.ndarray  # token count of each eligible row
+class SourceCounts(NamedTuple):
+    """What the selection reads of one source: its eligible rows and their token counts, and what was excluded.
+
+    `eligible` (int64, ascending row indices into the source) and `counts` (int64, each > 0, one per eligible row)
+    may be memory-mapped arrays on disk (the mix stage's), so a source of any size costs no memory here.
+
+    Example:
+        >>> int(SourceCounts(np.array([0, 2]), np.array([5, 7]), 3, {"empty_text": 1}).counts.sum())
+        12
+    """
+
+    eligible: np.ndarray
+    counts: np.ndarray
     rows_total: int
     excluded: dict[str, int]
+
+
+CLASSIFY_ROWS = 65_536  # rows read at a time when classifying a dataset's rows
+SCAN_ROWS = 1 << 20  # positions per block of the selection's passes over a source (8 MB of int64)
 
 
 def _arrow_column(dataset: Any, column: str) -> pa.ChunkedArray | pa.Array:
@@ -764,22 +876,36 @@ def _arrow_column(dataset: Any, column: str) -> pa.ChunkedArray | pa.Array:
     return dataset.with_format("arrow", columns=[column])[:].column(column)
 
 
-def _classify_rows(dataset: Any, name: str, text_column: str, config: MixConfig) -> _SourceCounts:
-    """Eligible rows and their counts; every other row is counted under the first reason that excludes it."""
-    rows_total = len(dataset)
-    excluded_mask = np.zeros(rows_total, dtype=bool)
+def excluded_rows(
+    table: pa.Table, counts: np.ndarray, *, name: str, text_column: str, config: MixConfig
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Which rows of a piece of a source the mix leaves out (a bool per row), and how many for each reason: each row
+    under the first reason that excludes it, in this order: a status column of `config.status_columns` (where the
+    piece has it) other than 'ok', a null text, an empty or whitespace-only text, a text of no tokens. Rows are
+    judged one by one, so the pieces of a source (shards, batches) add up to the whole source's figures.
+
+    Columns read: the status columns present and `text_column`; `counts` are the piece's token counts.
+
+    Example:
+        >>> table = pa.table({"text": ["a", " ", None]})
+        >>> mask, reasons = excluded_rows(table, np.array([1, 1, 0]), name="raw", text_column="text",
+        ...                               config=MixConfig(weights={"raw": 1, "b": 1}, tokenizer="t"))
+        >>> mask.tolist(), reasons
+        ([False, True, True], {'null_text': 1, 'empty_text': 1})
+    """
+    mask = np.zeros(table.num_rows, dtype=bool)
     excluded: dict[str, int] = {}
 
-    def exclude(mask: np.ndarray, reason: str) -> None:
-        new = mask & ~excluded_mask
+    def exclude(hit: np.ndarray, reason: str) -> None:
+        new = hit & ~mask
         if new.any():
             excluded[reason] = excluded.get(reason, 0) + int(new.sum())
-            excluded_mask[:] |= new
+            mask[:] |= new
 
     for status_column in config.status_columns:
-        if status_column not in dataset.column_names:
+        if status_column not in table.column_names:
             continue
-        statuses = _arrow_column(dataset, status_column)
+        statuses = table.column(status_column)
         if statuses.type not in _TEXT_TYPES:
             raise ValueError(
                 f"status column {status_column!r} of source {name!r} must hold strings ('ok' or a reason), got "
@@ -790,19 +916,36 @@ def _classify_rows(dataset: Any, name: str, text_column: str, config: MixConfig)
             matches = pc.is_null(statuses) if value is None else pc.fill_null(pc.equal(statuses, value), False)
             exclude(np.asarray(matches.to_numpy(zero_copy_only=False), dtype=bool), f"{status_column}={value}")
 
-    texts = _arrow_column(dataset, text_column)
+    texts = table.column(text_column)
     if texts.type == pa.null():  # an all-null (or 0-row) column: every row is a null text
         texts = texts.cast(pa.string())
-    null_mask = np.asarray(texts.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    exclude(null_mask, EXCLUDED_NULL_TEXT)
+    exclude(np.asarray(texts.is_null().to_numpy(zero_copy_only=False), dtype=bool), EXCLUDED_NULL_TEXT)
     blank = pc.or_(pc.equal(pc.utf8_length(texts), 0), pc.utf8_is_space(texts))
     exclude(np.asarray(pc.fill_null(blank, False).to_numpy(zero_copy_only=False), dtype=bool), EXCLUDED_EMPTY_TEXT)
-    counts = np.asarray(
-        _arrow_column(dataset, config.token_count_column).to_numpy(zero_copy_only=False), dtype=np.int64
+    exclude(np.asarray(counts) <= 0, EXCLUDED_NO_TOKENS)
+    return mask, excluded
+
+
+def _classify_rows(dataset: Any, name: str, text_column: str, config: MixConfig) -> SourceCounts:
+    """Eligible rows and their counts (read from the token count column), a block of rows at a time."""
+    wanted = [c for c in config.status_columns if c in dataset.column_names] + [text_column, config.token_count_column]
+    view = dataset.with_format("arrow", columns=list(dict.fromkeys(wanted)))
+    eligible, counts, excluded = [], [], Counter()
+    for start in range(0, len(dataset), CLASSIFY_ROWS):
+        table = view[start : start + CLASSIFY_ROWS]
+        piece = np.asarray(table.column(config.token_count_column).to_numpy(zero_copy_only=False), dtype=np.int64)
+        mask, reasons = excluded_rows(table, piece, name=name, text_column=text_column, config=config)
+        kept = np.flatnonzero(~mask)
+        eligible.append(kept + start)
+        counts.append(piece[kept])
+        excluded.update(reasons)
+    empty = np.zeros(0, dtype=np.int64)
+    return SourceCounts(
+        np.concatenate(eligible) if eligible else empty,
+        np.concatenate(counts) if counts else empty,
+        len(dataset),
+        dict(excluded),
     )
-    exclude(counts <= 0, EXCLUDED_NO_TOKENS)
-    eligible = np.flatnonzero(~excluded_mask)
-    return _SourceCounts(eligible, counts[eligible], rows_total, excluded)
 
 
 def _source_rng(seed: int, name: str) -> np.random.Generator:
@@ -810,211 +953,276 @@ def _source_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode("utf-8"))]))
 
 
-def _select_for_target(counts: np.ndarray, target: float, rng: np.random.Generator) -> np.ndarray:
-    """Positions (into `counts`) of whole examples whose token total is as close to `target` as a seeded first-fit
-    pass allows: the shuffled prefix that fits, then every later example (same order) that still fits, then the single
-    addition or swap of one leftover example that brings the total closest to the target."""
-    order = rng.permutation(len(counts))
-    running = np.cumsum(counts[order])
-    taken = int(np.searchsorted(running, target, side="right"))
-    chosen = list(order[:taken])
-    deficit = target - (float(running[taken - 1]) if taken else 0.0)
+Allocate = Callable[[int, Any], np.ndarray]
+
+
+def allocate_in_memory(length: int, dtype: Any) -> np.ndarray:
+    """An array of `length` items of `dtype` in memory: how `select_for_target` and `select_mix` get their working
+    arrays by default (the mix stage gives them memory-mapped files instead).
+
+    Example:
+        >>> allocate_in_memory(3, np.int64).shape
+        (3,)
+    """
+    return np.empty(length, dtype=dtype)
+
+
+class DiskArrays:
+    """Allocates arrays as memory-mapped `.npy` files in `folder` (local disk): what the mix stage gives
+    `select_mix`, so counts, orders and selections of any size live on disk, paged in as they are read.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     DiskArrays(folder)(4, np.int64).shape
+        (4,)
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def __call__(self, length: int, dtype: Any) -> np.ndarray:
+        if length == 0:  # a file cannot map 0 bytes
+            return np.zeros(0, dtype=dtype)
+        handle, path = tempfile.mkstemp(suffix=".npy", prefix="array-", dir=self.folder)  # never another's file
+        os.close(handle)
+        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(length,))
+
+
+def random_order(length: int, rng: np.random.Generator, allocate: Allocate = allocate_in_memory) -> np.ndarray:
+    """`rng.permutation(length)` (the same draws, the same order) written into an array from `allocate`, so a
+    permutation of a billion positions can live in a memory-mapped file.
+
+    Example:
+        >>> random_order(5, np.random.default_rng(1)).tolist() == np.random.default_rng(1).permutation(5).tolist()
+        True
+    """
+    order = allocate(length, np.int64)
+    for start in range(0, length, SCAN_ROWS):
+        order[start : start + SCAN_ROWS] = np.arange(start, min(length, start + SCAN_ROWS), dtype=np.int64)
+    # Generator.permutation(n) is arange(n) shuffled in place; a plain-ndarray view shuffles a memory map in place
+    rng.shuffle(order.view(np.ndarray))
+    return order
+
+
+def select_for_target(
+    counts: np.ndarray,
+    target: float,
+    rng: np.random.Generator,
+    *,
+    allocate: Allocate = allocate_in_memory,
+    block: int = SCAN_ROWS,
+) -> np.ndarray:
+    """Positions (ascending, into `counts`) of whole examples whose token total is as close to `target` as a seeded
+    first-fit pass allows: the shuffled prefix that fits, then every later example (same order) that still fits, then
+    the single addition or swap of one leftover example that brings the total closest to the target.
+
+    Every pass reads `counts` and the shuffled order `block` positions at a time, and the working arrays (the order,
+    a flag per example, the result) come from `allocate`: with memory-mapped counts and arrays, a source of any size
+    is selected in bounded memory. Ties are broken as a whole-array pass would break them (the leftover nearest a
+    wanted count is the last of the smaller ones or the first of the larger ones in the shuffled order; the swapped
+    example is the first best in the chosen order).
+
+    Example:
+        >>> select_for_target(np.array([5, 3, 2, 4]), 7.0, np.random.default_rng(0)).tolist()
+        [0, 2]
+    """
+    length = len(counts)
+    order = random_order(length, rng, allocate)
+    taken, total = length, 0
+    for start in range(0, length, block):
+        running = np.cumsum(counts[order[start : start + block]]) + total
+        over = np.flatnonzero(running > target)  # compared as float64, as numpy's searchsorted compares
+        if over.size:
+            taken = start + int(over[0])
+            total = int(running[over[0] - 1]) if over[0] else total
+            break
+        total = int(running[-1])
+    deficit = target - float(total)
     # First fit over the rest: a prefix alone can stop short by up to one long example (the next one in the order
     # overshoots), which a source of long texts turns into an error of several percent.
-    smallest = float(counts.min()) if len(counts) else 0.0
-    skipped: list[int] = []
-    for cursor in range(taken, len(order)):
-        if deficit < smallest:
-            skipped.extend(order[cursor:].tolist())
-            break
-        position = int(order[cursor])
-        if counts[position] <= deficit:
-            chosen.append(position)
-            deficit -= float(counts[position])
-        else:
-            skipped.append(position)
-    if deficit > 0 and skipped:
-        chosen = _close_the_gap(counts, chosen, skipped, deficit)
-    return np.sort(np.asarray(chosen, dtype=np.int64))
+    smallest = float(counts.min()) if length else 0.0
+    picks, cursor, window = [], taken, 1024
+    while cursor < length and not deficit < smallest:
+        values = counts[order[cursor : cursor + window]]
+        fits = np.flatnonzero(values <= deficit)
+        if not fits.size:
+            cursor += len(values)
+            window = min(window * 2, block)
+            continue
+        picks.append(int(order[cursor + int(fits[0])]))
+        deficit -= float(values[int(fits[0])])
+        cursor += int(fits[0]) + 1
+    chosen = allocate(length, np.bool_)
+    chosen[:] = False
+    for start in range(0, taken, block):
+        chosen[order[start : min(taken, start + block)]] = True
+    picked = np.asarray(picks, dtype=np.int64)
+    chosen[picked] = True
+    if deficit > 0 and length - taken - len(picks):
+        change = _closest_change(counts, order, taken, picked, chosen, deficit, block)
+        if change is not None:
+            removed, added = change
+            if removed is not None:
+                chosen[removed] = False
+            chosen[added] = True
+    return true_positions(chosen, allocate, block)
 
 
-def _close_the_gap(counts: np.ndarray, chosen: list[int], leftover: list[int], deficit: float) -> list[int]:
-    """The best of: keep `chosen`, add one leftover example, or swap one chosen example for a leftover one — whichever
-    leaves the token total closest to the target (`deficit` = target - total of `chosen`, >= 0)."""
-    rest = counts[leftover].astype(np.float64)
-    order = np.argsort(rest, kind="stable")
-    ranked = rest[order]
+def true_positions(flags: np.ndarray, allocate: Allocate = allocate_in_memory, block: int = SCAN_ROWS) -> np.ndarray:
+    """The positions where `flags` is True, ascending, in an array from `allocate`.
 
-    def nearest(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # index (into `ranked`) of the leftover count nearest each wanted value, and the distance to it
-        right = np.clip(np.searchsorted(ranked, wanted), 0, len(ranked) - 1)
-        left = np.clip(right - 1, 0, len(ranked) - 1)
-        pick = np.where(np.abs(ranked[left] - wanted) <= np.abs(ranked[right] - wanted), left, right)
-        return pick, np.abs(ranked[pick] - wanted)
+    Example:
+        >>> true_positions(np.array([False, True, True])).tolist()
+        [1, 2]
+    """
+    found = allocate(int(np.count_nonzero(flags)), np.int64)
+    end = 0
+    for start in range(0, len(flags), block):
+        positions = np.flatnonzero(flags[start : start + block]) + start
+        found[end : end + len(positions)] = positions
+        end += len(positions)
+    return found
 
-    best_error, best = deficit, list(chosen)
-    add_pick, add_error = nearest(np.asarray([deficit]))
-    if add_error[0] < best_error:
-        best_error, best = float(add_error[0]), [*chosen, leftover[int(order[add_pick[0]])]]
-    if chosen:
-        given = counts[chosen].astype(np.float64)
-        swap_pick, swap_error = nearest(deficit + given)
-        i = int(np.argmin(swap_error))
-        if swap_error[i] < best_error:
-            best = [p for k, p in enumerate(chosen) if k != i] + [leftover[int(order[swap_pick[i]])]]
+
+class _Leftover:
+    """The examples left out of a selection, as much of them as the nearest-count questions need: each distinct
+    count with its first and last example in the shuffled order, and the last two examples of the largest count."""
+
+    def __init__(self) -> None:
+        self.values = np.zeros(0, dtype=np.float64)  # distinct counts, ascending
+        self.first = np.zeros(0, dtype=np.int64)  # position of each count's first example in the order
+        self.last = np.zeros(0, dtype=np.int64)  # position of each count's last example in the order
+        self.top: float | None = None  # the largest count
+        self.top_tail: list[int] = []  # the last two positions holding it, in the order
+        self.size = 0
+
+    def add(self, positions: np.ndarray, values: np.ndarray) -> None:
+        """More left-out examples (positions and counts), in the order's sequence."""
+        distinct, first = np.unique(values, return_index=True)
+        _, from_end = np.unique(values[::-1], return_index=True)
+        last = len(values) - 1 - from_end
+        merged = np.concatenate([self.values, distinct])
+        self.values, kept_first = np.unique(merged, return_index=True)  # an earlier first stays first
+        self.first = np.concatenate([self.first, positions[first]])[kept_first]
+        _, kept_last = np.unique(merged[::-1], return_index=True)  # a later last replaces the earlier one
+        self.last = np.concatenate([self.last, positions[last]])[::-1][kept_last]
+        top = float(distinct[-1])
+        tail = positions[np.flatnonzero(values == top)[-2:]].tolist()
+        if self.top is None or top > self.top:
+            self.top, self.top_tail = top, tail
+        elif top == self.top:
+            self.top_tail = (self.top_tail + tail)[-2:]
+        self.size += len(values)
+
+    def errors(self, wanted: np.ndarray) -> np.ndarray:
+        """The distance from each wanted count to the nearest left-out count."""
+        at = np.searchsorted(self.values, wanted, side="left")
+        top = len(self.values) - 1
+        below = np.abs(self.values[np.clip(at - 1, 0, top)] - wanted)
+        above = np.abs(self.values[np.clip(at, 0, top)] - wanted)
+        return np.where((at == 0) | (at > top), above, np.minimum(below, above))
+
+    def nearest(self, wanted: float) -> tuple[int, float]:
+        """The left-out example nearest `wanted` tokens (ties as a stable sort of the leftovers breaks them), and the
+        distance."""
+        at = int(np.searchsorted(self.values, wanted, side="left"))
+        if at == 0:
+            return int(self.first[0]), abs(float(self.values[0]) - wanted)
+        if at == len(self.values):  # all below: the last in sorted order, or the one before it when it is as near
+            position = self.top_tail[-2] if len(self.top_tail) == 2 else self.top_tail[-1]
+            return int(position), abs(float(self.values[-1]) - wanted)
+        below, above = abs(float(self.values[at - 1]) - wanted), abs(float(self.values[at]) - wanted)
+        return (int(self.last[at - 1]), below) if below <= above else (int(self.first[at]), above)
+
+
+def _closest_change(
+    counts: np.ndarray,
+    order: np.ndarray,
+    taken: int,
+    picked: np.ndarray,
+    chosen: np.ndarray,
+    deficit: float,
+    block: int,
+) -> tuple[int | None, int] | None:
+    """The best of: keep the chosen examples, add one leftover example, or swap one chosen example for a leftover one
+    — whichever leaves the token total closest to the target (`deficit` = target - total chosen, > 0). Returns
+    (the position removed or None, the position added), or None to keep. The chosen examples, in their order, are the
+    shuffled prefix `order[:taken]` then `picked`; the leftovers are the rest of the order, in its sequence."""
+    leftover = _Leftover()
+    for start in range(taken, len(order), block):
+        positions = order[start : start + block]
+        positions = positions[~chosen[positions]]
+        if len(positions):
+            leftover.add(positions, counts[positions].astype(np.float64))
+    best_error, best = deficit, None
+    position, error = leftover.nearest(deficit)
+    if error < best_error:
+        best_error, best = error, (None, position)
+    swap_error, swap = np.inf, None
+    blocks = [order[start : min(taken, start + block)] for start in range(0, taken, block)] + [picked]
+    for given in blocks:
+        if not len(given):
+            continue
+        wanted = deficit + counts[given].astype(np.float64)
+        errors = leftover.errors(wanted)
+        at = int(np.argmin(errors))
+        if errors[at] < swap_error:  # strictly: the first best in the chosen order wins
+            swap_error, swap = float(errors[at]), (int(given[at]), float(wanted[at]))
+    if swap is not None and swap_error < best_error:
+        removed, wanted_count = swap
+        best = (removed, leftover.nearest(wanted_count)[0])
     return best
 
 
-class _MixRowLabeller:
-    """Arrow-batch map function writing the uniform mix schema for the selected rows of one source."""
+@dataclass
+class MixSelection:
+    """Which rows of each source a mix takes, and the figures of that choice (what `mix_report` reports).
 
-    def __init__(self, name: str, text_column: str, count_column: str, keep_columns: list[str], indices: np.ndarray):
-        self.name = name
-        self.text_column = text_column
-        self.count_column = count_column
-        self.keep_columns = keep_columns
-        self.indices = indices  # source index of each selected row, by position in the selection
-
-    def __call__(self, table: pa.Table, positions: list[int]) -> pa.Table:
-        columns = {
-            TEXT: pc.cast(table.column(self.text_column), pa.string()),
-            self.count_column: pc.cast(table.column(self.count_column), pa.int64()),
-            SOURCE: pa.array([self.name] * table.num_rows, type=pa.string()),
-            SOURCE_INDEX: pa.array(self.indices[np.asarray(positions, dtype=np.int64)], type=pa.int64()),
-        }
-        for column in self.keep_columns:
-            columns[column] = table.column(column)
-        return pa.table(columns)
-
-
-def _validate_sources(datasets: Mapping[str, Any], config: MixConfig) -> None:
-    from datasets import Dataset, IterableDataset
-
-    if not isinstance(datasets, Mapping):
-        raise TypeError(f"mix needs a mapping of source name -> Dataset, got {type(datasets).__name__}")
-    if set(datasets) != set(config.weights):
-        raise ValueError(
-            f"the datasets given ({sorted(datasets)}) and the sources weighted in mix.weights "
-            f"({sorted(config.weights)}) must be the same names"
-        )
-    for name, dataset in datasets.items():
-        if isinstance(dataset, IterableDataset):
-            raise TypeError(
-                f"source {name!r} is an IterableDataset, but mixing by token ratio needs every source's token total "
-                "before choosing examples, so it works on map-style Datasets only. Materialise the stream (load it "
-                "without streaming=True, or `Dataset.from_generator(lambda: (yield from stream.take(n)), "
-                "features=stream.features)` for a bounded part); formatting and count_tokens do work on streams."
-            )
-        if not isinstance(dataset, Dataset):
-            hint = "; pick a split first, e.g. dataset['train']" if isinstance(dataset, Mapping) else ""
-            raise TypeError(f"source {name!r} must be a datasets.Dataset, got {type(dataset).__name__}{hint}")
-        _check_text_feature(dataset, config.text_column_of(name), f"source {name!r}")
-        for column in config.keep_columns:
-            if column not in dataset.column_names:
-                raise ValueError(
-                    f"mix.keep_columns asks for {column!r}, which source {name!r} does not have (columns: "
-                    f"{dataset.column_names}); add it to that source or leave it out of keep_columns"
-                )
-    first_name, first = next(iter(datasets.items()))
-    for column in config.keep_columns:
-        for name, dataset in datasets.items():
-            if dataset.features[column] != first.features[column]:
-                raise ValueError(
-                    f"kept column {column!r} has type {dataset.features[column]} in source {name!r} but "
-                    f"{first.features[column]} in {first_name!r}; cast one (Dataset.cast_column) or drop it from "
-                    "keep_columns"
-                )
-
-
-def check_formats_agree(datasets: Mapping[str, Any], config: MixConfig, target: TargetFormat) -> None:
-    """Refuse a mix whose sources are formatted differently: most texts of some sources carry `target`'s BOS/EOS
-    (the tokenizer's) while most texts of others do not. Such a corpus would train on two text formats, and its
-    token ratio would be counted on unequal wrappings. Reads each source's text column as Arrow (no copy).
+    `selected[name]`: the chosen row indices of the source, ascending (an array from the allocator: memory-mapped in
+    the mix stage); the other fields are per source (tokens, targets, available tokens, achieved shares) or for the
+    whole mix (the largest share error, whether it is within the tolerance, the warnings, the total).
 
     Example:
-        >>> from datasets import Dataset
-        >>> check_formats_agree({"a": Dataset.from_dict({"text": ["<s>x</s>"]}), "b": Dataset.from_dict(
-        ...     {"text": ["y"]})}, MixConfig(weights={"a": 1, "b": 1}, tokenizer="t"), TargetFormat("<s>", "</s>"))
-        ... # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        hf_ipt.mixing.FormatMismatchError: the sources of the mix are formatted differently: most texts of 'a' (1 of \
-1) carry the BOS/EOS of mix.tokenizer ('<s>' ... '</s>'), those of 'b' (0 of 1) do not. Format every source alike: ...
+        >>> selection = select_mix(per_source, config)  # doctest: +SKIP
+        >>> selection.total == sum(selection.tokens.values())  # doctest: +SKIP
+        True
     """
-    if not (target.bos or target.eos):
-        return
-    counts = {}
-    for name, dataset in datasets.items():
-        texts = _arrow_column(dataset, config.text_column_of(name))
-        if pa.types.is_null(texts.type):  # a source with no text at all (e.g. empty): nothing formatted
-            continue
-        present = pc.fill_null(pc.greater(pc.utf8_length(texts), 0), False)
-        wrapped = present
-        if target.bos:
-            wrapped = pc.and_(wrapped, pc.fill_null(pc.starts_with(texts, target.bos), False))
-        if target.eos:
-            wrapped = pc.and_(wrapped, pc.fill_null(pc.ends_with(texts, target.eos), False))
-        counts[name] = (int(pc.sum(wrapped).as_py() or 0), int(pc.sum(present).as_py() or 0))
-    carrying = [name for name, (wrapped, texts) in counts.items() if texts and wrapped * 2 > texts]
-    bare = [name for name, (wrapped, texts) in counts.items() if texts and wrapped * 2 <= texts]
-    if not carrying or not bare:
-        return
 
-    def shown(names: list[str]) -> str:
-        return ", ".join(f"{name!r} ({counts[name][0]:,} of {counts[name][1]:,})" for name in names)
+    selected: dict[str, np.ndarray]
+    tokens: dict[str, int]
+    targets: dict[str, float]
+    available: dict[str, int]
+    achieved_shares: dict[str, float]
+    max_error: float
+    within: bool
+    partial: bool
+    notes: list[str]
 
-    raise FormatMismatchError(
-        f"the sources of the mix are formatted differently: most texts of {shown(carrying)} carry the BOS/EOS of "
-        f"mix.tokenizer ({target.bos!r} ... {target.eos!r}), those of {shown(bare)} do not. Format every source "
-        f"alike: prepare_source(dataset, kind=..., text_column=..., target_format=TargetFormat({target.bos!r}, "
-        f"{target.eos!r})) wraps a source's texts as templify's target_tokenizer wraps the augmented ones (or "
-        "leave every source bare)"
-    )
+    @property
+    def total(self) -> int:
+        return sum(self.tokens.values())
+
+    @property
+    def rows(self) -> int:
+        return sum(len(rows) for rows in self.selected.values())
 
 
-def _fmt_tokens(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-def mix(datasets: Mapping[str, Any], config: MixConfig) -> MixResult:
-    """Mix datasets so that each source's share of the tokens matches `config.weights` within `config.tolerance`.
-
-    Counts tokens (cached `Dataset.map`), excludes unusable rows (counted in the report), selects whole examples as
-    described in the module docstring, writes the uniform schema (`text`, token count, `source`, `source_index`,
-    keep_columns) and shuffles deterministically with `config.seed`.
-
-    Raises InsufficientTokensError (naming each short source and its shortfall) when `total_tokens` cannot be filled
-    or a source has no usable tokens, and RatioToleranceError when whole examples cannot meet the tolerance, unless
-    `allow_partial=True` (then a MixWarning says what was achieved).
+def select_mix(
+    per_source: Mapping[str, SourceCounts], config: MixConfig, *, allocate: Allocate = allocate_in_memory
+) -> MixSelection:
+    """Choose the whole examples of every source as the module docstring says (the binding source whole, the others
+    seeded first fit toward their share of the target). Raises InsufficientTokensError when `total_tokens` cannot be
+    filled or a source has no usable tokens, RatioToleranceError when whole examples cannot meet the tolerance,
+    unless `allow_partial=True` (then the selection's `notes` say what was achieved). Streams over each source's
+    arrays (`select_for_target`), so memory-mapped counts are selected in bounded memory.
 
     Example:
-        >>> config = MixConfig(weights={"augmented": 3, "raw": 1}, tokenizer=tokenizer, seed=42)  # doctest: +SKIP
-        >>> mixed, report = mix({"augmented": augmented, "raw": raw}, config)  # doctest: +SKIP
+        >>> selection = select_mix({"a": counts_a, "b": counts_b}, MixConfig(weights={"a": 1, "b": 1},
+        ...                        tokenizer="t"))  # doctest: +SKIP
     """
-    from datasets import Features, Value, concatenate_datasets
-
-    if not isinstance(config, MixConfig):
-        raise TypeError(f"mix needs a MixConfig, got {type(config).__name__}")
-    _validate_sources(datasets, config)
-    tokenizer = load_tokenizer(config.tokenizer, key="mix.tokenizer")
-    check_formats_agree(datasets, config, TargetFormat(tokenizer.bos_token or "", tokenizer.eos_token or ""))
     shares = config.shares()
     names = list(config.weights)  # the report and the ratios follow the order of the weights
-
-    counted: dict[str, Any] = {}
-    per_source: dict[str, _SourceCounts] = {}
-    for name in names:
-        text_column = config.text_column_of(name)
-        counter = TokenCounter(tokenizer, text_column, config.token_count_column)
-        counted[name] = count_tokens(
-            datasets[name].with_format(None),
-            counter,
-            num_proc=config.num_proc,
-            batch_size=config.batch_size,
-            desc=f"Counting tokens of {name!r}",
-        )
-        per_source[name] = _classify_rows(counted[name], name, text_column, config)
-
     available = {name: int(per_source[name].counts.sum()) for name in names}
     empty = [name for name in names if available[name] == 0]
     if empty:
@@ -1063,17 +1271,23 @@ def mix(datasets: Mapping[str, Any], config: MixConfig) -> MixResult:
 
     selected: dict[str, np.ndarray] = {}
     targets: dict[str, float] = {}
+    tokens: dict[str, int] = {}
     for name in names:
         source = per_source[name]
         targets[name] = shares[name] * target_total
         # float noise must not cost the binding source its last example
         if targets[name] >= available[name] * (1 - 1e-12):
-            selected[name] = source.eligible
-        else:
-            positions = _select_for_target(source.counts, targets[name], _source_rng(config.seed, name))
-            selected[name] = source.eligible[positions]
+            selected[name], tokens[name] = source.eligible, available[name]
+            continue
+        positions = select_for_target(source.counts, targets[name], _source_rng(config.seed, name), allocate=allocate)
+        rows = allocate(len(positions), np.int64)
+        tokens[name] = 0
+        for start in range(0, len(positions), SCAN_ROWS):
+            block = positions[start : start + SCAN_ROWS]
+            rows[start : start + len(block)] = source.eligible[block]
+            tokens[name] += int(source.counts[block].sum())
+        selected[name] = rows
 
-    tokens = {name: int(_tokens_of(per_source[name], selected[name])) for name in names}
     total = sum(tokens.values())
     if total == 0:
         shortest = min(int(per_source[name].counts.min()) for name in names)
@@ -1101,17 +1315,290 @@ def mix(datasets: Mapping[str, Any], config: MixConfig) -> MixResult:
             )
         partial = True
         notes.append(message + "; returning it anyway (allow_partial=True)")
-    for note in notes:
+    return MixSelection(selected, tokens, targets, available, achieved_shares, max_error, within, partial, notes)
+
+
+def mix_report(
+    selection: MixSelection,
+    per_source: Mapping[str, SourceCounts],
+    config: MixConfig,
+    *,
+    tokenizer: str,
+    columns: Mapping[str, Sequence[str]],
+) -> MixReport:
+    """The report of a selection: per source what it gave and what it did not, and the mix's ratios. `tokenizer` is
+    the tokenizer's name; `columns` each source's columns (those not kept are listed as dropped).
+
+    Example:
+        >>> mix_report(selection, per_source, config, tokenizer="gpt2", columns={"a": ["text"], "b": ["text"]})
+        ... # doctest: +SKIP
+    """
+    shares = config.shares()
+    names = list(config.weights)
+    reports = {}
+    for name in names:
+        source = per_source[name]
+        rows = len(selection.selected[name])
+        kept = {config.text_column_of(name), config.token_count_column, *config.keep_columns}
+        reports[name] = SourceMixReport(
+            name=name,
+            text_column=config.text_column_of(name),
+            weight=float(config.weights[name]),
+            requested_share=shares[name],
+            achieved_share=selection.achieved_shares[name],
+            target_tokens=selection.targets[name],
+            tokens_selected=selection.tokens[name],
+            rows_selected=rows,
+            tokens_available=selection.available[name],
+            rows_total=source.rows_total,
+            rows_eligible=len(source.eligible),
+            rows_unused=len(source.eligible) - rows,
+            rows_excluded=dict(sorted(source.excluded.items())),
+            used_whole=rows == len(source.eligible),
+            dropped_columns=[c for c in columns[name] if c not in kept],
+        )
+    first = names[0]
+    tokens = selection.tokens
+    return MixReport(
+        sources=reports,
+        tokenizer=tokenizer,
+        token_count_column=config.token_count_column,
+        seed=config.seed,
+        tolerance=float(config.tolerance),
+        requested_total_tokens=config.total_tokens,
+        total_tokens=selection.total,
+        total_rows=selection.rows,
+        requested_ratio={name: config.weights[name] / config.weights[first] for name in names},
+        # None where the first source got no tokens (possible only with allow_partial=True)
+        achieved_ratio={name: tokens[name] / tokens[first] if tokens[first] else None for name in names},
+        max_share_error=selection.max_error,
+        within_tolerance=selection.within,
+        partial=selection.partial,
+        warnings=selection.notes,
+    )
+
+
+class MixRowLabeller:
+    """Arrow-batch map function writing the uniform mix schema for the selected rows of one source: `text`, the token
+    count, `source` (the source's name), `source_index` (`indices[p]` for the row at position p of the selection),
+    and the kept columns.
+
+    Example:
+        >>> labeller = MixRowLabeller("raw", "text", "num_tokens", [], np.array([7]))
+        >>> labeller(pa.table({"text": ["a"], "num_tokens": [1]}), [0]).column("source_index").to_pylist()
+        [7]
+    """
+
+    def __init__(self, name: str, text_column: str, count_column: str, keep_columns: list[str], indices: np.ndarray):
+        self.name = name
+        self.text_column = text_column
+        self.count_column = count_column
+        self.keep_columns = keep_columns
+        self.indices = indices  # source index of each selected row, by position in the selection
+
+    def __call__(self, table: pa.Table, positions: Sequence[int]) -> pa.Table:
+        columns = {
+            TEXT: pc.cast(table.column(self.text_column), pa.string()),
+            self.count_column: pc.cast(table.column(self.count_column), pa.int64()),
+            SOURCE: pa.array([self.name] * table.num_rows, type=pa.string()),
+            SOURCE_INDEX: pa.array(self.indices[np.asarray(positions, dtype=np.int64)], type=pa.int64()),
+        }
+        for column in self.keep_columns:
+            columns[column] = table.column(column)
+        return pa.table(columns)
+
+
+def mix_features(config: MixConfig, features: Any) -> Any:
+    """The `datasets.Features` of a mix: `text`, the token count, `source`, `source_index`, then the kept columns
+    with their type in the sources (`features`: any source's).
+
+    Example:
+        >>> list(mix_features(MixConfig(weights={"a": 1, "b": 1}, tokenizer="t"), {}))
+        ['text', 'num_tokens', 'source', 'source_index']
+    """
+    from datasets import Features, Value
+
+    written = {TEXT: Value("string"), config.token_count_column: Value("int64")}
+    written.update({SOURCE: Value("string"), SOURCE_INDEX: Value("int64")})
+    return Features({**written, **{column: features[column] for column in config.keep_columns}})
+
+
+def _validate_sources(datasets: Mapping[str, Any], config: MixConfig) -> None:
+    from datasets import Dataset, IterableDataset
+
+    if not isinstance(datasets, Mapping):
+        raise TypeError(f"mix needs a mapping of source name -> Dataset, got {type(datasets).__name__}")
+    if set(datasets) != set(config.weights):
+        raise ValueError(
+            f"the datasets given ({sorted(datasets)}) and the sources weighted in mix.weights "
+            f"({sorted(config.weights)}) must be the same names"
+        )
+    for name, dataset in datasets.items():
+        if isinstance(dataset, IterableDataset):
+            raise TypeError(
+                f"source {name!r} is an IterableDataset, but mixing by token ratio needs every source's token total "
+                "before choosing examples, so it works on map-style Datasets only. Materialise the stream (load it "
+                "without streaming=True, or `Dataset.from_generator(lambda: (yield from stream.take(n)), "
+                "features=stream.features)` for a bounded part); formatting and count_tokens do work on streams."
+            )
+        if not isinstance(dataset, Dataset):
+            hint = "; pick a split first, e.g. dataset['train']" if isinstance(dataset, Mapping) else ""
+            raise TypeError(f"source {name!r} must be a datasets.Dataset, got {type(dataset).__name__}{hint}")
+    check_source_features({name: dataset.features for name, dataset in datasets.items()}, config)
+
+
+def check_source_features(features: Mapping[str, Any], config: MixConfig) -> None:
+    """The sources of a mix, by their `datasets.Features`: each has its text column holding strings, and every kept
+    column (`keep_columns`) with one type in all of them; a ValueError naming the source and the fix otherwise.
+
+    Example:
+        >>> from datasets import Features, Value
+        >>> check_source_features({"a": Features({"text": Value("int64")}), "b": Features({"text": Value("string")})},
+        ...                       MixConfig(weights={"a": 1, "b": 1}, tokenizer="t"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: column 'text' of source 'a' must hold strings, but its feature is Value('int64'); ...
+    """
+    for name, found in features.items():
+        _check_text_feature(found, config.text_column_of(name), f"source {name!r}")
+        for column in config.keep_columns:
+            if column not in found:
+                raise ValueError(
+                    f"mix.keep_columns asks for {column!r}, which source {name!r} does not have (columns: "
+                    f"{list(found)}); add it to that source or leave it out of keep_columns"
+                )
+    first_name, first = next(iter(features.items()))
+    for column in config.keep_columns:
+        for name, found in features.items():
+            if found[column] != first[column]:
+                raise ValueError(
+                    f"kept column {column!r} has type {found[column]} in source {name!r} but {first[column]} in "
+                    f"{first_name!r}; cast one (Dataset.cast_column) or drop it from keep_columns"
+                )
+
+
+def format_counts(texts: pa.Array | pa.ChunkedArray, target: TargetFormat) -> tuple[int, int] | None:
+    """(texts carrying `target`'s BOS and EOS, non-empty texts) of a text column or a piece of one; None for a column
+    of no text at all (null-typed, e.g. a source of 0 rows). Pieces add up (`check_format_counts`).
+
+    Example:
+        >>> format_counts(pa.array(["<s>x</s>", "y", ""]), TargetFormat("<s>", "</s>"))
+        (1, 2)
+    """
+    if pa.types.is_null(texts.type):
+        return None
+    present = pc.fill_null(pc.greater(pc.utf8_length(texts), 0), False)
+    wrapped = present
+    if target.bos:
+        wrapped = pc.and_(wrapped, pc.fill_null(pc.starts_with(texts, target.bos), False))
+    if target.eos:
+        wrapped = pc.and_(wrapped, pc.fill_null(pc.ends_with(texts, target.eos), False))
+    return int(pc.sum(wrapped).as_py() or 0), int(pc.sum(present).as_py() or 0)
+
+
+def check_format_counts(counts: Mapping[str, tuple[int, int] | None], target: TargetFormat) -> None:
+    """Refuse a mix whose sources are formatted differently, from each source's `format_counts` (None: no text):
+    most texts of some sources carry `target`'s BOS/EOS while most texts of others do not (`check_formats_agree`).
+
+    Example:
+        >>> check_format_counts({"a": (3, 3), "b": (3, 4)}, TargetFormat("<s>", "</s>"))
+    """
+    if not (target.bos or target.eos):
+        return
+    counts = {name: found for name, found in counts.items() if found is not None}
+    carrying = [name for name, (wrapped, texts) in counts.items() if texts and wrapped * 2 > texts]
+    bare = [name for name, (wrapped, texts) in counts.items() if texts and wrapped * 2 <= texts]
+    if not carrying or not bare:
+        return
+
+    def shown(names: list[str]) -> str:
+        return ", ".join(f"{name!r} ({counts[name][0]:,} of {counts[name][1]:,})" for name in names)
+
+    raise FormatMismatchError(
+        f"the sources of the mix are formatted differently: most texts of {shown(carrying)} carry the BOS/EOS of "
+        f"mix.tokenizer ({target.bos!r} ... {target.eos!r}), those of {shown(bare)} do not. Format every source "
+        f"alike: prepare_source(dataset, kind=..., text_column=..., target_format=TargetFormat({target.bos!r}, "
+        f"{target.eos!r})) wraps a source's texts as templify's target_tokenizer wraps the augmented ones (or "
+        "leave every source bare)"
+    )
+
+
+def check_formats_agree(datasets: Mapping[str, Any], config: MixConfig, target: TargetFormat) -> None:
+    """Refuse a mix whose sources are formatted differently: most texts of some sources carry `target`'s BOS/EOS
+    (the tokenizer's) while most texts of others do not. Such a corpus would train on two text formats, and its
+    token ratio would be counted on unequal wrappings. Reads each source's text column as Arrow (no copy).
+
+    Example:
+        >>> from datasets import Dataset
+        >>> check_formats_agree({"a": Dataset.from_dict({"text": ["<s>x</s>"]}), "b": Dataset.from_dict(
+        ...     {"text": ["y"]})}, MixConfig(weights={"a": 1, "b": 1}, tokenizer="t"), TargetFormat("<s>", "</s>"))
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        hf_ipt.mixing.FormatMismatchError: the sources of the mix are formatted differently: most texts of 'a' (1 of \
+1) carry the BOS/EOS of mix.tokenizer ('<s>' ... '</s>'), those of 'b' (0 of 1) do not. Format every source alike: ...
+    """
+    if not (target.bos or target.eos):
+        return
+    counts = {
+        name: format_counts(_arrow_column(dataset, config.text_column_of(name)), target)
+        for name, dataset in datasets.items()
+    }
+    check_format_counts(counts, target)
+
+
+def _fmt_tokens(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def mix(datasets: Mapping[str, Any], config: MixConfig) -> MixResult:
+    """Mix datasets so that each source's share of the tokens matches `config.weights` within `config.tolerance`.
+
+    Counts tokens (cached `Dataset.map`), excludes unusable rows (counted in the report), selects whole examples as
+    described in the module docstring (`select_mix`), writes the uniform schema (`text`, token count, `source`,
+    `source_index`, keep_columns) and shuffles deterministically with `config.seed`. The mix stage
+    (`hf_ipt.stages.MixStage`) makes the same rows in the same order shard by shard, in bounded memory.
+
+    Raises InsufficientTokensError (naming each short source and its shortfall) when `total_tokens` cannot be filled
+    or a source has no usable tokens, and RatioToleranceError when whole examples cannot meet the tolerance, unless
+    `allow_partial=True` (then a MixWarning says what was achieved).
+
+    Example:
+        >>> config = MixConfig(weights={"augmented": 3, "raw": 1}, tokenizer=tokenizer, seed=42)  # doctest: +SKIP
+        >>> mixed, report = mix({"augmented": augmented, "raw": raw}, config)  # doctest: +SKIP
+    """
+    from datasets import concatenate_datasets
+
+    if not isinstance(config, MixConfig):
+        raise TypeError(f"mix needs a MixConfig, got {type(config).__name__}")
+    _validate_sources(datasets, config)
+    tokenizer = load_tokenizer(config.tokenizer, key="mix.tokenizer")
+    check_formats_agree(datasets, config, TargetFormat(tokenizer.bos_token or "", tokenizer.eos_token or ""))
+    names = list(config.weights)
+
+    counted: dict[str, Any] = {}
+    per_source: dict[str, SourceCounts] = {}
+    for name in names:
+        text_column = config.text_column_of(name)
+        counter = TokenCounter(tokenizer, text_column, config.token_count_column)
+        counted[name] = count_tokens(
+            datasets[name].with_format(None),
+            counter,
+            num_proc=config.num_proc,
+            batch_size=config.batch_size,
+            desc=f"Counting tokens of {name!r}",
+        )
+        per_source[name] = _classify_rows(counted[name], name, text_column, config)
+
+    selection = select_mix(per_source, config)
+    for note in selection.notes:
         warnings.warn(note, MixWarning, stacklevel=2)
 
-    out_features = {TEXT: Value("string"), config.token_count_column: Value("int64")}
-    out_features.update({SOURCE: Value("string"), SOURCE_INDEX: Value("int64")})
     parts = []
     for name in names:
-        indices = selected[name]
+        indices = selection.selected[name]
         part = counted[name].select(indices)
-        features = Features({**out_features, **{column: part.features[column] for column in config.keep_columns}})
-        labeller = _MixRowLabeller(
+        labeller = MixRowLabeller(
             name, config.text_column_of(name), config.token_count_column, config.keep_columns, indices
         )
         part = part.with_format("arrow").map(
@@ -1120,64 +1607,32 @@ def mix(datasets: Mapping[str, Any], config: MixConfig) -> MixResult:
             batch_size=config.batch_size,
             with_indices=True,
             remove_columns=part.column_names,
-            features=features,
+            features=mix_features(config, part.features),
             desc=f"Selecting {len(indices):,} rows of {name!r}",
         )
         parts.append(part.with_format(None))
     mixed = concatenate_datasets(parts).shuffle(seed=config.seed)
-
-    reports = {}
-    for name in names:
-        source = per_source[name]
-        kept = {config.text_column_of(name), config.token_count_column, *config.keep_columns}
-        reports[name] = SourceMixReport(
-            name=name,
-            text_column=config.text_column_of(name),
-            weight=float(config.weights[name]),
-            requested_share=shares[name],
-            achieved_share=achieved_shares[name],
-            target_tokens=targets[name],
-            tokens_selected=tokens[name],
-            rows_selected=len(selected[name]),
-            tokens_available=available[name],
-            rows_total=source.rows_total,
-            rows_eligible=len(source.eligible),
-            rows_unused=len(source.eligible) - len(selected[name]),
-            rows_excluded=dict(sorted(source.excluded.items())),
-            used_whole=len(selected[name]) == len(source.eligible),
-            dropped_columns=[c for c in datasets[name].column_names if c not in kept],
-        )
-    first = names[0]
-    report = MixReport(
-        sources=reports,
-        tokenizer=tokenizer_name(tokenizer),
-        token_count_column=config.token_count_column,
-        seed=config.seed,
-        tolerance=float(config.tolerance),
-        requested_total_tokens=config.total_tokens,
-        total_tokens=total,
-        total_rows=len(mixed),
-        requested_ratio={name: config.weights[name] / config.weights[first] for name in names},
-        # None where the first source got no tokens (possible only with allow_partial=True)
-        achieved_ratio={name: tokens[name] / tokens[first] if tokens[first] else None for name in names},
-        max_share_error=max_error,
-        within_tolerance=within,
-        partial=partial,
-        warnings=notes,
-    )
-    logger.info(
-        "mixed %s tokens in %s rows: %s",
-        f"{total:,}",
-        f"{len(mixed):,}",
-        ", ".join(f"{n} {tokens[n]:,} tokens ({achieved_shares[n]:.2%})" for n in names),
-    )
+    columns = {name: datasets[name].column_names for name in names}
+    report = mix_report(selection, per_source, config, tokenizer=tokenizer_name(tokenizer), columns=columns)
+    log_mix(report)
     return MixResult(mixed, report)
 
 
-def _tokens_of(source: _SourceCounts, selected: np.ndarray) -> int:
-    """Tokens of the `selected` source indices (all of them eligible)."""
-    positions = np.searchsorted(source.eligible, selected)
-    return int(source.counts[positions].sum())
+def log_mix(report: MixReport) -> None:
+    """The one log line of a mix: its tokens and rows, each source's tokens and share.
+
+    Example:
+        >>> log_mix(report)  # doctest: +SKIP
+    """
+    logger.info(
+        "mixed %s tokens in %s rows: %s",
+        f"{report.total_tokens:,}",
+        f"{report.total_rows:,}",
+        ", ".join(
+            f"{name} {entry.tokens_selected:,} tokens ({entry.achieved_share:.2%})"
+            for name, entry in report.sources.items()
+        ),
+    )
 
 
 def _ratio_text(weights: Mapping[str, float]) -> str:
@@ -1195,20 +1650,28 @@ __all__ = [
     "GENERAL_INSTRUCTIONS",
     "RAW",
     "SOURCE_KINDS",
+    "DiskArrays",
     "GeneralInstructionFormatter",
     "FormatMismatchError",
     "InsufficientTokensError",
     "MixConfig",
     "MixReport",
     "MixResult",
+    "MixRowLabeller",
+    "MixSelection",
     "MixWarning",
     "RatioToleranceError",
+    "SourceCounts",
     "SourceMixReport",
+    "SourcePreparer",
     "TextWrapper",
     "TokenCounter",
     "count_tokens",
     "format_general_instructions",
     "load_tokenizer",
     "mix",
+    "mix_report",
     "prepare_source",
+    "select_for_target",
+    "select_mix",
 ]

@@ -55,7 +55,7 @@ import os
 import re
 from array import array
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -574,6 +574,43 @@ def quality_report(
             num_proc=num_proc,
             batch_size=batch_size,
         )
+
+    def batches(columns: list[str]) -> Iterable[Mapping[str, list]]:
+        return dataset.select_columns(columns).iter(batch_size=batch_size)
+
+    return reduce_quality(
+        batches,
+        dataset.column_names,
+        text_column=text_column,
+        length_unit=mapper.length_unit,
+        overlap_threshold=mapper.overlap_threshold,
+        examples=examples,
+    )
+
+
+def reduce_quality(
+    batches: Callable[[list[str]], Iterable[Mapping[str, list]]],
+    column_names: Sequence[str],
+    *,
+    text_column: str = C.TEXT,
+    length_unit: str = "whitespace-separated words",
+    overlap_threshold: float = DEFAULT_OVERLAP_THRESHOLD,
+    examples: int = EXAMPLES_PER_KIND,
+) -> dict[str, Any]:
+    """The reduction of `quality_report` over rows that already carry the quality columns, read as batches of
+    columns in row order: `batches(columns)` yields {column: values} batches of the rows (it is called twice: the
+    examples of repeated questions are found in a second pass). What a sharded run calls with the batches of its
+    shard files, so no whole dataset is ever loaded; the figures do not depend on how the rows are batched.
+
+    Columns read: those of `QualityFigures`, `pairs`, `text_column`, and `synth_output` when `column_names` has it.
+
+    Example:
+        >>> rows = add_quality_columns(Dataset.from_dict({"text": ["A cat sat."], "pairs": [[{"instruction":
+        ...     "Who sat?", "response": "A cat"}]]}))  # doctest: +SKIP
+        >>> reduce_quality(lambda columns: rows.select_columns(columns).iter(batch_size=2),
+        ...                rows.column_names)["pairs"]  # doctest: +SKIP
+        1
+    """
     import numpy as np
 
     rows = 0
@@ -593,10 +630,9 @@ def quality_report(
         "shortest_answers": _Worst(examples),
         "no_pairs": _Worst(examples),
     }
-    names = dataset.column_names
-    wanted = [*QUALITY_COLUMNS, C.PAIRS, text_column] + ([C.SYNTH_OUTPUT] if C.SYNTH_OUTPUT in names else [])
+    wanted = [*QUALITY_COLUMNS, C.PAIRS, text_column] + ([C.SYNTH_OUTPUT] if C.SYNTH_OUTPUT in column_names else [])
     start = 0
-    for batch in dataset.select_columns(list(dict.fromkeys(wanted))).iter(batch_size=batch_size):
+    for batch in batches(list(dict.fromkeys(wanted))):
         counts = batch[NUM_PAIRS_COLUMN]
         rows += len(counts)
         per_text.add(counts)
@@ -683,7 +719,7 @@ def quality_report(
     # the most repeated questions (ties: the one seen first), with the row of their first occurrence
     order = sorted(np.flatnonzero(repeated).tolist(), key=lambda i: (-int(counts_per_hash[i]), int(first_index[i])))
     duplicated_examples = _repeated_examples(
-        dataset, [(int(unique[i]), int(counts_per_hash[i])) for i in order[:examples]], batch_size
+        batches, [(int(unique[i]), int(counts_per_hash[i])) for i in order[:examples]]
     )
 
     applicable = sum(grounded[v] for v in GROUNDED_VALUES) + grounded[UNGROUNDED]
@@ -694,13 +730,13 @@ def quality_report(
         "rows": rows,
         "pairs": total_pairs,
         "texts_with_pairs": with_pairs,
-        "length_unit": mapper.length_unit,
+        "length_unit": length_unit,
         "pairs_per_text": {**per_text.to_dict(), "value_counts": per_text.value_counts()},
         "question_tokens": question_lengths.to_dict(),
         "answer_tokens": answer_lengths.to_dict(),
         "task_types": {kind: types[kind] for kind in TASK_TYPES},
         "grounding": {
-            "overlap_threshold": mapper.overlap_threshold,
+            "overlap_threshold": overlap_threshold,
             "counts": {value: grounded[value] for value in GROUNDING_VALUES},
             "grounded": grounded_total,
             "applicable": applicable,
@@ -742,14 +778,16 @@ def _by_count(counts: Counter[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def _repeated_examples(dataset: Any, wanted: list[tuple[int, int]], batch_size: int) -> list[dict[str, Any]]:
+def _repeated_examples(
+    batches: Callable[[list[str]], Iterable[Mapping[str, list]]], wanted: list[tuple[int, int]]
+) -> list[dict[str, Any]]:
     """For each (hash, count), the question's first occurrence (row, pair, text) and how often it occurs."""
     if not wanted:
         return []
     found: dict[int, dict[str, Any]] = {}
     counts = dict(wanted)
     start = 0
-    for batch in dataset.select_columns([QUESTION_HASHES, C.PAIRS]).iter(batch_size=batch_size):
+    for batch in batches([QUESTION_HASHES, C.PAIRS]):
         for offset, hashes in enumerate(batch[QUESTION_HASHES]):
             for p, value in enumerate(hashes or ()):
                 if value in counts and value not in found:
@@ -767,34 +805,79 @@ def _repeated_examples(dataset: Any, wanted: list[tuple[int, int]], batch_size: 
 
 
 # ---------------------------------------------------------------------------------------------------- filters
-def apply_filters(dataset: Any, config: QualityConfig, figures: Any) -> tuple[Any, dict[str, Any]]:
-    """The rows with the recipe's filters applied, and what each filter removed (the report's `filters`).
+@dataclass(frozen=True)
+class FilterPlan:
+    """What the recipe's filters keep of a corpus, decided over the whole corpus (`plan_filters`) before any row is
+    rewritten, so a plan cut into shards (`shard`) gives each shard exactly what the whole-corpus pass would.
 
-    `figures` is `dataset` with the quality columns (`add_quality_columns`), row for row. In order: ungrounded
-    pairs (`quality.drop_ungrounded`), then pairs whose normalized question appeared earlier in row order among the
-    pairs still kept (`quality.drop_duplicate_questions`), then rows left with fewer than
-    `quality.min_pairs_per_text` pairs. Only the `pairs` column changes; dropped rows are removed. Every count is
-    computed over the whole corpus before the (batched, index-addressed) rewrite, so it never depends on batching.
+    `keep_pairs`: one bool per pair, in row order; `offsets`: the pairs of row r are
+    `keep_pairs[offsets[r]:offsets[r + 1]]`; `keep_rows`: one bool per row; `counts`: the report's `filters`.
 
     Example:
-        >>> kept, counts = apply_filters(rows, QualityConfig(drop_ungrounded=True), add_quality_columns(rows))
-        ...     # doctest: +SKIP
-        >>> counts["pairs_dropped_ungrounded"]  # doctest: +SKIP
-        3
+        >>> plan = FilterPlan(np.array([True, False]), np.array([0, 1, 2]), np.array([True, False]), {})
+        ... # doctest: +SKIP
+        >>> plan.shard(1, 2).keep_pairs.tolist(), plan.shard(1, 2).offsets.tolist()  # doctest: +SKIP
+        ([False], [0, 1])
+    """
+
+    keep_pairs: Any
+    offsets: Any
+    keep_rows: Any
+    counts: dict[str, Any]
+
+    @property
+    def changes_nothing(self) -> bool:
+        """Whether every pair and every row is kept."""
+        return bool(self.keep_pairs.all() and self.keep_rows.all())
+
+    def shard(self, start: int, stop: int) -> FilterPlan:
+        """The plan of rows `[start, stop)` alone (offsets from 0; `counts` left out: they are the corpus')."""
+        first, last = int(self.offsets[start]), int(self.offsets[stop])
+        return FilterPlan(
+            self.keep_pairs[first:last], self.offsets[start : stop + 1] - first, self.keep_rows[start:stop], {}
+        )
+
+
+def plan_filters(figures: Iterable[Any], config: QualityConfig) -> FilterPlan:
+    """The filters' decisions over a corpus whose quality columns come as Arrow tables in row order (one table, or
+    one per shard): in order, ungrounded pairs (`quality.drop_ungrounded`), then pairs whose normalized question
+    appeared earlier in row order among the pairs still kept (`quality.drop_duplicate_questions`), then rows left
+    with fewer than `quality.min_pairs_per_text` pairs. Holds 10 bytes per pair and 17 per row, never a Python
+    object per row.
+
+    Columns read: `quality_num_pairs`, `grounding`, `question_hashes`.
+
+    Example:
+        >>> figures = add_quality_columns(rows).with_format("arrow")[:]  # doctest: +SKIP
+        >>> plan = plan_filters([figures], QualityConfig(min_pairs_per_text=1))  # doctest: +SKIP
+        >>> plan.counts["rows_dropped_min_pairs"]  # doctest: +SKIP
+        2
     """
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    if len(figures) != len(dataset):
-        raise ValueError(f"figures has {len(figures)} rows but the dataset {len(dataset)}; map the same rows")
-    table = figures.select_columns([NUM_PAIRS_COLUMN, GROUNDING, QUESTION_HASHES]).with_format("arrow")[:]
-    counts = np.asarray(table[NUM_PAIRS_COLUMN].to_numpy(zero_copy_only=False), dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    flat_grounding = np.asarray(table[GROUNDING].combine_chunks().flatten().to_numpy(zero_copy_only=False))
-    flat_hashes = np.asarray(table[QUESTION_HASHES].combine_chunks().flatten().to_numpy(zero_copy_only=False))
+    counts, ungrounded, hashes = [], [], []
+    for table in figures:
+        counts.append(np.asarray(table[NUM_PAIRS_COLUMN].to_numpy(zero_copy_only=False), dtype=np.int64))
+        grounding = pa.chunked_array(table[GROUNDING]).combine_chunks().flatten()
+        question_hashes = pa.chunked_array(table[QUESTION_HASHES]).combine_chunks().flatten()
+        if pa.types.is_null(grounding.type):  # no pair in these rows: their list columns have no value type
+            ungrounded.append(np.zeros(len(grounding), dtype=bool))
+            hashes.append(np.zeros(len(question_hashes), dtype=np.int64))
+            continue
+        ungrounded.append(
+            np.asarray(pc.fill_null(pc.equal(grounding, UNGROUNDED), False).to_numpy(zero_copy_only=False))
+        )
+        hashes.append(np.asarray(question_hashes.to_numpy(zero_copy_only=False), dtype=np.int64))
+    per_row = np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
+    flat_ungrounded = np.concatenate(ungrounded) if ungrounded else np.zeros(0, dtype=bool)
+    flat_hashes = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.int64)
     keep = np.ones(int(offsets[-1]), dtype=bool)
     dropped_ungrounded = dropped_duplicate = 0
     if config.drop_ungrounded:
-        keep &= flat_grounding != UNGROUNDED
+        keep &= ~flat_ungrounded
         dropped_ungrounded = int((~keep).sum())
     if config.drop_duplicate_questions:
         positions = np.flatnonzero(keep)
@@ -817,8 +900,24 @@ def apply_filters(dataset: Any, config: QualityConfig, figures: Any) -> tuple[An
         "rows_kept": int(rows_keep.sum()),
         "pairs_kept": int(kept_per_row[rows_keep].sum()),
     }
-    if keep.all() and rows_keep.all():
-        return dataset, result
+    return FilterPlan(keep, offsets, rows_keep, result)
+
+
+def filter_rows(dataset: Any, plan: FilterPlan) -> Any:
+    """`dataset` (the rows `plan` was made for, row for row) with the plan applied: only the `pairs` column
+    changes; dropped rows are removed. The (batched, index-addressed) rewrite never depends on batching.
+
+    Example:
+        >>> filter_rows(rows, plan_filters([figures], QualityConfig(drop_ungrounded=True))).num_rows  # doctest: +SKIP
+        5
+    """
+    import numpy as np
+
+    if len(plan.keep_rows) != len(dataset):
+        raise ValueError(f"the filter plan is for {len(plan.keep_rows)} rows but the dataset has {len(dataset)}")
+    if plan.changes_nothing:
+        return dataset
+    keep, offsets = plan.keep_pairs, plan.offsets
 
     def rewrite(batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
         pairs = []
@@ -828,9 +927,28 @@ def apply_filters(dataset: Any, config: QualityConfig, figures: Any) -> tuple[An
         return {C.PAIRS: pairs}
 
     filtered = dataset.map(rewrite, batched=True, with_indices=True, desc="Quality filters")
-    if not rows_keep.all():
-        filtered = filtered.select(np.flatnonzero(rows_keep).tolist()).flatten_indices()
-    return filtered, result
+    if not plan.keep_rows.all():
+        filtered = filtered.select(np.flatnonzero(plan.keep_rows).tolist()).flatten_indices()
+    return filtered
+
+
+def apply_filters(dataset: Any, config: QualityConfig, figures: Any) -> tuple[Any, dict[str, Any]]:
+    """The rows with the recipe's filters applied, and what each filter removed (the report's `filters`).
+
+    `figures` is `dataset` with the quality columns (`add_quality_columns`), row for row. The decisions are
+    `plan_filters`' (over the whole corpus), their application `filter_rows`'.
+
+    Example:
+        >>> kept, counts = apply_filters(rows, QualityConfig(drop_ungrounded=True), add_quality_columns(rows))
+        ...     # doctest: +SKIP
+        >>> counts["pairs_dropped_ungrounded"]  # doctest: +SKIP
+        3
+    """
+    if len(figures) != len(dataset):
+        raise ValueError(f"figures has {len(figures)} rows but the dataset {len(dataset)}; map the same rows")
+    table = figures.select_columns([NUM_PAIRS_COLUMN, GROUNDING, QUESTION_HASHES]).with_format("arrow")[:]
+    plan = plan_filters([table], config)
+    return filter_rows(dataset, plan), plan.counts
 
 
 def report_and_filter(dataset: Any, config: QualityConfig, *, text_column: str = C.TEXT) -> tuple[Any, dict]:

@@ -786,11 +786,11 @@ class StageFolder(Store):
             files[split] = []
             for index in range(count):
                 part = dataset.select(range(index * rows_per_file, min(len(dataset), (index + 1) * rows_per_file)))
-                buffer = io.BytesIO()
-                part.to_parquet(buffer)
                 relative = f"{DATA_DIR}/{split}-{index:05d}-of-{count:05d}.parquet"
-                self.write_atomic(relative, buffer.getvalue())
-                recorded[relative] = checksum(buffer.getvalue())
+                # written batch by batch into the file: a part is never held in memory whole
+                with self.writing(relative) as pending:
+                    part.to_parquet(pending.path)
+                recorded[relative] = pending.checksum
                 files[split].append(relative)
         num_rows = {split: len(dataset) for split, dataset in dataset_dict.items()}
         return self.commit(

@@ -156,12 +156,12 @@ def test_a_same_size_change_inside_a_shard_redoes_that_shard_only(finished, caps
 )
 def test_a_damaged_stage_file_redoes_that_stage_only(finished, capsys, caplog, stage, damage):
     recipe, out, reference = finished
-    target = out / stage / "data" / "train-00000-of-00001.parquet"
+    target = sorted((out / stage / "data").glob("*.parquet"))[0]  # templify writes a file per synthesis shard
     damage(target)
     before = stamps(out)
     code, said = run_again(recipe, capsys, caplog)
     assert code == 0
-    assert f"{out / stage}/data/train-00000-of-00001.parquet is damaged" in said
+    assert f"{out / stage}/data/{target.name} is damaged" in said
     assert not PROMPTS and said.count("already done, reused") == 3
     after = stamps(out)
     changed = {name.split("/")[0] for name in after if after[name] != before.get(name)}
@@ -196,7 +196,7 @@ def test_a_damaged_or_missing_release_file_rewrites_the_release(finished, capsys
 def test_a_single_stage_on_damaged_input_stops_with_the_file_and_the_fix(finished, capsys):
     recipe, out, reference = finished
     truncate(out / "synthesized" / "data" / "train-00002-of-00003.parquet")
-    truncate(out / "templified" / "data" / "train-00000-of-00001.parquet")
+    truncate(out / "templified" / "data" / "train-00000-of-00003.parquet")
     truncate(out / "mixed" / "data" / "train-00000-of-00001.parquet")
     release_before = snapshot(out / "release")
 

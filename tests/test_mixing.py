@@ -25,11 +25,11 @@ from hf_ipt.mixing import (
     RatioToleranceError,
     TextWrapper,
     TokenCounter,
-    _select_for_target,
     count_tokens,
     format_general_instructions,
     mix,
     prepare_source,
+    select_for_target,
 )
 from hf_ipt.testing import corpus_paragraphs
 
@@ -613,7 +613,7 @@ def test_config_loads_from_a_recipe_section():
 def test_selection_is_whole_examples_and_never_worse_than_the_plain_prefix(counts, fraction, seed):
     counts = np.array(counts, dtype=np.int64)
     target = fraction * counts.sum()
-    chosen = _select_for_target(counts, target, np.random.default_rng(seed))
+    chosen = select_for_target(counts, target, np.random.default_rng(seed))
     assert len(set(chosen.tolist())) == len(chosen) and np.all(chosen < len(counts))
     error = abs(counts[chosen].sum() - target)
     # the prefix of the same shuffle that stops at or below the target, and the one after it

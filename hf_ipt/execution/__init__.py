@@ -5,6 +5,9 @@
 - the executors of the runner, one file each: `local` (this process is one worker), `processes` (one pinned process
   per GPU or share of the cores on this machine), `ray` (Ray tasks, retried when their process dies);
   `make_executor` turns a name (a recipe's `run.executor`) into one.
+- `phases`: `ShardPhase`, any stage's work cut in shards (a picklable task per shard index), each shard committed
+  with its marker on an executor, so templify, the mix (and any stage that adopts it) resume and run on several
+  workers with the bytes of one (`hf_ipt.stages.base.StageContext.run_shards` wires it to a stage).
 - `ranks`: `map_on_ranks`, `Dataset.map` with one pinned process per rank.
 - `ray_data`: `ray_map_batches` / `ray_map_parquet`, a map function under Ray Data with `Dataset.map`'s batches.
 

@@ -621,12 +621,7 @@ class ShardedRunner:
             "input_sha256": input_sha256(rows),
             "fingerprint": manifest["fingerprint"],
             "attempt": uuid.uuid4().hex,
-            "worker": {
-                "index": self.worker_index,
-                "of": self.num_workers,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-            },
+            "worker": worker_identity(self.worker_index, self.num_workers),
             "seconds": round(time.perf_counter() - started, 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -639,6 +634,16 @@ class ShardedRunner:
     def assemble(self):
         """Shortcut for `assemble_shards(self.store)`."""
         return assemble_shards(self.store)
+
+
+def worker_identity(index: int, num_workers: int) -> dict[str, Any]:
+    """Who committed a shard, as its marker records it: the worker slot, the host and the process.
+
+    Example:
+        >>> worker_identity(1, 4)["of"]
+        4
+    """
+    return {"index": index, "of": num_workers, "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def map_fn_counters(map_fn: Any) -> dict[str, int] | None:

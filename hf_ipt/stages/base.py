@@ -12,13 +12,23 @@ declares what is particular to it:
 - `settings()`: the recipe sections it records in its commit marker, free of secrets, from which a release writes its
   provenance (what made the data, not what a recipe says now);
 - `compute(context)`: the work itself, returning a `StageOutput`: rows to save, files to write, rows it committed in
-  place (synthesis shards), and its report;
+  place (synthesis shards, or the shards of `context.run_shards`), and its report;
 - `summarize(report, summary)`: the figures its summary prints, read from the committed report.
 
 `run_stage(stage, run)` does the rest, the same for all: the upstream output must be committed and intact (its
 fingerprint joins the identity) → an output committed with the same identity and undamaged is reused → otherwise
 `compute` → the output is committed (files, rows, then the marker with the report, the settings and every file's
 SHA-256) → a `StageSummary`. Every stage is also its own Python entry point: `stage.run(run_config)`.
+
+A stage whose work splits into shards runs them with `context.run_shards(name, task, num_shards)` (a phase,
+`hf_ipt.execution.phases`): on the run's executor (`run.executor`, `run.num_workers`: this process, pinned local
+processes, or Ray tasks; `shard_executor`), each shard committed with its own marker, so an interrupted stage
+resumes and a damaged shard is made again; the shards' bytes never depend on where they ran. A phase's shards are
+kept while the stage's identity stays the same, and forgotten (with the stage's output) when it changes. Data files
+the shards wrote are committed in place: `StageOutput(in_place=InPlace.of_shards(markers))`. Scratch phases
+(`scratch=True`: files only the computation needs) are removed once the output is committed. The shards read their
+input themselves, one at a time (`stage_data_files`, `hf_ipt.execution.phases.read_batches`), so a stage's memory is
+bounded by its shards, not by the corpus.
 
 Example:
     >>> from hf_ipt.config import RunConfig
@@ -35,9 +45,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from hf_ipt.execution import Executor, make_executor
+from hf_ipt.execution.phases import PHASES_DIR, WORK_DIR, ShardPhase, ShardTask, clear_phases, phase_fingerprint
+from hf_ipt.memory import MappedPagesReleaser, return_freed_memory
 from hf_ipt.preflight import Check
 from hf_ipt.redaction import redact
-from hf_ipt.store import IncompleteRunError, RunFolder, StageFolder, fingerprint
+from hf_ipt.store import DATA_DIR, IncompleteRunError, RunFolder, StageFolder, fingerprint, json_bytes
 
 if TYPE_CHECKING:
     from hf_ipt.config import RecipeConfig, RunConfig
@@ -63,6 +76,29 @@ class InPlace:
     files: dict[str, list[str]]
     num_rows: dict[str, int]
     checksums: dict[str, dict[str, Any]]
+
+    @classmethod
+    def of_shards(cls, markers: Sequence[Mapping[str, Any]]) -> InPlace:
+        """The data files the shards of a phase committed (`StageContext.run_shards`' markers, in shard order), each
+        shard's Hub-layout file (`data/<split>-NNNNN-of-NNNNN.parquet`) under its split: the files with rows (a
+        loader rejects a file without), or a split's first file when none has rows; every file's checksum.
+
+        Example:
+            >>> InPlace.of_shards([{"files": {"data/train-00000-of-00001.parquet": {"bytes": 9, "sha256": "ab"}},
+            ...                     "num_rows": 4}]).num_rows
+            {'train': 4}
+        """
+        found: dict[str, list[tuple[str, int]]] = {}
+        checksums: dict[str, dict[str, Any]] = {}
+        for marker in markers:
+            for relative, checked in marker["files"].items():
+                if relative.startswith(f"{DATA_DIR}/"):
+                    split = relative.removeprefix(f"{DATA_DIR}/").rsplit("-", 3)[0]
+                    found.setdefault(split, []).append((relative, int(marker["num_rows"])))
+                    checksums[relative] = dict(checked)
+        files = {split: [r for r, rows in shards if rows] or [shards[0][0]] for split, shards in found.items()}
+        num_rows = {split: sum(rows for _, rows in shards) for split, shards in found.items()}
+        return cls(files, num_rows, checksums)
 
 
 @dataclass
@@ -182,6 +218,43 @@ class StageContext:
     upstream: StageFolder | None
     identity: dict[str, Any]
     previous: dict[str, Any] | None  # the marker this output had before (another identity), or None
+    started: bool = False  # whether `run_shards` has checked the output folder's phases against the identity
+
+    def run_shards(
+        self,
+        name: str,
+        task: ShardTask,
+        num_shards: int,
+        *,
+        layout: Mapping[str, Any] | None = None,
+        scratch: bool = False,
+        desc: str = "",
+    ) -> list[dict[str, Any]]:
+        """Run phase `name` of this stage: `task` on each of `num_shards` shards, on the run's executor
+        (`shard_executor`), each shard committed in the output folder with its marker; the markers, in shard order.
+        Shards committed earlier under this identity (and `layout`: what else decides the shards) with intact files
+        are kept. `scratch`: the phase's files serve this computation only (under `.hf_ipt/work/`), removed once the
+        stage's output is committed.
+
+        Example:
+            >>> markers = context.run_shards("templify", TemplifyShards(...), num_shards=6)  # doctest: +SKIP
+            >>> StageOutput(report=report, in_place=InPlace.of_shards(markers))  # doctest: +SKIP
+        """
+        if not self.started:
+            start_phases(self.output, self.identity)
+            self.started = True
+        phase = ShardPhase(
+            task,
+            self.output,
+            name=name,
+            num_shards=num_shards,
+            fingerprint=phase_fingerprint(self.identity, name, layout),
+            executor=shard_executor(self.run),
+            num_workers=self.run.num_workers,
+            desc=desc or f"{name} shards",
+            markers_dir=f"{WORK_DIR}/phases" if scratch else PHASES_DIR,
+        )
+        return phase.run()
 
 
 class Stage(ABC):
@@ -266,12 +339,16 @@ class Stage(ABC):
         return output.describe_damage(damage)
 
     def run(self, run: RunConfig) -> StageSummary:
-        """Run this stage on `run` (its `output_dir` and settings): `run_stage(self, run)`.
+        """Run this stage on `run` (its `output_dir` and settings): `run_stage(self, run)`, with the memory it is done
+        with given back as it goes (`hf_ipt.memory`): Arrow's freed memory at once, the pages of the memory-mapped
+        files it read when they pile up.
 
         Example:
             >>> MixStage(mix_config, sources).run(RunConfig(output_dir="output/run"))  # doctest: +SKIP
         """
-        return run_stage(self, run)
+        return_freed_memory()
+        with MappedPagesReleaser():
+            return run_stage(self, run)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -366,6 +443,8 @@ def run_stage(stage: Stage, run: RunConfig) -> StageSummary:
     summary.figures.update(result.figures)
     if result.complete:
         committed = commit(stage, output, identity, result)
+        if context.started:
+            output.remove(WORK_DIR)  # the scratch of its shard phases: the committed output no longer needs it
         summary.rows = sum(committed["num_rows"].values()) if committed["num_rows"] else None
         stage.summarize(result.report, summary, output)
     summary.seconds = time.perf_counter() - started
@@ -378,6 +457,59 @@ def run_stage(stage: Stage, run: RunConfig) -> StageSummary:
 def _figures_line(summary: StageSummary) -> str:
     """A summary's figures on one line, for the log file."""
     return "; ".join(" ".join(line.split()) for line in summary.lines()[1:])
+
+
+PHASES_IDENTITY = f"{PHASES_DIR}/identity.json"
+
+
+def start_phases(output: StageFolder, identity: Mapping[str, Any]) -> None:
+    """Before a stage's first phase: shards committed under another identity (or before any phase ran there) are
+    forgotten with the output they made (marker first, then data files, phases and scratch), so no stale file
+    survives; under the same identity they are kept, and the phases resume.
+
+    Example:
+        >>> start_phases(RunFolder("memory://doc-base/run").stage("templified"), {"templify": {"seed": 0}})
+    """
+    wanted = fingerprint(identity)
+    recorded = output.read_json(PHASES_IDENTITY) or {}
+    if recorded.get("fingerprint") == wanted:
+        return
+    output.clear()
+    clear_phases(output)
+    output.write_atomic(PHASES_IDENTITY, json_bytes({"fingerprint": wanted}))
+
+
+def shard_executor(run: RunConfig) -> Executor:
+    """Where the shards of a stage's phases run, from `run.executor` and `run.num_workers`: Ray tasks reserving no
+    GPU ('ray'), one forked process per worker on this machine, each pinned to its share of the cores (local,
+    several workers), or this process (local, one worker). Synthesis places its workers on devices itself
+    (`SynthesizeStage.executor`).
+
+    Example:
+        >>> shard_executor(RunConfig(output_dir="out", num_workers=2)).name
+        'processes'
+    """
+    if run.executor == "ray":
+        return make_executor("ray", num_gpus_per_worker=0, max_retries=run.max_retries, address=run.ray_address)
+    if run.num_workers > 1:
+        # forked, whatever this process holds: the phases run no engine and touch no GPU, and a spawned worker would
+        # import everything again for each phase
+        return make_executor("processes", start_method="fork")
+    return make_executor("local")
+
+
+def stage_data_files(folder: StageFolder) -> list[tuple[str, str]]:
+    """(split, data file) of a committed stage output, split by split, each split's files in order: the shards a
+    stage reading it may take one at a time (read them with `hf_ipt.execution.phases.read_batches`).
+
+    Example:
+        >>> stage_data_files(RunFolder("output/quickstart").stage("synthesized"))  # doctest: +SKIP
+        [('train', 'data/train-00000-of-00006.parquet'), ('train', 'data/train-00001-of-00006.parquet'), ...]
+    """
+    marker = folder.marker()
+    if marker is None:
+        raise IncompleteRunError(f"{folder.url} holds no finished stage output")
+    return [(split, relative) for split, relatives in marker["files"].items() for relative in relatives]
 
 
 def commit(stage: Stage, output: StageFolder, identity: Mapping[str, Any], result: StageOutput) -> dict[str, Any]:

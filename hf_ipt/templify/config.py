@@ -100,7 +100,14 @@ class TemplifyConfig:
             "min": 1,
         },
     )
-    num_proc: int | None = field(default=None, metadata={"help": "Processes for Dataset.map in templify().", "min": 1})
+    num_proc: int | None = field(
+        default=None,
+        metadata={
+            "help": "Processes for Dataset.map in templify() (the templify stage runs its shards on run.num_workers "
+            "workers instead).",
+            "min": 1,
+        },
+    )
     drop_skipped: bool = field(
         default=False,
         metadata={

@@ -31,17 +31,29 @@ from hf_ipt.templify.config import MODES, RAW
 from hf_ipt.templify.templifier import FAMILIES
 from hf_ipt.tokenization import load_tokenizer
 
-_TEMPLIFY_COLUMNS = [TEXT, CHAIN_POSITIONS, MODE, INVERTED, FAMILIES_COLUMN, NUM_PAIRS, DROPPED_PAIRS, TEMPLIFY_STATUS]
+#: the columns templify's statistics read
+TEMPLIFY_REPORT_COLUMNS = [
+    TEXT,
+    CHAIN_POSITIONS,
+    MODE,
+    INVERTED,
+    FAMILIES_COLUMN,
+    NUM_PAIRS,
+    DROPPED_PAIRS,
+    TEMPLIFY_STATUS,
+]
 
 
 def _templify_figures(dataset: Any, tokenizer: Any, batch_size: int) -> tuple[dict[str, Any], Distribution]:
     """One pass over templify's output: (templify_stats, the pairs-per-text distribution of ok texts)."""
     if tokenizer is not None and isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer)
-    needed = _TEMPLIFY_COLUMNS
+    needed = TEMPLIFY_REPORT_COLUMNS
     if isinstance(dataset, Mapping):
         missing = [name for name in needed if name not in dataset]
         batches: Iterable[Any] = [dataset]
+    elif not hasattr(dataset, "column_names"):  # batches of columns, in row order (a sharded output's files)
+        missing, batches = [], _checked_batches(dataset, needed)
     else:
         names = dataset.column_names or []
         missing = [name for name in needed if name not in names]
@@ -94,9 +106,18 @@ def _templify_figures(dataset: Any, tokenizer: Any, batch_size: int) -> tuple[di
     return stats, pairs
 
 
+def _checked_batches(batches: Iterable[Mapping[str, Any]], needed: list[str]) -> Iterable[Mapping[str, Any]]:
+    for batch in batches:
+        missing = [name for name in needed if name not in batch]
+        if missing:
+            raise ValueError(f"templify_stats needs templify's output columns; {missing} are missing")
+        yield batch
+
+
 def templify_stats(dataset: Any, *, tokenizer: Any = None, batch_size: int = 10_000) -> dict[str, Any]:
-    """Statistics of a templified dataset (a `Dataset`, an `IterableDataset`, or a dict of columns), as plain,
-    JSON-serialisable data for the dataset card and plots.
+    """Statistics of a templified dataset (a `Dataset`, an `IterableDataset`, a dict of columns, or an iterable of
+    such dicts in row order: the batches of a sharded output), as plain, JSON-serialisable data for the dataset card
+    and plots.
 
     Columns read: templify's output (`text`, `chain_positions`, `mode`, `inverted`, `families`, `num_pairs`,
     `dropped_pairs`, `templify_status`). Returns: `rows`, `texts` (rows with status ok), `source_rows` (input rows
