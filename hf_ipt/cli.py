@@ -21,11 +21,12 @@ import argparse
 import importlib.util
 import logging
 import os
+import re
 import sys
 import textwrap
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import yaml
 
@@ -34,16 +35,20 @@ from hf_ipt.config import ConfigError, RecipeConfig, describe_fields, load_recip
 from hf_ipt.engines import EngineStartError
 from hf_ipt.execution import WorkersLostError
 from hf_ipt.execution.runner import ResumeConflictError
+from hf_ipt.logs import LogFile, ScrubbingFormatter, progress_lines_off_terminal
 from hf_ipt.pipeline import run, stage_names, stages_of, status
 from hf_ipt.preflight import run_checks
 from hf_ipt.quality import compare, format_comparison, format_report, write_report
 from hf_ipt.quiet import quiet_third_party
-from hf_ipt.redaction import install_log_scrubbing, redact, register_secrets, scrub, secret_values
+from hf_ipt.redaction import install_log_scrubbing, redact, register_secrets, scrub, scrub_command, secret_values
 from hf_ipt.release.hub import ReleaseError
 from hf_ipt.reports import load_report, verify_files
 from hf_ipt.stages import CommandOptions, FailedRowsError, StageSummary
 from hf_ipt.stages.base import duration
 from hf_ipt.store import IncompleteRunError, LeaseHeldError, config_to_dict
+from hf_ipt.version import __version__
+
+logger = logging.getLogger("hf_ipt.cli")
 
 OTHER_COMMANDS = {
     "status": "show which shards and stages of a run are finished",
@@ -52,6 +57,8 @@ OTHER_COMMANDS = {
     "resume) in seconds, loading no model; exit 0 when all is ready, 2 otherwise",
     "report": "quality of the synthesized pairs of a release or run (RELEASE: a release folder, a run's output folder "
     "or owner/name@revision on the Hub), or two side by side with --against OTHER",
+    "estimate": "the dry run before a long job: every stage on the first rows (a few batches, in a temporary "
+    "folder), then prompt/generated tokens, GPU-hours, output size and mix sources projected for the whole input",
 }
 # the recipe sections a command reads (the keys its --help lists); None: all of them
 OTHER_SECTIONS: dict[str, tuple[str, ...] | None] = {
@@ -59,6 +66,7 @@ OTHER_SECTIONS: dict[str, tuple[str, ...] | None] = {
     "config": None,
     "check": None,
     "report": (),
+    "estimate": None,
 }
 
 
@@ -77,23 +85,33 @@ def commands() -> dict[str, tuple[str, tuple[str, ...] | None, tuple[str, ...]]]
     return found
 
 
-def keys_help(sections: Sequence[str] | None = None) -> str:
-    """The recipe keys of `sections` (top-level recipe keys; None: all), one entry each with type, default and help:
-    the epilog of `hf-ipt COMMAND --help` and the output of `hf-ipt config --keys`.
+def keys_help(sections: Sequence[str] | None = None, *, full: bool = False) -> str:
+    """The recipe keys of `sections` (top-level recipe keys; None: all) with type, default and help: in full (one
+    entry each, its help wrapped: `hf-ipt config --keys`) or one line each, the help cut to its first sentence (the
+    epilog of `hf-ipt COMMAND --help`, kept short).
 
     Example:
-        >>> print(keys_help(["run"]).splitlines()[1])
+        >>> print(keys_help(["run"], full=True).splitlines()[1])
           --run.output_dir  (str, default "")
+        >>> keys_help(["run"]).splitlines()[1].startswith("  --run.output_dir (str, default \"\"): Root of all")
+        True
     """
     rows = [row for row in describe_fields(RecipeConfig) if sections is None or row[0].split(".")[0] in sections]
     shown = "all sections" if sections is None else "sections " + ", ".join(sections)
-    lines = [
+    lines = textwrap.wrap(
         f"recipe keys read ({shown}; set in RECIPE.yaml, or override: --section.key VALUE, --section.key=VALUE, or "
-        "a bare --flag for true):"
-    ]
+        "a bare --flag for true)" + (":" if full else "; the full help of each: `hf-ipt config --keys`:"),
+        width=119,
+    )
     for key, type_name, default, help_text in rows:
-        lines.append(f"  --{key}  ({type_name}, {'required' if default == 'required' else f'default {default}'})")
-        lines.extend(textwrap.wrap(help_text, width=100, initial_indent="      ", subsequent_indent="      "))
+        given = "required" if default == "required" else f"default {default}"
+        if full:
+            lines.append(f"  --{key}  ({type_name}, {given})")
+            lines.extend(textwrap.wrap(help_text, width=100, initial_indent="      ", subsequent_indent="      "))
+        else:
+            first = re.split(r"(?<=[.;])\s", help_text, maxsplit=1)[0].rstrip(".;")
+            line = f"  --{key} ({type_name}, {given}): {first}"
+            lines.append(line if len(line) <= 119 else line[:118] + "…")
     if sections is None or "mix_sources" in sections:
         lines.append(
             "  --mix_sources.NAME.KEY  sets KEY of one mix source (keys: those of source plus kind, question_column, "
@@ -116,13 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"hf-ipt {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, sections, runs) in commands().items():
         stages = [stage for stage in registry.STAGES if stage.name in runs]
         sub = subparsers.add_parser(
             name,
             help=help_text,
-            description=help_text,
+            description=textwrap.fill(help_text, width=119),
             epilog=keys_help(sections),
             formatter_class=argparse.RawDescriptionHelpFormatter,
             allow_abbrev=False,
@@ -158,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "report":
             add_report_arguments(sub)
+        if name == "estimate":
+            sub.add_argument(
+                "--rows", type=int, default=None, help="source rows the trial runs (default: 2 synthesis batches)"
+            )
+            sub.add_argument(
+                "--input-rows", type=int, default=None, help="rows of the whole input, when it cannot be counted"
+            )
         if name == "check" or stages:
             sub.add_argument(
                 "--overwrite",
@@ -171,8 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `hf-ipt` console script; returns the exit status: 0 done; 2 bad input, a refused resume
     or a run folder another command is writing (its holder named); 3 this worker finished but other shards are still
     missing; 4 release refused: more synthesized rows failed in the engine than release.max_engine_error_share allows
-    (run the command again once the engine answers); 5 a Ray node or the cluster died (committed shards are kept: run
-    the command again); 130 interrupted.
+    (run the command again once the engine answers); 5 a worker process or a Ray node died (committed shards are
+    kept: run the command again); 130 interrupted. No error prints a traceback unless --verbose; a command that runs
+    stages writes its log file (`hf_ipt.logs`), the traceback included.
 
     Example:
         >>> main(["run", "recipes/quickstart.yaml", "--synth.rounds", "2", "--quiet"])  # doctest: +SKIP
@@ -182,12 +209,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # argparse knows the command's own options; everything else is the recipe path and --section.key overrides
     args, extras = build_parser().parse_known_args(argv)
     args.argv = argv
-    _configure_output(args.quiet, args.verbose)
+    restore = _configure_output(args.quiet, args.verbose)
+    try:
+        return _main(args, extras)
+    finally:
+        restore()
+
+
+def _main(args: argparse.Namespace, extras: Sequence[str]) -> int:
     if getattr(args, "keys", False):
-        print(keys_help())
+        print(keys_help(full=True))
         return 0
     if args.command == "report":
         return _print_report(args, extras)
+    log: LogFile | None = None
     try:
         positionals: list[str] = []
         overrides = parse_overrides(extras, RecipeConfig, positionals=positionals)
@@ -197,13 +232,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["run.overwrite"] = True
         recipe = load_recipe(positionals[0] if positionals else None, overrides)
         register_secrets(secret_values(config_to_dict(recipe)))  # scrubbed from every line printed from now on
+        log = _open_log(args, recipe)
         return _dispatch(args, recipe)
     except FailedRowsError as err:
+        _record_error(log, err)
         print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)
         return 4
     except WorkersLostError as err:  # a worker process, a Ray node or the cluster died: one line, then resume
+        _record_error(log, err)
         line = f"hf-ipt {args.command}: error: {scrub(str(err))}"
         if err.process_doomed:
+            if log is not None:
+                log.close()  # os._exit skips the `finally` below
             # Ray ends a process whose node died with an exit status of its own, at a moment of its own: end it
             # now, with the documented one (the line in one write: another thread may hold sys.stderr)
             sys.stdout.flush()
@@ -214,51 +254,98 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 5
     except (ConfigError, ResumeConflictError, IncompleteRunError, ReleaseError, LeaseHeldError, ValueError) as err:
         # the stages' errors name the setting or column at fault and how to fix it: show them, not a traceback
+        _record_error(log, err)
         print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)
         return 2
-    except (EngineStartError, OSError, ImportError) as err:
-        return _report_environment_error(args, err)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        _record_error(log, err)
         print(
             f"hf-ipt {args.command}: interrupted; finished shards are kept, run the same command to resume",
             file=sys.stderr,
         )
         return 130
+    except Exception as err:  # noqa: BLE001 - whatever else stopped it: one line, the traceback with --verbose
+        _record_error(log, err)
+        return _report_environment_error(args, err, log)
+    finally:
+        if log is not None:
+            log.close()
 
 
-def _report_environment_error(args: argparse.Namespace, err: BaseException) -> int:
+def _open_log(args: argparse.Namespace, recipe: RecipeConfig) -> LogFile | None:
+    """The log file of a command that runs stages (`run.output_dir/logs/`); None for the others, or when the output
+    folder cannot be written (the preflight then says why)."""
+    if not commands()[args.command][2]:
+        return None
+    name = args.command
+    if getattr(args, "num_workers", 1) > 1:
+        name += f"-worker-{args.worker_index}-of-{args.num_workers}"
+    try:
+        log = LogFile(recipe.run.folder, name).start()
+    except OSError as err:
+        logger.warning("no log file in %s (%s: %s)", recipe.run.output_dir, type(err).__name__, err)
+        return None
+    logger.debug("hf-ipt %s (Python %s): %s", __version__, sys.version.split()[0], scrub_command(args.argv))
+    logger.info("log file: %s", scrub(log.url))
+    return log
+
+
+def _record_error(log: LogFile | None, err: BaseException) -> None:
+    if log is not None:
+        log.record_error(err)
+
+
+def _report_environment_error(args: argparse.Namespace, err: BaseException, log: LogFile | None = None) -> int:
     """One line for what the user's machine or settings caused (an engine that does not start, a file or model that
-    cannot be read, a missing package); the traceback only with --verbose."""
+    cannot be read, a missing package, any other failure); the traceback only with --verbose (and in the log
+    file)."""
     if args.verbose:
         print(scrub("".join(traceback.format_exception(err))), end="", file=sys.stderr)
     shown = str(err) if isinstance(err, EngineStartError) else f"{type(err).__name__}: {err}"
-    hint = "" if args.verbose else " (--verbose shows the traceback)"
+    where = f"; it is in {scrub(log.url)}" if log is not None else ""
+    hint = "" if args.verbose else f" (--verbose shows the traceback{where})"
     print(f"hf-ipt {args.command}: error: {scrub(shown)}{hint}", file=sys.stderr)
     return 2
 
 
-def _configure_output(quiet: bool, verbose: bool = False) -> None:
-    """hf-ipt's own log lines on stderr (info, or warnings only with --quiet); progress bars off with --quiet;
-    third-party libraries' logs below WARNING hidden unless --verbose."""
+def _configure_output(quiet: bool, verbose: bool = False) -> Callable[[], None]:
+    """hf-ipt's own log lines on stderr (info, or warnings only with --quiet), timestamped when stderr is not a
+    terminal; progress bars off with --quiet, and as periodic lines off a terminal (`hf_ipt.logs.ProgressLines`);
+    third-party libraries' logs below WARNING hidden unless --verbose. Returns what puts `sys.stderr` back."""
     import datasets
 
     if verbose:
         datasets.logging.set_verbosity_info()
     else:
         quiet_third_party()
+    terminal = sys.stderr.isatty()
+    put_back = progress_lines_off_terminal() if not quiet else (lambda: None)
     log = logging.getLogger("hf_ipt")
-    # one handler on hf-ipt's logger (not the root's), so other libraries' log lines are not printed twice
-    if not any(getattr(h, "_hf_ipt_cli", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._hf_ipt_cli = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    # one handler on hf-ipt's logger (not the root's), so other libraries' log lines are not printed twice; this
+    # command's own, removed when it returns (a process calling main() twice gets no stale stream)
+    for stale in [h for h in log.handlers if getattr(h, "_hf_ipt_cli", False)]:
+        log.removeHandler(stale)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._hf_ipt_cli = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    level_before = log.level
+    fmt = "%(message)s" if terminal else "%(asctime)s %(message)s"
+    handler.setFormatter(ScrubbingFormatter(fmt) if not terminal else logging.Formatter(fmt))
+    level = logging.WARNING if quiet else logging.INFO
+    handler.setLevel(level)
+    log.setLevel(level)
     install_log_scrubbing("hf_ipt", "huggingface_hub", "datasets", logging.getLogger())
     if quiet:
         datasets.disable_progress_bars()
     else:
         datasets.enable_progress_bars()
+
+    def restore() -> None:
+        log.removeHandler(handler)
+        log.setLevel(level_before)
+        put_back()
+
+    return restore
 
 
 def _dispatch(args: argparse.Namespace, recipe: RecipeConfig) -> int:
@@ -269,6 +356,11 @@ def _dispatch(args: argparse.Namespace, recipe: RecipeConfig) -> int:
         return _print_status(recipe)
     if args.command == "check":
         return _print_check(recipe, args)
+    if args.command == "estimate":
+        from hf_ipt.estimate import estimate
+
+        print("\n".join(estimate(recipe, rows=args.rows, input_rows=args.input_rows).lines()))
+        return 0
     started = time.perf_counter()
     summaries = run(
         recipe,
@@ -293,14 +385,22 @@ def _print_check(recipe: RecipeConfig, args: argparse.Namespace) -> int:
     options = CommandOptions(worker_index=args.worker_index, num_workers=args.num_workers)
     results = run_checks(stages_of(recipe, None, options), recipe.run)
     for result in results:
-        state = f"skipped ({result.skipped})" if result.skipped else "ok" if result.ok else "PROBLEM"
+        state = "PROBLEM" if not result.ok else "warning" if result.problems else "ok"
         # a check's name holds its input, e.g. the output folder's URL with its credentials
-        print(scrub(f"{state:<8} {result.name}" if not result.skipped else f"{'-':<8} {result.name}: {state}"))
+        print(
+            scrub(
+                f"{state:<8} {result.name}"
+                if not result.skipped
+                else f"{'-':<8} {result.name}: skipped ({result.skipped})"
+            )
+        )
         for problem in result.problems:
-            print(scrub(f"         {problem.key}: {problem.found}"))
-            print(scrub(f"           fix: {problem.fix}"))
-    problems = sum(len(r.problems) for r in results)
-    print(f"\nhf-ipt check: {'ready to run' if not problems else f'{problems} problem(s) found'}")
+            print(f"         {problem.key}: {scrub(str(problem.found))}")
+            print(f"           {'note' if problem.warning else 'fix'}: {scrub(str(problem.fix))}")
+    problems = sum(not p.warning for r in results for p in r.problems)
+    warnings = sum(p.warning for r in results for p in r.problems)
+    said = f" ({warnings} warning(s) above)" if warnings else ""
+    print(f"\nhf-ipt check: {'ready to run' if not problems else f'{problems} problem(s) found'}{said}")
     return 0 if not problems else 2
 
 
@@ -336,6 +436,8 @@ def _print_report(args: argparse.Namespace, extras: Sequence[str]) -> int:
     except (ValueError, OSError, ImportError) as err:
         print(f"hf-ipt report: error: {scrub(str(err))}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - whatever else: one line, the traceback with --verbose
+        return _report_environment_error(args, err)
 
 
 def _print_status(recipe: RecipeConfig) -> int:

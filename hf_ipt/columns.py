@@ -148,3 +148,36 @@ def check_input_columns(
             f"(it writes {sorted(writes)}); rename them before this step, e.g. "
             f"dataset.rename_column({first!r}, 'input_{first}'), or remove them with dataset.remove_columns({clash})"
         )
+
+
+# what each column holds, in words for a reader of the dataset card ("Dataset structure")
+DESCRIPTIONS: dict[str, str] = {
+    TEXT: "The pre-training text. An augmented row is a text: a chain of source chunks, each followed (or preceded) "
+    "by its synthesized question-answer pairs; another source's row is formatted like it (a general instruction "
+    "is `question response`). Wrapped in the target model's BOS/EOS when one is set",
+    NUM_TOKENS: "Tokens of `text` under the target tokenizer (`mix.tokenizer`), special tokens not added: the count "
+    "the mix ratio is measured in",
+    SOURCE: "The source the row comes from, by its name in `mix.weights` (`augmented`: the instruction-augmented "
+    "texts)",
+    SOURCE_INDEX: "Index of the row in its source as the mix read it (for `augmented`: the row of the templified "
+    "texts)",
+    CHAIN_ID: "The synthesis chain the text's chunks belong to",
+    CHAIN_POSITIONS: "Positions in the chain of the chunks rendered in this text",
+    SOURCE_IDS: "The id-column values of those chunks",
+    MODE: "How the pairs are laid out (`classic`, `dialog`, `next_turn`, ...; `raw`: a text without pairs)",
+    INVERTED: "Whether the pairs come before the text",
+    FAMILIES_COLUMN: "The question/answer template families used",
+    NUM_PAIRS: "Pairs rendered in the text",
+    DROPPED_PAIRS: "Pairs that could not be rendered",
+    TEMPLIFY_STATUS: "`ok`, or why the text is empty",
+    PAIRS: "The parsed question-answer pairs of the chunk, each {instruction, response}",
+    SYNTH_OUTPUT: "The synthesizer's raw output for the chunk",
+    CHAIN_POSITION: "Round of the chunk in its chain (0 = first)",
+    NUM_DEMONSTRATIONS: "Earlier chunks of the chain shown to the synthesizer as demonstrations",
+    PROMPT_TOKENS: "Tokens sent to the synthesizer for the chunk",
+    TRUNCATED: "Whether the chunk was cut to fit the synthesizer's context",
+    SYNTH_STATUS: "`ok` (pairs), `no_pairs`, `empty_text`, `invalid_text` or `engine_error`",
+    SYNTH_ERROR: "Detail of a status other than `ok`",
+    PARSE_DROPS: "Pieces of the output the parser dropped, by reason",
+    SPECIAL_STRINGS: "Whether the prompt held a literal `<s>`/`</s>` sent as text",
+}

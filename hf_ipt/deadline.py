@@ -46,11 +46,12 @@ def within(seconds: float, fn: Callable[[], T], what: str) -> T:
 
 
 def looks_local(path: str) -> bool:
-    """A path meant for this machine (absolute, ./, ../, ~, or existing), not a Hub id.
+    """A path meant for this machine (absolute, ./, ../, ~, existing, or under an existing folder: `output/tny`
+    when `output/` exists), not a Hub id: a mistyped local path is reported as missing, never looked up on the Hub.
 
     Example:
-        >>> looks_local("./model"), looks_local("org/model")
-        (True, False)
+        >>> looks_local("./model"), looks_local("org/model"), looks_local("hf_ipt/no-such-model")
+        (True, False, True)
     """
     return (
         os.path.isabs(path)
@@ -58,4 +59,5 @@ def looks_local(path: str) -> bool:
         or Path(path).expanduser().exists()
         or path.count("/") > 1
         or "\\" in path
+        or ("/" in path and Path(path.split("/", 1)[0]).is_dir())
     )

@@ -76,7 +76,7 @@ def check(
     """
     options = CommandOptions(worker_index=worker_index, num_workers=num_workers)
     results = run_checks(stages_of(recipe, stages, options), recipe.run)
-    return [problem for result in results for problem in result.problems]
+    return [problem for result in results for problem in result.problems if not problem.warning]
 
 
 def run(

@@ -148,6 +148,21 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(count)]
 
 
+def numa_nodes() -> int:
+    """The NUMA nodes of this machine (vLLM's CPU backend binds each tensor/pipeline-parallel rank to one); 1 where
+    the system does not say.
+
+    Example:
+        >>> numa_nodes() >= 1
+        True
+    """
+    try:
+        found = [name for name in os.listdir("/sys/devices/system/node") if name[4:].isdigit()]
+    except OSError:
+        return 1
+    return max(1, len(found))
+
+
 def _gpu_count_without_cuda() -> int:
     try:
         import pynvml  # shipped with CUDA builds of vLLM and torch (nvidia-ml-py)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import logging
 import os
 import posixpath
 import uuid
@@ -27,12 +28,16 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from hf_ipt._deps import INSTALL_HINTS
 from hf_ipt.config import BUNDLED_PREFIX, RunConfig, SourceConfig
 from hf_ipt.deadline import looks_local, within
+from hf_ipt.language import ENGLISH, MOSTLY_ENGLISH, detect_languages, language_name
 from hf_ipt.validation import PreflightError, Problem
 
 if TYPE_CHECKING:
     pass
 
+logger = logging.getLogger(__name__)
+
 HUB_TIMEOUT = 20.0  # seconds for one Hub API call (whoami, repo info)
+HUB_PROBE_TIMEOUT = 5.0  # seconds for the one probe that tells whether the Hub answers at all
 SOURCE_TIMEOUT = 60.0  # seconds to open a dataset and read its first row (streaming from the Hub can be slow)
 TOKENIZER_TIMEOUT = 60.0
 
@@ -90,8 +95,8 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
-        """Whether the check passed (or was skipped)."""
-        return not self.problems
+        """Whether the check passed (or was skipped); warnings do not count."""
+        return not [p for p in self.problems if not p.warning]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,6 +112,7 @@ def run_checks(stages: Sequence[CheckedStage], run: RunConfig) -> list[CheckResu
         >>> [r.name for r in run_checks([TemplifyStage(TemplifyConfig())], run)]  # doctest: +SKIP
         ['output folder output/quickstart']
     """
+    _HUB.clear()  # one probe per preflight: the network may have changed since the last one
     built_later: set[str] = set()
     for stage in stages:
         built_later |= {normalized(path) for path in stage.creates()}
@@ -125,7 +131,10 @@ def ensure_ready(stages: Sequence[CheckedStage], run: RunConfig) -> None:
     Example:
         >>> ensure_ready([SynthesizeStage(source, synth)], run)  # doctest: +SKIP
     """
-    problems = [problem for result in run_checks(stages, run) for problem in result.problems]
+    found = [problem for result in run_checks(stages, run) for problem in result.problems]
+    for warning in (p for p in found if p.warning):
+        logger.warning("%s: %s (%s)", warning.key, warning.found, warning.fix)
+    problems = [p for p in found if not p.warning]
     if problems:
         raise PreflightError(problems)
 
@@ -215,6 +224,53 @@ def check_source(source: SourceConfig, key: str, columns: Mapping[str, str] | No
     return problems
 
 
+LANGUAGE_SAMPLE_ROWS = 100
+
+
+def check_language(source: SourceConfig, key: str) -> list[Problem]:
+    """A warning when most of the source's first `LANGUAGE_SAMPLE_ROWS` texts (streamed) are not English: the
+    synthesizer is English-trained and writes English pairs about any text (`hf_ipt.language`).
+
+    Example:
+        >>> check_language(SourceConfig(path="bundled:quickstart"), "source")
+        []
+    """
+    where = _source_location(source, key)
+    if isinstance(where, Problem) or (where == "hub" and hub_down()):
+        return []  # the source's own check reports it
+
+    def first_texts() -> list[Any]:
+        import datasets
+
+        arguments = source.load_arguments()
+        arguments["split"] = source.output_split
+        rows = datasets.load_dataset(**arguments, streaming=True).take(LANGUAGE_SAMPLE_ROWS)
+        return [row.get(source.text_column) for row in rows]
+
+    try:
+        texts = within(SOURCE_TIMEOUT, first_texts, f"reading the first rows of {source.path}")
+    except Exception:  # noqa: BLE001 - unreadable: the source's own check says why
+        return []
+    codes = [code for code in detect_languages(texts) if code]
+    if not codes:
+        return []
+    english = codes.count(ENGLISH) / len(codes)
+    if english >= MOSTLY_ENGLISH:
+        return []
+    others = sorted({c for c in codes if c != ENGLISH}, key=lambda c: -codes.count(c))[:3]
+    return [
+        Problem(
+            f"{key}.path",
+            f"{100 * (1 - english):.0f}% of its first {len(codes)} texts are not English ("
+            + ", ".join(f"{language_name(c)} {codes.count(c)}" for c in others)
+            + "); the synthesizer is English-trained: it writes English questions and answers about them",
+            "expect English pairs (the card and `hf-ipt report` count them), or use a synthesizer trained for the "
+            "corpus' language (synth.model)",
+            warning=True,
+        )
+    ]
+
+
 def check_tokenizer(key: str, name: str, revision: str | None = None) -> list[Problem]:
     """The tokenizer `name` (a local folder or a Hub id) loads; its files only, never the model's weights.
 
@@ -227,14 +283,19 @@ def check_tokenizer(key: str, name: str, revision: str | None = None) -> list[Pr
             Problem(key, f"no tokenizer folder {name!r}", "give the folder of a saved tokenizer/model or a Hub id")
         ]
 
+    offline = not looks_local(name) and hub_down() is not None
+
     def load() -> None:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(name, revision=revision)
+        # the Hub is unreachable: the local cache alone answers (no retries against a network that is not there)
+        AutoTokenizer.from_pretrained(name, revision=revision, local_files_only=offline)
 
     try:
         within(TOKENIZER_TIMEOUT, load, f"loading the tokenizer {name}")
     except Exception as err:  # noqa: BLE001 - any loading failure is the problem to report
+        if offline:
+            return hub_unreachable_once(key)  # not in the cache, and the Hub does not answer
         return [
             Problem(
                 key,
@@ -286,8 +347,70 @@ def guarded(name: str, run: Callable[[], list[Problem]]) -> CheckResult:
     """
     try:
         return CheckResult(name, run())
+    except SkipCheck as skip:
+        return CheckResult(name, skipped=str(skip))
     except Exception as err:  # noqa: BLE001 - a check must never hide the other checks' problems
         return CheckResult(name, [Problem(name, f"the check failed: {type(err).__name__}: {err}", "see the error")])
+
+
+class SkipCheck(Exception):
+    """Raised by a check that cannot look (the Hub it needs is unreachable, already reported): `hf-ipt check` shows
+    it as skipped, with the reason."""
+
+
+_HUB: dict[str, Any] = {}  # this preflight's Hub probe: {"down": reason or None, "reported": bool}
+
+
+def hub_down(refresh: bool = False) -> str | None:
+    """Why the Hub cannot be reached, asked once per preflight with one short request (`HUB_PROBE_TIMEOUT`); None
+    when it answers, or in offline mode (`HF_HUB_OFFLINE`: the local caches answer instead). Every Hub check asks
+    this first, so an offline machine gets one line in seconds, never each library's retries. `refresh` probes
+    again (outside a preflight).
+
+    Example:
+        >>> hub_down() is None or "did not answer" in hub_down()  # doctest: +SKIP
+        True
+    """
+    if refresh or "down" not in _HUB:
+        _HUB["down"] = None if _hub_offline() else _probe_hub()
+    return _HUB["down"]
+
+
+def _probe_hub() -> str | None:
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    url = f"{constants.ENDPOINT.rstrip('/')}/api/whoami-v2"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=HUB_PROBE_TIMEOUT).close()
+    except urllib.error.HTTPError:
+        return None  # an answer (401 without a token): the Hub is there
+    except Exception as err:  # noqa: BLE001 - no answer of any kind: refused, no route, DNS, timeout
+        reason = getattr(err, "reason", err)
+        return f"{constants.ENDPOINT} did not answer in {HUB_PROBE_TIMEOUT:.0f} s ({type(reason).__name__}: {reason})"
+    return None
+
+
+def hub_unreachable_once(key: str) -> list[Problem]:
+    """The problem of an unreachable Hub for the first check that needs it; later checks are skipped (`SkipCheck`)
+    so the preflight says it once.
+
+    Example:
+        >>> hub_unreachable_once("source.path")  # doctest: +SKIP
+        [Problem(key='source.path', found='the Hub is unreachable: ...', fix='...')]
+    """
+    if _HUB.get("reported"):
+        raise SkipCheck("no Hub: see above")
+    _HUB["reported"] = True
+    return [
+        Problem(
+            key,
+            f"the Hub is unreachable: {_HUB.get('down')}",
+            "check the network (HF_ENDPOINT, proxies); or set HF_HUB_OFFLINE=1 to use only the local caches",
+        )
+    ]
 
 
 def first_line(err: BaseException) -> str:
@@ -358,6 +481,8 @@ def _hub_dataset_problem(source: SourceConfig, key: str) -> Problem | None:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+    if hub_down():
+        return hub_unreachable_once(f"{key}.path")[0]
     try:
         within(
             HUB_TIMEOUT,

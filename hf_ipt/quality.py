@@ -61,7 +61,8 @@ from pathlib import Path
 from typing import Any
 
 from hf_ipt import columns as C
-from hf_ipt.plotting import bar_chart, histogram_bars
+from hf_ipt.language import ENGLISH, MOSTLY_ENGLISH, detect_languages, identifier, language_name
+from hf_ipt.plotting import bar_chart
 from hf_ipt.stats import Distribution
 from hf_ipt.tokenization import FastEncoder, load_tokenizer, tokenizer_name
 from hf_ipt.validation import check_fields
@@ -106,6 +107,8 @@ GROUNDING = "grounding"  # list[str], one of GROUNDING_VALUES
 ANSWER_OVERLAP = "answer_overlap"  # list[float | None]: share of the answer's words in the text (None: yes/no)
 QUESTION_HASHES = "question_hashes"  # list[int], signed 64-bit hash of the normalized question
 NO_PAIRS_CAUSE = "no_pairs_cause"  # str, "" when the row has pairs
+TEXT_LANGUAGE = "text_language"  # str, ISO 639 code of the text's language ("" for an empty text)
+PAIRS_LANGUAGE = "pairs_language"  # str, the language of the row's questions and answers together ("" for none)
 QUALITY_COLUMNS = (
     NUM_PAIRS_COLUMN,
     QUESTION_TOKENS,
@@ -115,6 +118,8 @@ QUALITY_COLUMNS = (
     ANSWER_OVERLAP,
     QUESTION_HASHES,
     NO_PAIRS_CAUSE,
+    TEXT_LANGUAGE,
+    PAIRS_LANGUAGE,
 )
 
 
@@ -352,7 +357,8 @@ class QualityFigures:
 
     Columns read: `text_column` (default `text`), `pairs`, and when present `synth_status`, `parse_drops`.
     Columns written: `quality_num_pairs`, `question_tokens`, `answer_tokens`, `task_types`, `grounding`,
-    `answer_overlap`, `question_hashes`, `no_pairs_cause`. A None/non-string text counts as ""; a None `pairs` as
+    `answer_overlap`, `question_hashes`, `no_pairs_cause`, `text_language` and `pairs_language` (`hf_ipt.language`:
+    the text's, and the row's questions and answers together). A None/non-string text counts as ""; a None `pairs` as
     none; a pair whose question or answer is not a string counts it as "".
 
     The tokenizer (a name/path or an object; None: whitespace words) is loaded once per process, on first use, so
@@ -452,6 +458,19 @@ class QualityFigures:
                 status = statuses[row] if statuses is not None else None
                 row_drops = drops[row] if drops is not None else None
                 out[NO_PAIRS_CAUSE].append(no_pairs_cause(status, row_drops))
+        out[TEXT_LANGUAGE] = detect_languages(texts)
+        spoken, position = [], 0
+        for count in out[NUM_PAIRS_COLUMN]:
+            spoken.append(
+                " ".join(
+                    f"{q} {a}"
+                    for q, a in zip(
+                        questions[position : position + count], answers[position : position + count], strict=True
+                    )
+                )
+            )
+            position += count
+        out[PAIRS_LANGUAGE] = detect_languages(spoken)
         lengths = self._lengths(questions + answers)
         hashes = [_hash_normalized(normalize(q)) for q in questions]
         position, total = 0, len(questions)
@@ -600,6 +619,9 @@ def reduce_quality(
     grounded: Counter[str] = Counter()
     by_type: dict[str, Counter[str]] = {kind: Counter() for kind in TASK_TYPES}
     causes: Counter[str] = Counter()
+    text_languages: Counter[str] = Counter()
+    pair_languages: Counter[str] = Counter()
+    crossed: Counter[str] = Counter()  # non-English texts with pairs: "all", and "english" when their pairs are
     hash_values = array("q")  # 8 bytes per pair: the only figure kept per pair until the end
     worst = {
         "ungrounded": _Worst(examples),
@@ -614,6 +636,15 @@ def reduce_quality(
         counts = batch[NUM_PAIRS_COLUMN]
         rows += len(counts)
         per_text.add(counts)
+        text_languages.update(batch[TEXT_LANGUAGE])
+        for count, text_language, pairs_language in zip(
+            counts, batch[TEXT_LANGUAGE], batch[PAIRS_LANGUAGE], strict=True
+        ):
+            if count:
+                pair_languages[pairs_language] += 1
+                if text_language not in (ENGLISH, ""):
+                    crossed["all"] += 1
+                    crossed["english"] += pairs_language == ENGLISH
         for offset, count in enumerate(counts):
             index = start + offset
             pairs = batch[C.PAIRS][offset] or []
@@ -724,6 +755,13 @@ def reduce_quality(
             "rate": _share(rows - with_pairs, rows),
             "by_cause": dict(sorted(causes.items(), key=lambda item: (-item[1], item[0]))),
         },
+        "language": {
+            "identifier": identifier(),
+            "texts": _by_count(text_languages),
+            "pairs": _by_count(pair_languages),
+            "non_english_with_pairs": crossed["all"],
+            "non_english_with_english_pairs": crossed["english"],
+        },
         "examples": {
             "ungrounded": worst["ungrounded"].entries(),
             "repeated_questions": duplicated_examples,
@@ -734,6 +772,10 @@ def reduce_quality(
         },
         "filters": None,
     }
+
+
+def _by_count(counts: Counter[str]) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _repeated_examples(
@@ -938,7 +980,10 @@ def report_and_filter(dataset: Any, config: QualityConfig, *, text_column: str =
 class Figure:
     """One figure of a report, as the card shows it and `compare` judges it.
 
-    `kind`: "count", "share" (0-1, shown in %) or "number"; `better`: "higher", "lower" or None (neither).
+    `kind`: "count", "share" (0-1, shown in %) or "number"; `better`: "higher", "lower" or None (neither). A count
+    of a part (`whole`: the count it is part of, e.g. chunks without pairs of all chunks) is shown with its share and
+    judged by that share, so a count and its share never get two verdicts. `warning`: a plain sentence when the value
+    signals a broken synthesizer (the card prints it next to the figure).
     """
 
     key: str
@@ -946,10 +991,22 @@ class Figure:
     value: float | int | None
     kind: str = "count"
     better: str | None = None
+    whole: int | None = None
+    warning: str = ""
+
+    @property
+    def share(self) -> float | None:
+        """`value / whole` for a count of a part; None otherwise."""
+        if self.whole is None or self.value is None:
+            return None
+        return _share(self.value, self.whole)
 
     def shown(self) -> str:
-        """The value as text: 1,234 / 12.34% / 5.67; "—" when missing."""
-        return format_value(self.value, self.kind)
+        """The value as text: 1,234 / 12.34% / 5.67 / 23 (7.17%); "—" when missing."""
+        text = format_value(self.value, self.kind)
+        if self.share is not None:
+            text += f" ({format_value(self.share, 'share')})"
+        return text
 
 
 def format_value(value: Any, kind: str) -> str:
@@ -968,25 +1025,39 @@ def format_value(value: Any, kind: str) -> str:
     return f"{int(value):,}"
 
 
+# Values that signal a broken synthesizer rather than a corpus' character (the tiny offline model hits them all):
+# the real synthesizer's answers come from their text, its questions differ from text to text, and it parses.
+LOW_GROUNDING = 0.5
+HIGH_REPETITION = 0.3
+HIGH_NO_PAIRS = 0.2
+
+
 def figures(report: Mapping[str, Any]) -> list[Figure]:
-    """Every comparable figure of a quality report, in the order the card and the comparison list them.
+    """Every comparable figure of a quality report, in the order the card and the comparison list them. The unit of
+    the report is the chunk: a row synthesis read (a source row, or a piece of one when chunking cut it).
 
     Example:
         >>> [f.key for f in figures(quality_report_of_rows)][:3]  # doctest: +SKIP
         ['rows', 'pairs', 'pairs_per_text.mean']
     """
     pairs = report.get("pairs") or 0
+    rows = report.get("rows")
     unit = report.get("length_unit") or "tokens"
     grounding_figures = report.get("grounding") or {}
     counts = grounding_figures.get("counts") or {}
     duplicates = report.get("duplicates") or {}
     no_pairs = report.get("no_pairs") or {}
+    rate = grounding_figures.get("rate")
+    repeated = duplicates.get("rate")
+    missing = no_pairs.get("rate")
     out = [
-        Figure("rows", "Rows (texts)", report.get("rows")),
+        Figure("rows", "Chunks (rows synthesized)", rows),
         Figure("pairs", "Pairs", pairs, better="higher"),
-        Figure("pairs_per_text.mean", "Pairs per text, mean", (report.get("pairs_per_text") or {}).get("mean"),
+        Figure("pairs_per_text.mean", "Pairs per chunk, mean", (report.get("pairs_per_text") or {}).get("mean"),
                "number", "higher"),
-        Figure("no_pairs.rate", "Texts without pairs (share)", no_pairs.get("rate"), "share", "lower"),
+        Figure("no_pairs.rows", "Chunks without pairs", no_pairs.get("rows"), better="lower", whole=rows,
+               warning=_warn(missing is not None and missing > HIGH_NO_PAIRS,
+                             "the synthesizer's output for many chunks could not be parsed into any pair")),
         Figure("question_tokens.mean", f"Question length, mean ({unit})",
                (report.get("question_tokens") or {}).get("mean"), "number"),
         Figure("question_tokens.p50", f"Question length, median ({unit})",
@@ -1003,40 +1074,96 @@ def figures(report: Mapping[str, Any]) -> list[Figure]:
             Figure(f"task_types.{kind}", f"Task type `{kind}` (share of pairs)", _share(kinds[kind], pairs), "share")
         )
     out += [
-        Figure("grounding.rate", "Grounded answers (share of checkable pairs)", grounding_figures.get("rate"), "share",
-               "higher"),
+        Figure("grounding.rate", "Grounded answers (share of checkable pairs)", rate, "share", "higher",
+               warning=_warn(rate is not None and rate < LOW_GROUNDING,
+                             "most answers are not found in their text: the synthesizer is not answering from it")),
         Figure("grounding.exact", "Answers found verbatim in their text", _share(counts.get(EXACT, 0), pairs),
                "share", "higher"),
-        # counts of bad pairs or texts are not judged: they follow the number of pairs; their shares are judged
-        Figure("grounding.ungrounded", "Ungrounded pairs", counts.get(UNGROUNDED)),
-        Figure("grounding.not_applicable", "Pairs with a yes/no answer (not checkable)", counts.get(NOT_APPLICABLE)),
-        Figure("duplicates.rate", "Repeated questions (extra copies, share of pairs)", duplicates.get("rate"),
-               "share", "lower"),
+        Figure("grounding.not_applicable", "Pairs with a yes/no answer (not checkable)", counts.get(NOT_APPLICABLE),
+               whole=pairs),
+        Figure("duplicates.rate", "Repeated questions (extra copies, share of pairs)", repeated, "share", "lower",
+               warning=_warn(repeated is not None and repeated > HIGH_REPETITION,
+                             "the synthesizer asks the same questions whatever the text")),
         Figure("duplicates.pairs_with_repeated_question", "Pairs whose question occurs more than once",
-               duplicates.get("pairs_with_repeated_question")),
-        Figure("no_pairs.rows", "Texts without pairs", no_pairs.get("rows")),
+               duplicates.get("pairs_with_repeated_question"), better="lower", whole=pairs),
     ]  # fmt: skip
     causes = no_pairs.get("by_cause") or {}
     for cause in sorted(causes, key=lambda name: (-causes[name], name)):
-        out.append(Figure(f"no_pairs.{cause}", f"Texts without pairs: `{cause}`", causes[cause]))
+        out.append(Figure(f"no_pairs.{cause}", f"Chunks without pairs: `{cause}`", causes[cause], better="lower",
+                          whole=rows))  # fmt: skip
+    out += language_figures(report.get("language"))
     filters = report.get("filters")
     if filters:
         for key, label in (
             ("pairs_dropped_ungrounded", "Filter: ungrounded pairs dropped"),
             ("pairs_dropped_duplicate", "Filter: repeated-question pairs dropped"),
-            ("rows_dropped_min_pairs", "Filter: texts dropped (too few pairs)"),
-            ("pairs_dropped_with_rows", "Filter: pairs dropped with those texts"),
+            ("rows_dropped_min_pairs", "Filter: chunks dropped (too few pairs)"),
+            ("pairs_dropped_with_rows", "Filter: pairs dropped with those chunks"),
             ("pairs_kept", "Filter: pairs kept"),
-            ("rows_kept", "Filter: texts kept"),
+            ("rows_kept", "Filter: chunks kept"),
         ):
             out.append(Figure(f"filters.{key}", label, filters.get(key)))
     return out
 
 
+def language_figures(language: Mapping[str, Any] | None) -> list[Figure]:
+    """The figures of a report's `language` block: the chunks whose text is English and in each of the five most
+    frequent other languages, the chunks whose pairs are English, and the non-English chunks that got English pairs
+    (the synthesizer is English-trained). None for a report made before languages were told.
+
+    Example:
+        >>> [f.label for f in language_figures({"texts": {"zh": 9, "en": 1}, "pairs": {"en": 10},
+        ...                                     "non_english_with_pairs": 9, "non_english_with_english_pairs": 9})][:2]
+        ['Chunks whose text is English', 'Chunks whose text is Chinese (`zh`)']
+    """
+    if not language:
+        return []
+    texts, pairs = language.get("texts") or {}, language.get("pairs") or {}
+    chunks = sum(texts.values())
+    english = texts.get(ENGLISH, 0)
+    mostly_other = bool(chunks) and english / chunks < MOSTLY_ENGLISH
+    out = [
+        Figure(f"language.texts.{ENGLISH}", "Chunks whose text is English", english, whole=chunks,
+               warning=_warn(mostly_other, "most texts are not English, and the synthesizer is English-trained")),
+    ]  # fmt: skip
+    others = [code for code in texts if code != ENGLISH][:5]
+    out += [
+        Figure(f"language.texts.{code}", f"Chunks whose text is {language_name(code)}", texts[code], whole=chunks)
+        for code in others
+    ]
+    crossed, of = language.get("non_english_with_english_pairs", 0), language.get("non_english_with_pairs", 0)
+    out += [
+        Figure(f"language.pairs.{ENGLISH}", "Chunks whose pairs are English", pairs.get(ENGLISH, 0),
+               whole=sum(pairs.values())),
+        Figure("language.non_english_with_english_pairs", "Non-English chunks that got English pairs", crossed,
+               better="lower", whole=of,
+               warning=_warn(bool(of) and crossed / of > 0.5,
+                             "texts in other languages got questions and answers in English")),
+    ]  # fmt: skip
+    return out
+
+
+def _warn(condition: bool, text: str) -> str:
+    return text if condition else ""
+
+
+def warnings_of(report: Mapping[str, Any] | None) -> list[str]:
+    """The plain warnings a quality report's figures carry, each with its figure: what the card puts first.
+
+    Example:
+        >>> warnings_of({"rows": 10, "pairs": 10, "grounding": {"rate": 0.1}})[0].startswith("Grounded answers")
+        True
+    """
+    if not report:
+        return []
+    return [f"{f.label}: {f.shown()}: {f.warning}." for f in figures(report) if f.warning]
+
+
 # ---------------------------------------------------------------------------------------------------- comparison
 @dataclass(frozen=True)
 class FigureChange:
-    """One figure of two reports: `value` (the report looked at), `baseline` (the one compared against), change."""
+    """One figure of two reports: `value` (the report looked at), `baseline` (the one compared against), change, and
+    one verdict (a count of a part is judged by its share, like the share itself)."""
 
     key: str
     label: str
@@ -1044,9 +1171,11 @@ class FigureChange:
     value: float | int | None
     kind: str
     verdict: str
+    share: float | None = None  # value / whole, for a count of a part
+    baseline_share: float | None = None
 
     def change(self) -> str:
-        """The difference as text: +1,234 / -2.50 pts / +0.25; "—" when a side lacks the figure."""
+        """The difference as text: +1,234 / -2.50 pts / +0.25 / +3 (+0.50 pts); "—" when a side lacks the figure."""
         if self.value is None or self.baseline is None:
             return "—"
         delta = self.value - self.baseline
@@ -1054,14 +1183,16 @@ class FigureChange:
             return f"{100 * delta:+.2f} pts"
         if self.kind == "number":
             return f"{delta:+,.2f}"
-        return f"{int(delta):+,}"
+        shown = f"{int(delta):+,}"
+        if self.share is not None and self.baseline_share is not None:
+            shown += f" ({100 * (self.share - self.baseline_share):+.2f} pts)"
+        return shown
 
-    def line(self, name: str, other: str) -> str:
-        """The plain verdict line, e.g. "Grounded answers: 61.00% in A vs 55.00% in B (+6.00 pts): better"."""
-        return (
-            f"{self.label}: {format_value(self.value, self.kind)} in {name} vs "
-            f"{format_value(self.baseline, self.kind)} in {other} ({self.change()}): {self.verdict}"
-        )
+    def shown(self, which: str) -> str:
+        """`value` ("value") or `baseline` ("baseline") as text, with its share for a count of a part."""
+        value, share = (self.value, self.share) if which == "value" else (self.baseline, self.baseline_share)
+        text = format_value(value, self.kind)
+        return text + (f" ({format_value(share, 'share')})" if share is not None else "")
 
 
 def _verdict(baseline: Any, value: Any, better: str | None, kind: str) -> str:
@@ -1078,14 +1209,15 @@ def _verdict(baseline: Any, value: Any, better: str | None, kind: str) -> str:
 
 
 def compare(report: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[FigureChange]:
-    """Every figure of `report` next to the same figure of `baseline`, with a verdict per figure: "better",
-    "worse", "unchanged", "changed (neither better nor worse)" or "only in ...". Reports are `quality_report`s, as
+    """Every figure of `report` next to the same figure of `baseline`, with one verdict per figure: "better",
+    "worse", "unchanged", "changed (neither better nor worse)" or "only in ...". A count of a part (chunks without
+    pairs) is judged by its share, so it always agrees with the share. Reports are `quality_report`s, as
     `hf_ipt.reports.load_report` reads them from a release folder, a run's output folder or `owner/name@rev`.
 
     Example:
         >>> changes = compare(load_report("output/m3/release"), load_report("output/m2/release"))  # doctest: +SKIP
-        >>> print(changes[0].line("m3", "m2"))  # doctest: +SKIP
-        Rows (texts): 321 in m3 vs 321 in m2 (+0): unchanged
+        >>> changes[0].verdict  # doctest: +SKIP
+        'unchanged'
     """
     mine = {f.key: f for f in figures(report)}
     theirs = {f.key: f for f in figures(baseline)}
@@ -1094,30 +1226,36 @@ def compare(report: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[Figu
         figure = mine.get(key) or theirs[key]
         value = mine[key].value if key in mine else None
         before = theirs[key].value if key in theirs else None
-        verdict = _verdict(before, value, figure.better, figure.kind)
-        changes.append(FigureChange(key, figure.label, before, value, figure.kind, verdict))
+        share = mine[key].share if key in mine else None
+        before_share = theirs[key].share if key in theirs else None
+        if figure.whole is not None and (share is not None or before_share is not None):
+            verdict = _verdict(before_share, share, figure.better, "share")
+            if verdict == "unchanged" and format_value(value, "count") != format_value(before, "count"):
+                verdict = "changed (same share)"
+        else:
+            verdict = _verdict(before, value, figure.better, figure.kind)
+        changes.append(FigureChange(key, figure.label, before, value, figure.kind, verdict, share, before_share))
     return changes
 
 
 def format_comparison(changes: Sequence[FigureChange], name: str, other: str) -> str:
-    """A side-by-side table (figure, `other`, `name`, change, verdict), then one verdict line per figure.
+    """A side-by-side table in the order of the command (`hf-ipt report NAME --against OTHER`): figure, `name`,
+    `other`, the change from `other` to `name`, one verdict; then one line counting the verdicts.
 
     Example:
-        >>> print(format_comparison(compare(a, b), "A", "B"))  # doctest: +SKIP
+        >>> print(format_comparison(compare(a, b), "A", "B").splitlines()[0])  # doctest: +SKIP
+        figure  A  B  change  verdict
     """
-    header = ("figure", other, name, "change", "verdict")
-    rows = [header] + [
-        (c.label, format_value(c.baseline, c.kind), format_value(c.value, c.kind), c.change(), c.verdict)
-        for c in changes
-    ]
+    header = ("figure", name, other, "change", "verdict")
+    rows = [header] + [(c.label, c.shown("value"), c.shown("baseline"), c.change(), c.verdict) for c in changes]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += ["", "Verdicts:"] + [f"- {c.line(name, other)}" for c in changes]
-    better = sum(c.verdict == "better" for c in changes)
-    worse = sum(c.verdict == "worse" for c in changes)
+    better = [c.label for c in changes if c.verdict == "better"]
+    worse = [c.label for c in changes if c.verdict == "worse"]
     lines.append(
-        f"\n{name} vs {other}: {better} figure(s) better, {worse} worse, {len(changes) - better - worse} other"
+        f"\n{name} against {other} (change: {name} minus {other}): {len(better)} figure(s) better, "
+        f"{len(worse)} worse, {len(changes) - len(better) - len(worse)} neither"
     )
     return "\n".join(lines)
 
@@ -1138,13 +1276,14 @@ def format_report(report: Mapping[str, Any], name: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------- plots, JSON
 # name -> (file name, title), in the order the card shows them
+# (two: lengths and the causes of chunks without pairs are figures of the table, a plot adds nothing to them)
 QUALITY_PLOTS: dict[str, tuple[str, str]] = {
     "quality_task_types": ("quality_task_types.png", "Pairs by task type"),
     "quality_grounding": ("quality_grounding.png", "Grounding of the answers"),
-    "quality_question_length": ("quality_question_length.png", "Question length"),
-    "quality_answer_length": ("quality_answer_length.png", "Answer length"),
-    "quality_no_pairs": ("quality_no_pairs.png", "Texts without pairs, by cause"),
 }
+# what each grounding value means for the reader: grounded (green), not grounded (red), cannot be checked (grey)
+GROUNDING_COLORS = {EXACT: "#55A868", NORMALIZED: "#55A868", OVERLAP: "#8CC084", UNGROUNDED: "#C44E52",
+                    NOT_APPLICABLE: "#999999"}  # fmt: skip
 
 
 def render_quality_plots(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -1159,21 +1298,18 @@ def render_quality_plots(report: Mapping[str, Any], out_dir: str | os.PathLike) 
     out.mkdir(parents=True, exist_ok=True)
     plots: dict[str, Path] = {}
 
-    def draw(name: str, labels: list[str], values: list[float], xlabel: str, ylabel: str) -> None:
-        if labels and any(values):
+    def draw(name: str, counts: Mapping[str, int], xlabel: str, colors: Mapping[str, str] | None = None) -> None:
+        shown = {label: count for label, count in counts.items() if count}  # no empty bars
+        if shown:
             file_name, title = QUALITY_PLOTS[name]
-            plots[name] = bar_chart(out / file_name, labels, values, title, xlabel, ylabel, color="#55A868")
+            labels = list(shown)
+            plots[name] = bar_chart(
+                out / file_name, labels, [shown[k] for k in labels], title, xlabel, "pairs",
+                colors=[(colors or {}).get(k, "#4C72B0") for k in labels],
+            )  # fmt: skip
 
-    kinds = report.get("task_types") or {}
-    draw("quality_task_types", list(kinds), [kinds[k] for k in kinds], "task type", "pairs")
-    counts = (report.get("grounding") or {}).get("counts") or {}
-    draw("quality_grounding", list(counts), [counts[k] for k in counts], "grounding", "pairs")
-    unit = report.get("length_unit") or "tokens"
-    for name, key in (("quality_question_length", "question_tokens"), ("quality_answer_length", "answer_tokens")):
-        labels, values = histogram_bars((report.get(key) or {}).get("histogram"))
-        draw(name, labels, values, unit, "pairs")
-    causes = (report.get("no_pairs") or {}).get("by_cause") or {}
-    draw("quality_no_pairs", list(causes), [causes[k] for k in causes], "cause", "texts")
+    draw("quality_task_types", report.get("task_types") or {}, "task type")
+    draw("quality_grounding", (report.get("grounding") or {}).get("counts") or {}, "grounding", GROUNDING_COLORS)
     return plots
 
 
@@ -1211,7 +1347,7 @@ def card_view(report: Mapping[str, Any] | None, plot_paths: Mapping[str, str] | 
             for name, on in (
                 ("drop ungrounded pairs", filters.get("drop_ungrounded")),
                 ("drop repeated questions", filters.get("drop_duplicate_questions")),
-                (f"at least {filters.get('min_pairs_per_text')} pairs per text", filters.get("min_pairs_per_text")),
+                (f"at least {filters.get('min_pairs_per_text')} pairs per chunk", filters.get("min_pairs_per_text")),
             )
             if on
         ]
@@ -1222,11 +1358,17 @@ def card_view(report: Mapping[str, Any] | None, plot_paths: Mapping[str, str] | 
     return {
         "intro": (
             f"Measured on the {format_value(report.get('pairs'), 'count')} synthesized pairs of "
-            f"{format_value(report.get('rows'), 'count')} texts before any filter; lengths in "
+            f"{format_value(report.get('rows'), 'count')} chunks before any filter; lengths in "
             f"{report.get('length_unit')}. An answer (a chain of thought's final answer) is grounded when it occurs "
             "in its text verbatim or after normalization (lower case, punctuation as spaces), or when at least "
             f"{format_value(threshold, 'share')} of its words occur in the text; yes/no answers cannot be checked. "
             "Repeated questions are counted over the whole config after the same normalization."
+            + (
+                f" Languages are told by {(report.get('language') or {}).get('identifier')}, for each chunk's text "
+                "and for its pairs together."
+                if report.get("language")
+                else ""
+            )
         ),
         "filters": filter_text,
         "rows": [(f.label, f.shown()) for f in figures(report)],

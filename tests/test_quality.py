@@ -262,17 +262,43 @@ def test_compare_gives_a_verdict_per_figure():
     assert changes["pairs"].verdict == "better" and changes["pairs"].change() == "+4"
     assert changes["rows"].verdict == "unchanged"
     assert changes["question_tokens.mean"].verdict == "changed (neither better nor worse)"
-    assert changes["grounding.ungrounded"].verdict == "unchanged"
+    # the count of ungrounded pairs was a second figure with a second verdict ("unchanged" next to the rate's
+    # "better"): it is the rate's complement, shown with the rate alone now (one verdict per figure)
+    assert "grounding.ungrounded" not in changes
     assert compare(worse, better)[1].verdict == "worse"
     text = format_comparison(list(changes.values()), "A", "B")
-    assert "Grounded answers (share of checkable pairs): 80.00% in A vs 50.00% in B (+30.00 pts): better" in text
+    header, _, *rows = text.splitlines()
+    assert header.split()[:3] == ["figure", "A", "B"]  # the order of `hf-ipt report A --against B`
+    grounded = next(row for row in rows if row.startswith("Grounded answers"))
+    assert re.search(r"80\.00%\s+50\.00%\s+\+30\.00 pts\s+better$", grounded), grounded
+    assert "Verdicts:" not in text and " in A vs " not in text  # no prose repeating the table
+
+
+def test_a_count_and_its_share_get_one_and_the_same_verdict():
+    # 12 chunks, 7 without pairs, against 6 chunks, 4 without pairs: more chunks without pairs (a count that grew)
+    # but a smaller share of them: one verdict, the share's, for the one figure
+    few = quality_report(Dataset.from_dict(ROWS))
+    doubled = {key: values + values for key, values in ROWS.items()}
+    doubled["pairs"] = doubled["pairs"][:6] + [ROWS["pairs"][0]] * 3 + doubled["pairs"][9:]
+    many = quality_report(Dataset.from_dict(doubled))
+    changes = {c.key: c for c in compare(many, few)}
+    assert "no_pairs.rate" not in changes  # folded into the count, shown with its share
+    no_pairs = changes["no_pairs.rows"]
+    assert no_pairs.value > no_pairs.baseline and no_pairs.share < no_pairs.baseline_share
+    assert no_pairs.verdict == "better"
+    assert no_pairs.shown("value").endswith("%)") and "pts)" in no_pairs.change()
+    for change in changes.values():
+        if change.share is not None and change.key.startswith("no_pairs."):
+            assert change.verdict in ("better", "unchanged", "changed (same share)"), change
 
 
 def test_card_view_lists_every_figure_and_the_filters():
     view = card_view(quality_report(Dataset.from_dict(ROWS)))
     rows = dict(view["rows"])
     assert rows["Pairs"] == "7" and rows["Grounded answers (share of checkable pairs)"] == "80.00%"
-    assert rows["Texts without pairs: `unterminated`"] == "1"
+    # the quality report counts chunks (the rows synthesis read), the word the whole card uses for them; a count
+    # of a part is shown with its share
+    assert rows["Chunks without pairs: `unterminated`"] == "1 (16.67%)"
     assert "No quality filter" in view["filters"]
 
 
@@ -356,18 +382,20 @@ def _independent_figures(rows) -> dict[str, str]:
     answers = [len(a.split()) for _, _, a in pairs]
     lengths = [len(q.split()) for _, q, _ in pairs]
     checkable = verdicts["grounded"] + verdicts["ungrounded"]
+    repeated = sum(n for n in questions.values() if n > 1)
+    without = sum(not ps for _, ps in rows)
+    # the rows synthesis read are chunks (the card's word for them); a count of a part comes with its share
     out = {
-        "Rows (texts)": f"{len(rows):,}",
+        "Chunks (rows synthesized)": f"{len(rows):,}",
         "Pairs": f"{total:,}",
-        "Pairs per text, mean": f"{total / len(rows):,.2f}",
+        "Pairs per chunk, mean": f"{total / len(rows):,.2f}",
         "Question length, mean (whitespace-separated words)": f"{statistics.mean(lengths):,.2f}",
         "Question length, median (whitespace-separated words)": f"{statistics.median(lengths):,.2f}",
         "Answer length, mean (whitespace-separated words)": f"{statistics.mean(answers):,.2f}",
         "Grounded answers (share of checkable pairs)": f"{100 * verdicts['grounded'] / checkable:.2f}%",
-        "Ungrounded pairs": f"{verdicts['ungrounded']:,}",
         "Repeated questions (extra copies, share of pairs)": f"{100 * (total - len(questions)) / total:.2f}%",
-        "Pairs whose question occurs more than once": f"{sum(n for n in questions.values() if n > 1):,}",
-        "Texts without pairs": f"{sum(not ps for _, ps in rows):,}",
+        "Pairs whose question occurs more than once": f"{repeated:,} ({100 * repeated / total:.2f}%)",
+        "Chunks without pairs": f"{without:,} ({100 * without / len(rows):.2f}%)",
     }
     for kind, count in kinds.items():
         out[f"Task type `{kind}` (share of pairs)"] = f"{100 * count / total:.2f}%"
@@ -405,8 +433,13 @@ def test_report_against_another_run_prints_both_columns_and_the_changes(runs, ca
     pairs_line = next(line for line in out.splitlines() if line.startswith("Pairs  ") or line.startswith("Pairs "))
     assert f"{theirs['pairs']:,}" in pairs_line and f"{mine['pairs']:,}" in pairs_line
     assert f"{mine['pairs'] - theirs['pairs']:+,}" in pairs_line
-    verdicts = [line for line in out.splitlines() if line.startswith("- ")]
-    assert len(verdicts) == len(compare(mine, theirs)) and all(" in " in v and ": " in v for v in verdicts)
+    # one table row per figure, each with one verdict, and no prose repeating the table
+    lines = out.splitlines()
+    start = lines.index(header)
+    assert len([line for line in lines[start + 2 :] if line.strip() and " against " not in line]) == len(
+        compare(mine, theirs)
+    )
+    assert header.index(str(two)) < header.index(str(one))  # `report TWO --against ONE`: TWO's column first
     # the run's output folder holds the same report as its release
     assert main(["report", str(runs[2])]) == 0
     assert f"Pairs  {mine['pairs']:,}".replace("  ", " ") in " ".join(capsys.readouterr().out.split())
@@ -458,8 +491,8 @@ def test_filters_in_the_recipe_reach_templify_and_the_card(runs, tiny_model_path
     assert filters["rows_kept"] + filters["rows_dropped_min_pairs"] == stats["quality"]["rows"]
     assert filters["pairs_dropped_duplicate"] == stats["quality"]["duplicates"]["extra_copies"]
     card = (runs[2] / "release" / "README.md").read_text()
-    assert "Filters applied (`quality.*`): drop repeated questions, at least 1 pairs per text" in card
-    assert f"| Filter: texts dropped (too few pairs) | {filters['rows_dropped_min_pairs']:,} |" in card
+    assert "Filters applied (`quality.*`): drop repeated questions, at least 1 pairs per chunk" in card
+    assert f"| Filter: chunks dropped (too few pairs) | {filters['rows_dropped_min_pairs']:,} |" in card
     templified = StageFolder(str(runs[2] / "templified")).marker()
     assert templified["extra"]["quality"]["reports"]["train"]["filters"] == filters
 
@@ -481,7 +514,8 @@ def test_report_of_a_hub_release_at_a_revision(local_hub, capsys):
     assert load_report(f"{repo}@v2")["pairs"] == 5
     assert main(["report", f"{repo}@v1", "--against", f"{repo}@v2"]) == 0
     out = capsys.readouterr().out
-    assert f"Pairs: 7 in {repo}@v1 vs 5 in {repo}@v2 (+2): better" in out
+    # the table alone (no prose repeating it): v1's column first, as the command names them
+    assert re.search(r"^Pairs\s+7\s+5\s+\+2\s+better$", out, re.M), out
     assert f"not checked: {repo}@v1 is read from the Hub, where hf-ipt records no checksums" in out
     card = local_hub.read_file(repo, "README.md", "v1").decode()
     assert "### Quality" in card and "| Grounded answers (share of checkable pairs) | 80.00% |" in card

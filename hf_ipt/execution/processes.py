@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from hf_ipt.execution.base import ShardWorker, WorkersLostError, check_positive, load_input
 from hf_ipt.execution.ranks import START_METHODS, parent_needs_spawn
+from hf_ipt.logs import worker_log
 from hf_ipt.placement import pin_rank
 
 logger = logging.getLogger(__name__)
@@ -23,14 +24,22 @@ logger = logging.getLogger(__name__)
 
 def _run_pinned_worker(runner: ShardWorker, dataset: Any, devices: int, results: Any) -> None:
     """The body of one `ProcessExecutor` process: pin to the rank's devices, run the worker, send back its report."""
+    log = worker_log(runner)
     try:
+        if log is not None:
+            log.start()
         pin_rank(runner.worker_index, num_ranks=runner.num_workers, devices_per_rank=devices)
         results.put((runner.worker_index, runner.run_worker(load_input(dataset)), None))
-    except BaseException as err:  # noqa: BLE001 - whatever stopped the worker goes back to the parent, then raises
+    except BaseException as err:
+        if log is not None:
+            log.record_error(err)  # noqa: BLE001 - whatever stopped the worker goes back to the parent, then raises
         try:
             results.put((runner.worker_index, None, err))
         except Exception:  # noqa: BLE001 - an exception that cannot be pickled: send its text
             results.put((runner.worker_index, None, RuntimeError(f"{type(err).__name__}: {err}")))
+    finally:
+        if log is not None:
+            log.close()
 
 
 @dataclass(frozen=True)

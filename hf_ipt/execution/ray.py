@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from hf_ipt._deps import require
 from hf_ipt.execution.base import ShardWorker, WorkersLostError, check_positive, check_resource, load_input
+from hf_ipt.logs import worker_log
 
 
 def connect_ray(address: str | None = None) -> Any:
@@ -45,7 +46,11 @@ def _run_ray_worker(runner: ShardWorker, dataset: Any, driver_cwd: str | None) -
     # that mounts the same shared folder, run from the same directory
     if driver_cwd and os.path.isdir(driver_cwd):
         os.chdir(driver_cwd)
-    return runner.run_worker(load_input(dataset))
+    log = worker_log(runner)
+    if log is None:
+        return runner.run_worker(load_input(dataset))
+    with log:
+        return runner.run_worker(load_input(dataset))
 
 
 @dataclass(frozen=True)

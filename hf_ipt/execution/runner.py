@@ -351,6 +351,8 @@ class ShardedRunner:
             a shard is committed with their count (its marker's `failed_rows`), and the next `run` maps a shard that
             holds any again, whole (rows of one shard depend on each other: chains), keeping the other shards.
         desc: label of the progress bars.
+        log_folder: the run's folder: a worker an executor starts in its own process or Ray task writes its log file
+            under `logs/` there (`hf_ipt.logs.worker_log`); None: no worker log files.
 
     Reads: the columns `map_fn` reads. Writes: the input columns plus those `map_fn` returns, one row per input row.
 
@@ -384,6 +386,7 @@ class ShardedRunner:
         failure_status: tuple[str, str] | None = None,
         desc: str = "shards",
         executor: str | Executor = "local",
+        log_folder: Store | None = None,
     ):
         if not callable(map_fn):
             raise TypeError(f"map_fn must be a batched map function (callable), got {type(map_fn).__name__}")
@@ -416,6 +419,7 @@ class ShardedRunner:
         self.verify_inputs = verify_inputs
         self.failure_status = tuple(failure_status) if failure_status is not None else None
         self.desc = desc
+        self.log_folder = log_folder  # where workers started in their own process or Ray task write their log
 
     # --- manifest ---------------------------------------------------------------------------------------------
 
@@ -592,11 +596,22 @@ class ShardedRunner:
         )
         try:
             for shard in todo:
+                shard_started = time.perf_counter()
                 self._process(store, dataset, shard, manifest)
+                seconds = time.perf_counter() - shard_started
+                logger.debug(
+                    "shard %d/%d committed: %d rows in %.1f s (%.1f rows/s)",
+                    shard.index + 1,
+                    len(shards),
+                    shard.num_rows,
+                    seconds,
+                    shard.num_rows / seconds if seconds else 0.0,
+                )
                 report.processed.append(shard.index)
                 report.rows_processed += shard.num_rows
+                # the postfix first: off a terminal, the update may print the line (the last one at 100 %)
+                bar.set_postfix_str(f"shard {shard.index + 1}/{len(shards)} committed", refresh=False)
                 bar.update(shard.num_rows)
-                bar.set_postfix_str(f"shard {shard.index + 1}/{len(shards)} committed", refresh=True)
         finally:
             bar.close()
         report.missing = [s.index for s in shards if _finished(store, s, manifest) is None]

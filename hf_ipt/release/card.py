@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import importlib.resources
+import json
 import math
 import os
 import re
@@ -29,13 +30,13 @@ from hf_ipt.markers import DEFAULT_MODEL
 from hf_ipt.mixing import RAW
 from hf_ipt.mixing import SOURCE_KINDS as MIX_SOURCE_KINDS
 from hf_ipt.quality import card_view as quality_card_view
+from hf_ipt.quality import warnings_of as quality_warnings
 from hf_ipt.redaction import scrub
 from hf_ipt.release.plots import PLOT_FILES
 from hf_ipt.release.training import training_view
 from hf_ipt.validation import check_fields
 
 DEFAULT_TEMPLATE = "hf_ipt_dataset_card.md"
-PROJECT_URL = "https://github.com/hf-ipt/hf-ipt"
 RELEASE_INFO_DIR = "release_info"
 SOURCE_KINDS = (*MIX_SOURCE_KINDS, "other")  # how a source fed the release: a mix source kind, or other
 # The license ids the Hub accepts in a card's `license` field (https://huggingface.co/docs/hub/repositories-licenses);
@@ -617,8 +618,8 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
                     tokenizer = f" (tokenizer `{lengths['tokenizer']}`{counted_by})"
                 lines.append(
                     f"{label.capitalize()}{tokenizer}: {_fmt_int(lengths['total'])} in total over "
-                    f"{_fmt_int(count)} texts; mean {_fmt_number(lengths['mean'], 1)}, "
-                    f"min {_fmt_int(lengths['min'])}, max {_fmt_int(lengths['max'])} per text."
+                    f"{_fmt_int(count)} rows; mean {_fmt_number(lengths['mean'], 1)}, "
+                    f"min {_fmt_int(lengths['min'])}, max {_fmt_int(lengths['max'])} per row."
                 )
         if text.get("null_texts"):
             lines.append(f"Rows whose `{text['column']}` is not a string: {_fmt_int(text['null_texts'])}.")
@@ -671,6 +672,10 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
             view["template_families"] = [(_code(k), _fmt_int(v)) for k, v in modes["families"].items()]
 
     view["quality"] = quality_card_view(report.get("quality"), (report.get("files") or {}).get("quality_plots"))
+    view["warnings"] = quality_warnings(report.get("quality"))
+    view["counts"] = _counts(report)
+    view["left_out"] = _left_out(provenance.get("mixing_report"))
+    view["structure"] = _structure(stats)
     view["training"] = training_view(report, sidecar_dir(view["name"]))
 
     plots = (report.get("files") or {}).get("plots") or {}
@@ -678,6 +683,78 @@ def _config_view(name: str, report: Mapping[str, Any] | None, is_default: bool, 
         {"title": PLOT_FILES[key][1] if key in PLOT_FILES else key, "path": path} for key, path in plots.items()
     ]
     return view
+
+
+def _counts(report: Mapping[str, Any]) -> list[str]:
+    """The card's vocabulary, each word with its count in this config: chunks (what the synthesizer read), pairs,
+    texts (what templify wrote) and rows (what was released), the words every section uses."""
+    stats = report.get("statistics") or {}
+    provenance = report.get("provenance") or {}
+    synthesis = provenance.get("synthesis_stats") or {}
+    templify = provenance.get("templify_stats") or {}
+    quality = report.get("quality") or {}
+    chunks = synthesis.get("rows", quality.get("rows"))
+    pairs = synthesis.get("pairs", quality.get("pairs"))
+    found = []
+    if chunks is not None:
+        found.append(
+            f"**chunks** ({_fmt_int(chunks)}): the pieces of the source texts the synthesizer read, one per source "
+            "row, or several when a long text was cut to fit the synthesizer's context"
+        )
+    if pairs is not None:
+        found.append(f"**pairs** ({_fmt_int(pairs)}): the question-answer pairs the synthesizer wrote about them")
+    if templify.get("texts") is not None:
+        found.append(
+            f"**texts** ({_fmt_int(templify['texts'])}): the pre-training texts made from them, each a chain of "
+            "chunks with their pairs"
+        )
+    if stats.get("rows") is not None:
+        found.append(f"**rows** ({_fmt_int(stats['rows'])}): the rows of this config")
+    return found
+
+
+def _left_out(mixing: Mapping[str, Any] | None) -> list[str]:
+    """What the mix did not take of each source, and which source bounds the mix (used whole): the rows a reader
+    would otherwise not know exist."""
+    lines = []
+    for name, entry in ((mixing or {}).get("sources") or {}).items():
+        unit = "texts" if name == "augmented" else "rows"
+        total, selected = entry.get("rows_total"), entry.get("rows_selected")
+        excluded = entry.get("rows_excluded") or {}
+        tokens_left = (entry.get("tokens_available") or 0) - (entry.get("tokens_selected") or 0)
+        if entry.get("used_whole") and not excluded:
+            lines.append(f"`{name}`: all {_fmt_int(total)} {unit} taken; it bounds the mix at the requested ratio.")
+            continue
+        text = f"`{name}`: {_fmt_int(selected)} of its {_fmt_int(total)} {unit} taken"
+        if entry.get("rows_unused"):
+            text += (
+                f"; {_fmt_int(entry['rows_unused'])} {unit} ({_fmt_int(tokens_left)} tokens) left out to keep the "
+                "requested ratio"
+            )
+        if excluded:
+            text += "; excluded: " + ", ".join(f"{_fmt_int(n)} ({reason})" for reason, n in excluded.items())
+        lines.append(text + ".")
+    return lines
+
+
+def _structure(stats: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Every released column with its type and what it holds, and one example row (as stats.json keeps it)."""
+    columns = stats.get("columns") or []
+    if not columns:
+        return None
+    rows = [
+        (_code(c["name"]), _code(c["dtype"]), C.DESCRIPTIONS.get(c["name"], "a column of the source, kept as it was"))
+        for c in columns
+    ]
+    example = stats.get("example") or {}
+    values = example.get("row") or {}
+    # multi-line strings (the text) as blocks of their own, every other value in a table, as JSON writes it
+    texts = [(name, value) for name, value in values.items() if isinstance(value, str) and "\n" in value]
+    table = [
+        (_code(name), "see below" if (name, value) in texts else _code(json.dumps(value, ensure_ascii=False)))
+        for name, value in values.items()
+    ]
+    return {"columns": rows, "example": table or None, "example_texts": texts, "example_where": example}
 
 
 def _hub_config_splits(dataset_info: Any) -> dict[str, dict[str, int]]:
@@ -760,12 +837,15 @@ def render_card(
     dataset_info: Any = None,
     options: CardOptions | None = None,
     local_path: str | None = None,
+    more_sections: Mapping[str, str] | None = None,
 ) -> IptDatasetCard:
     """Render the card of a revision from the reports of its configs ({config: stats.json content or None}).
 
     `hub_configs` and `dataset_info` are the `configs` / `dataset_info` metadata `push_to_hub` wrote; they are kept
     verbatim so `load_dataset` finds every config's files. `local_path`: the folder of a local release, which the
     card's loading snippet then reads (`load_dataset(folder, config)`) instead of the Hub repo at the version tag.
+    `more_sections` ({title: markdown}): sections a stage adds, rendered before "Licenses" (`card.extra_sections`
+    still replaces or appends after them).
     The metadata is valid for the Hub whatever the destination (`license_metadata`, `is_hub_dataset_id`), so a
     local release and its later push carry the same card.
 
@@ -819,7 +899,8 @@ def render_card(
         "configs": views,
         "license_rows": license_rows,
         "license_name": card_data.to_dict().get("license_name"),
-        "project_url": PROJECT_URL,
+        "hf_ipt_version": next((v["hf_ipt_version"] for v in views if v.get("hf_ipt_version")), None),
+        "more_sections": list((more_sections or {}).items()),
         "local_path": local_path,
     }
     card = IptDatasetCard.from_template(card_data, **template_arguments(options.template), **context)
@@ -827,4 +908,7 @@ def render_card(
     if options.extra_sections:
         text = replace_sections(text, options.extra_sections)
     # sections that render empty leave runs of blank lines behind; no secret reaches a card, whoever writes it
-    return IptDatasetCard(scrub(re.sub(r"\n{3,}", "\n\n", text)))
+    # (outside code blocks: an example row's text is shown as it is)
+    parts = re.split(r"(^```.*?^```$)", text, flags=re.S | re.M)
+    text = "".join(part if i % 2 else re.sub(r"\n{3,}", "\n\n", part) for i, part in enumerate(parts))
+    return IptDatasetCard(scrub(text))

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hf_ipt.plotting import bar_chart, histogram_bars, new_figure, save_figure
+from hf_ipt.plotting import bar_chart, histogram_bars, label_axes, new_figure, save_figure
 
 # name -> (file name, title); also the order the card shows them in
 PLOT_FILES: dict[str, tuple[str, str]] = {
@@ -60,15 +60,17 @@ def render_plots(statistics: Mapping[str, Any], out_dir: str | os.PathLike) -> d
     if labels:
         unit = "tokens" if text.get("tokens") else "characters"
         file_name, title = PLOT_FILES["text_length"]
-        plots["text_length"] = bar_chart(out / file_name, labels, counts, f"{title} ({unit})", unit, "texts")
+        plots["text_length"] = bar_chart(out / file_name, labels, counts, f"{title} ({unit})", unit, "rows")
 
     modes = (statistics.get("template_modes") or {}).get("counts") or {}
     if modes:
         file_name, title = PLOT_FILES["template_modes"]
         names = sorted(modes, key=lambda name: (-int(modes[name]), name))
+        # a text without pairs (`raw`) in grey, the modes that carry pairs in one colour
         plots["template_modes"] = bar_chart(
-            out / file_name, names, [int(modes[n]) for n in names], title, "mode", "texts"
-        )
+            out / file_name, names, [int(modes[n]) for n in names], title, "mode", "texts",
+            colors=["#999999" if n in ("raw", "skipped") else "#4C72B0" for n in names],
+        )  # fmt: skip
 
     sources = statistics.get("sources") or {}
     achieved = sources.get("achieved_ratio") or {}
@@ -93,16 +95,12 @@ def _grouped_bars(
     figure = new_figure()
     axes = figure.add_subplot(1, 1, 1)
     width = 0.8 / max(len(series), 1)
-    colors = ("#DD8452", "#4C72B0", "#55A868")
+    # what was asked in grey, what was achieved in colour
+    colors = {"requested": "#BBBBBB", "achieved": "#4C72B0"}
     for i, (name, values) in enumerate(series.items()):
         positions = [x - 0.4 + width * (i + 0.5) for x in range(len(labels))]
-        bars = axes.bar(positions, values, width=width, label=name, color=colors[i % len(colors)])
-        axes.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7)
-    axes.set_xticks(list(range(len(labels))))
-    rotate = max((len(label) for label in labels), default=0) > 6 or len(labels) > 12
-    axes.set_xticklabels(labels, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
-    axes.set_title(title)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.legend(fontsize=8)
+        bars = axes.bar(positions, values, width=width, label=name, color=colors.get(name, "#55A868"))
+        axes.bar_label(bars, labels=[f"{name} {v:.1f}%" for v in values], fontsize=7, padding=1)
+    axes.margins(y=0.2)
+    label_axes(axes, labels, title, xlabel, ylabel)
     return save_figure(figure, path)

@@ -143,7 +143,83 @@ def compute_statistics(splits: Mapping[str, Any], info: Any, batch_size: int = 1
         info,
     )
     stats["template_modes"] = _template_stats(modes if seen["template"] else None, info)
+    stats["columns"] = _columns(splits)
+    stats["example"] = example_row(splits, info)
     return stats
+
+
+EXAMPLE_CHARS = 600  # an example row's longer strings are cut (with "…") so the card stays readable
+
+
+def _columns(splits: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Each column of the released rows with its type, in order (the first split's; every split has them)."""
+    first = next(iter(splits.values()), None)
+    if first is None:
+        return []
+    return [{"name": name, "dtype": _dtype(feature)} for name, feature in first.features.items()]
+
+
+def _dtype(feature: Any) -> str:
+    dtype = getattr(feature, "dtype", None)
+    if isinstance(dtype, str) and dtype != "list":
+        return dtype
+    inner = getattr(feature, "feature", None)
+    if inner is not None:
+        return f"list[{_dtype(inner)}]"
+    if isinstance(feature, Mapping):
+        return "struct{" + ", ".join(f"{k}: {_dtype(v)}" for k, v in feature.items()) + "}"
+    if isinstance(feature, list) and feature:
+        return f"list[{_dtype(feature[0])}]"
+    return type(feature).__name__
+
+
+def example_row(splits: Mapping[str, Any], info: Any, batch_size: int = 1000) -> dict[str, Any] | None:
+    """One released row for the card's "Dataset structure": the first row of the first split that comes from the
+    first described source (the augmented corpus, in a mix) when the rows name their source, else the first row,
+    and among those the first whose text has a paragraph break (a text with its pairs rather than a chunk that got
+    none); strings longer than `EXAMPLE_CHARS` are cut. None when there are no rows.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> from hf_ipt.release.card import ReleaseInfo
+        >>> example_row({"train": Dataset.from_dict({"text": ["a"], "source": ["x"]})}, ReleaseInfo())
+        {'split': 'train', 'index': 0, 'row': {'text': 'a', 'source': 'x'}}
+    """
+    for split, dataset in splits.items():
+        if not len(dataset):
+            continue
+        wanted = next((n for s in info.sources for n in (s.mix_names or [])[:1]), None)
+        by_source = wanted is not None and info.source_column in dataset.column_names
+        text_column = info.text_column if info.text_column in dataset.column_names else None
+        columns = [c for c in (info.source_column if by_source else None, text_column) if c]
+        index, fallback, start = None, 0 if not by_source else None, 0
+        for batch in dataset.select_columns(columns).iter(batch_size=batch_size) if columns else ():
+            size = len(batch[columns[0]])
+            for i in range(size):
+                if by_source and batch[info.source_column][i] != wanted:
+                    continue
+                fallback = start + i if fallback is None else fallback
+                text = batch[text_column][i] if text_column else None
+                if isinstance(text, str) and "\n\n" in text.strip():
+                    index = start + i
+                    break
+            start += size
+            if index is not None or start >= 10 * batch_size:  # the first rows are enough to choose from
+                break
+        index = index if index is not None else (fallback or 0)
+        row = dataset[index]
+        return {"split": split, "index": index, "row": {k: _cut_value(v) for k, v in row.items()}}
+    return None
+
+
+def _cut_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= EXAMPLE_CHARS else value[: EXAMPLE_CHARS - 1] + "…"
+    if isinstance(value, list):
+        return [_cut_value(v) for v in value[:5]] + (["…"] if len(value) > 5 else [])
+    if isinstance(value, Mapping):
+        return {k: _cut_value(v) for k, v in value.items()}
+    return value
 
 
 def _tokenizer_label(tokenizer: Any) -> str | None:

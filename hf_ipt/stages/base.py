@@ -348,6 +348,11 @@ class Stage(ABC):
             return [f"damaged: {', '.join(sorted(damage))} (redone by the next run)"]
         return ["finished" if output.fingerprint() is not None else "-"]
 
+    def refuse_repair(self, output: StageFolder, damage: Mapping[str, str], run: RunConfig) -> None:
+        """Called before a damaged output is done again: a stage raises when redoing it would destroy what a person
+        put there on purpose (a hand-edited card); by default the output is redone."""
+        return None
+
     @classmethod
     def describe_damage(cls, output: StageFolder, damage: Mapping[str, str]) -> str:
         """One line naming the damaged files of this stage's output (for the stage that reads it)."""
@@ -510,11 +515,15 @@ def _run_stage(stage: Stage, run: RunConfig) -> StageSummary:
             summary = StageSummary(stage.name, output.url, reused=True)
             summary.rows = sum((marker.get("num_rows") or {}).values()) if marker.get("num_rows") else None
             stage.summarize(marker.get("extra") or {}, summary, output)
+            logger.info("%s: already done with these settings, reused (%s)", stage.name, output.url)
+            logger.debug("%s figures: %s", stage.name, _figures_line(summary))
             return summary
         if damage:
+            stage.refuse_repair(output, damage, run)
             logger.warning("%s; doing the %s stage again", output.describe_damage(damage), stage.name)
         else:
             logger.warning("%s: %s; doing the %s stage again", output.url, unfinished, stage.name)
+    logger.info("%s: started (output %s)", stage.name, output.url)
     upstream = folder.stage(stage.reads.folder) if stage.reads is not None else None
     context = StageContext(run, folder, output, upstream, identity, marker)
     result = stage.compute(context)
@@ -527,7 +536,15 @@ def _run_stage(stage: Stage, run: RunConfig) -> StageSummary:
         summary.rows = sum(committed["num_rows"].values()) if committed["num_rows"] else None
         stage.summarize(result.report, summary, output)
     summary.seconds = time.perf_counter() - started
+    state = "finished" if summary.complete else "stopped, NOT COMPLETE"
+    logger.info("%s: %s in %s", stage.name, state, duration(summary.seconds))
+    logger.debug("%s figures: %s", stage.name, _figures_line(summary))  # the log file's record of what it made
     return summary
+
+
+def _figures_line(summary: StageSummary) -> str:
+    """A summary's figures on one line, for the log file."""
+    return "; ".join(" ".join(line.split()) for line in summary.lines()[1:])
 
 
 PHASES_IDENTITY = f"{PHASES_DIR}/identity.json"

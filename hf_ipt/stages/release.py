@@ -21,7 +21,7 @@ from hf_ipt.columns import MODE, STATUS_ENGINE_ERROR
 from hf_ipt.config import AUGMENTED_SOURCE, RecipeConfig, RunConfig, in_field_order
 from hf_ipt.deadline import within
 from hf_ipt.mixing import RAW
-from hf_ipt.preflight import HUB_TIMEOUT, Check, hub_unreachable
+from hf_ipt.preflight import HUB_TIMEOUT, Check, hub_down, hub_unreachable, hub_unreachable_once
 from hf_ipt.release.bundle import build_bundle
 from hf_ipt.release.card import CardOptions, ReleaseInfo, SourceInfo, SynthesizerInfo, template_arguments
 from hf_ipt.release.hub import ReleaseConfig, list_versions, publish_release
@@ -42,8 +42,18 @@ from hf_ipt.stages.export import ExportStage
 from hf_ipt.stages.mix import MixStage
 from hf_ipt.stages.synthesize import SynthesizeStage, engine_errors, first_engine_errors
 from hf_ipt.stages.templify import TemplifyStage
-from hf_ipt.store import FileCopy, IncompleteRunError, RunFolder, StageFolder, config_to_dict, fingerprint
-from hf_ipt.validation import Problem
+from hf_ipt.store import (
+    FileCopy,
+    IncompleteRunError,
+    RunFolder,
+    StageFolder,
+    config_to_dict,
+    file_damage,
+    fingerprint,
+)
+from hf_ipt.validation import ConfigError, Problem
+
+CARD_FILE = "README.md"  # a release's card, in the Hub's layout
 
 
 class FailedRowsError(RuntimeError):
@@ -212,8 +222,18 @@ class ReleaseStage(Stage):
         call has a timeout; an unreachable Hub is a problem here, since the release needs it."""
         return hub_write_problems(self.config)
 
+    def refuse_repair(self, output: StageFolder, damage: Mapping[str, str], run: RunConfig) -> None:
+        """A local release whose card was edited by hand is not rewritten (the edits would be lost) unless
+        `run.overwrite`; the error names the file and the choices."""
+        if self.to == "local" and damage.get(CARD_FILE, "missing") != "missing" and not run.overwrite:
+            raise ConfigError(edited_card_message(output))
+
     def compute(self, context: StageContext) -> StageOutput:
         self.check_engine_errors(context.folder)
+        if self.to == "local" and context.previous and not context.run.overwrite:
+            recorded = (context.previous.get("checksums") or {}).get(CARD_FILE)
+            if recorded and file_damage(context.output, CARD_FILE, recorded) not in (None, "missing"):
+                raise ConfigError(edited_card_message(context.output))
         data = context.upstream.load()
         info = release_info(context.run, reads=self.reads, release=self.settings(), command=self.command)
         if self.export is not None:
@@ -353,6 +373,17 @@ def release_info(
     )
 
 
+def edited_card_message(output: StageFolder) -> str:
+    """Why a local release with a hand-edited card is not written again, and the three ways on."""
+    return (
+        f"{output.url.rstrip('/')}/{CARD_FILE} was edited since the release was written (its bytes differ from "
+        "the ones committed); hf-ipt does not overwrite a hand-edited card. Either keep the edits in the recipe: "
+        "`card.extra_sections: {'## Title': 'markdown'}` replaces a section of that title or adds it, on every "
+        f"release; or move the edited {CARD_FILE} away (the card is written again); or pass --overwrite "
+        "(run.overwrite) to rewrite it and lose the edits"
+    )
+
+
 def sources_of(recorded: Mapping[str, Any]) -> list[SourceInfo]:
     """The datasets a run read, as the card lists them: the augmented corpus' source, then each mix source, under
     the names their rows carry in the source column. One dataset feeding two roles (from scratch: the augmented
@@ -401,6 +432,8 @@ def hub_write_problems(release: ReleaseConfig) -> list[Problem]:
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     token = release.token or get_token()
+    if hub_down():
+        return hub_unreachable_once("release.repo_id")
     if not token:
         return [
             Problem(

@@ -34,7 +34,8 @@ from hf_ipt.execution.runner import (
     plan_shards,
     run_status,
 )
-from hf_ipt.preflight import Check, check_source, missing_package, tokenizer_check
+from hf_ipt.placement import visible_gpus
+from hf_ipt.preflight import Check, check_language, check_source, missing_package, tokenizer_check
 from hf_ipt.redaction import without_secrets
 from hf_ipt.stages.base import (
     NO_OPTIONS,
@@ -205,17 +206,23 @@ class SynthesizeStage(Stage):
             failure_status=(C.SYNTH_STATUS, C.STATUS_ENGINE_ERROR),
             desc="Synthesis",
             executor=executor,
+            log_folder=run.folder,
         )
 
     # --- the contract --------------------------------------------------------------------------------------------
 
     def checks(self, run: RunConfig, built_later: set[str]) -> list[Check]:
         synth = self.synth
-        found = [Check(f"source {self.source.path}", lambda: check_source(self.source, "source"))]
+        found = [
+            Check(f"source {self.source.path}", lambda: check_source(self.source, "source")),
+            Check(f"language of {self.source.path}", lambda: check_language(self.source, "source")),
+        ]
         tokenizer_key = "synth.tokenizer" if synth.tokenizer else "synth.model"
         revision = None if synth.tokenizer else synth.revision
         found.append(tokenizer_check(tokenizer_key, synth.tokenizer or synth.model, revision, built_later))
         found.append(Check(f"synth.engine_kwargs for the {synth.engine} engine", self._engine_problems))
+        if run.executor == "local" and run.num_workers > 1:
+            found.append(Check(f"GPUs for run.num_workers={run.num_workers}", lambda: self._gpu_problems(run)))
         found.append(Check(f"packages for executor {run.executor!r}", lambda: self._packages(run)))
         where = f"synthesis shards in {run.folder.stage(self.folder).url}"
         found.append(
@@ -229,6 +236,28 @@ class SynthesizeStage(Stage):
         return engine_class(synth.engine).check_settings(
             synth.engine_kwargs, model=synth.model, revision=synth.revision
         )
+
+    def _gpu_problems(self, run: RunConfig) -> list[Problem]:
+        """On a machine with GPUs, the local workers fit: run.num_workers × the devices one engine occupies (tensor
+        × pipeline parallel) at most the visible GPUs (counted without initializing CUDA). A CPU machine splits its
+        cores instead."""
+        gpus = visible_gpus()
+        try:
+            devices = devices_of(self.synth.engine, self.synth.engine_kwargs)
+        except ValueError:
+            return []  # the engine's own check names the setting
+        needed = run.num_workers * devices
+        if not gpus or needed <= len(gpus):
+            return []
+        return [
+            Problem(
+                "run.num_workers",
+                f"{run.num_workers} workers × {devices} GPU(s) per engine = {needed} GPUs, but this machine shows "
+                f"{len(gpus)} ({', '.join(gpus)})",
+                f"lower run.num_workers to {max(1, len(gpus) // devices)}, or make more GPUs visible "
+                "(CUDA_VISIBLE_DEVICES), or spread the workers over machines (run.executor: ray)",
+            )
+        ]
 
     def _packages(self, run: RunConfig) -> list[Problem]:
         return missing_package("run.executor", "ray", "the ray executor") if run.executor == "ray" else []
