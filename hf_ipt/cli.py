@@ -422,6 +422,8 @@ def _print_report(args: argparse.Namespace, extras: Sequence[str]) -> int:
         return 2
     try:
         checked = [verify_files(name) for name in (args.release, args.against) if name is not None]
+        # what was checked first (it was), so the report's table ends the output
+        print("\n".join(scrub(line) for line in checked) + "\n")
         report = load_report(args.release, config=args.config, split=args.split, verify=False)
         if args.output:
             written = write_report(report, args.output, plots=importlib.util.find_spec("matplotlib") is not None)
@@ -431,7 +433,6 @@ def _print_report(args: argparse.Namespace, extras: Sequence[str]) -> int:
         else:
             baseline = load_report(args.against, config=args.config, split=args.split, verify=False)
             print(scrub(format_comparison(compare(report, baseline), args.release, args.against)))
-        print("\n" + "\n".join(scrub(line) for line in checked))
         return 0
     except (ValueError, OSError, ImportError) as err:
         print(f"hf-ipt report: error: {scrub(str(err))}", file=sys.stderr)

@@ -455,7 +455,7 @@ def test_report_checks_the_recorded_checksums_and_names_a_damaged_file(runs, cap
     shutil.copytree(runs[2] / "release", release)
     assert main(["report", str(release)]) == 0
     out = capsys.readouterr().out
-    assert out.rstrip().splitlines()[-1].startswith("checked: the ") and "match the SHA-256 recorded" in out
+    assert out.splitlines()[0].startswith("checked: the ") and "match the SHA-256 recorded" in out
     # a truncated data file: the report refuses to vouch for the release, naming the file and how to fix it
     data = next((release / "data").glob("*.parquet"))
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])

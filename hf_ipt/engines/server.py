@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 from hf_ipt._deps import require
 from hf_ipt.engines.base import NO_OUTLOOK, ChainOutlook, Completion, Engine, Request, RequestStream, describe_error
 from hf_ipt.markers import BOS
-from hf_ipt.redaction import scrub, secret_values
+from hf_ipt.redaction import register_secrets, scrub, secret_values
 from hf_ipt.validation import Problem, check_fields
 
 logger = logging.getLogger(__name__)
@@ -428,6 +428,8 @@ class ServerEngine(Engine):
         self.api_key = self.config.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self._secrets = [*filter(None, (self.config.api_key, os.environ.get("OPENAI_API_KEY")))]
         self._secrets += secret_values(self.config.extra_body)
+        # every later line of this process (terminal, log file) leaves them out, wherever a server echoes them
+        register_secrets(self._secrets)
         self._endpoints = [_Endpoint(url) for url in self.config.endpoints]
         self._lock = threading.Lock()
         self._setup_lock = threading.Lock()
