@@ -407,6 +407,7 @@ class Store:
                 fsync_dir(os.path.dirname(self.path(relative)))
             else:
                 remote = self.path(f"{TMP_DIR}/{name}")
+                self.fs.makedirs(self.path(TMP_DIR), exist_ok=True)  # a file system without implicit folders
                 self.fs.put_file(local, remote)
                 self.fs.mv(remote, self.path(relative))
         finally:

