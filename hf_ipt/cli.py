@@ -109,7 +109,8 @@ def keys_help(sections: Sequence[str] | None = None, *, full: bool = False) -> s
             lines.append(f"  --{key}  ({type_name}, {given})")
             lines.extend(textwrap.wrap(help_text, width=100, initial_indent="      ", subsequent_indent="      "))
         else:
-            first = re.split(r"(?<=[.;])\s", help_text, maxsplit=1)[0].rstrip(".;")
+            # a sentence ends at '. ' or '; ', not inside an abbreviation ('e.g. ', 'i.e. ')
+            first = re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.;])\s", help_text, maxsplit=1)[0].rstrip(".;")
             line = f"  --{key} ({type_name}, {given}): {first}"
             lines.append(line if len(line) <= 119 else line[:118] + "…")
     if sections is None or "mix_sources" in sections:
@@ -143,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
             help=help_text,
             description=textwrap.fill(help_text, width=119),
             epilog=keys_help(sections),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            # the width of the epilog and the description: argparse would wrap the options at 80 columns off a tty
+            formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=119, max_help_position=32),
             allow_abbrev=False,
             usage=f"hf-ipt {name} [RECIPE.yaml] [options] [--section.key VALUE ...]",
         )

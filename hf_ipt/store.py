@@ -328,7 +328,7 @@ class Store:
         """A JSON file's content; None when it is missing (or unreadable, which a commit never produces)."""
         try:
             return json.loads(self.fs.cat_file(self.path(relative)))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # under a file: nothing was ever written there either
             return None
         except (json.JSONDecodeError, UnicodeDecodeError):
             # never produced by a commit (markers are renamed into place whole); only manual edits get here
