@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 import re
 import sys
 import textwrap
@@ -242,17 +241,7 @@ def _main(args: argparse.Namespace, extras: Sequence[str]) -> int:
         return 4
     except WorkersLostError as err:  # a worker process, a Ray node or the cluster died: one line, then resume
         _record_error(log, err)
-        line = f"hf-ipt {args.command}: error: {scrub(str(err))}"
-        if err.process_doomed:
-            if log is not None:
-                log.close()  # os._exit skips the `finally` below
-            # Ray ends a process whose node died with an exit status of its own, at a moment of its own: end it
-            # now, with the documented one (the line in one write: another thread may hold sys.stderr)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.write(sys.stderr.fileno(), f"{line}\n".encode())
-            os._exit(5)
-        print(line, file=sys.stderr)
+        print(f"hf-ipt {args.command}: error: {scrub(str(err))}", file=sys.stderr)
         return 5
     except (ConfigError, ResumeConflictError, IncompleteRunError, ReleaseError, LeaseHeldError, ValueError) as err:
         # the stages' errors name the setting or column at fault and how to fix it: show them, not a traceback

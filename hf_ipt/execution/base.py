@@ -56,9 +56,6 @@ class WorkersLostError(RuntimeError):
         >>> raise WorkersLostError("the Ray node ... died; ... run the same command again")  # doctest: +SKIP
     """
 
-    #: the process cannot go on either (the Ray node it runs on died, and Ray ends such a process itself)
-    process_doomed: bool = False
-
 
 def load_input(dataset: Any) -> Any:
     """The dataset itself, or what a zero-argument loader returns (so each worker can load its input itself).

@@ -8,13 +8,13 @@ Example:
 from __future__ import annotations
 
 import copy
-import gc
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from hf_ipt._deps import require
 from hf_ipt.execution.base import ShardWorker, WorkersLostError, check_positive, check_resource, load_input
+from hf_ipt.execution.ray_driver import run_driver_process
 from hf_ipt.logs import worker_log
 
 
@@ -111,12 +111,23 @@ class RayExecutor:
         return wanted
 
     def run(self, runner: ShardWorker, dataset: Any) -> list[Any]:
-        """Run every worker as a Ray task and wait for them; their reports in worker order."""
+        """Run every worker as a Ray task and wait for them; their reports in worker order. The Ray driver runs in a
+        process of its own (`hf_ipt.execution.ray_driver`), so that the death of this command's own Ray node ends it
+        with `WorkersLostError` too; unless this process already joined Ray (a caller's `ray.init`): then here."""
+        ray = require("ray", "running on Ray")
+        if ray.is_initialized():
+            return self.drive(runner, dataset)
+        return run_driver_process(self, runner, dataset)
+
+    def drive(self, runner: ShardWorker, dataset: Any) -> list[Any]:
+        """Connect to Ray, start every worker as a Ray task and wait for them, in this process (the Ray driver);
+        WorkersLostError, saying what died, when a process or node is gone beyond retrying."""
         ray = connect_ray(self.address)
         gpus = self.gpus_per_worker(float(ray.cluster_resources().get("GPU", 0)))
         remote = ray.remote(num_gpus=gpus, num_cpus=self.num_cpus_per_worker, max_retries=self.max_retries)(
             _run_ray_worker
         )
+        own_node = ray.get_runtime_context().get_node_id()
         dataset_ref = ray.put(dataset)
         futures = []
         for index in range(runner.num_workers):
@@ -128,29 +139,30 @@ class RayExecutor:
         except ray.exceptions.RayTaskError:
             raise  # a Python error inside a worker: raised as itself (retrying would fail again)
         except ray.exceptions.RayError as err:  # a process, a node or the cluster is gone
-            lost = WorkersLostError(
-                f"{lost_part(err, self.max_retries)} ({type(err).__name__}: {_first_line(err)}); the shards committed "
-                "so far are kept: run the same command again to resume (raise run.max_retries for flaky nodes)"
-            )
-            if isinstance(err, ray.exceptions.LocalRayletDiedError):
-                # without its node, Ray ends this process (status 1) at the next call that reaches the dead raylet,
-                # such as the garbage collector freeing an object reference: none until the CLI exits with its own
-                gc.disable()
-                lost.process_doomed = True
-            raise lost from err
+            raise WorkersLostError(
+                f"{lost_part(err, self.max_retries, own_node)} ({type(err).__name__}: {_first_line(err)}); the shards "
+                "committed so far are kept: run the same command again to resume (raise run.max_retries for flaky "
+                "nodes)"
+            ) from err
 
 
-def lost_part(err: BaseException, max_retries: int) -> str:
-    """What a Ray error that is no Python error of the task says died, in words.
+def lost_part(err: BaseException, max_retries: int, own_node: str | None = None) -> str:
+    """What a Ray error that is no Python error of the task says died, in words; `own_node`: the ID of the Ray node
+    this command's driver runs on (a worker's node that died may be that one).
 
     Example:
         >>> lost_part(RuntimeError("?"), 3)
         'the Ray cluster failed the run'
+        >>> class NodeDiedError(Exception): ...
+        >>> lost_part(NodeDiedError("... node ID: 5e1f. This can happen ..."), 3, own_node="5e1f")
+        'the Ray node this command runs on died'
     """
     names = {cls.__name__ for cls in type(err).__mro__}
     if "LocalRayletDiedError" in names:
         return "the Ray node this command runs on died (its raylet)"
     if "NodeDiedError" in names:
+        if own_node and f"node ID: {own_node}" in str(err):  # Ray's message is all that names the node
+            return "the Ray node this command runs on died"
         return "a Ray node running a worker died"
     if "WorkerCrashedError" in names:
         return f"a Ray worker process died {max_retries + 1} time(s)"
