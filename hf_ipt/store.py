@@ -867,9 +867,37 @@ LEASE_RENEW_SECONDS = 30.0  # a holder rewrites its lease this often while it ru
 # a lease not renewed for this long belongs to a holder that is gone (or stopped): another host cannot ask whether
 # the process still runs, so this age, 20 renewals, is how it tells
 LEASE_STALE_SECONDS = 600.0
-# an object store has no atomic create: a lease is written, then read back after this long, and whoever's record is
-# there has it (two writers starting within this window may still both run: see RunFolder.lease)
+# on a store with no atomic create (`atomic_create`), a lease is written, then read back after this long, and whoever's
+# record is there has it (two writers starting within this window may still both run: see RunFolder.lease)
 LEASE_SETTLE_SECONDS = 1.0
+# fsspec back ends whose `pipe_file(path, data, mode="create")` fails with FileExistsError when the file exists, as
+# one atomic step: protocol -> (the package that implements it, the first version that does). s3fs sends S3's
+# conditional write (If-None-Match: *); the memory file system lives in one process. Elsewhere fsspec's generic
+# "create" checks, then writes (not atomic): those stores get the write-and-read-back.
+ATOMIC_CREATE = {"s3": ("s3fs", "2024.12.0"), "s3a": ("s3fs", "2024.12.0"), "memory": ("fsspec", "2024.12.0")}
+
+
+def atomic_create(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether `fs` creates a file only if it is absent, atomically (`ATOMIC_CREATE`): an object store's conditional
+    write.
+
+    Example:
+        >>> atomic_create(fsspec.filesystem("memory")), atomic_create(fsspec.filesystem("file"))
+        (True, False)
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    known = [ATOMIC_CREATE[protocol] for protocol in protocols if protocol in ATOMIC_CREATE]
+    if not known:
+        return False
+    package, first = known[0]
+    try:
+        installed = version(package)
+    except PackageNotFoundError:
+        return False
+    numbers = [tuple(int(part) for part in re.findall(r"\d+", text)[:3]) for text in (installed, first)]
+    return numbers[0] >= numbers[1]  # calendar versions: year, month, patch
 
 
 class LeaseHeldError(RuntimeError):
@@ -987,9 +1015,11 @@ class RunFolder(Store):
         LeaseHeldError, naming the holder, when another live process holds it; a stale lease (its process gone on
         this host, or not renewed for `LEASE_STALE_SECONDS`) is taken over with a warning.
 
-        The lease is created atomically on a local disk (a hard link that fails if the file exists); on an object
-        store it is written, then read back after `LEASE_SETTLE_SECONDS` (object stores have no atomic create
-        through fsspec), so two commands started within that second may both run.
+        The lease is created atomically on a local disk (a hard link that fails if the file exists), and on the
+        stores of `ATOMIC_CREATE` (S3 through s3fs >= 2024.12.0: a conditional write, If-None-Match: *; memory://).
+        On other stores (gcs://, abfs://, ...: fsspec offers them no atomic create today) it is written, then read
+        back after `LEASE_SETTLE_SECONDS`, so two commands started within that second may both run; so may two on
+        an S3-compatible server that ignores If-None-Match.
 
         Example:
             >>> with RunFolder("memory://doc-store/leased-run").lease("hf-ipt run r.yaml") as lease:
@@ -1052,6 +1082,12 @@ class RunFolder(Store):
     def _create_lease(self, record: Mapping[str, Any]) -> bool:
         if self.is_local:
             return self.write_atomic(LEASE_PATH, json_bytes(record), exclusive=True)
+        if atomic_create(self.fs):
+            try:
+                self.fs.pipe_file(self.path(LEASE_PATH), json_bytes(record), mode="create")
+            except FileExistsError:
+                return False
+            return True
         if self.exists(LEASE_PATH):
             return False
         self.write_atomic(LEASE_PATH, json_bytes(record))

@@ -271,6 +271,28 @@ def test_a_stale_lease_is_taken_over_and_a_live_one_of_another_host_is_not(tmp_p
     assert "it was not renewed for more than 600 s" in caplog.text
 
 
+def test_on_an_object_store_the_lease_is_a_conditional_write_a_late_checker_cannot_overwrite(monkeypatch):
+    import uuid
+
+    from hf_ipt.store import LEASE_PATH, LeaseHeldError, RunFolder
+
+    url = f"memory://leases-{uuid.uuid4().hex[:8]}/run"
+    first = RunFolder(url).acquire_lease("hf-ipt run first.yaml")
+    try:
+        # the second command looked for a lease before the first one's landed (the window of a check, then a write):
+        # its write must still fail, not replace the first's lease
+        late = RunFolder(url)
+        monkeypatch.setattr(late, "exists", lambda relative: False)
+        with pytest.raises(LeaseHeldError, match=r"is being written by `hf-ipt run first.yaml` \(host "):
+            late.acquire_lease("hf-ipt run second.yaml")
+        assert RunFolder(url).read_json(LEASE_PATH)["token"] == first.record["token"]
+        assert first.is_mine()
+    finally:
+        first.release()
+    second = RunFolder(url).acquire_lease("hf-ipt run second.yaml")  # free again
+    second.release()
+
+
 def test_workers_started_by_hand_share_the_folder_with_each_other_only(tmp_path):
     from hf_ipt.store import LeaseHeldError, RunFolder
 
