@@ -2,10 +2,12 @@
 node dies (it ends the process itself, `_exit(1)`, once the raylet or the cluster's head is gone, at a moment of its
 own), the command goes on, and says what died and how to resume.
 
-`run_driver_process` (the command's side) pickles the executor, the runner and the dataset into a temporary folder,
-starts `python -m hf_ipt.execution.ray_driver FOLDER` (the driver's side, `main`), copies the driver's output lines to
-its own stdout/stderr through the one scrubber, and returns the workers' reports, or raises what the driver raised
-(`WorkersLostError` when a worker's node died), or `WorkersLostError` when the driver ended without an answer.
+`run_driver_process` (the command's side) hands the executor, the runner and the dataset to the driver process
+(`main`, started on first use and kept for the process's later runs: one Ray connection, or one local Ray node, for
+all the phases of a command), copies the driver's output lines to its own stdout/stderr through the one scrubber,
+and returns the workers' reports, or raises what the driver raised (`WorkersLostError` when a worker's node died),
+or `WorkersLostError` when the driver ended without an answer. The driver stops Ray and ends when its command's
+process exits.
 
 Example:
     >>> run_driver_process(RayExecutor(), runner, dataset)  # doctest: +SKIP
@@ -14,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pickle
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,95 +32,143 @@ from hf_ipt.execution.base import WorkersLostError
 from hf_ipt.redaction import scrub
 
 PAYLOAD, OUTCOME = "payload.pkl", "outcome.pkl"
-# once the driver has answered, it stops the Ray node it started; a driver whose node is dead may never get through
-# that, so it is ended after this long
+# a driver told to end stops the Ray node it started; one whose node is dead may never get through that, so it is
+# ended after this long
 DRIVER_EXIT_SECONDS = 60.0
-# the driver's output pipes may stay open in a process it started (a Ray node process): stop copying after this long
-PIPE_DRAIN_SECONDS = 10.0
+# how often the command looks for the driver's answer, or its end
+POLL_SECONDS = 0.2
+
+# process id -> its driver process (a forked child starts its own)
+_DRIVERS: dict[int, DriverProcess] = {}
 
 
 def run_driver_process(executor: Any, runner: Any, dataset: Any) -> list[Any]:
-    """`executor.drive(runner, dataset)` in a child process (see the module's docstring); its result, or its error.
+    """`executor.drive(runner, dataset)` in this process's Ray driver process (see the module's docstring); its
+    result, or its error.
 
     Example:
         >>> reports = run_driver_process(RayExecutor(max_retries=0), runner, dataset)  # doctest: +SKIP
     """
-    from ray import cloudpickle  # what Ray ships the runner to its workers with: what can go there can go here
-
-    with tempfile.TemporaryDirectory(prefix="hf-ipt-ray-driver-") as folder:
-        with open(Path(folder) / PAYLOAD, "wb") as payload:
-            pickle.dump(list(sys.path), payload)  # first, so the driver finds the modules the rest comes from
-            cloudpickle.dump((executor, runner, dataset), payload)
-        command = [
-            sys.executable,
-            "-c",
-            "import sys; from hf_ipt.execution.ray_driver import main; main(sys.argv[1])",
-            folder,
-        ]
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        copiers = [copy_lines(child.stdout, sys.stdout), copy_lines(child.stderr, sys.stderr)]
-        try:
-            status = await_driver(child, Path(folder) / OUTCOME)
-        finally:
-            if child.poll() is None:  # interrupted: the driver (and the Ray node it started) goes too
-                child.kill()
-                child.wait()
-            for copier in copiers:
-                copier.join(PIPE_DRAIN_SECONDS)
-        outcome = read_outcome(Path(folder) / OUTCOME)
-    if outcome is None:
-        raise WorkersLostError(
-            f"the Ray node this command runs on died, or the head of its cluster (Ray ended the command's Ray driver, "
-            f"process {child.pid}, with {describe_status(status)}); the shards committed so far are kept: run the "
-            "same command again to resume"
-        )
-    kind, value = outcome
-    if kind == "raised":
-        raise value
-    return value
+    driver = _DRIVERS.get(os.getpid())
+    if driver is None or not driver.alive():
+        driver = _DRIVERS[os.getpid()] = DriverProcess()
+    try:
+        return driver.run(executor, runner, dataset)
+    finally:
+        if not driver.alive():
+            _DRIVERS.pop(os.getpid(), None)
 
 
-def await_driver(child: subprocess.Popen, outcome: Path) -> int:
-    """Wait for the driver to end; one that has answered gets `DRIVER_EXIT_SECONDS` to stop its Ray node, then is
-    killed. Returns its exit status."""
-    while True:
-        try:
-            return child.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            if outcome.exists():
-                try:
-                    return child.wait(timeout=DRIVER_EXIT_SECONDS)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    return child.wait()
+class DriverProcess:
+    """One Ray driver process: `run` hands it a payload (a folder path on its stdin) and waits for its answer (a file
+    in that folder) or its end; `close` ends it.
+
+    Example:
+        >>> driver = DriverProcess()  # doctest: +SKIP
+        >>> driver.run(executor, runner, dataset), driver.close()  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        command = [sys.executable, "-c", "from hf_ipt.execution.ray_driver import main; main()"]
+        self.child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.copiers = [copy_lines(self.child.stdout, "stdout"), copy_lines(self.child.stderr, "stderr")]
+        self.owner = os.getpid()  # a forked child inherits this object (and its exit hook), not the process
+        atexit.register(self.close)
+
+    def alive(self) -> bool:
+        return self.child.poll() is None
+
+    def run(self, executor: Any, runner: Any, dataset: Any) -> list[Any]:
+        from ray import cloudpickle  # what Ray ships the runner to its workers with: what can go there can go here
+
+        with tempfile.TemporaryDirectory(prefix="hf-ipt-ray-driver-") as folder:
+            with open(Path(folder) / PAYLOAD, "wb") as payload:
+                pickle.dump(list(sys.path), payload)  # first, so the driver finds the modules the rest comes from
+                cloudpickle.dump((executor, runner, dataset), payload)
+            try:
+                self.child.stdin.write(f"{folder}\n".encode())
+                self.child.stdin.flush()
+                outcome = self.await_answer(Path(folder) / OUTCOME)
+            except BaseException:  # interrupted, or the pipe broke: the driver (and the Ray node it started) goes
+                self.kill()
+                raise
+        if outcome is None:
+            self.kill()  # ended by Ray, or about to be
+            raise WorkersLostError(
+                "the Ray node this command runs on died, or the head of its cluster (Ray ended the command's Ray "
+                f"driver, process {self.child.pid}, with {describe_status(self.child.returncode)}); the shards "
+                "committed so far are kept: run the same command again to resume"
+            )
+        kind, value = outcome
+        if kind == "raised":
+            raise value
+        return value
+
+    def await_answer(self, path: Path) -> tuple[str, Any] | None:
+        """The driver's answer once it is written, or None when the driver ends without one."""
+        while True:
+            answer = read_outcome(path)
+            if answer is not None:
+                return answer
+            if not self.alive():
+                return read_outcome(path)  # written just before it ended
+            time.sleep(POLL_SECONDS)
+
+    def close(self) -> None:
+        """Tell the driver to stop Ray and end; kill it when it does not within `DRIVER_EXIT_SECONDS`."""
+        if os.getpid() != self.owner:
+            return
+        if self.alive():
+            with contextlib.suppress(OSError):
+                self.child.stdin.close()
+            try:
+                self.child.wait(timeout=DRIVER_EXIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.drain()
+
+    def kill(self) -> None:
+        if self.alive():
+            self.child.kill()
+        self.child.wait()
+        self.drain()
+
+    def drain(self) -> None:
+        """Let the output the driver printed before it ended reach the command's streams."""
+        for copier in self.copiers:
+            copier.join(10.0)  # a process the driver started may hold its pipes open: stop waiting after 10 s
 
 
-def copy_lines(source: IO[bytes], target: IO[str]) -> threading.Thread:
-    """A thread copying each line of `source` to `target` through the one scrubber, until `source` ends."""
+def copy_lines(source: IO[bytes], stream: str) -> threading.Thread:
+    """A thread copying each line of `source` to `sys.<stream>` (the one at that moment: a command may replace it)
+    through the one scrubber, until `source` ends."""
 
     def copy() -> None:
         with source:
             for raw in iter(source.readline, b""):
+                target = getattr(sys, stream)
                 target.write(scrub(raw.decode("utf-8", errors="replace")))
                 target.flush()
 
-    thread = threading.Thread(target=copy, name="hf-ipt-ray-driver-output", daemon=True)
+    thread = threading.Thread(target=copy, name=f"hf-ipt-ray-driver-{stream}", daemon=True)
     thread.start()
     return thread
 
 
-def describe_status(status: int) -> str:
+def describe_status(status: int | None) -> str:
     """A process's exit status in words.
 
     Example:
         >>> describe_status(1), describe_status(-9)
         ('exit status 1', 'signal 9')
     """
+    if status is None:
+        return "no exit status yet"
     return f"signal {-status}" if status < 0 else f"exit status {status}"
 
 
 def read_outcome(path: Path) -> tuple[str, Any] | None:
-    """What the driver answered, or None when it ended without (a half-written answer is none)."""
+    """What the driver answered, or None while it has not (its answer lands whole: it is renamed into place)."""
     try:
         with open(path, "rb") as answer:
             return pickle.load(answer)
@@ -140,18 +192,25 @@ def write_outcome(folder: Path, kind: str, value: Any) -> None:
     os.replace(partial, folder / OUTCOME)
 
 
-def main(folder: str) -> None:
-    """The driver's side: run what the payload in `folder` asks, write the answer, stop Ray, end."""
-    with open(Path(folder) / PAYLOAD, "rb") as payload:
+def answer(folder: Path) -> None:
+    """Run what the payload in `folder` asks and write the answer there."""
+    with open(folder / PAYLOAD, "rb") as payload:
         sys.path[:] = pickle.load(payload)
         executor, runner, dataset = pickle.load(payload)
     try:
-        answer = ("done", executor.drive(runner, dataset))
+        outcome = ("done", executor.drive(runner, dataset))
     except BaseException as err:  # noqa: BLE001 - every error goes back to the command, which raises it
-        answer = ("raised", err)
-    write_outcome(Path(folder), *answer)
+        outcome = ("raised", err)
     sys.stdout.flush()
     sys.stderr.flush()
+    write_outcome(folder, *outcome)
+
+
+def main() -> None:
+    """The driver's side: answer each payload folder named on stdin, in turn; at its end, stop Ray and end."""
+    for line in iter(sys.stdin.readline, ""):
+        if line.strip():
+            answer(Path(line.strip()))
     with contextlib.suppress(BaseException):
         import ray
 
@@ -159,7 +218,3 @@ def main(folder: str) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # nothing else to run: Ray's own exit hooks may hang on a dead node
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
