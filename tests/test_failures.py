@@ -390,15 +390,20 @@ def test_a_dead_ray_node_ends_the_command_with_one_line_and_exit_5_and_the_run_r
                 command.kill()
     finally:
         cluster.shutdown()
-    assert command.returncode == 5, err[-3000:]
-    # one line of hf-ipt's own among what Ray's processes print (their progress bars may come after it)
+    assert_lost_then_resumed(command.returncode, err, "a Ray node running a worker died", recipe, reference)
+
+
+def assert_lost_then_resumed(status: int, err: str, what_died: str, recipe: Path, reference) -> None:
+    """A synthesis ended with exit 5 and one line of hf-ipt's own among what Ray's processes print (their progress
+    bars may come after it), saying `what_died` and how to resume, and no traceback; the same command (here without
+    Ray) then makes the rows of an uninterrupted run."""
+    assert status == 5, err[-3000:]
     [line] = [line for line in err.splitlines() if line.startswith("hf-ipt synthesize:")]
-    assert line.startswith("hf-ipt synthesize: error: a Ray node running a worker died"), line
+    assert line.startswith(f"hf-ipt synthesize: error: {what_died}"), line
     assert "run the same command again to resume" in line and "Traceback" not in err
-    # resumed (here without Ray): the rows of an uninterrupted run
     assert main(["synthesize", str(recipe), "-q"]) == 0
     expected_rows, _ = reference
-    assert rows_of(tmp_path / "node") == expected_rows
+    assert rows_of(recipe.parent / recipe.stem) == expected_rows
 
 
 def descendants(pid: int) -> list:
@@ -455,17 +460,12 @@ def test_the_death_of_the_commands_own_ray_node_ends_it_with_exit_5_and_one_line
     finally:
         if command.poll() is None:
             command.kill()
-    assert command.returncode == 5, f"exit {command.returncode}\n{err[-3000:]}"
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines[-1].startswith("hf-ipt synthesize: error: the Ray node this command runs on died"), err[-3000:]
-    assert "run the same command again to resume" in lines[-1] and "Traceback" not in err
-    # and the node's processes went with it
+    # the node's processes went with it
     psutil.wait_procs(started, timeout=30)
     assert not [process for process in started if process.is_running() and process.status() != "zombie"]
-    # resumed (here without Ray): the rows of an uninterrupted run
-    assert main(["synthesize", str(recipe), "-q"]) == 0
-    expected_rows, _ = reference
-    assert rows_of(tmp_path / "own") == expected_rows
+    # and the command's line is its last
+    assert [line for line in err.splitlines() if line.strip()][-1].startswith("hf-ipt synthesize: error:"), err[-3000:]
+    assert_lost_then_resumed(command.returncode, err, "the Ray node this command runs on died", recipe, reference)
 
 
 class DriverDouble:
