@@ -1065,10 +1065,11 @@ LEASE_STALE_SECONDS = 600.0
 # record is there has it (two writers starting within this window may still both run: see RunFolder.lease)
 LEASE_SETTLE_SECONDS = 1.0
 # fsspec back ends whose `pipe_file(path, data, mode="create")` fails with FileExistsError when the file exists, as
-# one atomic step: protocol -> (the package that implements it, the first version that does). s3fs sends S3's
-# conditional write (If-None-Match: *); the memory file system lives in one process. Elsewhere fsspec's generic
-# "create" checks, then writes (not atomic): those stores get the write-and-read-back.
-ATOMIC_CREATE = {"s3": ("s3fs", "2024.12.0"), "s3a": ("s3fs", "2024.12.0"), "memory": ("fsspec", "2024.12.0")}
+# one atomic step: protocol -> the packages (and their first versions) that make it so. s3fs 2024.12.0 sends S3's
+# conditional write (If-None-Match: *), which botocore takes from 1.35.21 on; fsspec's memory file system lives in
+# one process. Elsewhere fsspec's generic "create" checks, then writes (not atomic): there, the write-and-read-back.
+_S3_CREATE = (("s3fs", "2024.12.0"), ("botocore", "1.35.21"))
+ATOMIC_CREATE = {"s3": _S3_CREATE, "s3a": _S3_CREATE, "memory": (("fsspec", "2024.12.0"),)}
 
 
 def atomic_create(fs: fsspec.AbstractFileSystem) -> bool:
@@ -1079,19 +1080,26 @@ def atomic_create(fs: fsspec.AbstractFileSystem) -> bool:
         >>> atomic_create(fsspec.filesystem("memory")), atomic_create(fsspec.filesystem("file"))
         (True, False)
     """
-    from importlib.metadata import PackageNotFoundError, version
-
     protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
     known = [ATOMIC_CREATE[protocol] for protocol in protocols if protocol in ATOMIC_CREATE]
-    if not known:
-        return False
-    package, first = known[0]
+    return bool(known) and all(installed_at_least(package, first) for package, first in known[0])
+
+
+def installed_at_least(package: str, first: str) -> bool:
+    """Whether `package` is installed at version `first` or later (numeric parts compared: calendar or semantic).
+
+    Example:
+        >>> installed_at_least("fsspec", "2024.12.0"), installed_at_least("no-such-package-here", "1.0")
+        (True, False)
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         installed = version(package)
     except PackageNotFoundError:
         return False
     numbers = [tuple(int(part) for part in re.findall(r"\d+", text)[:3]) for text in (installed, first)]
-    return numbers[0] >= numbers[1]  # calendar versions: year, month, patch
+    return numbers[0] >= numbers[1]
 
 
 class LeaseHeldError(RuntimeError):
@@ -1210,10 +1218,10 @@ class RunFolder(Store):
         this host, or not renewed for `LEASE_STALE_SECONDS`) is taken over with a warning.
 
         The lease is created atomically on a local disk (a hard link that fails if the file exists), and on the
-        stores of `ATOMIC_CREATE` (S3 through s3fs >= 2024.12.0: a conditional write, If-None-Match: *; memory://).
-        On other stores (gcs://, abfs://, ...: fsspec offers them no atomic create today) it is written, then read
-        back after `LEASE_SETTLE_SECONDS`, so two commands started within that second may both run; so may two on
-        an S3-compatible server that ignores If-None-Match.
+        stores of `ATOMIC_CREATE` (S3 through s3fs >= 2024.12.0 and botocore >= 1.35.21: a conditional write,
+        If-None-Match: *; memory://). On other stores (gcs://, abfs://, ...: their back ends' exclusive writes are not
+        checked here yet) it is written, then read back after `LEASE_SETTLE_SECONDS`, so two commands started within
+        that second may both run; so may two on an S3-compatible server that ignores If-None-Match.
 
         Example:
             >>> with RunFolder("memory://doc-store/leased-run").lease("hf-ipt run r.yaml") as lease:
