@@ -2,10 +2,24 @@
 the release holds, in its order) tokenized once with the mix's tokenizer and written in each format of
 `export.formats`, under `run.output_dir/export/<format>/` (`hf_ipt.export`).
 
-Reads the released stage's rows batch by batch (text, and the mix's `num_tokens` and `source`); each row's ids are
-`tokenizer(text, add_special_tokens=False)["input_ids"]` and must have the count the mix recorded. The writers stream
-their files part by part through temporary files; the driver commits them with every file's size and SHA-256, so a
-killed export is redone from the start (to the same bytes) and a damaged file is found and the export redone. Its
+Two steps, so the expensive part runs on the run's executor (`run.executor`, `run.num_workers`) like templify and
+the mix:
+
+1. `tokens` (a scratch phase, `StageContext.run_shards`: a shard per data file of the released stage, in its order):
+   each shard reads its file batch by batch (text, and the mix's `num_tokens` and `source`), loads the tokenizer
+   once per worker, and tokenizes every row: `tokenizer(text, add_special_tokens=False)["input_ids"]`, which must
+   have the count the mix recorded (else a `TokenCountMismatch` naming the row of its split). It commits the ids and
+   each row's count as a piece (`hf_ipt.export.PieceBuilder`) with its marker; its figures are the rows and tokens
+   per source.
+2. the driver writes every format's files from the committed pieces (`hf_ipt.export.split_batches`), split by split
+   and shard by shard, in batches of `export.batch_size` rows across the shards, streaming the ids (the texts are
+   read back only for a format that writes them): the batches the export gave when it ran in one process, so the
+   files are the same bytes whatever the executor and the worker count.
+
+Memory is bounded by a shard (one file's ids in a worker) and a batch (in the driver). The writers stream their
+files part by part through temporary files; the driver commits them with every file's size and SHA-256, then the
+pieces are removed. A killed export keeps its committed shards (resumed under the same identity, a damaged piece
+made again) and writes the files again to the same bytes; a damaged file is found and the export redone. Its
 report holds, per format, the files and what a trainer needs (dtype, dataset names), the tokenizer's facts and the
 rows and tokens per source; the release copies the files and shows the lines to paste when `export.in_release`.
 
