@@ -128,10 +128,47 @@ def is_distribution(value: Any) -> bool:
     return isinstance(value, Mapping) and {"count", "total"} <= set(value)
 
 
-def content_fingerprint(dataset: Any, batch_size: int = 10_000) -> str:
-    """16 hex digits of a sha256 over a dataset's features and rows: the same rows give the same value whatever the
-    files' names, modification times or Arrow chunking (`Dataset._fingerprint` of data read from Parquet depends
-    on the files' mtime, so stats.json would differ between two identical runs).
+FINGERPRINT_ROWS = 10_000  # rows per table a ContentDigest is fed: the tables' boundaries are part of the value
+
+
+class ContentDigest:
+    """16 hex digits of a sha256 over a dataset's features and rows, fed table by table (tables of
+    `FINGERPRINT_ROWS` rows, the last one fewer): the same rows give the same value whatever the files' names,
+    modification times or Arrow chunking (`Dataset._fingerprint` of data read from Parquet depends on the files'
+    mtime, so stats.json would differ between two identical runs).
+
+    Example:
+        >>> import pyarrow as pa
+        >>> one, two = ContentDigest({"n": "int64"}), ContentDigest({"n": "int64"})
+        >>> _ = one.add(pa.table({"n": [1, 2]}))
+        >>> _ = two.add(pa.concat_tables([pa.table({"n": [1]}), pa.table({"n": [2]})]))
+        >>> one.hexdigest() == two.hexdigest()
+        True
+    """
+
+    def __init__(self, features: Mapping[str, Any]) -> None:
+        self.digest = hashlib.sha256(json.dumps(features, sort_keys=True).encode())
+
+    def add(self, table: Any) -> Any:
+        """Feed one table; returns it rebuilt in one chunk with every buffer from offset 0 (what was hashed: its
+        `nbytes` depend on the rows alone)."""
+        import pyarrow as pa
+
+        # take() rebuilds every buffer from offset 0, so slices and chunk boundaries serialize alike
+        table = table.replace_schema_metadata(None)
+        table = table.take(pa.array(range(table.num_rows), pa.int64())).combine_chunks()
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        self.digest.update(sink.getvalue().to_pybytes())
+        return table
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()[:16]
+
+
+def content_fingerprint(rows: Any) -> str:
+    """The `ContentDigest` of a `datasets.Dataset`, or of rows read batch by batch (`hf_ipt.store.ParquetRows`).
 
     Example:
         >>> from datasets import Dataset
@@ -139,15 +176,11 @@ def content_fingerprint(dataset: Any, batch_size: int = 10_000) -> str:
         >>> content_fingerprint(a) == content_fingerprint(Dataset.from_dict({"text": ["x", "y"]}))
         True
     """
-    import pyarrow as pa
-
-    digest = hashlib.sha256(json.dumps(dataset.features.to_dict(), sort_keys=True).encode())
-    for table in dataset.with_format("arrow").iter(batch_size=batch_size):
-        # take() rebuilds every buffer from offset 0, so slices and chunk boundaries serialize alike
-        table = table.replace_schema_metadata(None)
-        table = table.take(pa.array(range(table.num_rows), pa.int64())).combine_chunks()
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        digest.update(sink.getvalue().to_pybytes())
-    return digest.hexdigest()[:16]
+    digest = ContentDigest(rows.features.to_dict())
+    if hasattr(rows, "tables"):
+        tables = rows.tables(FINGERPRINT_ROWS)
+    else:
+        tables = rows.with_format("arrow").iter(batch_size=FINGERPRINT_ROWS)
+    for table in tables:
+        digest.add(table)
+    return digest.hexdigest()

@@ -624,6 +624,173 @@ def _has_null_type(data_type) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Rows read and written batch by batch
+# --------------------------------------------------------------------------------------------------------------------
+
+ROW_GROUP_ROWS = 10_000  # rows per Parquet row group written: what a writer holds in memory at once
+
+
+class ParquetRows:
+    """The rows of one split held in Parquet files of a store, read batch by batch in file order: memory is bounded by
+    a batch (and a file's row group), never by the rows, and nothing is memory-mapped (mapped pages of a `datasets`
+    cache stay in the resident set once read: a release of a large corpus would hold it all). Its interface is the
+    one `DatasetRows` gives a `datasets.Dataset` (`as_rows`), so a consumer takes either.
+
+    Args:
+        store: the store holding the files.
+        relatives: the files, in order (paths relative to the store).
+        num_rows: the rows they hold (from their commit marker).
+        features: the `datasets.Features` of the rows (default: read from the files' footers, `read_features`).
+
+    Example:
+        >>> ParquetRows(folder, ["data/train-00000-of-00001.parquet"], 3).column_names  # doctest: +SKIP
+        ['text']
+    """
+
+    def __init__(self, store: Store, relatives: Sequence[str], num_rows: int, features: Any = None) -> None:
+        self.store, self.relatives, self.num_rows = store, list(relatives), int(num_rows)
+        self.features = features if features is not None else store.read_features(self.relatives)
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.features)
+
+    def tables(self, batch_size: int, columns: Sequence[str] | None = None) -> Iterator[Any]:
+        """`pyarrow.Table`s of `batch_size` rows each (the last one fewer), in order, across the files' boundaries,
+        typed by `features`; only `columns` when given."""
+        import pyarrow as pa
+
+        names = list(columns) if columns is not None else self.column_names
+        schema = pa.schema([self.features.arrow_schema.field(name) for name in names])
+        pending: list[Any] = []
+        held = 0
+        for relative in self.relatives:
+            with self.store.fs.open(self.store.path(relative), "rb") as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=names):
+                    # a file where a column is empty lists has it as list<null>: typed like the other files
+                    pending.append(pa.Table.from_batches([batch]).cast(schema))
+                    held += batch.num_rows
+                    while held >= batch_size:
+                        table = pa.concat_tables(pending)
+                        yield table.slice(0, batch_size)
+                        pending, held = [table.slice(batch_size)], held - batch_size
+        if held:
+            yield pa.concat_tables(pending)
+
+    def row(self, index: int) -> dict[str, Any]:
+        """Row `index` as a dict (one row group of one file is read)."""
+        if not 0 <= index < self.num_rows:
+            raise IndexError(f"row {index} of {self.num_rows}")
+        for relative in self.relatives:
+            with self.store.fs.open(self.store.path(relative), "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                for group in range(parquet.num_row_groups):
+                    rows = parquet.metadata.row_group(group).num_rows
+                    if index < rows:
+                        table = parquet.read_row_group(group).cast(self.features.arrow_schema).slice(index, 1)
+                        return {name: values[0] for name, values in table.to_pydict().items()}
+                    index -= rows
+        raise IndexError(f"row {index} not found in {self.relatives}: the files hold fewer rows than recorded")
+
+    def dataset(self):
+        """The rows as a memory-mapped `datasets.Dataset` (for what needs the `datasets` API, e.g. `push_to_hub`)."""
+        if not self.num_rows:
+            import datasets
+
+            return datasets.Dataset(self.store.read_table(self.relatives[0]).cast(self.features.arrow_schema))
+        return self.store.read_dataset(self.relatives, split="train")
+
+
+class DatasetRows:
+    """A `datasets.Dataset` behind the interface of `ParquetRows` (`as_rows`).
+
+    Example:
+        >>> from datasets import Dataset
+        >>> [t.num_rows for t in DatasetRows(Dataset.from_dict({"n": [1, 2, 3]})).tables(2)]
+        [2, 1]
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.data = dataset
+        self.num_rows, self.features = dataset.num_rows, dataset.features
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.features)
+
+    def tables(self, batch_size: int, columns: Sequence[str] | None = None) -> Iterator[Any]:
+        dataset = self.data.select_columns(list(columns)) if columns is not None else self.data
+        yield from dataset.with_format("arrow").iter(batch_size=batch_size)
+
+    def row(self, index: int) -> dict[str, Any]:
+        return self.data[index]
+
+    def dataset(self):
+        return self.data
+
+
+def as_rows(data: Any) -> ParquetRows | DatasetRows:
+    """`data` (a `datasets.Dataset` or `ParquetRows`) as rows read batch by batch.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> as_rows(Dataset.from_dict({"text": ["a"]})).column_names
+        ['text']
+    """
+    if isinstance(data, (ParquetRows, DatasetRows)):
+        return data
+    import datasets
+
+    if isinstance(data, datasets.Dataset):
+        return DatasetRows(data)
+    raise TypeError(f"rows are a datasets.Dataset or ParquetRows, got {type(data).__name__}")
+
+
+class ParquetFileWriter:
+    """Writes tables to one Parquet file as `datasets`' own `to_parquet` does (its schema with the features, its
+    content-defined chunking, page index and per-column options: a file reads, deduplicates and shows on the Hub
+    like one `datasets` wrote), each table written one row group; the same rows in the same tables give the same
+    bytes, whatever they were read from.
+
+    Example:
+        >>> import datasets, pyarrow as pa
+        >>> features = datasets.Features({"n": datasets.Value("int64")})
+        >>> with ParquetFileWriter(io.BytesIO(), features) as writer:
+        ...     writer.write(pa.table({"n": [1, 2]}))
+    """
+
+    def __init__(self, where: str | BinaryIO, features: Any) -> None:
+        from datasets import config
+        from datasets.io.parquet import get_parquet_column_options
+
+        schema = features.arrow_schema
+        self.schema, self.chunking = schema, config.DEFAULT_CDC_OPTIONS
+        self.writer = pq.ParquetWriter(
+            where,
+            schema=schema,
+            use_content_defined_chunking=self.chunking,
+            write_page_index=True,
+            **get_parquet_column_options(features, schema),
+        )
+
+    def write(self, table: Any) -> None:
+        self.writer.write_table(table.cast(self.schema))
+
+    def __enter__(self) -> ParquetFileWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer.add_key_value_metadata({"content_defined_chunking": json.dumps(self.chunking)})
+        self.writer.close()
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Whole-stage outputs: written once, committed by a marker, skipped when already current
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -760,11 +927,13 @@ class StageFolder(Store):
         checksums: Mapping[str, Mapping[str, Any]] | None = None,
         settings: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write a `DatasetDict` (or {split: Dataset}, or a `Dataset`, saved as split `train`) as Hub-layout Parquet
-        files, then commit
-        it (`commit`) with each data file's size and SHA-256 plus `checksums` of other files already written in the
-        folder (e.g. a release's card). Data files of an earlier output are removed first (marker first).
-        `load_dataset(folder)` reads the result. Reads and writes every column; returns the marker.
+        """Write rows as Hub-layout Parquet files, then commit them (`commit`) with each data file's size and SHA-256
+        plus `checksums` of other files already written in the folder (e.g. a release's card). The rows: a
+        `DatasetDict`, a `Dataset` (saved as split `train`), or {split: `Dataset` or `ParquetRows`} (another folder's
+        committed rows, read batch by batch: memory stays bounded by a row group whatever the rows). Data files of an
+        earlier output are removed first (marker first). `load_dataset(folder)` reads the result; the same rows give
+        the same bytes whatever they were read from (`write_parquet`). Reads and writes every column; returns the
+        marker.
 
         Example:
             >>> from datasets import Dataset
@@ -775,26 +944,31 @@ class StageFolder(Store):
         import datasets
 
         if isinstance(dataset_dict, datasets.Dataset):
-            dataset_dict = datasets.DatasetDict({"train": dataset_dict})
-        elif isinstance(dataset_dict, Mapping):
-            dataset_dict = datasets.DatasetDict(dataset_dict)
-        if not isinstance(dataset_dict, datasets.DatasetDict):
+            dataset_dict = {"train": dataset_dict}
+        if not isinstance(dataset_dict, Mapping):
             raise TypeError(f"a stage saves a Dataset or DatasetDict, got {type(dataset_dict).__name__}")
+        splits = {split: as_rows(rows) for split, rows in dataset_dict.items()}
         self.clear()  # marker first, then the old rows and the temporary files of killed writes
         files: dict[str, list[str]] = {}
         recorded = dict(checksums or {})
-        for split, dataset in dataset_dict.items():
-            count = max(1, math.ceil(len(dataset) / rows_per_file))
+        for split, rows in splits.items():
+            count = max(1, math.ceil(rows.num_rows / rows_per_file))
+            tables = iter(rows.tables(ROW_GROUP_ROWS))
+            carried = None  # the rest of a batch that crossed a file's end
             files[split] = []
             for index in range(count):
-                part = dataset.select(range(index * rows_per_file, min(len(dataset), (index + 1) * rows_per_file)))
+                wanted = min(rows_per_file, rows.num_rows - index * rows_per_file)
                 relative = f"{DATA_DIR}/{split}-{index:05d}-of-{count:05d}.parquet"
-                # written batch by batch into the file: a part is never held in memory whole
-                with self.writing(relative) as pending:
-                    part.to_parquet(pending.path)
+                with self.writing(relative) as pending, ParquetFileWriter(pending.path, rows.features) as writer:
+                    while wanted > 0:
+                        table, carried = (carried if carried is not None else next(tables)), None
+                        if table.num_rows > wanted:
+                            table, carried = table.slice(0, wanted), table.slice(wanted)
+                        writer.write(table)
+                        wanted -= table.num_rows
                 recorded[relative] = pending.checksum
                 files[split].append(relative)
-        num_rows = {split: len(dataset) for split, dataset in dataset_dict.items()}
+        num_rows = {split: rows.num_rows for split, rows in splits.items()}
         return self.commit(
             config=config, files=files, num_rows=num_rows, extra=extra, checksums=recorded, settings=settings
         )
@@ -832,6 +1006,26 @@ class StageFolder(Store):
         if data is not None:
             return self.save(data, config=config, extra=extra, checksums=written, settings=settings)
         return self.commit(config=config, num_rows=num_rows, extra=extra, checksums=written, settings=settings)
+
+    def rows(self) -> dict[str, ParquetRows]:
+        """The committed rows, {split: `ParquetRows`}: read batch by batch from the data files, never mapped whole
+        (`load` maps them as `datasets` objects). IncompleteRunError when nothing is committed.
+
+        Example:
+            >>> from datasets import Dataset
+            >>> folder = StageFolder("memory://doc-store/rows")
+            >>> _ = folder.save(Dataset.from_dict({"text": ["a", "b", "c"]}), config={})
+            >>> rows = folder.rows()["train"]
+            >>> rows.num_rows, [table.num_rows for table in rows.tables(2)], rows.row(2)
+            (3, [2, 1], {'text': 'c'})
+        """
+        marker = self.marker()
+        if marker is None:
+            raise IncompleteRunError(f"{self.url} holds no finished stage output ({STAGE_MARKER_PATH} not found)")
+        return {
+            split: ParquetRows(self, relatives, marker["num_rows"][split])
+            for split, relatives in marker["files"].items()
+        }
 
     def load(self):
         """The committed rows as a `DatasetDict`, memory-mapped (`Store.read_dataset`); IncompleteRunError when

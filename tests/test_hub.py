@@ -708,6 +708,7 @@ def test_content_fingerprint_ignores_file_times_and_chunking(tmp_path):
     from datasets import concatenate_datasets
 
     from hf_ipt.stats import content_fingerprint
+    from hf_ipt.store import ParquetRows, Store
 
     rows = synthesized_rows(30, seed=23, tag="c")
     rows.to_parquet(tmp_path / "a.parquet")
@@ -718,6 +719,11 @@ def test_content_fingerprint_ignores_file_times_and_chunking(tmp_path):
     chunked = concatenate_datasets([rows.select(range(11)).flatten_indices(), rows.select(range(11, 30))])
     assert content_fingerprint(first) == content_fingerprint(second) == content_fingerprint(chunked)
     assert content_fingerprint(rows.select(range(29))) != content_fingerprint(rows)
+    # the same rows read batch by batch from Parquet files (a local release reads its rows so) have the same digest
+    store = Store(str(tmp_path))
+    for name, part in (("b.parquet", rows.select(range(7))), ("c.parquet", rows.select(range(7, 30)))):
+        part.to_parquet(tmp_path / name)
+    assert content_fingerprint(ParquetRows(store, ["b.parquet", "c.parquet"], 30)) == content_fingerprint(rows)
 
 
 def test_two_uninterrupted_runs_give_byte_identical_release_folders(tmp_path, tiny_model_path, monkeypatch):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -322,3 +323,41 @@ def test_a_new_stage_runs_in_shards_on_any_worker_count(synthesized, tmp_path, t
     for name in files:
         assert (run / "counted/data" / name).read_bytes() == (tmp_path / "two/counted/data" / name).read_bytes()
     assert ShardedWordCount().run(RunConfig(output_dir=str(run))).reused
+
+
+def test_a_local_release_reads_its_rows_batch_by_batch_and_writes_the_bytes_of_the_rows(
+    synthesized, tmp_path, tiny_model_path, monkeypatch
+):
+    """The release never maps the corpus it releases (mapped pages stay resident: the peak of a large run was the
+    release's): it reads the mix's files batch by batch and writes row groups of `ROW_GROUP_ROWS` rows. The bytes
+    are those of the same rows saved from a `datasets.Dataset`, across the boundaries of the mix's files and of the
+    release's own files."""
+    import datasets
+
+    import hf_ipt.store as store_module
+    from hf_ipt.store import StageFolder
+
+    run = templify_and_mix(synthesized, tmp_path / "a", tiny_model_path)
+    monkeypatch.setattr(store_module, "ROW_GROUP_ROWS", 5)
+
+    def mapped(self):
+        raise AssertionError(f"{self.url} was memory-mapped whole")
+
+    monkeypatch.setattr(StageFolder, "load", mapped)
+    assert main(["push", str(tmp_path / "a" / "recipe.yaml"), "-q"]) == 0
+    mixed_files = sorted(str(path) for path in (run / "mixed" / "data").glob("*.parquet"))
+    assert len(mixed_files) > 1
+    mixed = datasets.load_dataset("parquet", data_files=mixed_files, split="train")
+    released = sorted((run / "release" / "data").glob("*.parquet"))
+    assert [pq.ParquetFile(path).num_row_groups for path in released] == [-(-mixed.num_rows // 5)]
+    assert datasets.load_dataset(str(run / "release"), split="train").to_list() == mixed.to_list()
+    from_dataset = StageFolder(str(tmp_path / "from-dataset"))
+    from_dataset.save(mixed, config={})
+    assert (tmp_path / "from-dataset" / "data" / released[0].name).read_bytes() == released[0].read_bytes()
+    # files of 7 rows: row groups cut at each file's end, then 5 by 5 again, from the mix's files or from a Dataset
+    cut = {}
+    for name, rows in (("parquet", StageFolder(str(run / "mixed")).rows()), ("dataset", {"train": mixed})):
+        folder = StageFolder(str(tmp_path / name))
+        files = folder.save(rows, config={}, rows_per_file=7)["files"]["train"]
+        cut[name] = [(tmp_path / name / relative).read_bytes() for relative in files]
+    assert cut["parquet"] == cut["dataset"] and len(cut["parquet"]) == -(-mixed.num_rows // 7)

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from hf_ipt import columns as C
 from hf_ipt.quality import quality_of_splits, render_quality_plots
 
 # secrets are removed by hf_ipt.redaction, the one scrubbing place of every writer (REDACTED re-exported)
@@ -32,7 +33,7 @@ from hf_ipt.redaction import process_command, redact, scrub, secret_values
 from hf_ipt.release.card import ReleaseInfo, sidecar_dir
 from hf_ipt.release.plots import render_plots
 from hf_ipt.release.statistics import compute_statistics
-from hf_ipt.store import FileCopy, json_bytes
+from hf_ipt.store import FileCopy, as_rows, json_bytes
 from hf_ipt.version import __version__
 
 REPORT_FORMAT = 1  # the layout of stats.json
@@ -87,10 +88,19 @@ def config_report(
             "synthesis_stats": plain(info.synthesis_stats),
         },
         "statistics": dict(statistics) if statistics is not None else compute_statistics(splits, info),
-        "quality": plain(info.quality) if info.quality is not None else quality_of_splits(splits),
+        "quality": plain(info.quality) if info.quality is not None else quality_of_rows(splits),
         **({"export": plain(info.export)} if info.export_files else {}),
         "files": {},
     }
+
+
+def quality_of_rows(splits: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`hf_ipt.quality.quality_of_splits` of rows given as `datasets.Dataset`s or `ParquetRows` (mapped as datasets
+    only when they carry the synthesized `pairs` the report reads: rendered texts never do)."""
+    rows = {split: as_rows(data) for split, data in splits.items()}
+    if not rows or not all({C.PAIRS, C.TEXT} <= set(r.column_names) for r in rows.values()):
+        return None
+    return quality_of_splits({split: r.dataset() for split, r in rows.items()})
 
 
 def recipe_text(recipe: Any, secrets: Sequence[str] = ()) -> str | None:
@@ -156,21 +166,25 @@ class ReleaseBundle:
         declares `configs`, `load_dataset` caches by the card's metadata and the folder's name, not by the files, so
         without it a new release into a folder of the same name would load the previous release from the cache.
         """
-        return dataset_info(self.splits, self.config_name)
+        return dataset_info(self.splits, self.config_name, self.report["statistics"])
 
 
-def dataset_info(splits: Mapping[str, Any], config_name: str) -> dict[str, Any]:
-    """`dataset_info` card metadata of `splits` (see `ReleaseBundle.dataset_info`).
+def dataset_info(
+    splits: Mapping[str, Any], config_name: str, statistics: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """`dataset_info` card metadata of `splits` (see `ReleaseBundle.dataset_info`): each split's rows and the bytes of
+    its rows in Arrow (`compute_statistics` measured them: given its `statistics`, the rows are not read again).
 
     Example:
         >>> dataset_info({"train": ds}, "m2")["splits"][0]["num_examples"]  # doctest: +SKIP
         1
     """
+    measured = (statistics or compute_statistics(splits, ReleaseInfo(text_column=None)))["splits"]
     entries = [
-        {"name": split, "num_bytes": int(dataset.data.nbytes), "num_examples": len(dataset)}
-        for split, dataset in splits.items()
+        {"name": split, "num_bytes": int(measured[split]["bytes"]), "num_examples": len(data)}
+        for split, data in splits.items()
     ]
-    features = next(iter(splits.values())).info.features if splits else None
+    features = as_rows(next(iter(splits.values()))).features if splits else None
     info: dict[str, Any] = {"config_name": config_name}
     if features is not None:
         info["features"] = features._to_yaml_list()

@@ -13,7 +13,7 @@ Example:
     >>> result = save_release(Dataset.from_dict({"text": ["a", "b"]}), "memory://doc-release/v1", version="v0.1",
     ...                       plots=False)
     >>> result.files[:2], result.rows
-    (['README.md', 'data/train-00000-of-00001.parquet'], 2)
+    (('README.md', 'data/train-00000-of-00001.parquet'), 2)
 """
 
 from __future__ import annotations
@@ -176,7 +176,15 @@ def save_release(
     folder = StageFolder(str(output_dir), storage_options)
     bundle = build_bundle(dict(data), info, config_name=config_name, version=version, plots=plots)
     identity = {
-        "upstream": fingerprint([bundle.report["statistics"]["splits"]]),
+        # the rows and their digest name the data (not the Arrow size beside them, also in stats.json)
+        "upstream": fingerprint(
+            [
+                {
+                    split: {key: figures[key] for key in ("rows", "fingerprint")}
+                    for split, figures in bundle.report["statistics"]["splits"].items()
+                }
+            ]
+        ),
         "release": {"repo_id": repo_id, "version": version, "config_name": config_name},
         "release_to": "local",
         "card": config_to_dict(card or CardOptions()),

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from hf_ipt import columns as C
-from hf_ipt.stats import Distribution, content_fingerprint, is_distribution
+from hf_ipt.stats import FINGERPRINT_ROWS, ContentDigest, Distribution, is_distribution
+from hf_ipt.store import as_rows
 from hf_ipt.tokenization import load_tokenizer, tokenizer_name
 
 
@@ -49,8 +50,9 @@ def compute_statistics(splits: Mapping[str, Any], info: Any, batch_size: int = 1
     counted_by: str | None = None  # where the counts come from when they were not counted here
     split_stats: dict[str, Any] = {}
 
-    for split_name, dataset in splits.items():
-        names = dataset.column_names
+    for split_name, data in splits.items():
+        rows = as_rows(data)
+        names = rows.column_names
         if info.text_column is not None and info.text_column not in names:
             raise ValueError(
                 f"split {split_name!r} has no text column {info.text_column!r} (columns: {names}); set "
@@ -71,54 +73,59 @@ def compute_statistics(splits: Mapping[str, Any], info: Any, batch_size: int = 1
             )
             if c is not None and c in names
         ]
-        split_stats[split_name] = {"rows": dataset.num_rows, "fingerprint": content_fingerprint(dataset)}
-        if not wanted:
-            continue
-        for batch in dataset.select_columns(list(dict.fromkeys(wanted))).iter(batch_size=batch_size):
-            texts = batch.get(info.text_column) if info.text_column else None
-            char_lengths = [len(t) if isinstance(t, str) else 0 for t in texts] if texts is not None else None
-            if texts is not None:
-                null_texts += sum(not isinstance(t, str) for t in texts)
-                chars.add(char_lengths)
-            # the mix's own counts are the figures the mix was built on; a tokenizer counts when they are absent
-            token_lengths = None
-            if count_column is not None:
-                token_lengths = [int(n) if n is not None else 0 for n in batch[count_column]]
-                counted_by = f"column {count_column!r}"
-            elif info.tokenizer is not None and texts is not None:
-                if tokenizer is None:
-                    tokenizer = load_tokenizer(info.tokenizer, key="ReleaseInfo.tokenizer")
-                encoded = tokenizer([t if isinstance(t, str) else "" for t in texts], add_special_tokens=False)
-                token_lengths = [len(ids) for ids in encoded["input_ids"]]
-                token_origin = tokenizer_name(tokenizer)
-            if token_lengths is not None:
-                seen["tokens"] = True
-                tokens.add(token_lengths)
-            if info.source_column and info.source_column in batch:
-                seen["source"] = True
-                for i, source in enumerate(batch[info.source_column]):
-                    entry = per_source.setdefault(str(source), {"rows": 0, "characters": 0, "tokens": 0})
-                    entry["rows"] += 1
-                    if char_lengths is not None:
-                        entry["characters"] += char_lengths[i]
-                    if token_lengths is not None:
-                        entry["tokens"] += token_lengths[i]
-            if pairs_column is not None:
-                seen["pairs"] = True
-                pairs_per_text.add(
-                    len(v) if isinstance(v, list) else v for v in batch[pairs_column] if isinstance(v, (list, int))
-                )
-            if C.PARSE_DROPS in batch:
-                seen["drops"] = True
-                for row_drops in batch[C.PARSE_DROPS]:
-                    for reason, count in (row_drops or {}).items():
-                        drops[reason] += int(count or 0)
-            if C.SYNTH_STATUS in batch:
-                seen["status"] = True
-                statuses.update(str(s) for s in batch[C.SYNTH_STATUS] if s is not None)
-            if info.template_column and info.template_column in batch:
-                seen["template"] = True
-                modes.update(str(m) for m in batch[info.template_column] if m is not None)
+        wanted = list(dict.fromkeys(wanted))
+        # one pass over the rows, table by table: the content's digest and size, and the figures of the wanted columns
+        digest, arrow_bytes = ContentDigest(rows.features.to_dict()), 0
+        for table in rows.tables(FINGERPRINT_ROWS):
+            table = digest.add(table)
+            arrow_bytes += table.nbytes
+            for start in range(0, table.num_rows, batch_size) if wanted else ():
+                batch = table.slice(start, batch_size).select(wanted).to_pydict()
+                texts = batch.get(info.text_column) if info.text_column else None
+                char_lengths = [len(t) if isinstance(t, str) else 0 for t in texts] if texts is not None else None
+                if texts is not None:
+                    null_texts += sum(not isinstance(t, str) for t in texts)
+                    chars.add(char_lengths)
+                # the mix's own counts are the figures the mix was built on; a tokenizer counts when they are absent
+                token_lengths = None
+                if count_column is not None:
+                    token_lengths = [int(n) if n is not None else 0 for n in batch[count_column]]
+                    counted_by = f"column {count_column!r}"
+                elif info.tokenizer is not None and texts is not None:
+                    if tokenizer is None:
+                        tokenizer = load_tokenizer(info.tokenizer, key="ReleaseInfo.tokenizer")
+                    encoded = tokenizer([t if isinstance(t, str) else "" for t in texts], add_special_tokens=False)
+                    token_lengths = [len(ids) for ids in encoded["input_ids"]]
+                    token_origin = tokenizer_name(tokenizer)
+                if token_lengths is not None:
+                    seen["tokens"] = True
+                    tokens.add(token_lengths)
+                if info.source_column and info.source_column in batch:
+                    seen["source"] = True
+                    for i, source in enumerate(batch[info.source_column]):
+                        entry = per_source.setdefault(str(source), {"rows": 0, "characters": 0, "tokens": 0})
+                        entry["rows"] += 1
+                        if char_lengths is not None:
+                            entry["characters"] += char_lengths[i]
+                        if token_lengths is not None:
+                            entry["tokens"] += token_lengths[i]
+                if pairs_column is not None:
+                    seen["pairs"] = True
+                    pairs_per_text.add(
+                        len(v) if isinstance(v, list) else v for v in batch[pairs_column] if isinstance(v, (list, int))
+                    )
+                if C.PARSE_DROPS in batch:
+                    seen["drops"] = True
+                    for row_drops in batch[C.PARSE_DROPS]:
+                        for reason, count in (row_drops or {}).items():
+                            drops[reason] += int(count or 0)
+                if C.SYNTH_STATUS in batch:
+                    seen["status"] = True
+                    statuses.update(str(s) for s in batch[C.SYNTH_STATUS] if s is not None)
+                if info.template_column and info.template_column in batch:
+                    seen["template"] = True
+                    modes.update(str(m) for m in batch[info.template_column] if m is not None)
+        split_stats[split_name] = {"rows": rows.num_rows, "fingerprint": digest.hexdigest(), "bytes": arrow_bytes}
 
     stats: dict[str, Any] = {"rows": sum(s["rows"] for s in split_stats.values()), "splits": split_stats}
     if info.text_column is not None:
@@ -156,7 +163,7 @@ def _columns(splits: Mapping[str, Any]) -> list[dict[str, str]]:
     first = next(iter(splits.values()), None)
     if first is None:
         return []
-    return [{"name": name, "dtype": _dtype(feature)} for name, feature in first.features.items()]
+    return [{"name": name, "dtype": _dtype(feature)} for name, feature in as_rows(first).features.items()]
 
 
 def _dtype(feature: Any) -> str:
@@ -185,16 +192,17 @@ def example_row(splits: Mapping[str, Any], info: Any, batch_size: int = 1000) ->
         >>> example_row({"train": Dataset.from_dict({"text": ["a"], "source": ["x"]})}, ReleaseInfo())
         {'split': 'train', 'index': 0, 'row': {'text': 'a', 'source': 'x'}}
     """
-    for split, dataset in splits.items():
-        if not len(dataset):
+    for split, data in splits.items():
+        rows = as_rows(data)
+        if not rows.num_rows:
             continue
         wanted = next((n for s in info.sources for n in (s.mix_names or [])[:1]), None)
-        by_source = wanted is not None and info.source_column in dataset.column_names
-        text_column = info.text_column if info.text_column in dataset.column_names else None
+        by_source = wanted is not None and info.source_column in rows.column_names
+        text_column = info.text_column if info.text_column in rows.column_names else None
         columns = [c for c in (info.source_column if by_source else None, text_column) if c]
         index, fallback, start = None, 0 if not by_source else None, 0
-        for batch in dataset.select_columns(columns).iter(batch_size=batch_size) if columns else ():
-            size = len(batch[columns[0]])
+        for table in rows.tables(batch_size, columns) if columns else ():
+            batch, size = table.to_pydict(), table.num_rows
             for i in range(size):
                 if by_source and batch[info.source_column][i] != wanted:
                     continue
@@ -207,7 +215,7 @@ def example_row(splits: Mapping[str, Any], info: Any, batch_size: int = 1000) ->
             if index is not None or start >= 10 * batch_size:  # the first rows are enough to choose from
                 break
         index = index if index is not None else (fallback or 0)
-        row = dataset[index]
+        row = rows.row(index)
         return {"split": split, "index": index, "row": {k: _cut_value(v) for k, v in row.items()}}
     return None
 

@@ -234,7 +234,8 @@ class ReleaseStage(Stage):
             recorded = (context.previous.get("checksums") or {}).get(CARD_FILE)
             if recorded and file_damage(context.output, CARD_FILE, recorded) not in (None, "missing"):
                 raise ConfigError(edited_card_message(context.output))
-        data = context.upstream.load()
+        # the Hub's push reads `datasets` objects; a local release reads the rows batch by batch, never mapped whole
+        data = context.upstream.load() if self.to == "hub" else context.upstream.rows()
         info = release_info(context.run, reads=self.reads, release=self.settings(), command=self.command)
         if self.export is not None:
             report, files = self.exported(context)

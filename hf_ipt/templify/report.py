@@ -16,32 +16,18 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from hf_ipt.columns import (
-    CHAIN_POSITIONS,
-    DROPPED_PAIRS,
-    FAMILIES_COLUMN,
-    INVERTED,
-    MODE,
-    NUM_PAIRS,
+    CHAIN_ID,
+    SOURCE_IDS,
     STATUS_OK,
-    TEMPLIFY_STATUS,
-    TEXT,
+    TEMPLIFY_COLUMNS,
 )
 from hf_ipt.stats import Distribution
 from hf_ipt.templify.config import MODES, RAW
 from hf_ipt.templify.templifier import FAMILIES
 from hf_ipt.tokenization import load_tokenizer
 
-#: the columns templify's statistics read
-TEMPLIFY_REPORT_COLUMNS = [
-    TEXT,
-    CHAIN_POSITIONS,
-    MODE,
-    INVERTED,
-    FAMILIES_COLUMN,
-    NUM_PAIRS,
-    DROPPED_PAIRS,
-    TEMPLIFY_STATUS,
-]
+#: the columns templify's statistics read: every column templify writes but those naming where a text came from
+TEMPLIFY_REPORT_COLUMNS = [name for name in TEMPLIFY_COLUMNS if name not in (CHAIN_ID, SOURCE_IDS)]
 
 
 def _templify_figures(dataset: Any, tokenizer: Any, batch_size: int) -> tuple[dict[str, Any], Distribution]:
