@@ -630,7 +630,22 @@ def _has_null_type(data_type) -> bool:
 ROW_GROUP_ROWS = 10_000  # rows per Parquet row group written: what a writer holds in memory at once
 
 
-class ParquetRows:
+class Rows:
+    """Rows read batch by batch: `num_rows`, `features` (`datasets.Features`), `tables(batch_size, columns)` and
+    `row(index)`; `ParquetRows` (files of a store) and `DatasetRows` (a `datasets.Dataset`) give them (`as_rows`)."""
+
+    num_rows: int
+    features: Any
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.features)
+
+
+class ParquetRows(Rows):
     """The rows of one split held in Parquet files of a store, read batch by batch in file order: memory is bounded by
     a batch (and a file's row group), never by the rows, and nothing is memory-mapped (mapped pages of a `datasets`
     cache stay in the resident set once read: a release of a large corpus would hold it all). Its interface is the
@@ -650,13 +665,6 @@ class ParquetRows:
     def __init__(self, store: Store, relatives: Sequence[str], num_rows: int, features: Any = None) -> None:
         self.store, self.relatives, self.num_rows = store, list(relatives), int(num_rows)
         self.features = features if features is not None else store.read_features(self.relatives)
-
-    def __len__(self) -> int:
-        return self.num_rows
-
-    @property
-    def column_names(self) -> list[str]:
-        return list(self.features)
 
     def tables(self, batch_size: int, columns: Sequence[str] | None = None) -> Iterator[Any]:
         """`pyarrow.Table`s of `batch_size` rows each (the last one fewer), in order, across the files' boundaries,
@@ -704,7 +712,7 @@ class ParquetRows:
         return self.store.read_dataset(self.relatives, split="train")
 
 
-class DatasetRows:
+class DatasetRows(Rows):
     """A `datasets.Dataset` behind the interface of `ParquetRows` (`as_rows`).
 
     Example:
@@ -717,13 +725,6 @@ class DatasetRows:
         self.data = dataset
         self.num_rows, self.features = dataset.num_rows, dataset.features
 
-    def __len__(self) -> int:
-        return self.num_rows
-
-    @property
-    def column_names(self) -> list[str]:
-        return list(self.features)
-
     def tables(self, batch_size: int, columns: Sequence[str] | None = None) -> Iterator[Any]:
         dataset = self.data.select_columns(list(columns)) if columns is not None else self.data
         yield from dataset.with_format("arrow").iter(batch_size=batch_size)
@@ -735,7 +736,7 @@ class DatasetRows:
         return self.data
 
 
-def as_rows(data: Any) -> ParquetRows | DatasetRows:
+def as_rows(data: Any) -> Rows:
     """`data` (a `datasets.Dataset` or `ParquetRows`) as rows read batch by batch.
 
     Example:
@@ -743,7 +744,7 @@ def as_rows(data: Any) -> ParquetRows | DatasetRows:
         >>> as_rows(Dataset.from_dict({"text": ["a"]})).column_names
         ['text']
     """
-    if isinstance(data, (ParquetRows, DatasetRows)):
+    if isinstance(data, Rows):
         return data
     import datasets
 

@@ -353,6 +353,7 @@ def test_no_room_imports_a_room_that_imports_it_back():
         ("hf_ipt.execution", "hf_ipt.stages", "the executors and shard phases run any stage's work and know none"),
         ("hf_ipt.export", "hf_ipt.stages", "the export's formats know no stage: the export stage uses them"),
         ("hf_ipt.export", "hf_ipt.release", "a release may carry the export's files, never the reverse"),
+        ("hf_ipt.export", "hf_ipt.execution", "the export's formats and pieces know no executor: its stage runs them"),
     ],
 )
 def test_layers_point_one_way(lower, higher, why):

@@ -25,9 +25,11 @@ from transformers import AutoTokenizer
 
 from hf_ipt import ExportConfig, ExportStage, RunConfig, TemplifyStage
 from hf_ipt.config import load_recipe
+from hf_ipt.execution.phases import WORK_DIR
 from hf_ipt.export import TokenCountMismatch, paste_lines
 from hf_ipt.pipeline import check
 from hf_ipt.stages import MixStage, ReleaseStage
+from hf_ipt.stages.export import TokenizeShards
 from hf_ipt.store import RunFolder
 from hf_ipt.testing import read_with_megatron, read_with_olmo_core
 from hf_ipt.validation import ConfigError
@@ -55,8 +57,9 @@ def expected_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return [list(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
 
 
-def commit_mix(folder: Path, tokenizer, texts: list[str]) -> RunConfig:
-    """A run folder whose mix stage committed `texts` (with the mix's columns, counted with `tokenizer`)."""
+def commit_mix(folder: Path, tokenizer, texts: list[str], rows_per_file: int = 100_000) -> RunConfig:
+    """A run folder whose mix stage committed `texts` (with the mix's columns, counted with `tokenizer`), in data
+    files of `rows_per_file` rows."""
     rows = Dataset.from_dict(
         {
             "text": texts,
@@ -65,7 +68,7 @@ def commit_mix(folder: Path, tokenizer, texts: list[str]) -> RunConfig:
             "source_index": list(range(len(texts))),
         }
     )
-    RunFolder(str(folder)).stage(MixStage.folder).save(rows, config={"upstream": None})
+    RunFolder(str(folder)).stage(MixStage.folder).save(rows, config={"upstream": None}, rows_per_file=rows_per_file)
     return RunConfig(output_dir=str(folder))
 
 
@@ -222,6 +225,61 @@ ExportStage(config, {tiny_model_path!r}, dataset_name="m2").run(RunConfig(output
     assert not list((tmp_path / "export" / ".hf_ipt" / "tmp").iterdir())
 
 
+def test_two_local_workers_tokenize_the_files_of_a_release_into_the_bytes_of_one(
+    exported, tiny_model_path, tiny_tokenizer, tmp_path, monkeypatch
+):
+    """The tokenization runs per released data file on the run's workers: 60 rows in 5 files, tokenized by two
+    forked workers, give the files and the report of the one-file export in one process (batches of 7 rows cross
+    the files' boundaries)."""
+    reference = export_files(exported[0])
+    commit_mix(tmp_path, tiny_tokenizer, exported[2], rows_per_file=13)
+    done = tmp_path / "tokenized-by"
+    done.mkdir()
+    tokenize = TokenizeShards.__call__
+
+    def recorded(self, index, store):  # runs in the worker processes: each leaves its shard and pid behind
+        (done / f"{index}-{os.getpid()}").touch()
+        return tokenize(self, index, store)
+
+    monkeypatch.setattr(TokenizeShards, "__call__", recorded)
+    summary = stage(tiny_model_path, batch_size=7).run(RunConfig(output_dir=str(tmp_path), num_workers=2))
+    assert export_files(tmp_path) == reference
+    assert RunFolder(str(tmp_path)).stage("export").report() == exported[4] and summary.rows == 60
+    shards, workers = zip(*(name.split("-") for name in os.listdir(done)), strict=True)
+    assert sorted(map(int, shards)) == [0, 1, 2, 3, 4]
+    assert len(set(workers)) == 2 and str(os.getpid()) not in workers
+
+
+def test_an_interrupted_export_resumes_from_its_committed_shards(
+    exported, tiny_model_path, tiny_tokenizer, tmp_path, monkeypatch
+):
+    reference = export_files(exported[0])
+    run = commit_mix(tmp_path, tiny_tokenizer, exported[2], rows_per_file=13)
+    tokenize, computed = TokenizeShards.__call__, []
+
+    def killed_on_the_third_shard(self, index, store):
+        computed.append(index)
+        if computed == [0, 1, 2]:
+            raise RuntimeError("killed")
+        return tokenize(self, index, store)
+
+    monkeypatch.setattr(TokenizeShards, "__call__", killed_on_the_third_shard)
+    with pytest.raises(RuntimeError, match="killed"):
+        stage(tiny_model_path, batch_size=7).run(run)
+    assert RunFolder(str(tmp_path)).stage("export").marker() is None
+    pieces = tmp_path / "export" / WORK_DIR / "tokens"
+    assert sorted(p.name for p in pieces.iterdir()) == [
+        "ids-00000.bin", "ids-00001.bin", "lengths-00000.npy", "lengths-00001.npy"
+    ]  # fmt: skip
+    damaged = bytearray((pieces / "ids-00001.bin").read_bytes())
+    damaged[0] ^= 0x01
+    (pieces / "ids-00001.bin").write_bytes(bytes(damaged))
+    again = stage(tiny_model_path, batch_size=7).run(run)
+    assert computed == [0, 1, 2, 1, 2, 3, 4]  # shard 0 kept; shard 1, damaged since, made again
+    assert not again.reused and export_files(tmp_path) == reference
+    assert not (tmp_path / "export" / WORK_DIR).exists()  # the pieces go once the export is committed
+
+
 @pytest.mark.parametrize(
     ("relative", "damage"),
     [
@@ -266,14 +324,19 @@ def test_without_a_mix_the_templified_texts_are_exported(tiny_model_path, tiny_t
     assert summary.rows == 9 and report["sources"]["augmented"]["rows"] == 9 and not report["counts_checked"]
 
 
-def test_a_row_counted_with_another_tokenizer_stops_the_export_with_the_row(tiny_model_path, tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("rows_per_file", [100_000, 5])  # row 9 in the first file, or in the second shard
+def test_a_row_counted_with_another_tokenizer_stops_the_export_with_the_row(
+    tiny_model_path, tiny_tokenizer, tmp_path, rows_per_file
+):
     texts = corpus(12)
     run = commit_mix(tmp_path, tiny_tokenizer, texts)
     rows = RunFolder(str(tmp_path)).stage(MixStage.folder).load()["train"]
     counts = list(rows["num_tokens"])
     counts[9] += 1  # what another revision of the tokenizer would have counted
     changed = rows.remove_columns("num_tokens").add_column("num_tokens", counts)
-    RunFolder(str(tmp_path)).stage(MixStage.folder).save(changed, config={"upstream": None})
+    RunFolder(str(tmp_path)).stage(MixStage.folder).save(
+        changed, config={"upstream": None}, rows_per_file=rows_per_file
+    )
     with pytest.raises(TokenCountMismatch, match=r"row 9 of the release has \d+ tokens .* the mix counted"):
         stage(tiny_model_path, ["olmo_core"], batch_size=5).run(run)
     assert RunFolder(str(tmp_path)).stage("export").marker() is None

@@ -1,10 +1,12 @@
-"""Every stage scales (issue 24): templify and mix run in shards on the run's executor and give the same bytes
-whatever the executor and the worker count; their shards are committed one by one, so an interrupted stage resumes
-and a damaged file is made again; the mix's streaming selection is the whole-array selection it replaced.
+"""Every stage scales (issue 24): templify, mix and the export's tokenization run in shards on the run's executor
+and give the same bytes whatever the executor and the worker count; their shards are committed one by one, so an
+interrupted stage resumes and a damaged file is made again; the mix's streaming selection is the whole-array
+selection it replaced.
 
-The executor test synthesizes 24 bundled paragraphs once with the tiny model (3 shards), then runs `hf-ipt templify`
-and `hf-ipt mix` (mix shards of 9 rows: several count, route and gather shards) on one local worker, on two local
-worker processes and on two Ray workers (a local Ray instance of 2 CPUs).
+The executor test synthesizes 24 bundled paragraphs once with the tiny model (3 shards), then runs `hf-ipt templify`,
+`hf-ipt mix` (mix shards of 9 rows: several count, route and gather shards) and `hf-ipt export` (a tokenization
+shard per mix file) on one local worker, on two local worker processes and on two Ray workers (a local Ray instance
+of 2 CPUs).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from hf_ipt.store import STAGE_MARKER_PATH
 from hf_ipt.testing import tiny_recipe
 
 NUM_ROWS, SHARD, BATCH, MIX_SHARD = 24, 8, 4, 9
+FORMATS = ["olmo_core", "megatron", "llamafactory"]
 
 
 # --- the selection ---------------------------------------------------------------------------------------------
@@ -133,11 +136,11 @@ class InstantEngine(CallableEngine):
 
 def recipe_file(folder: Path, model: str) -> Path:
     """24 paragraphs, 3 synthesis shards (an engine that answers at once), templify, a 1:1 mix with the bundled
-    general instructions in shards of 9 rows, a local release."""
+    general instructions in shards of 9 rows, an export in every format, a local release."""
     folder.mkdir(parents=True, exist_ok=True)
     recipe = tiny_recipe(
         model, folder / "run", rows=NUM_ROWS, batch_size=BATCH, shard_size=SHARD, engine=InstantEngine.name,
-        release="scale", changes={"synth.engine_kwargs": {}, "mix.shard_rows": MIX_SHARD},
+        release="scale", changes={"synth.engine_kwargs": {}, "mix.shard_rows": MIX_SHARD, "export.formats": FORMATS},
     )  # fmt: skip
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -160,21 +163,27 @@ def synthesized(tmp_path_factory, tiny_model_path) -> Path:
 
 
 def templify_and_mix(synthesized: Path, folder: Path, model: str, *options: str) -> Path:
-    """`hf-ipt templify` then `hf-ipt mix` in a run folder holding a copy of the synthesis; the run folder."""
+    """`hf-ipt templify`, `hf-ipt mix` then `hf-ipt export` in a run folder holding a copy of the synthesis; the run
+    folder."""
     recipe = recipe_file(folder, model)
     shutil.copytree(synthesized, folder / "run" / "synthesized")
-    for stage in ("templify", "mix"):
+    for stage in ("templify", "mix", "export"):
         assert main([stage, str(recipe), "-q", *options]) == 0
     return folder / "run"
 
 
 def outputs(run: Path) -> dict[str, str]:
-    """SHA-256 of every data file of templified/ and mixed/, and each stage's committed report."""
+    """SHA-256 of every data file of templified/ and mixed/, of every file of export/, and each stage's committed
+    report."""
     found = {}
     for stage in ("templified", "mixed"):
         for path in sorted((run / stage / "data").glob("*.parquet")):
             found[f"{stage}/data/{path.name}"] = hashlib.sha256(path.read_bytes()).hexdigest()
         found[f"{stage} report"] = json.dumps(json.loads((run / stage / STAGE_MARKER_PATH).read_text())["extra"])
+    for path in sorted((run / "export").rglob("*")):
+        if path.is_file() and ".hf_ipt" not in path.parts:
+            found[str(path.relative_to(run))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    found["export report"] = json.dumps(json.loads((run / "export" / STAGE_MARKER_PATH).read_text())["extra"])
     return found
 
 
@@ -242,6 +251,7 @@ def test_an_interrupted_templify_resumes_from_its_committed_shards(
     assert computed == [0, 1, 1, 2]  # shard 0 was kept, not made again
     assert (markers / "shard-00000.json").read_text() == first
     assert main(["mix", str(recipe), "-q"]) == 0
+    assert main(["export", str(recipe), "-q"]) == 0
     assert outputs(tmp_path / "run") == one_worker
 
 

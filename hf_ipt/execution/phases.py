@@ -254,6 +254,17 @@ def read_columns(store: Store, relative: str, columns: Sequence[str] | None = No
         return parquet.read(columns=present)
 
 
+def parquet_num_rows(store: Store, relative: str) -> int:
+    """The rows of a Parquet file of `store`, read from its footer (no row is read).
+
+    Example:
+        >>> parquet_num_rows(store, "data/train-00000-of-00001.parquet")  # doctest: +SKIP
+        321
+    """
+    with store.fs.open(store.path(relative), "rb") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
 def read_batches(store: Store, relative: str, *, columns: Sequence[str] | None = None, batch_size: int = 10_000):
     """The rows of a Parquet file of `store` as pyarrow RecordBatches of at most `batch_size` rows, reading only
     `columns` (those the file has; None: all): a shard read a batch at a time, never whole.

@@ -27,7 +27,7 @@ from hf_ipt.export.base import ExportSettings, FormatWriter, TokenBatch, Tokeniz
 from hf_ipt.export.llamafactory import LlamaFactoryWriter
 from hf_ipt.export.megatron import MegatronWriter
 from hf_ipt.export.olmo_core import OlmoCoreWriter
-from hf_ipt.export.tokens import TokenCountMismatch, token_batches
+from hf_ipt.export.tokens import PieceBuilder, TokenCountMismatch, TokenPiece, split_batches, token_batches
 from hf_ipt.validation import ConfigError, check_fields
 
 ExportFormat = Literal["olmo_core", "megatron", "llamafactory"]
@@ -120,10 +120,13 @@ __all__ = [
     "LlamaFactoryWriter",
     "MegatronWriter",
     "OlmoCoreWriter",
+    "PieceBuilder",
     "TokenBatch",
     "TokenCountMismatch",
+    "TokenPiece",
     "TokenizerFacts",
     "paste_lines",
     "smallest_uint",
+    "split_batches",
     "token_batches",
 ]

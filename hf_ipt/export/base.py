@@ -90,7 +90,8 @@ class TokenizerFacts:
 class TokenBatch:
     """Released rows with their token ids: `ids` holds every id of the batch, documents back to back in release
     order; document i is `ids[offsets[i]:offsets[i + 1]]`. `first_row` is the index of the batch's first row in its
-    split (for messages naming a row).
+    split (for messages naming a row). `texts` and `sources` are empty in the batches a writer gets when no format
+    of the export writes texts (`FormatWriter.reads_texts`).
 
     Example:
         >>> batch = TokenBatch.of(["a b", "c"], [[5, 6], [7]], ["augmented", "general"])
@@ -114,7 +115,7 @@ class TokenBatch:
         return cls(texts, flat, offsets, sources, first_row)
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.offsets) - 1  # the texts are left out when no format writes them
 
     @property
     def lengths(self) -> np.ndarray:
@@ -167,6 +168,7 @@ class FormatWriter(ABC):
 
     name: ClassVar[str]
     packages: ClassVar[tuple[tuple[str, str], ...]] = ()
+    reads_texts: ClassVar[bool] = False  # its files hold the released texts: the batches it gets carry them
 
     def __init__(self, output: Store, settings: ExportSettings) -> None:
         self.output = output

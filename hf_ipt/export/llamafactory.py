@@ -42,6 +42,7 @@ class LlamaFactoryWriter(FormatWriter):
     entries), `files` by split."""
 
     name: ClassVar[str] = "llamafactory"
+    reads_texts: ClassVar[bool] = True
 
     def open_part(self, split: str, index: int, stack: contextlib.ExitStack) -> str:
         import pyarrow as pa

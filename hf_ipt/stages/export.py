@@ -2,10 +2,24 @@
 the release holds, in its order) tokenized once with the mix's tokenizer and written in each format of
 `export.formats`, under `run.output_dir/export/<format>/` (`hf_ipt.export`).
 
-Reads the released stage's rows batch by batch (text, and the mix's `num_tokens` and `source`); each row's ids are
-`tokenizer(text, add_special_tokens=False)["input_ids"]` and must have the count the mix recorded. The writers stream
-their files part by part through temporary files; the driver commits them with every file's size and SHA-256, so a
-killed export is redone from the start (to the same bytes) and a damaged file is found and the export redone. Its
+Two steps, so the expensive part runs on the run's executor (`run.executor`, `run.num_workers`) like templify and
+the mix:
+
+1. `tokens` (a scratch phase, `StageContext.run_shards`: a shard per data file of the released stage, in its order):
+   each shard reads its file batch by batch (text, and the mix's `num_tokens` and `source`), loads the tokenizer
+   once per worker, and tokenizes every row: `tokenizer(text, add_special_tokens=False)["input_ids"]`, which must
+   have the count the mix recorded (else a `TokenCountMismatch` naming the row of its split). It commits the ids and
+   each row's count as a piece (`hf_ipt.export.PieceBuilder`) with its marker; its figures are the rows and tokens
+   per source.
+2. the driver writes every format's files from the committed pieces (`hf_ipt.export.split_batches`), split by split
+   and shard by shard, in batches of `export.batch_size` rows across the shards, streaming the ids (the texts are
+   read back only for a format that writes them): the batches the export gave when it ran in one process, so the
+   files are the same bytes whatever the executor and the worker count.
+
+Memory is bounded by a shard (one file's ids in a worker) and a batch (in the driver). The writers stream their
+files part by part through temporary files; the driver commits them with every file's size and SHA-256, then the
+pieces are removed. A killed export keeps its committed shards (resumed under the same identity, a damaged piece
+made again) and writes the files again to the same bytes; a damaged file is found and the export redone. Its
 report holds, per format, the files and what a trainer needs (dtype, dataset names), the tokenizer's facts and the
 rows and tokens per source; the release copies the files and shows the lines to paste when `export.in_release`.
 
@@ -18,25 +32,38 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
-from hf_ipt.columns import NUM_TOKENS
+from hf_ipt.columns import NUM_TOKENS, SOURCE, TEXT
 from hf_ipt.config import AUGMENTED_SOURCE, RecipeConfig, RunConfig
+from hf_ipt.execution.phases import WORK_DIR, ShardResult, parquet_num_rows, read_batches
 from hf_ipt.export import (
     FORMATS,
     ExportConfig,
     ExportSettings,
+    PieceBuilder,
     TokenBatch,
     TokenizerFacts,
+    TokenPiece,
     paste_lines,
+    split_batches,
     token_batches,
 )
 from hf_ipt.preflight import Check, missing_package
-from hf_ipt.stages.base import NO_OPTIONS, CommandOptions, InPlace, Stage, StageContext, StageOutput, StageSummary
+from hf_ipt.stages.base import (
+    NO_OPTIONS,
+    CommandOptions,
+    InPlace,
+    Stage,
+    StageContext,
+    StageOutput,
+    StageSummary,
+    stage_data_files,
+)
 from hf_ipt.stages.mix import MixStage
 from hf_ipt.stages.templify import TemplifyStage
-from hf_ipt.store import StageFolder, config_to_dict
+from hf_ipt.store import StageFolder, Store, config_to_dict
 from hf_ipt.tokenization import FastEncoder, load_tokenizer, tokenizer_name
 from hf_ipt.validation import ConfigError, Problem
 
@@ -140,30 +167,30 @@ class ExportStage(Stage):
         tokenizer = load_tokenizer(self.tokenizer, key=self.tokenizer_key)
         name = self.tokenizer if isinstance(self.tokenizer, str) else tokenizer_name(tokenizer)
         facts = TokenizerFacts.from_tokenizer(tokenizer, name)
+        upstream, output = context.upstream, context.output
+        files = stage_data_files(upstream)
+        output.discard()  # the old marker first, then every file of the previous export
+        task = TokenizeShards(
+            upstream,
+            files,
+            first_rows(upstream, files),
+            self.tokenizer,
+            self.tokenizer_key,
+            count_column=self.count_column,
+            batch_size=self.config.batch_size,
+            loaded=tokenizer,
+        )
+        markers = context.run_shards("tokens", task, len(files), scratch=True, desc="Tokenizing the release")
         settings = ExportSettings(facts, self.config.tokens_per_file, self.dataset_name)
-        encoder = FastEncoder(tokenizer)
-        released = context.upstream.load()
-        context.output.discard()  # the old marker first, then every file of the previous export
+        entries, checksums = self.assemble(upstream, output, files, markers, settings)
+        num_rows: dict[str, int] = {}
         tally: dict[str, dict[str, int]] = {}
-        with contextlib.ExitStack() as stack:
-            writers = [
-                stack.enter_context(FORMATS[format](context.output, settings)) for format in self.config.formats
-            ]
-            for split, rows in released.items():
-                batches = token_batches(
-                    rows,
-                    encoder,
-                    batch_size=self.config.batch_size,
-                    default_source=AUGMENTED_SOURCE,
-                    count_column=self.count_column,
-                )
-                for batch in batches:
-                    count_sources(batch, tally)
-                    for writer in writers:
-                        writer.add(split, batch)
-            entries = {writer.name: writer.close() for writer in writers}
-        checksums = {relative: value for writer in writers for relative, value in writer.checksums.items()}
-        num_rows = {split: len(rows) for split, rows in released.items()}
+        for (split, _), marker in zip(files, markers, strict=True):
+            num_rows[split] = num_rows.get(split, 0) + int(marker["num_rows"])
+            for source, counted in marker["figures"]["sources"].items():
+                entry = tally.setdefault(source, {"rows": 0, "tokens": 0})
+                entry["rows"] += counted["rows"]
+                entry["tokens"] += counted["tokens"]
         report = {
             "tokenizer": facts.to_dict(),
             "rows": sum(num_rows.values()),
@@ -173,6 +200,35 @@ class ExportStage(Stage):
             "formats": entries,
         }
         return StageOutput(report=report, in_place=InPlace({}, num_rows, checksums))
+
+    def assemble(
+        self,
+        upstream: StageFolder,
+        output: StageFolder,
+        files: list[tuple[str, str]],
+        markers: list[dict[str, Any]],
+        settings: ExportSettings,
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """Write every format's files from the committed pieces, split by split, each split's shards in order, in
+        batches of `export.batch_size` rows across shards (the single-process export's batches, so its bytes);
+        the released texts are read back only when a format writes them. Returns (the formats' report entries,
+        every file's checksum)."""
+        texts_needed = any(FORMATS[format].reads_texts for format in self.config.formats)
+        batch_size = self.config.batch_size
+        with contextlib.ExitStack() as stack:
+            writers = [stack.enter_context(FORMATS[format](output, settings)) for format in self.config.formats]
+            for split in dict.fromkeys(split for split, _ in files):
+                shards = [index for index, (s, _) in enumerate(files) if s == split]
+                pieces = [
+                    TokenPiece(output, ids_file(i), lengths_file(i), markers[i]["figures"]["dtype"]) for i in shards
+                ]
+                texts = (text_columns(upstream, files[i][1], batch_size) for i in shards) if texts_needed else None
+                for batch in split_batches(pieces, batch_size=batch_size, texts=texts):
+                    for writer in writers:
+                        writer.add(split, batch)
+            entries = {writer.name: writer.close() for writer in writers}
+        checksums = {relative: value for writer in writers for relative, value in writer.checksums.items()}
+        return entries, checksums
 
     def summarize(self, report: Mapping[str, Any], summary: StageSummary, output: StageFolder) -> None:
         if not report:
@@ -191,3 +247,88 @@ def count_sources(batch: TokenBatch, tally: dict[str, dict[str, int]]) -> None:
         entry = tally.setdefault(source, {"rows": 0, "tokens": 0})
         entry["rows"] += 1
         entry["tokens"] += tokens
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The shards: one per released data file, tokenized on the run's executor
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def ids_file(index: int) -> str:
+    """Where shard `index`'s token ids are written (scratch: see `hf_ipt.export.PieceBuilder`)."""
+    return f"{WORK_DIR}/tokens/ids-{index:05d}.bin"
+
+
+def lengths_file(index: int) -> str:
+    """Where shard `index`'s token count per row is written (scratch)."""
+    return f"{WORK_DIR}/tokens/lengths-{index:05d}.npy"
+
+
+def first_rows(upstream: StageFolder, files: list[tuple[str, str]]) -> list[int]:
+    """The index in its split of each data file's first row (from the files' footers): what messages name a row by."""
+    starts, seen = [], {}
+    for split, relative in files:
+        starts.append(seen.get(split, 0))
+        seen[split] = starts[-1] + parquet_num_rows(upstream, relative)
+    return starts
+
+
+def text_columns(upstream: StageFolder, relative: str, batch_size: int) -> Iterator[Any]:
+    """The text column of one released data file, as Arrow arrays of at most `batch_size` rows."""
+    for batch in read_batches(upstream, relative, columns=[TEXT], batch_size=batch_size):
+        yield batch.column(TEXT)
+
+
+class TokenizeShards:
+    """Shard i: the ids of released data file i (`files[i]`: split and file), exactly
+    `tokenizer(text, add_special_tokens=False)` of each row, checked against the mix's `count_column` (None: no
+    check), as a piece (`hf_ipt.export.PieceBuilder`); its figures: the rows and tokens per source and the ids'
+    dtype. The tokenizer (`tokenizer`, the setting `key` names) is loaded once per worker (`loaded`: the driver's
+    own, used where the task runs in the driver's process or a fork of it, never pickled).
+
+    Reads the file's `text`, `source` and `count_column` batch by batch; writes `ids_file(i)` and `lengths_file(i)`.
+    """
+
+    def __init__(
+        self,
+        upstream: StageFolder,
+        files: list[tuple[str, str]],
+        first_rows: list[int],
+        tokenizer: Any,
+        key: str,
+        *,
+        count_column: str | None,
+        batch_size: int,
+        loaded: Any = None,
+    ) -> None:
+        self.upstream, self.files, self.first_rows = upstream, files, first_rows
+        self.tokenizer, self.key, self.loaded = tokenizer, key, loaded
+        self.count_column, self.batch_size = count_column, batch_size
+        self.encoder: FastEncoder | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a worker elsewhere loads the tokenizer itself; an object given in the recipe travels as the setting
+        return {**self.__dict__, "loaded": None, "encoder": None}
+
+    def __call__(self, index: int, store: Store) -> ShardResult:
+        if self.encoder is None:
+            loaded = self.loaded if self.loaded is not None else load_tokenizer(self.tokenizer, key=self.key)
+            self.encoder = FastEncoder(loaded)
+        columns = [TEXT, SOURCE, *([self.count_column] if self.count_column else [])]
+        tables = read_batches(self.upstream, self.files[index][1], columns=columns, batch_size=self.batch_size)
+        piece, tally = PieceBuilder(), {}
+        batches = token_batches(
+            tables,
+            self.encoder,
+            default_source=AUGMENTED_SOURCE,
+            first_row=self.first_rows[index],
+            count_column=self.count_column,
+        )
+        rows = 0
+        for batch in batches:
+            count_sources(batch, tally)
+            piece.add(batch)
+            rows += len(batch)
+        ids, lengths, dtype = piece.finish()
+        figures = {"sources": tally, "dtype": dtype}
+        return ShardResult({ids_file(index): ids, lengths_file(index): lengths}, rows, figures)
