@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import os
 import pickle
 import subprocess
@@ -31,7 +32,7 @@ from typing import IO, Any
 from hf_ipt.execution.base import WorkersLostError
 from hf_ipt.redaction import scrub
 
-PAYLOAD, OUTCOME = "payload.pkl", "outcome.pkl"
+OUTCOME = "outcome.pkl"
 # a driver told to end stops the Ray node it started; one whose node is dead may never get through that, so it is
 # ended after this long
 DRIVER_EXIT_SECONDS = 60.0
@@ -60,8 +61,8 @@ def run_driver_process(executor: Any, runner: Any, dataset: Any) -> list[Any]:
 
 
 class DriverProcess:
-    """One Ray driver process: `run` hands it a payload (a folder path on its stdin) and waits for its answer (a file
-    in that folder) or its end; `close` ends it.
+    """One Ray driver process: `run` hands it a payload (through its stdin) and waits for its answer (a file in a
+    temporary folder of this process) or its end; `close` ends it.
 
     Example:
         >>> driver = DriverProcess()  # doctest: +SKIP
@@ -81,12 +82,12 @@ class DriverProcess:
     def run(self, executor: Any, runner: Any, dataset: Any) -> list[Any]:
         from ray import cloudpickle  # what Ray ships the runner to its workers with: what can go there can go here
 
+        # the payload goes through the pipe, never a file: the runner's settings may hold an engine's credentials
+        payload = pickle.dumps(list(sys.path))  # first, so the driver finds the modules the rest comes from
+        payload += cloudpickle.dumps((executor, runner, dataset))
         with tempfile.TemporaryDirectory(prefix="hf-ipt-ray-driver-") as folder:
-            with open(Path(folder) / PAYLOAD, "wb") as payload:
-                pickle.dump(list(sys.path), payload)  # first, so the driver finds the modules the rest comes from
-                cloudpickle.dump((executor, runner, dataset), payload)
             try:
-                self.child.stdin.write(f"{folder}\n".encode())
+                self.child.stdin.write(f"{folder} {len(payload)}\n".encode() + payload)
                 self.child.stdin.flush()
                 outcome = self.await_answer(Path(folder) / OUTCOME)
             except BaseException:  # interrupted, or the pipe broke: the driver (and the Ray node it started) goes
@@ -192,11 +193,11 @@ def write_outcome(folder: Path, kind: str, value: Any) -> None:
     os.replace(partial, folder / OUTCOME)
 
 
-def answer(folder: Path) -> None:
-    """Run what the payload in `folder` asks and write the answer there."""
-    with open(folder / PAYLOAD, "rb") as payload:
-        sys.path[:] = pickle.load(payload)
-        executor, runner, dataset = pickle.load(payload)
+def answer(folder: Path, payload: bytes) -> None:
+    """Run what `payload` asks and write the answer in `folder`."""
+    stream = io.BytesIO(payload)
+    sys.path[:] = pickle.load(stream)
+    executor, runner, dataset = pickle.load(stream)
     try:
         outcome = ("done", executor.drive(runner, dataset))
     except BaseException as err:  # noqa: BLE001 - every error goes back to the command, which raises it
@@ -207,10 +208,13 @@ def answer(folder: Path) -> None:
 
 
 def main() -> None:
-    """The driver's side: answer each payload folder named on stdin, in turn; at its end, stop Ray and end."""
-    for line in iter(sys.stdin.readline, ""):
+    """The driver's side: answer each payload on stdin (a line naming the answer's folder and the payload's size,
+    then the payload), in turn; at its end, stop Ray and end."""
+    stdin = sys.stdin.buffer
+    for line in iter(stdin.readline, b""):
         if line.strip():
-            answer(Path(line.strip()))
+            folder, size = line.decode().rsplit(" ", 1)
+            answer(Path(folder), stdin.read(int(size)))
     with contextlib.suppress(BaseException):
         import ray
 
