@@ -630,6 +630,31 @@ def _has_null_type(data_type) -> bool:
 ROW_GROUP_ROWS = 10_000  # rows per Parquet row group written: what a writer holds in memory at once
 
 
+def parquet_num_rows(store: Store, relative: str) -> int:
+    """The rows of a Parquet file of `store`, read from its footer (no row is read).
+
+    Example:
+        >>> parquet_num_rows(store, "data/train-00000-of-00001.parquet")  # doctest: +SKIP
+        321
+    """
+    with store.fs.open(store.path(relative), "rb") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
+def read_batches(store: Store, relative: str, *, columns: Sequence[str] | None = None, batch_size: int = 10_000):
+    """The rows of a Parquet file of `store` as pyarrow RecordBatches of at most `batch_size` rows, reading only
+    `columns` (those the file has; None: all): a shard read a batch at a time, never whole.
+
+    Example:
+        >>> sum(b.num_rows for b in read_batches(store, "data/train-00000-of-00001.parquet"))  # doctest: +SKIP
+        321
+    """
+    with store.fs.open(store.path(relative), "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        present = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
+        yield from parquet.iter_batches(batch_size=batch_size, columns=present)
+
+
 class Rows:
     """Rows read batch by batch: `num_rows`, `features` (`datasets.Features`), `tables(batch_size, columns)` and
     `row(index)`; `ParquetRows` (files of a store) and `DatasetRows` (a `datasets.Dataset`) give them (`as_rows`)."""
@@ -676,15 +701,14 @@ class ParquetRows(Rows):
         pending: list[Any] = []
         held = 0
         for relative in self.relatives:
-            with self.store.fs.open(self.store.path(relative), "rb") as handle:
-                for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=names):
-                    # a file where a column is empty lists has it as list<null>: typed like the other files
-                    pending.append(pa.Table.from_batches([batch]).cast(schema))
-                    held += batch.num_rows
-                    while held >= batch_size:
-                        table = pa.concat_tables(pending)
-                        yield table.slice(0, batch_size)
-                        pending, held = [table.slice(batch_size)], held - batch_size
+            for batch in read_batches(self.store, relative, columns=names, batch_size=batch_size):
+                # a file where a column is empty lists has it as list<null>: typed like the other files
+                pending.append(pa.Table.from_batches([batch]).cast(schema))
+                held += batch.num_rows
+                while held >= batch_size:
+                    table = pa.concat_tables(pending)
+                    yield table.slice(0, batch_size)
+                    pending, held = [table.slice(batch_size)], held - batch_size
         if held:
             yield pa.concat_tables(pending)
 
@@ -817,6 +841,19 @@ class StageFolder(Store):
             True
         """
         return self.read_json(STAGE_MARKER_PATH)
+
+    def committed_marker(self) -> dict:
+        """The commit marker, or IncompleteRunError when nothing is committed here (what reading the rows needs).
+
+        Example:
+            >>> StageFolder("memory://doc-store/empty").committed_marker()
+            Traceback (most recent call last):
+            hf_ipt.store.IncompleteRunError: memory://doc-store/empty holds no finished stage output (...)
+        """
+        marker = self.marker()
+        if marker is None:
+            raise IncompleteRunError(f"{self.url} holds no finished stage output ({STAGE_MARKER_PATH} not found)")
+        return marker
 
     def fingerprint(self) -> str | None:
         """The fingerprint of the committed output, None when nothing is committed."""
@@ -1020,9 +1057,7 @@ class StageFolder(Store):
             >>> rows.num_rows, [table.num_rows for table in rows.tables(2)], rows.row(2)
             (3, [2, 1], {'text': 'c'})
         """
-        marker = self.marker()
-        if marker is None:
-            raise IncompleteRunError(f"{self.url} holds no finished stage output ({STAGE_MARKER_PATH} not found)")
+        marker = self.committed_marker()
         return {
             split: ParquetRows(self, relatives, marker["num_rows"][split])
             for split, relatives in marker["files"].items()
@@ -1037,9 +1072,7 @@ class StageFolder(Store):
         """
         import datasets
 
-        marker = self.marker()
-        if marker is None:
-            raise IncompleteRunError(f"{self.url} holds no finished stage output ({STAGE_MARKER_PATH} not found)")
+        marker = self.committed_marker()
         splits = {}
         for split, relatives in marker["files"].items():
             if marker["num_rows"][split]:

@@ -27,11 +27,11 @@ from hypothesis import strategies as st
 from hf_ipt.cli import main
 from hf_ipt.config import RunConfig
 from hf_ipt.engines import ENGINES, CallableEngine
-from hf_ipt.execution.phases import PHASES_DIR, WORK_DIR, ShardResult, parquet_bytes, read_batches
+from hf_ipt.execution.phases import PHASES_DIR, WORK_DIR, ShardResult, parquet_bytes
 from hf_ipt.mixing import DiskArrays, select_for_target
 from hf_ipt.stages.base import NO_OPTIONS, InPlace, Stage, StageOutput, stage_data_files
 from hf_ipt.stages.templify import TemplifyShards, TemplifyStage
-from hf_ipt.store import STAGE_MARKER_PATH
+from hf_ipt.store import STAGE_MARKER_PATH, read_batches
 from hf_ipt.testing import tiny_recipe
 
 NUM_ROWS, SHARD, BATCH, MIX_SHARD = 24, 8, 4, 9

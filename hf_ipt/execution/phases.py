@@ -254,31 +254,6 @@ def read_columns(store: Store, relative: str, columns: Sequence[str] | None = No
         return parquet.read(columns=present)
 
 
-def parquet_num_rows(store: Store, relative: str) -> int:
-    """The rows of a Parquet file of `store`, read from its footer (no row is read).
-
-    Example:
-        >>> parquet_num_rows(store, "data/train-00000-of-00001.parquet")  # doctest: +SKIP
-        321
-    """
-    with store.fs.open(store.path(relative), "rb") as handle:
-        return pq.ParquetFile(handle).metadata.num_rows
-
-
-def read_batches(store: Store, relative: str, *, columns: Sequence[str] | None = None, batch_size: int = 10_000):
-    """The rows of a Parquet file of `store` as pyarrow RecordBatches of at most `batch_size` rows, reading only
-    `columns` (those the file has; None: all): a shard read a batch at a time, never whole.
-
-    Example:
-        >>> sum(b.num_rows for b in read_batches(store, "data/train-00000-of-00001.parquet"))  # doctest: +SKIP
-        321
-    """
-    with store.fs.open(store.path(relative), "rb") as handle:
-        parquet = pq.ParquetFile(handle)
-        present = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
-        yield from parquet.iter_batches(batch_size=batch_size, columns=present)
-
-
 def committed_files(markers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """{relative path: checksum} of every file the shards of a phase committed, in shard order.
 

@@ -31,7 +31,7 @@ resumes and a damaged shard is made again; the shards' bytes never depend on whe
 kept while the stage's identity stays the same, and forgotten (with the stage's output) when it changes. Data files
 the shards wrote are committed in place: `StageOutput(in_place=InPlace.of_shards(markers))`. Scratch phases
 (`scratch=True`: files only the computation needs) are removed once the output is committed. The shards read their
-input themselves, one at a time (`stage_data_files`, `hf_ipt.execution.phases.read_batches`), so a stage's memory is
+input themselves, one at a time (`stage_data_files`, `hf_ipt.store.read_batches`), so a stage's memory is
 bounded by its shards, not by the corpus.
 
 Example:
@@ -588,15 +588,13 @@ def shard_executor(run: RunConfig) -> Executor:
 
 def stage_data_files(folder: StageFolder) -> list[tuple[str, str]]:
     """(split, data file) of a committed stage output, split by split, each split's files in order: the shards a
-    stage reading it may take one at a time (read them with `hf_ipt.execution.phases.read_batches`).
+    stage reading it may take one at a time (read them with `hf_ipt.store.read_batches`).
 
     Example:
         >>> stage_data_files(RunFolder("output/quickstart").stage("synthesized"))  # doctest: +SKIP
         [('train', 'data/train-00000-of-00006.parquet'), ('train', 'data/train-00001-of-00006.parquet'), ...]
     """
-    marker = folder.marker()
-    if marker is None:
-        raise IncompleteRunError(f"{folder.url} holds no finished stage output")
+    marker = folder.committed_marker()
     return [(split, relative) for split, relatives in marker["files"].items() for relative in relatives]
 
 

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 from hf_ipt.columns import NUM_TOKENS, SOURCE, TEXT
 from hf_ipt.config import AUGMENTED_SOURCE, RecipeConfig, RunConfig
-from hf_ipt.execution.phases import WORK_DIR, ShardResult, parquet_num_rows, read_batches
+from hf_ipt.execution.phases import WORK_DIR, ShardResult
 from hf_ipt.export import (
     FORMATS,
     ExportConfig,
@@ -63,7 +63,7 @@ from hf_ipt.stages.base import (
 )
 from hf_ipt.stages.mix import MixStage
 from hf_ipt.stages.templify import TemplifyStage
-from hf_ipt.store import StageFolder, Store, config_to_dict
+from hf_ipt.store import StageFolder, Store, config_to_dict, parquet_num_rows, read_batches
 from hf_ipt.tokenization import FastEncoder, load_tokenizer, tokenizer_name
 from hf_ipt.validation import ConfigError, Problem
 
