@@ -699,9 +699,12 @@ class ParquetRows(Rows):
         names = list(columns) if columns is not None else self.column_names
         schema = pa.schema([self.features.arrow_schema.field(name) for name in names])
         pending: list[Any] = []
-        held = 0
+        held = read = 0
         for relative in self.relatives:
             for batch in read_batches(self.store, relative, columns=names, batch_size=batch_size):
+                read += batch.num_rows
+                if read > self.num_rows:
+                    raise self.miscounted("more")
                 # a file where a column is empty lists has it as list<null>: typed like the other files
                 pending.append(pa.Table.from_batches([batch]).cast(schema))
                 held += batch.num_rows
@@ -709,8 +712,17 @@ class ParquetRows(Rows):
                     table = pa.concat_tables(pending)
                     yield table.slice(0, batch_size)
                     pending, held = [table.slice(batch_size)], held - batch_size
+        if read < self.num_rows:
+            raise self.miscounted("fewer")
         if held:
             yield pa.concat_tables(pending)
+
+    def miscounted(self, how: str) -> IncompleteRunError:
+        """The files hold `how` ("more" or "fewer") rows than their commit recorded: never released as they are."""
+        return IncompleteRunError(
+            f"{self.store.url}: the files {self.relatives} hold {how} rows than the {self.num_rows:,} their commit "
+            "marker recorded (changed since the commit); run the stage that wrote them again"
+        )
 
     def row(self, index: int) -> dict[str, Any]:
         """Row `index` as a dict (one row group of one file is read)."""
@@ -1006,6 +1018,10 @@ class StageFolder(Store):
                         wanted -= table.num_rows
                 recorded[relative] = pending.checksum
                 files[split].append(relative)
+            if carried is not None or next(tables, None) is not None:  # rows beyond `num_rows`: never left out unsaid
+                raise ValueError(
+                    f"split {split!r} holds more rows than the {rows.num_rows:,} it says; nothing was committed"
+                )
         num_rows = {split: rows.num_rows for split, rows in splits.items()}
         return self.commit(
             config=config, files=files, num_rows=num_rows, extra=extra, checksums=recorded, settings=settings

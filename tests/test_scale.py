@@ -361,3 +361,21 @@ def test_a_local_release_reads_its_rows_batch_by_batch_and_writes_the_bytes_of_t
         files = folder.save(rows, config={}, rows_per_file=7)["files"]["train"]
         cut[name] = [(tmp_path / name / relative).read_bytes() for relative in files]
     assert cut["parquet"] == cut["dataset"] and len(cut["parquet"]) == -(-mixed.num_rows // 7)
+
+
+@pytest.mark.parametrize("recorded", [5, 7])
+def test_files_holding_other_rows_than_their_commit_are_never_saved_as_they_are(recorded):
+    """Rows read batch by batch are counted against what the commit recorded: files holding fewer or more rows
+    (changed since) stop the save with the files named, before anything is committed; none is lost or made up."""
+    import datasets
+
+    from hf_ipt.store import IncompleteRunError, ParquetRows, StageFolder
+
+    source = StageFolder("memory://test-scale/miscounted")
+    source.save(datasets.Dataset.from_dict({"n": list(range(6))}), config={})
+    rows = ParquetRows(source, source.committed_marker()["files"]["train"], recorded)
+    target = StageFolder(f"memory://test-scale/miscounted-copy-{recorded}")
+    how = "fewer" if recorded > 6 else "more"
+    with pytest.raises(IncompleteRunError, match=f"hold {how} rows than the {recorded} their commit marker recorded"):
+        target.save({"train": rows}, config={}, rows_per_file=2)
+    assert target.marker() is None
